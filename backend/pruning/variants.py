@@ -1,0 +1,231 @@
+"""Pruned variants on disk: ``<cache>/variants/<id>/`` = ``manifest.json`` + ``overlay.safetensors``.
+
+A variant is an overlay on its base model. Methods that only zero weights (magnitude, Wanda,
+RIA, MI neurons) store their masks as packed bits (1 bit per weight: ~13 MB instead of ~425 MB
+for the 135M model); SparseGPT, which also updates the kept weights, stores the changed
+weights. Tensors are keyed by the model's ``state_dict`` names, in each module's own layout
+(GPT-2's Conv1D is ``[in, out]``). Variants are written to a temporary folder and renamed, so a
+listed variant is always complete.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from backend.config import Settings, get_settings
+from backend.errors import NotFoundError, UserError
+
+MANIFEST = "manifest.json"
+OVERLAY = "overlay.safetensors"
+_VARIANT_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
+
+
+def validate_variant_id(text: str) -> str:
+    """Variant ids are plain folder names: no separators, no '..', no absolute paths."""
+    if not isinstance(text, str) or not _VARIANT_ID.match(text) or ".." in text:
+        raise UserError(f"invalid variant id {str(text)[:80]!r}: use lowercase letters, digits, '.', '-', '_'")
+    return text
+
+
+def variants_root(settings: Settings | None = None) -> Path:
+    return (settings or get_settings()).variants_dir
+
+
+def variant_dir(variant_id: str, settings: Settings | None = None) -> Path:
+    return variants_root(settings) / validate_variant_id(variant_id)
+
+
+def variant_exists(variant_id: str, settings: Settings | None = None) -> bool:
+    path = variant_dir(variant_id, settings)
+    return (path / MANIFEST).is_file() and (path / OVERLAY).is_file()
+
+
+def read_manifest(variant_id: str, settings: Settings | None = None) -> dict:
+    path = variant_dir(variant_id, settings) / MANIFEST
+    if not path.is_file():
+        raise NotFoundError(f"unknown variant {variant_id!r} (see `prunelens variants`)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def list_variants(base: str | None = None, settings: Settings | None = None) -> list[dict]:
+    root = variants_root(settings)
+    if not root.is_dir():
+        return []
+    manifests = []
+    for path in sorted(root.iterdir()):
+        if path.name.startswith(".") or not (path / MANIFEST).is_file():
+            continue  # staging folders of variants being written
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+        if base is None or manifest.get("base_model") == base:
+            manifests.append(manifest)
+    return manifests
+
+
+def delete_variant(variant_id: str, settings: Settings | None = None) -> None:
+    path = variant_dir(variant_id, settings)
+    if not path.is_dir():
+        raise NotFoundError(f"unknown variant {variant_id!r}")
+    # Rename first so that the variant disappears from listings at once, then remove.
+    trash = path.with_name(f".deleting-{path.name}-{uuid.uuid4().hex[:8]}")
+    path.rename(trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def pack_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Bool ``[rows, cols]`` -> uint8 ``[rows, ceil(cols/8)]``, 8 mask bits per byte."""
+    return torch.from_numpy(np.packbits(mask.contiguous().cpu().numpy(), axis=-1))
+
+
+def unpack_mask(packed: torch.Tensor, cols: int) -> torch.Tensor:
+    return torch.from_numpy(np.unpackbits(packed.numpy(), axis=-1, count=cols).astype(bool))
+
+
+def write_variant(
+    variant_id: str,
+    manifest: dict,
+    *,
+    masks: dict[str, torch.Tensor] | None = None,
+    weights: dict[str, torch.Tensor] | None = None,
+    settings: Settings | None = None,
+) -> Path:
+    """Atomically write a variant from masks (bool, True = pruned) and/or replaced weights."""
+    target = variant_dir(variant_id, settings)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, torch.Tensor] = {}
+    shapes: dict[str, list[int]] = {}
+    for name, mask in (masks or {}).items():
+        flat = mask.reshape(-1, mask.shape[-1]) if mask.dim() > 1 else mask.reshape(1, -1)
+        tensors[f"mask::{name}"] = pack_mask(flat)
+        shapes[name] = list(mask.shape)
+    for name, weight in (weights or {}).items():
+        tensors[f"weight::{name}"] = weight.detach().to("cpu").contiguous()
+    manifest = {**manifest, "id": variant_id,
+                "overlay": {"masks": sorted(masks or {}), "weights": sorted(weights or {})}}
+
+    staging = Path(tempfile.mkdtemp(prefix=f".{variant_id}.", dir=target.parent))
+    try:
+        save_file(tensors, str(staging / OVERLAY), metadata={"mask_shapes": json.dumps(shapes)})
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        staging.chmod(0o755)
+        if target.exists():  # the same configuration finished elsewhere first: keep that one
+            shutil.rmtree(staging)
+        else:
+            staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _read_overlay(variant_id: str, settings: Settings | None = None):
+    path = variant_dir(variant_id, settings) / OVERLAY
+    if not path.is_file():
+        raise NotFoundError(f"unknown variant {variant_id!r} (see `prunelens variants`)")
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        shapes = json.loads((handle.metadata() or {}).get("mask_shapes", "{}"))
+    return load_file(str(path)), shapes
+
+
+def variant_masks(variant_id: str, settings: Settings | None = None) -> dict[str, torch.Tensor]:
+    """Bool masks (True = pruned) of every tensor the variant changed, in the module's layout.
+
+    For replaced weights (SparseGPT) the mask is where the stored weight is exactly zero.
+    """
+    tensors, shapes = _read_overlay(variant_id, settings)
+    masks = {}
+    for key, tensor in tensors.items():
+        kind, name = key.split("::", 1)
+        if kind == "mask":
+            shape = shapes[name]
+            masks[name] = unpack_mask(tensor, shape[-1]).reshape(shape)
+        else:
+            masks[name] = tensor == 0
+    return masks
+
+
+def _overlay_ops(variant_id: str, settings: Settings | None = None):
+    """(name, kind, tensor) for each change: kind 'mask' (bool) or 'weight' (values)."""
+    tensors, shapes = _read_overlay(variant_id, settings)
+    for key, tensor in tensors.items():
+        kind, name = key.split("::", 1)
+        if kind == "mask":
+            shape = shapes[name]
+            yield name, "mask", unpack_mask(tensor, shape[-1]).reshape(shape)
+        else:
+            yield name, "weight", tensor
+
+
+def apply_overlay(model: torch.nn.Module, variant_id: str, settings: Settings | None = None,
+                  originals: dict[str, torch.Tensor] | None = None) -> None:
+    """Apply the variant to ``model`` in place.
+
+    When ``originals`` is given, each tensor's dense values are saved into it *before* it is
+    changed, so a caller can restore everything even if applying fails half-way.
+    """
+    params = dict(model.named_parameters())
+    for name, kind, tensor in _overlay_ops(variant_id, settings):
+        if name not in params:
+            raise UserError(f"variant {variant_id!r} does not fit this model (no parameter {name})")
+        param = params[name]
+        if tuple(param.shape) != tuple(tensor.shape):
+            raise UserError(f"variant {variant_id!r} does not fit this model ({name} shape differs)")
+        if originals is not None:
+            originals[name] = param.detach().clone()
+        with torch.no_grad():
+            if kind == "mask":
+                param.masked_fill_(tensor.to(param.device), 0)
+            else:
+                param.copy_(tensor.to(param.device, param.dtype))
+
+
+@contextmanager
+def variant_applied(loaded, variant_id: str, settings: Settings | None = None) -> Iterator:
+    """Temporarily turn ``loaded`` (a dense LoadedModel) into the variant; restores on exit."""
+    manifest = read_manifest(variant_id, settings)
+    if manifest.get("base_model") != loaded.name:
+        raise UserError(
+            f"variant {variant_id!r} was pruned from {manifest.get('base_model')!r}, not {loaded.name!r}"
+        )
+    params = dict(loaded.model.named_parameters())
+    originals: dict[str, torch.Tensor] = {}
+    try:
+        apply_overlay(loaded.model, variant_id, settings, originals=originals)
+        yield loaded
+    finally:
+        with torch.no_grad():
+            for name, original in originals.items():
+                params[name].copy_(original)
+
+
+def load_variant(model_reference: str, variant_id: str, **load_options):
+    """A fresh copy of the base model with the variant applied (owned by the caller)."""
+    from backend.models.loader import load_model
+
+    manifest = read_manifest(variant_id)
+    if model_reference and manifest.get("base_model") != model_reference:
+        raise UserError(
+            f"variant {variant_id!r} was pruned from {manifest.get('base_model')!r}, not {model_reference!r}"
+        )
+    loaded = load_model(manifest["base_model"], **load_options)
+    apply_overlay(loaded.model, variant_id)
+    loaded.extra["variant_id"] = variant_id
+    return loaded
