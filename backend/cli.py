@@ -17,7 +17,7 @@ from backend.errors import UserError
 
 # Feature packages keep their subcommands next to their code; importing one registers them.
 # Their imports stay inside the runners, so `prunelens --help` does not load torch.
-FEATURE_COMMAND_MODULES: tuple[str, ...] = ("backend.pruning.commands",)
+FEATURE_COMMAND_MODULES: tuple[str, ...] = ("backend.pruning.commands", "backend.data.commands", "backend.nsa.commands", "backend.api.commands", "frontend.commands")
 
 # Populated by @command: name -> (help text, configure(parser) -> run(args) -> exit code)
 _COMMANDS: dict[str, tuple[str, Callable]] = {}
@@ -111,6 +111,15 @@ def _activations(parser: argparse.ArgumentParser):
     return run
 
 
+def _quiet_library_progress() -> None:
+    """Our own progress bars say what is happening; transformers' per-tensor bars only add noise."""
+    try:
+        from transformers.utils import logging as transformers_logging
+    except ImportError:  # the frontend-only install has no transformers
+        return
+    transformers_logging.disable_progress_bar()
+
+
 def build_parser() -> argparse.ArgumentParser:
     for module in FEATURE_COMMAND_MODULES:
         importlib.import_module(module)  # each registers its subcommands with @command
@@ -128,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    _quiet_library_progress()
     try:
         parser = build_parser()
         args = parser.parse_args(argv)

@@ -105,6 +105,11 @@ def weight_matrix(module: nn.Module) -> torch.Tensor:
     raise TypeError(f"not a prunable module: {type(module).__name__}")
 
 
+def in_module_layout(module: nn.Module, matrix: torch.Tensor) -> torch.Tensor:
+    """Turn an ``[out, in]`` matrix (a mask) into the module's own weight layout."""
+    return matrix.t() if isinstance(module, Conv1D) else matrix
+
+
 def _get_submodule(model: nn.Module, path: str) -> nn.Module | None:
     try:
         return model.get_submodule(path)

@@ -24,7 +24,7 @@ from torch import nn
 
 import backend
 from backend.errors import UserError
-from backend.models.adapters import weight_matrix
+from backend.models.adapters import in_module_layout, weight_matrix
 from backend.pruning.spec import SparsitySpec
 from backend.pruning.stats import InputStatistics
 from backend.pruning.variants import read_manifest, variant_exists, write_variant
@@ -86,6 +86,13 @@ class PruneConfig:
                 "method 'mi' takes --neuron-ratio" if self.info.structured
                 else f"method {self.method!r} takes --sparsity or --pattern, not --neuron-ratio"
             )
+        if self.info.needs_calibration and not self.calibration.startswith("file:"):
+            from backend.data.sources import list_text_sets
+
+            known = [entry["name"] for entry in list_text_sets()]
+            if self.calibration not in known:
+                raise UserError(f"unknown calibration set {self.calibration!r}; known: "
+                                f"{', '.join(known)}, or file:PATH")
         if self.nsamples <= 0:
             raise UserError(f"nsamples must be positive, got {self.nsamples}")
         if self.seqlen <= 0:
@@ -412,10 +419,10 @@ def create_variant(loaded, config: PruneConfig, *, progress: Progress | None = N
                 changes = neuron_masks(layer, adapter, stats[adapter.mlp_output], config)
             else:
                 for name, module in linears.items():
+                    remember(f"{prefix}.{name}.weight", module.weight)  # before any pruner sees it
                     weight = weight_matrix(module)  # [out, in] view into the module
                     outcome = LINEAR_PRUNERS[config.method](weight, stats.get(name), config)
                     if outcome.new_weight is not None:
-                        remember(f"{prefix}.{name}.weight", module.weight)
                         with torch.no_grad():
                             weight.copy_(outcome.new_weight)
                         new_weights[f"{prefix}.{name}.weight"] = module.weight.detach()
@@ -432,8 +439,8 @@ def create_variant(loaded, config: PruneConfig, *, progress: Progress | None = N
                 if full_name in new_weights:
                     new_weights[full_name] = param.detach().to("cpu", copy=True)
                 else:
-                    # Conv1D keeps [in, out]: store masks in the module's own layout.
-                    masks[full_name] = (mask.t() if tuple(param.shape) != tuple(mask.shape) else mask).cpu()
+                    stored = in_module_layout(module, mask) if param_name == "weight" else mask
+                    masks[full_name] = stored.cpu()
                 if param_name == "weight":
                     per_linear[f"{prefix}.{name}"] = float(mask.float().mean())
                     pruned_count += int(mask.sum())
