@@ -1,0 +1,130 @@
+"""Stored NSA results, so a view can be shared by id: SQLite on disk, recent ones in memory.
+
+A result's id is a hash of the request that produced it (model, texts, words, task, variants,
+top-k, ablation, backend version): the same request finds the stored result instead of
+computing it again, and an id names one result forever. Results are kept as serialized JSON
+bytes, ready to send, so a cached read costs a dictionary lookup.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sqlite3
+import threading
+from collections import OrderedDict
+from datetime import UTC, datetime
+from pathlib import Path
+
+import backend
+from backend.errors import NotFoundError, UserError
+
+_SCHEMA = """CREATE TABLE IF NOT EXISTS nsa_results (
+    id TEXT PRIMARY KEY,
+    created_at TEXT NOT NULL,
+    model TEXT NOT NULL,
+    task TEXT NOT NULL,
+    n_texts INTEGER NOT NULL,
+    preview TEXT NOT NULL,
+    variants TEXT NOT NULL,
+    body BLOB NOT NULL
+)"""
+PREVIEW_CHARS = 120
+
+
+def request_id(request: dict) -> str:
+    """Stable id of an NSA request: 20 hex digits of the SHA-256 of its canonical JSON."""
+    canonical = json.dumps({**request, "backend": backend.__version__}, sort_keys=True, ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:20]
+
+
+def finite_json(value):
+    """JSON has no NaN or infinity: such floats (an empty baseline, a zero-spread draw) become null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(item) for item in value]
+    return value
+
+
+class NsaResultStore:
+    def __init__(self, path: str | Path, *, memory_entries: int = 256):
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None,
+                                         check_same_thread=False)
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            self._conn.execute("PRAGMA synchronous = NORMAL")
+            self._conn.execute(_SCHEMA)
+        except (OSError, sqlite3.DatabaseError) as exc:
+            raise UserError(f"NSA results database {self.path}: {exc}") from exc
+        self._lock = threading.Lock()
+        self._recent: OrderedDict[str, bytes] = OrderedDict()
+        self._memory_entries = memory_entries
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def _remember(self, result_id: str, body: bytes) -> None:
+        self._recent[result_id] = body
+        self._recent.move_to_end(result_id)
+        while len(self._recent) > self._memory_entries:
+            self._recent.popitem(last=False)
+
+    def get_bytes(self, result_id: str) -> bytes | None:
+        """The stored response body ``{"id", "created_at", "request", "result"}`` as JSON bytes."""
+        with self._lock:
+            body = self._recent.get(result_id)
+            if body is not None:
+                self._recent.move_to_end(result_id)
+                return body
+            row = self._conn.execute("SELECT body FROM nsa_results WHERE id = ?", (result_id,)).fetchone()
+            if row is None:
+                return None
+            body = bytes(row[0])
+            self._remember(result_id, body)
+            return body
+
+    def require_bytes(self, result_id: str) -> bytes:
+        body = self.get_bytes(result_id)
+        if body is None:
+            raise NotFoundError(f"unknown NSA result {result_id!r}")
+        return body
+
+    def put(self, result_id: str, request: dict, result: dict) -> bytes:
+        created_at = datetime.now(UTC).isoformat(timespec="seconds")
+        body = json.dumps(
+            {"id": result_id, "created_at": created_at, "request": request, "result": finite_json(result)},
+            ensure_ascii=False, allow_nan=False, separators=(",", ":"),
+        ).encode("utf-8")
+        texts = request.get("texts") or [""]
+        preview = " ".join(texts[0].split())[:PREVIEW_CHARS]
+        with self._lock:
+            inserted = self._conn.execute(
+                "INSERT OR IGNORE INTO nsa_results VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (result_id, created_at, request.get("model", ""), request.get("task", ""), len(texts),
+                 preview, json.dumps(request.get("variants", [])), body),
+            ).rowcount
+            if not inserted:  # the same request finished first elsewhere: its result is the one
+                body = bytes(self._conn.execute("SELECT body FROM nsa_results WHERE id = ?",
+                                                (result_id,)).fetchone()[0])
+            self._remember(result_id, body)
+        return body
+
+    def list(self, *, model: str | None = None, limit: int = 100) -> list[dict]:
+        where, values = ("WHERE model = ?", (model,)) if model else ("", ())
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT id, created_at, model, task, n_texts, preview, variants FROM nsa_results {where} "
+                "ORDER BY rowid DESC LIMIT ?", (*values, int(limit)),
+            ).fetchall()
+        return [
+            {"id": row[0], "created_at": row[1], "model": row[2], "task": row[3], "n_texts": row[4],
+             "preview": row[5], "variants": json.loads(row[6])}
+            for row in rows
+        ]

@@ -1,0 +1,18 @@
+"""One APIRouter per resource, in the order they appear in /docs."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from backend.api.routes import calibration, evaluations, health, jobs, models, nsa, tables, tasks, variants
+
+
+def build_routers(settings) -> list[APIRouter]:
+    return [health.router, models.router, calibration.router, tasks.router, variants.router, jobs.router,
+            nsa.build_router(settings.api_max_upload_bytes), evaluations.router, tables.router]
+
+
+def register_job_kinds(state) -> None:
+    """Teach the job worker how to run each kind of job the routers submit."""
+    variants.register_jobs(state)
+    evaluations.register_jobs(state)

@@ -1,0 +1,274 @@
+"""Request and response models of the HTTP API; their descriptions are the reference at /docs."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# Ids as they appear in URLs. Variant ids follow backend.pruning.variants.validate_variant_id.
+VARIANT_ID_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,127}$"
+JOB_ID_PATTERN = r"^[0-9a-f]{32}$"
+NSA_ID_PATTERN = r"^[0-9a-f]{20}$"
+MAX_NSA_TEXTS = 64
+MAX_TEXT_CHARS = 100_000
+MAX_WORDS = 200
+MAX_VARIANTS = 8
+
+JobStateName = Literal["queued", "running", "succeeded", "failed", "interrupted"]
+
+
+class Strict(BaseModel):
+    """Unknown fields are an error: a typo in a parameter must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorResponse(BaseModel):
+    detail: str = Field(description="What went wrong, in one line, fit to show to a user.")
+    errors: list[dict[str, Any]] | None = Field(
+        default=None, description="For invalid requests: each field that failed validation and why."
+    )
+
+
+# ----------------------------------------------------------------------------- health and catalogues
+
+
+class ComputeState(BaseModel):
+    busy: bool = Field(description="Whether a job or heavy request is using the model now.")
+    holder: str | None = Field(description="What holds the compute lock, if anything.")
+    waiting: int = Field(description="Heavy requests waiting for the compute lock.")
+
+
+class Health(BaseModel):
+    status: Literal["ok", "no_model"] = Field(
+        description="'ok' when the default model is loaded; 'no_model' when it could not be (see `error`)."
+    )
+    version: str = Field(description="PruneLens backend version.")
+    default_model: str = Field(description="The model used when a request names none.")
+    loaded_models: list[str] = Field(description="Models held in memory now.")
+    device: str | None = Field(description="Where the default model runs (cpu, cuda:0, ...).")
+    error: str | None = Field(default=None, description="Why the default model is not loaded, if it is not.")
+    compute: ComputeState
+    jobs: dict[str, int] = Field(description="Number of jobs per state.")
+    auth: bool = Field(description="Whether requests need a Bearer token.")
+
+
+class ModelInfo(BaseModel):
+    name: str = Field(description="The reference to pass as `model` in other requests.")
+    source: str = Field(description="'embedded', 'local' or 'hub'.")
+    converted: bool = Field(description="Whether its weights are ready on disk (no conversion at first use).")
+    default: bool = Field(description="Whether it is the server's default model.")
+    loaded: bool = Field(description="Whether it is in memory now.")
+
+
+class CalibrationSet(BaseModel):
+    name: str = Field(description="Name to pass as `calibration` when pruning.")
+    description: str = Field(description="What the text is and where it comes from.")
+    offline: bool = Field(description="Whether it works without network access (data shipped in wheels).")
+    splits: list[str] = Field(description="Text splits: 'calibration' and/or 'heldout'.")
+    labelled_splits: list[str] = Field(description="Splits with labelled examples (for NSA samples).")
+
+
+class EvalTaskInfo(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(description="Name to pass in `tasks` of POST /evaluations.")
+    title: str = Field(description="Display name.")
+    category: str = Field(description="Task category key.")
+    category_title: str = Field(description="Task category, for display.")
+    offline: bool = Field(description="Whether its data ships with the install.")
+    source: str = Field(description="Where the examples come from.")
+    definition: str = Field(description="The lm-eval or PruneLens task definition used.")
+    notes: str | None = Field(default=None, description="Caveats.")
+
+
+class AttributionTaskInfo(BaseModel):
+    name: str = Field(description="Name to pass as `task` of POST /nsa.")
+    label_words: list[str] = Field(description="The two continuations whose log-prob margin the probe compares.")
+    probe: str = Field(description="The completion prompt around {text} used by the fallback and ablation.")
+
+
+# ----------------------------------------------------------------------------- variants
+
+
+class PruneRequest(Strict):
+    model: str | None = Field(default=None, description="Base model (a name from GET /models); default: the server's.")
+    method: Literal["magnitude", "wanda", "sparsegpt", "ria", "mi"] = Field(
+        description="magnitude | wanda | sparsegpt | ria | mi (structured: whole MLP neurons)."
+    )
+    calibration: str = Field(
+        default="c4", min_length=1, max_length=64,
+        description="Calibration set name from GET /calibration-sets (files are not accepted over HTTP).",
+    )
+    sparsity: str = Field(
+        default="0.5", min_length=1, max_length=32,
+        description="'0.5' (unstructured ratio removed), '2:4' (N:M, n kept of every m), or 'neurons:0.2' (mi).",
+    )
+    nsamples: int = Field(default=128, ge=1, le=4096, description="Calibration windows.")
+    seqlen: int = Field(default=2048, ge=2, le=32768, description="Tokens per window (capped at the model's context).")
+    seed: int = Field(default=0, ge=0, le=2**31 - 1, description="Seed of the window draw.")
+    alpha: float = Field(default=0.5, ge=0, le=100, description="RIA: exponent of the activation norm.")
+    channel_permutation: bool = Field(default=False, description="RIA with N:M: permute input channels first.")
+    blocksize: int = Field(default=128, ge=1, le=65536, description="SparseGPT: columns per block.")
+    percdamp: float = Field(default=0.01, gt=0, lt=1, description="SparseGPT: dampening fraction of the Hessian diagonal.")
+
+
+class VariantSummary(BaseModel):
+    id: str = Field(description="Variant id (use in /variants/{id}, NSA and evaluations).")
+    base_model: str = Field(description="The dense model it was pruned from.")
+    method: str | None = Field(default=None, description="Pruning method.")
+    calibration: str | None = Field(default=None, description="Calibration set ('none' for magnitude).")
+    sparsity: str | None = Field(default=None, description="Sparsity label: '0.5', '2:4', 'neurons:0.2'.")
+    achieved_sparsity: float | None = Field(default=None, description="Fraction of prunable weights set to zero.")
+    nsamples: int | None = Field(default=None, description="Calibration windows used.")
+    seqlen: int | None = Field(default=None, description="Tokens per calibration window.")
+    seed: int | None = Field(default=None, description="Seed of the calibration draw.")
+    created_at: str | None = Field(default=None, description="When it was written (UTC, ISO 8601).")
+
+
+class DeletedVariant(BaseModel):
+    deleted: str = Field(description="Id of the variant removed.")
+
+
+# ----------------------------------------------------------------------------- jobs
+
+
+class JobInfo(BaseModel):
+    id: str = Field(description="Job id.")
+    kind: str = Field(description="'prune' or 'evaluate'.")
+    state: JobStateName = Field(description="queued → running → succeeded | failed; interrupted after a restart.")
+    progress: float = Field(ge=0, le=1, description="Fraction done, 0–1.")
+    message: str = Field(description="What it is doing now, or how it ended.")
+    params: dict[str, Any] = Field(description="The request that created it.")
+    result: dict[str, Any] | None = Field(description="What it produced (succeeded jobs).")
+    error: str | None = Field(description="Why it failed or was interrupted, in one line.")
+    created_at: str = Field(description="UTC, ISO 8601.")
+    started_at: str | None = Field(description="UTC, ISO 8601.")
+    finished_at: str | None = Field(description="UTC, ISO 8601.")
+
+
+class JobAccepted(BaseModel):
+    job: JobInfo = Field(description="The job as created (state 'queued').")
+    job_url: str = Field(description="Where to poll its state.")
+    events_url: str = Field(description="Server-sent events stream of its progress.")
+    variant_id: str | None = Field(default=None, description="Prune jobs: the id the variant will have.")
+
+
+# ----------------------------------------------------------------------------- NSA
+
+
+class NsaRequest(Strict):
+    model: str | None = Field(default=None, description="Dense model (a name from GET /models); default: the server's.")
+    text: str | None = Field(default=None, max_length=MAX_TEXT_CHARS, description="One text (or give `texts`).")
+    texts: list[str] | None = Field(
+        default=None, min_length=1, max_length=MAX_NSA_TEXTS,
+        description=f"Several texts, scores aggregated over them (at most {MAX_NSA_TEXTS}).",
+    )
+    words: list[str] | None = Field(
+        default=None, max_length=MAX_WORDS,
+        description="Influential words chosen by the user (override step 1's generation).",
+    )
+    task: str = Field(default="sentiment", min_length=1, max_length=64,
+                      description="sentiment | question_answering | semantic_similarity | logical_reasoning.")
+    variants: list[str] = Field(
+        default_factory=list, max_length=MAX_VARIANTS,
+        description="Pruned variant ids of the same model to compare with the dense one.",
+    )
+    top_k: int = Field(default=20, ge=1, le=500, description="Neurons selected by score.")
+    ablate: bool = Field(default=False, description="Also zero the top neurons and measure the label margin change.")
+
+    @field_validator("texts")
+    @classmethod
+    def _texts_not_blank(cls, texts: list[str] | None) -> list[str] | None:
+        if texts is not None:
+            for index, text in enumerate(texts):
+                if not text.strip():
+                    raise ValueError(f"text {index + 1} is empty")
+                if len(text) > MAX_TEXT_CHARS:
+                    raise ValueError(f"text {index + 1} is longer than {MAX_TEXT_CHARS} characters")
+        return texts
+
+    @field_validator("words")
+    @classmethod
+    def _words_not_blank(cls, words: list[str] | None) -> list[str] | None:
+        if words is not None:
+            words = [word.strip() for word in words]
+            if not words or any(not word or len(word) > 200 for word in words):
+                raise ValueError("words must be non-empty strings of at most 200 characters")
+        return words
+
+    @model_validator(mode="after")
+    def _one_source_of_text(self) -> NsaRequest:
+        if (self.text is None) == (self.texts is None):
+            raise ValueError("give exactly one of `text` or `texts`")
+        if self.text is not None and not self.text.strip():
+            raise ValueError("text is empty")
+        return self
+
+    def all_texts(self) -> list[str]:
+        return [self.text] if self.text is not None else list(self.texts or [])
+
+
+class NsaStored(BaseModel):
+    id: str = Field(description="Result id: GET /nsa/{id} returns this again (share a view by id).")
+    created_at: str = Field(description="When it was computed (UTC, ISO 8601).")
+    request: dict[str, Any] = Field(description="The normalised request that produced it.")
+    result: dict[str, Any] = Field(description="The NSA result JSON (schema in docs/nsa.md).")
+
+
+class NsaSummary(BaseModel):
+    id: str = Field(description="Result id.")
+    created_at: str = Field(description="UTC, ISO 8601.")
+    model: str = Field(description="Dense model.")
+    task: str = Field(description="NSA task type.")
+    n_texts: int = Field(description="Number of texts.")
+    preview: str = Field(description="The start of the first text.")
+    variants: list[str] = Field(description="Variants compared.")
+
+
+# ----------------------------------------------------------------------------- evaluations
+
+
+class EvaluationRequest(Strict):
+    model: str | None = Field(default=None, description="Base model; default: the server's.")
+    variant: str | None = Field(default=None, pattern=VARIANT_ID_PATTERN,
+                                description="A variant id of that model; omitted: the dense model.")
+    tasks: list[str] = Field(min_length=1, max_length=64,
+                             description="Task names from GET /tasks (or 'offline', 'all', a category key).")
+    limit: int | None = Field(default=None, ge=1, le=1_000_000,
+                              description="Examples per task (omitted: the whole split).")
+
+    @field_validator("tasks")
+    @classmethod
+    def _tasks_not_blank(cls, tasks: list[str]) -> list[str]:
+        if any(not task.strip() or len(task) > 64 for task in tasks):
+            raise ValueError("task names must be non-empty strings of at most 64 characters")
+        return [task.strip() for task in tasks]
+
+
+class EvaluationResult(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    base_model: str = Field(description="Dense model.")
+    variant_id: str | None = Field(description="Variant evaluated (null: the dense model).")
+    task: str = Field(description="Task name.")
+    limit: int | None = Field(description="Examples limit (null: whole split).")
+    n_examples: int = Field(description="Examples scored.")
+    metrics: dict[str, Any] = Field(description="lm-eval's result dict: 'acc,none', 'acc_stderr,none', ...")
+    created_at: str = Field(description="UTC, ISO 8601.")
+
+
+class TableRow(BaseModel):
+    label: str = Field(description="Row label (a task, model, method or category).")
+    values: list[float | None] = Field(description="Mean metric per column; null where no result exists.")
+    counts: list[int] = Field(description="Number of results averaged in each cell.")
+
+
+class ResultsTable(BaseModel):
+    kind: str = Field(description="Which view.")
+    metric: str = Field(description="The lm-eval metric averaged.")
+    row_header: str = Field(description="What the rows are.")
+    columns: list[str] = Field(description="Column labels (calibration sets, sparsities, ...).")
+    rows: list[TableRow]
+    filters: dict[str, Any] = Field(description="Filters applied.")

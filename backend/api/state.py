@@ -1,0 +1,41 @@
+"""What one running API server holds: settings, models, the compute lock, jobs and stored results."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fastapi import Request
+
+from backend.api.compute import ComputeGate
+from backend.api.model_pool import ModelPool
+from backend.api.nsa_results import NsaResultStore
+from backend.api.settings import ApiSettings
+from backend.jobs import JobStore, JobWorker
+
+
+@dataclass
+class ApiState:
+    settings: ApiSettings
+    pool: ModelPool
+    gate: ComputeGate
+    jobs: JobWorker
+    nsa_results: NsaResultStore
+    startup_error: str | None = None  # why the default model could not be loaded, for /health
+    cache: dict = field(default_factory=dict)  # per-server memos: variant listing, results store
+
+    @classmethod
+    def build(cls, settings: ApiSettings, *, loaded=None) -> ApiState:
+        pool = ModelPool(settings, default=loaded, budget_bytes=settings.api_model_memory_mb << 20)
+        gate = ComputeGate(max_waiting=settings.api_queue_size, wait_seconds=settings.api_wait_seconds)
+        jobs = JobWorker(JobStore(settings.jobs_db), queue_size=settings.api_job_queue_size)
+        nsa_results = NsaResultStore(settings.nsa_db, memory_entries=settings.api_nsa_cache_entries)
+        return cls(settings, pool, gate, jobs, nsa_results)
+
+    def close(self) -> None:
+        self.jobs.stop()
+        self.jobs.store.close()
+        self.nsa_results.close()
+
+
+def get_state(request: Request) -> ApiState:
+    return request.app.state.api

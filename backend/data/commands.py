@@ -1,0 +1,60 @@
+"""``prunelens datasets``: list the named text sets, or show what one of them holds."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from backend.cli import command
+
+
+@command("datasets", "list the named text sets for calibration, perplexity and NSA")
+def _datasets(parser: argparse.ArgumentParser):
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--show",
+        metavar="NAME",
+        default=None,
+        help="load one set (a name or file:PATH) and print its size and first document",
+    )
+    parser.add_argument(
+        "--split",
+        default="calibration",
+        choices=("calibration", "heldout"),
+        help="the split --show loads (default: calibration)",
+    )
+
+    def run(args) -> int:
+        from backend.data.sources import list_text_sets, load_corpus
+
+        if args.show:
+            corpus = load_corpus(args.show, args.split)
+            first = next((text for text in corpus.documents if text and text.strip()), "")
+            summary = {
+                "name": args.show,
+                "split": args.split,
+                "documents": len(corpus),
+                "bytes": int(corpus.byte_lengths.sum()),
+                "first_document": first,
+            }
+            if args.json:
+                print(json.dumps(summary, indent=2))
+            else:
+                print(
+                    f"{args.show} {args.split}: {len(corpus)} documents, {summary['bytes']} bytes"
+                )
+                print(first[:500])
+            return 0
+        rows = list_text_sets()
+        if args.json:
+            print(json.dumps(rows, indent=2))
+            return 0
+        for row in rows:
+            where = "offline" if row["offline"] else "hub"
+            labelled = (
+                f"\tlabelled: {','.join(row['labelled_splits'])}" if row["labelled_splits"] else ""
+            )
+            print(f"{row['name']}\t{where}\t{','.join(row['splits'])}{labelled}")
+        return 0
+
+    return run

@@ -1,0 +1,172 @@
+"""Evaluate a loaded model, dense or as a pruned variant, with lm-evaluation-harness, and store it.
+
+The model is evaluated in memory: ``HFLM(pretrained=loaded.model, tokenizer=...)`` wraps the
+already-loaded model, and a variant is swapped in place with ``variant_applied`` (no checkpoint is
+written). Scores are lm-eval's own: ``simple_evaluate`` with its defaults, one task at a time so
+that each finished task is stored before the next one starts. Stored results are reused.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+
+from backend.errors import UserError
+from backend.evaluation.registry import choose_sources, parse_task_names, prepared_tasks
+from backend.evaluation.settings import EvaluationSettings
+from backend.evaluation.store import DENSE, ResultKey, ResultsStore, StoredResult
+
+Progress = Callable[[float, str], None]
+DEFAULT_BATCH_SIZE = 16
+# Resamples for metrics without a closed-form stderr (f1 of MRPC/QQP); acc's stderr is exact.
+# lm-eval's default of 100000 took 14 minutes for MRPC's f1 on 2 CPU cores; 0 would drop every
+# stderr, acc's included.
+DEFAULT_BOOTSTRAP_ITERS = 1000
+
+
+def harness_version() -> str:
+    return importlib.metadata.version("lm_eval")
+
+
+@dataclass
+class TaskResult:
+    task: str
+    stored: StoredResult
+    reused: bool
+
+    def summary_line(self) -> str:
+        """``sst2  acc,none=0.6250 ± 0.0776  n=40  packaged  (stored)`` - every metric of the task."""
+        parts = []
+        for name, value in self.stored.metrics.items():
+            metric, _, _filter = name.partition(",")
+            if not _filter or metric.endswith("_stderr") or not isinstance(value, (int, float)):
+                continue
+            stderr = self.stored.stderr(name)
+            parts.append(f"{name}={value:.4f}" + (f" ± {stderr:.4f}" if stderr is not None else ""))
+        state = "stored earlier" if self.reused else f"{self.stored.seconds or 0:.1f}s"
+        return (f"{self.task}\t{'  '.join(parts)}\tn={self.stored.n_examples}\t"
+                f"{self.stored.key.data_source}\t({state})")
+
+
+@contextmanager
+def _harness_environment():
+    """Run lm-eval quietly and in this process.
+
+    It logs a warning per task for defaults we rely on on purpose (errors still show), and its
+    bootstrap forks a process pool per metric unless DISABLE_MULTIPROC is set: forking from an
+    API server's threads or a Ray worker is asking for trouble, and 1000 resamples are quick.
+    """
+    logger = logging.getLogger("lm_eval")
+    previous_level = logger.level
+    previous_multiproc = os.environ.get("DISABLE_MULTIPROC")
+    logger.setLevel(logging.ERROR)
+    os.environ["DISABLE_MULTIPROC"] = "1"
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module="sklearn")  # f1 of a one-class sample
+            yield
+    finally:
+        logger.setLevel(previous_level)
+        if previous_multiproc is None:
+            os.environ.pop("DISABLE_MULTIPROC", None)
+        else:
+            os.environ["DISABLE_MULTIPROC"] = previous_multiproc
+
+
+def run_harness(lm, task, manager, limit: int | None, bootstrap_iters: int = DEFAULT_BOOTSTRAP_ITERS) -> dict:
+    """lm-eval's ``simple_evaluate`` on one loaded Task: its full output dict."""
+    import lm_eval
+
+    with _harness_environment():
+        output = lm_eval.simple_evaluate(
+            model=lm, tasks=[task], task_manager=manager, limit=limit, log_samples=False,
+            bootstrap_iters=bootstrap_iters,
+        )
+    if output is None:  # only non-zero ranks of a distributed run get None
+        raise UserError("lm-eval returned no results (distributed run on a non-zero rank?)")
+    return output
+
+
+def evaluate(
+    loaded,
+    tasks: str | Sequence[str],
+    *,
+    variant_id: str | None = None,
+    limit: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    store: ResultsStore | None = None,
+    data_files: dict[str, str] | None = None,
+    settings: EvaluationSettings | None = None,
+    bootstrap_iters: int = DEFAULT_BOOTSTRAP_ITERS,
+    progress: Progress | None = None,
+) -> list[TaskResult]:
+    """Results of ``loaded`` (or of its variant ``variant_id``) on ``tasks``, in the given order.
+
+    Results already in the store are returned as they are; the others are computed with lm-eval
+    and stored. ``limit`` takes the first N documents of each task's evaluation split, as
+    lm-eval's ``--limit`` does. ``data_files`` maps a task to a local file that replaces its data.
+    """
+    from backend.pruning.variants import read_manifest, validate_variant_id, variant_applied
+
+    names = parse_task_names(tasks)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise UserError(f"limit must be a positive number of examples, got {limit!r}")
+    if batch_size < 1:
+        raise UserError(f"batch size must be at least 1, got {batch_size}")
+    report = progress or (lambda _fraction, _message: None)
+    store = store or ResultsStore.from_settings()
+
+    already_applied = loaded.extra.get("variant_id")  # a model from load_variant() is the variant
+    if already_applied and variant_id not in (None, already_applied):
+        raise UserError(f"this model already is variant {already_applied!r}; load the base model instead")
+    variant_id = variant_id or already_applied
+    if variant_id:
+        manifest = read_manifest(validate_variant_id(variant_id))
+        if manifest.get("base_model") != loaded.name:
+            raise UserError(f"variant {variant_id!r} was pruned from {manifest.get('base_model')!r}, "
+                            f"not {loaded.name!r}")
+        store.record_variant(manifest)
+
+    sources = choose_sources(names, data_files=data_files, settings=settings)
+    version = harness_version()
+    keys = {name: ResultKey(loaded.name, variant_id or DENSE, name, limit, sources[name].identity, version)
+            for name in names}
+    results: dict[str, TaskResult] = {}
+    for name in names:
+        stored = store.get(keys[name])
+        if stored is not None:
+            results[name] = TaskResult(name, stored, reused=True)
+    missing = [name for name in names if name not in results]
+    if not missing:
+        report(1.0, "all results were stored earlier")
+        return [results[name] for name in names]
+
+    with prepared_tasks({name: sources[name] for name in missing}) as prepared:
+        report(0.0, f"loading {len(missing)} task(s)")
+        task_objects = {name: prepared.load(name) for name in missing}  # data problems before compute
+        from lm_eval.models.huggingface import HFLM
+
+        overlay = variant_applied(loaded, variant_id) if variant_id and not already_applied else nullcontext()
+        with overlay:
+            lm = HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=batch_size)
+            for done, name in enumerate(missing):
+                report(done / len(missing), f"evaluating {name} ({done + 1}/{len(missing)})")
+                started = time.perf_counter()
+                output = run_harness(lm, task_objects[name], prepared.manager, limit, bootstrap_iters)
+                stored = store.put(
+                    keys[name],
+                    n_examples=int(output["n-samples"][name]["effective"]),
+                    metrics=output["results"][name],
+                    task_version=output.get("versions", {}).get(name),
+                    task_config=output.get("configs", {}).get(name),
+                    seconds=time.perf_counter() - started,
+                )
+                results[name] = TaskResult(name, stored, reused=False)
+    report(1.0, "done")
+    return [results[name] for name in names]

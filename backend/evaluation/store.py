@@ -1,0 +1,305 @@
+"""The results store: lm-eval results in one SQLite file, with the manifests of the variants they
+measure and the outcome of every sweep cell.
+
+A result is keyed by (base model, variant, task, limit, data source, harness version) and keeps
+lm-eval's own result dict (``{"acc,none": 0.61, "acc_stderr,none": 0.02, ...}``). A stored result
+is reused, never recomputed. Several writers at once (processes, Ray workers on a shared disk)
+are safe: WAL journal, a busy timeout, and every write is one short IMMEDIATE transaction; when
+two writers insert the same key the first row stays (both computed the same thing).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from backend.errors import UserError
+
+SCHEMA_VERSION = 1
+DENSE = ""  # variant_id of the dense (unpruned) model
+WHOLE_SPLIT = -1  # the stored limit of a run without --limit (NULLs would never be equal in a key)
+BUSY_TIMEOUT_S = 120.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS results (
+    id INTEGER PRIMARY KEY,
+    base_model TEXT NOT NULL,
+    variant_id TEXT NOT NULL,
+    task TEXT NOT NULL,
+    limit_n INTEGER NOT NULL,
+    data_source TEXT NOT NULL,
+    harness_version TEXT NOT NULL,
+    n_examples INTEGER NOT NULL,
+    metrics TEXT NOT NULL,
+    task_version TEXT,
+    task_config TEXT,
+    seconds REAL,
+    created_at TEXT NOT NULL,
+    UNIQUE (base_model, variant_id, task, limit_n, data_source, harness_version)
+);
+CREATE TABLE IF NOT EXISTS variants (
+    variant_id TEXT PRIMARY KEY,
+    base_model TEXT NOT NULL,
+    method TEXT,
+    calibration TEXT,
+    sparsity TEXT,
+    seqlen INTEGER,
+    nsamples INTEGER,
+    seed INTEGER,
+    manifest TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sweep_cells (
+    sweep TEXT NOT NULL,
+    cell TEXT NOT NULL,
+    status TEXT NOT NULL,
+    variant_id TEXT,
+    error TEXT,
+    detail TEXT,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (sweep, cell)
+);
+"""
+
+
+def database_path(location: str | Path) -> Path:
+    """A plain path or a ``sqlite:///path`` URL (four slashes for an absolute path)."""
+    text = str(location).strip()
+    if text.startswith("sqlite:///"):
+        text = text[len("sqlite:///"):]
+    elif "://" in text:
+        raise UserError(f"results URL {text!r}: only sqlite:///PATH (or a plain file path) is supported")
+    if not text:
+        raise UserError("empty results location")
+    return Path(text).expanduser()
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class ResultKey:
+    """What identifies a result: the same key means the same numbers."""
+
+    base_model: str
+    variant_id: str  # DENSE for the unpruned model
+    task: str
+    limit: int | None  # None: the whole split
+    data_source: str  # "packaged", "hub" or "file:<content hash>"
+    harness_version: str
+
+    def row(self) -> tuple:
+        limit = WHOLE_SPLIT if self.limit is None else int(self.limit)
+        return (self.base_model, self.variant_id, self.task, limit, self.data_source, self.harness_version)
+
+
+@dataclass
+class StoredResult:
+    key: ResultKey
+    n_examples: int
+    metrics: dict  # lm-eval's results[task]: "acc,none", "acc_stderr,none", "alias", ...
+    task_version: str | None
+    seconds: float | None
+    created_at: str
+    variant: dict | None = None  # method, calibration, sparsity, seqlen, nsamples, seed (None: dense)
+
+    def metric(self, name: str = "acc,none") -> float | None:
+        value = self.metrics.get(name)
+        return float(value) if isinstance(value, (int, float)) else None
+
+    def stderr(self, name: str = "acc,none") -> float | None:
+        metric, _, filter_name = name.partition(",")
+        value = self.metrics.get(f"{metric}_stderr,{filter_name or 'none'}")
+        return float(value) if isinstance(value, (int, float)) else None
+
+    def to_json(self) -> dict:
+        return {
+            "base_model": self.key.base_model,
+            "variant_id": self.key.variant_id or None,
+            "task": self.key.task,
+            "limit": self.key.limit,
+            "data_source": self.key.data_source,
+            "harness_version": self.key.harness_version,
+            "n_examples": self.n_examples,
+            "metrics": self.metrics,
+            "task_version": self.task_version,
+            "seconds": self.seconds,
+            "created_at": self.created_at,
+            "variant": self.variant,
+        }
+
+
+_RESULT_COLUMNS = (
+    "r.base_model, r.variant_id, r.task, r.limit_n, r.data_source, r.harness_version, r.n_examples, "
+    "r.metrics, r.task_version, r.seconds, r.created_at, "
+    "v.method, v.calibration, v.sparsity, v.seqlen, v.nsamples, v.seed"
+)
+
+
+def _result_from_row(row: tuple) -> StoredResult:
+    (base, variant_id, task, limit, source, harness, n_examples, metrics, task_version, seconds,
+     created_at, method, calibration, sparsity, seqlen, nsamples, seed) = row
+    key = ResultKey(base, variant_id, task, None if limit == WHOLE_SPLIT else limit, source, harness)
+    variant = None
+    if variant_id != DENSE:
+        variant = {"method": method, "calibration": calibration, "sparsity": sparsity,
+                   "seqlen": seqlen, "nsamples": nsamples, "seed": seed}
+    return StoredResult(key, n_examples, json.loads(metrics), task_version, seconds, created_at, variant)
+
+
+class ResultsStore:
+    """Open with a path or sqlite URL; every method opens its own short-lived connection, so one
+    store object may be shared by threads, and many processes may use the same file."""
+
+    def __init__(self, location: str | Path):
+        self.path = database_path(location)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"results database {self.path}: cannot create its folder ({exc.strerror})") from exc
+        with self._transaction() as conn:
+            # One statement at a time: executescript() would commit the open transaction first.
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                conn.execute(statement)
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    @classmethod
+    def from_settings(cls) -> ResultsStore:
+        from backend.evaluation.settings import evaluation_settings
+
+        return cls(evaluation_settings().results_location)
+
+    # ------------------------------------------------------------------ connections
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")  # durable at each checkpoint; safe with WAL
+        except sqlite3.DatabaseError as exc:
+            raise UserError(f"results database {self.path}: {exc}") from exc
+        return conn
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE transaction: takes the write lock up front (waiting up to the busy
+        timeout), so concurrent writers queue instead of failing half-way."""
+        conn = self._connect()
+        try:
+            for attempt in range(5):
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    break
+                except sqlite3.OperationalError as exc:  # "database is locked" past the timeout
+                    if attempt == 4:
+                        raise UserError(f"results database {self.path} stays locked: {exc}") from exc
+                    time.sleep(0.5 * (attempt + 1))
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        finally:
+            conn.close()
+
+    @contextmanager
+    def _reader(self) -> Iterator[sqlite3.Connection]:
+        conn = self._connect()
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    # ------------------------------------------------------------------ results
+
+    def get(self, key: ResultKey) -> StoredResult | None:
+        with self._reader() as conn:
+            row = conn.execute(
+                f"SELECT {_RESULT_COLUMNS} FROM results r LEFT JOIN variants v USING (variant_id) "
+                "WHERE r.base_model=? AND r.variant_id=? AND r.task=? AND r.limit_n=? "
+                "AND r.data_source=? AND r.harness_version=?",
+                key.row(),
+            ).fetchone()
+        return _result_from_row(row) if row else None
+
+    def put(self, key: ResultKey, *, n_examples: int, metrics: dict, task_version: str | None = None,
+            task_config: dict | None = None, seconds: float | None = None) -> StoredResult:
+        """Store a result; if the key is already there (another writer won), keep and return that one."""
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO results (base_model, variant_id, task, limit_n, data_source, harness_version, "
+                "n_examples, metrics, task_version, task_config, seconds, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (*key.row(), int(n_examples), json.dumps(metrics, default=str),
+                 None if task_version is None else str(task_version),
+                 json.dumps(task_config, default=str) if task_config is not None else None,
+                 seconds, now_iso()),
+            )
+        stored = self.get(key)
+        assert stored is not None
+        return stored
+
+    def record_variant(self, manifest: dict) -> None:
+        """Keep the fields of a variant's manifest that tables group by (the variant may live on
+        another machine, or be deleted later; its results stay explained)."""
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO variants VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (variant_id) DO UPDATE "
+                "SET manifest = excluded.manifest",
+                (manifest["id"], manifest.get("base_model", ""), manifest.get("method"),
+                 manifest.get("calibration"), manifest.get("sparsity"), manifest.get("seqlen"),
+                 manifest.get("nsamples"), manifest.get("seed"), json.dumps(manifest, default=str)),
+            )
+
+    def results(self, *, base_model: str | None = None, variant_id: str | None = None,
+                task: str | None = None) -> list[StoredResult]:
+        clauses, values = [], []
+        for column, value in (("r.base_model", base_model), ("r.variant_id", variant_id), ("r.task", task)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                values.append(value)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        with self._reader() as conn:
+            rows = conn.execute(
+                f"SELECT {_RESULT_COLUMNS} FROM results r LEFT JOIN variants v USING (variant_id) "
+                f"{where} ORDER BY r.id",
+                values,
+            ).fetchall()
+        return [_result_from_row(row) for row in rows]
+
+    def count(self) -> int:
+        with self._reader() as conn:
+            return conn.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+
+    # ------------------------------------------------------------------ sweep cells
+
+    def record_cell(self, sweep: str, cell: str, status: str, *, variant_id: str | None = None,
+                    error: str | None = None, detail: dict | None = None) -> None:
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO sweep_cells VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (sweep, cell) DO UPDATE SET "
+                "status=excluded.status, variant_id=excluded.variant_id, error=excluded.error, "
+                "detail=excluded.detail, updated_at=excluded.updated_at",
+                (sweep, cell, status, variant_id, error, json.dumps(detail or {}, default=str), now_iso()),
+            )
+
+    def cells(self, sweep: str) -> dict[str, dict]:
+        with self._reader() as conn:
+            rows = conn.execute(
+                "SELECT cell, status, variant_id, error, detail, updated_at FROM sweep_cells WHERE sweep = ?",
+                (sweep,),
+            ).fetchall()
+        return {
+            cell: {"status": status, "variant_id": variant_id, "error": error,
+                   "detail": json.loads(detail or "{}"), "updated_at": updated_at}
+            for cell, status, variant_id, error, detail, updated_at in rows
+        }

@@ -1,0 +1,399 @@
+"""Sweeps: models x methods x calibration sets x sparsities x seqlens, each cell pruned and evaluated.
+
+A cell = prune (an existing variant with the same configuration is reused) + evaluate every task
+(stored results are reused). Cells run in this process by default, or as Ray tasks (one GPU each
+when the cluster has GPUs). The store records each cell's outcome, so a sweep that was killed
+does only its missing cells when run again, and a failing cell is recorded with its error while
+the others go on. Results are written by whoever computes them, straight into the results
+store: on a multi-node cluster, point PRUNELENS_CACHE_DIR and PRUNELENS_RESULTS_URL at storage
+every node shares.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from backend.errors import UserError
+
+Progress = Callable[[float, str], None]
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_LIST_KEYS = ("models", "methods", "calibrations", "sparsities", "seqlens", "tasks")
+_SCALAR_KEYS = ("name", "limit", "nsamples", "seed", "dense", "batch_size")
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """What a sweep covers; read from YAML with ``load_sweep_spec``."""
+
+    name: str
+    models: tuple[str, ...]
+    tasks: tuple[str, ...]
+    methods: tuple[str, ...] = ()
+    calibrations: tuple[str, ...] = ("c4",)
+    sparsities: tuple[str, ...] = ("0.5",)
+    seqlens: tuple[int, ...] = (2048,)
+    limit: int | None = None
+    nsamples: int = 128
+    seed: int = 0
+    dense: bool = True  # also evaluate each dense model
+    batch_size: int = 16
+
+
+@dataclass(frozen=True)
+class SweepCell:
+    """One point of the grid; ``method`` None is the dense model. Methods that use no calibration
+    data (magnitude) have calibration and seqlen None: one cell, not one per calibration set."""
+
+    model: str
+    method: str | None = None
+    calibration: str | None = None
+    sparsity: str | None = None
+    seqlen: int | None = None
+    nsamples: int | None = None
+    seed: int | None = None
+
+    @property
+    def key(self) -> str:
+        if self.method is None:
+            return f"{self.model}|dense"
+        parts = [self.model, self.method, self.calibration or "-", self.sparsity or "-",
+                 str(self.seqlen or "-"), f"n{self.nsamples}", f"seed{self.seed}"]
+        return "|".join(parts)
+
+
+@dataclass
+class CellOutcome:
+    cell: str
+    status: str  # "done" | "failed"
+    variant_id: str | None = None
+    error: str | None = None
+    computed: int = 0  # task results computed by this run
+    reused: int = 0  # task results found in the store
+    seconds: float = 0.0
+    results: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class SweepReport:
+    name: str
+    cells: int
+    skipped: int  # complete before this run
+    outcomes: list[CellOutcome]
+
+    @property
+    def failed(self) -> list[CellOutcome]:
+        return [outcome for outcome in self.outcomes if outcome.status == "failed"]
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "cells": self.cells, "skipped": self.skipped,
+                "done": sum(o.status == "done" for o in self.outcomes), "failed": len(self.failed),
+                "outcomes": [asdict(o) for o in self.outcomes]}
+
+
+# --------------------------------------------------------------------------- the spec
+
+
+def _as_list(data: dict, key: str, default: tuple = ()) -> list:
+    value = data.get(key, list(default))
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _positive_int(value, what: str, *, allow_none: bool = False) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError(f"sweep spec: {what} must be a positive integer, got {value!r}")
+    return value
+
+
+def parse_sweep_spec(data, default_name: str = "sweep") -> SweepSpec:
+    """Validate a sweep spec mapping; every problem is one UserError line naming the field."""
+    from backend.evaluation.registry import parse_task_names
+
+    if not isinstance(data, dict):
+        raise UserError("sweep spec: expected a mapping of keys (models, methods, tasks, ...)")
+    unknown = sorted(set(data) - set(_LIST_KEYS) - set(_SCALAR_KEYS))
+    if unknown:
+        raise UserError(f"sweep spec: unknown key(s) {', '.join(unknown)}; "
+                        f"expected {', '.join(_LIST_KEYS + _SCALAR_KEYS)}")
+    name = str(data.get("name") or default_name)
+    if not _NAME.match(name):
+        raise UserError(f"sweep spec: name {name!r} must be letters, digits, '.', '-', '_'")
+    models = [str(m).strip() for m in _as_list(data, "models")]
+    if not models or not all(models):
+        raise UserError("sweep spec: 'models' must name at least one model")
+    tasks = parse_task_names([str(t) for t in _as_list(data, "tasks")])
+    methods = [str(m).strip() for m in _as_list(data, "methods")]
+    dense = data.get("dense", True)
+    if not isinstance(dense, bool):
+        raise UserError(f"sweep spec: 'dense' must be true or false, got {dense!r}")
+    if not methods and not dense:
+        raise UserError("sweep spec: nothing to run (no methods and dense: false)")
+    if methods:
+        from backend.pruning.engine import METHODS
+
+        bad = [m for m in methods if m not in METHODS]
+        if bad:
+            raise UserError(f"sweep spec: unknown method(s) {', '.join(bad)}; choose from {', '.join(METHODS)}")
+    sparsities = [str(s).strip() for s in _as_list(data, "sparsities", ("0.5",))]
+    if methods:
+        from backend.pruning.spec import SparsitySpec
+
+        sparsities = [SparsitySpec.parse(s).label for s in sparsities]  # UserError names a bad one
+    calibrations = [str(c).strip() for c in _as_list(data, "calibrations", ("c4",))]
+    if methods and (not calibrations or not all(calibrations)):
+        raise UserError("sweep spec: 'calibrations' must name at least one calibration set")
+    seqlens = [_positive_int(s, "each seqlen") for s in _as_list(data, "seqlens", (2048,))]
+    return SweepSpec(
+        name=name, models=tuple(dict.fromkeys(models)), tasks=tuple(tasks), methods=tuple(dict.fromkeys(methods)),
+        calibrations=tuple(dict.fromkeys(calibrations)), sparsities=tuple(dict.fromkeys(sparsities)),
+        seqlens=tuple(dict.fromkeys(seqlens)),
+        limit=_positive_int(data.get("limit"), "limit", allow_none=True),
+        nsamples=_positive_int(data.get("nsamples", 128), "nsamples"),
+        seed=_nonnegative_int(data.get("seed", 0)),
+        dense=dense,
+        batch_size=_positive_int(data.get("batch_size", 16), "batch_size"),
+    )
+
+
+def _nonnegative_int(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise UserError(f"sweep spec: seed must be a non-negative integer, got {value!r}")
+    return value
+
+
+def load_sweep_spec(path: str | Path) -> SweepSpec:
+    import yaml
+
+    location = Path(path).expanduser()
+    if not location.is_file():
+        raise UserError(f"sweep spec not found: {location}")
+    try:
+        data = yaml.safe_load(location.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"{location}:{where} malformed YAML ({problem})") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{location}: cannot read ({exc})") from exc
+    return parse_sweep_spec(data, default_name=location.stem)
+
+
+def sweep_cells(spec: SweepSpec) -> list[SweepCell]:
+    """The grid, in a stable order. Structured methods (mi) pair only with 'neurons:' sparsities
+    and weight methods only with the others; methods without calibration data get one cell per
+    sparsity."""
+    cells: list[SweepCell] = []
+    for model in spec.models:
+        if spec.dense:
+            cells.append(SweepCell(model))
+        if not spec.methods:
+            continue
+        from backend.pruning.engine import METHODS
+
+        for method in spec.methods:
+            info = METHODS[method]
+            sparsities = [s for s in spec.sparsities if s.startswith("neurons:") == info.structured]
+            if info.needs_calibration:
+                grid = itertools.product(spec.calibrations, sparsities, spec.seqlens)
+                cells += [SweepCell(model, method, calibration, sparsity, seqlen, spec.nsamples, spec.seed)
+                          for calibration, sparsity, seqlen in grid]
+            else:
+                cells += [SweepCell(model, method, None, sparsity) for sparsity in sparsities]
+    return list(dict.fromkeys(cells))
+
+
+# --------------------------------------------------------------------------- one cell
+
+_MODEL_CACHE: dict[str, object] = {}  # the last model a process loaded: cells of a model reuse it
+
+
+def _model_for(reference: str):
+    if reference not in _MODEL_CACHE:
+        from backend.models.loader import load_model
+
+        _MODEL_CACHE.clear()  # one model at a time: a worker must not hoard GPU memory
+        _MODEL_CACHE[reference] = load_model(reference)
+    return _MODEL_CACHE[reference]
+
+
+def prune_for_cell(loaded, cell: SweepCell, spec: SweepSpec) -> str:
+    """The prune step of a cell, as one call: the variant id (existing variants are reused)."""
+    from backend.pruning.engine import PruneConfig, create_variant
+    from backend.pruning.spec import SparsitySpec
+
+    config = PruneConfig(
+        method=cell.method,
+        calibration=cell.calibration or spec.calibrations[0],  # ignored by methods without data
+        spec=SparsitySpec.parse(cell.sparsity),
+        nsamples=spec.nsamples,
+        seqlen=cell.seqlen or spec.seqlens[0],
+        seed=spec.seed,
+    )
+    return create_variant(loaded, config).variant_id
+
+
+def _one_line(exc: BaseException) -> str:
+    text = (str(exc).strip().splitlines() or [""])[0][:300]
+    return text if isinstance(exc, UserError) else f"{exc.__class__.__name__}: {text}"
+
+
+def run_cell(cell: SweepCell, spec: SweepSpec, environment: dict[str, str] | None = None) -> CellOutcome:
+    """Prune and evaluate one cell; any error becomes a failed outcome (never an exception).
+
+    ``environment`` (PRUNELENS_* settings) is applied first: Ray workers get the driver's cache
+    folder and results database this way.
+    """
+    from backend.config import get_settings
+    from backend.evaluation.runner import evaluate
+    from backend.evaluation.store import ResultsStore
+
+    if environment:
+        os.environ.update(environment)
+        get_settings.cache_clear()
+    started = time.perf_counter()
+    variant_id = None
+    try:
+        loaded = _model_for(cell.model)
+        if cell.method is not None:
+            variant_id = prune_for_cell(loaded, cell, spec)
+        results = evaluate(loaded, list(spec.tasks), variant_id=variant_id, limit=spec.limit,
+                           batch_size=spec.batch_size, store=ResultsStore.from_settings())
+    except Exception as exc:  # noqa: BLE001 - a failing cell must not stop the sweep
+        return CellOutcome(cell.key, "failed", variant_id, _one_line(exc),
+                           seconds=time.perf_counter() - started)
+    return CellOutcome(
+        cell.key, "done", variant_id,
+        computed=sum(not r.reused for r in results), reused=sum(r.reused for r in results),
+        seconds=time.perf_counter() - started,
+        results=[{"task": r.task, "metrics": r.stored.metrics, "n_examples": r.stored.n_examples}
+                 for r in results],
+    )
+
+
+# --------------------------------------------------------------------------- the sweep
+
+
+def _cell_complete(store, spec: SweepSpec, cell: SweepCell, record: dict | None) -> bool:
+    """Done in an earlier run, and every task of the spec still has a result with its limit."""
+    if not record or record["status"] != "done":
+        return False
+    from backend.evaluation.store import DENSE, WHOLE_SPLIT
+
+    variant_id = record["variant_id"] or DENSE
+    limit = WHOLE_SPLIT if spec.limit is None else spec.limit
+    stored = store.results(base_model=_base_name(cell.model), variant_id=variant_id)
+    have = {r.key.task for r in stored if (WHOLE_SPLIT if r.key.limit is None else r.key.limit) == limit}
+    return set(spec.tasks) <= have
+
+
+def _base_name(reference: str) -> str:
+    """The name a model is stored under (load_model resolves local folders to absolute paths)."""
+    from backend.models.loader import parse_model_ref
+
+    try:
+        return parse_model_ref(reference).name
+    except UserError:
+        return reference
+
+
+def _worker_environment() -> dict[str, str]:
+    """The driver's PRUNELENS_* settings, with its cache and results database made absolute."""
+    from backend.config import get_settings
+    from backend.evaluation.settings import evaluation_settings
+    from backend.evaluation.store import database_path
+
+    environment = {key: value for key, value in os.environ.items() if key.startswith("PRUNELENS_")}
+    environment["PRUNELENS_CACHE_DIR"] = str(get_settings().cache_dir.resolve())
+    environment["PRUNELENS_RESULTS_URL"] = str(database_path(evaluation_settings().results_location).resolve())
+    return environment
+
+
+def run_sweep(
+    spec: SweepSpec,
+    *,
+    ray_address: str | None = None,
+    progress: Progress | None = None,
+    show_bar: bool = False,
+) -> SweepReport:
+    """Run the cells not complete yet, locally or on Ray (``ray_address``: an address, 'auto', or
+    'local' for a Ray instance started here). Each outcome is recorded as soon as it arrives."""
+    from backend.evaluation.store import ResultsStore
+
+    store = ResultsStore.from_settings()
+    cells = sweep_cells(spec)
+    records = store.cells(spec.name)
+    todo = [cell for cell in cells if not _cell_complete(store, spec, cell, records.get(cell.key))]
+    report = SweepReport(spec.name, len(cells), len(cells) - len(todo), [])
+    bar = None
+    if show_bar:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(cells), initial=report.skipped, desc=f"sweep {spec.name}", unit="cell",
+                   file=sys.stderr)
+
+    def record(outcome: CellOutcome) -> None:
+        store.record_cell(spec.name, outcome.cell, outcome.status, variant_id=outcome.variant_id,
+                          error=outcome.error, detail={"computed": outcome.computed, "reused": outcome.reused,
+                                                       "seconds": round(outcome.seconds, 3)})
+        report.outcomes.append(outcome)
+        finished = report.skipped + len(report.outcomes)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix_str(f"{len(report.failed)} failed", refresh=True)
+        if progress:
+            progress(finished / max(len(cells), 1), f"{outcome.status}: {outcome.cell}")
+
+    try:
+        if ray_address:
+            _run_on_ray(todo, spec, ray_address, record)
+        else:
+            for cell in todo:
+                record(run_cell(cell, spec))
+    finally:
+        if bar is not None:
+            bar.close()
+    return report
+
+
+def _run_on_ray(cells: list[SweepCell], spec: SweepSpec, address: str, record: Callable) -> None:
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--ray-address needs Ray: pip install 'prunelens[cluster]'") from None
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        try:
+            if address == "local":
+                ray.init(include_dashboard=False, log_to_driver=False)
+            else:
+                ray.init(address=address, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise UserError(f"cannot connect to Ray at {address!r}: {str(exc).splitlines()[0][:200]}") from exc
+    try:
+        gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+        remote_cell = ray.remote(run_cell).options(num_cpus=1, num_gpus=gpus, max_retries=0)
+        environment = _worker_environment()
+        pending = {remote_cell.remote(cell, spec, environment): cell for cell in cells}
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            cell = pending.pop(ready[0])
+            try:
+                outcome = ray.get(ready[0])
+            except Exception as exc:  # noqa: BLE001 - a worker that died (OOM, node lost)
+                outcome = CellOutcome(cell.key, "failed", error=f"Ray task failed: {_one_line(exc)}")
+            record(outcome)
+    finally:
+        if started_here:
+            ray.shutdown()

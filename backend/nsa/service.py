@@ -1,0 +1,248 @@
+"""Neuron Semantic Attribution end to end: the one function the CLI and the API both call.
+
+``attribute`` runs step 1 (influential words), step 2 (one streamed dense pass per text),
+step 3 (one pass per text and variant, the variant swapped into the loaded model in place)
+and, if asked, the ablation check, then assembles the versioned result with
+``schema.build_result``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+
+from backend.errors import UserError
+from backend.nsa.ablation import DEFAULT_DRAWS, ablation_check
+from backend.nsa.capture import encode_text
+from backend.nsa.compare import TextObservation, assemble_observation, neuron_weight_slices, weights_removed
+from backend.nsa.influential import influential_words
+from backend.nsa.schema import TextRecord, VariantRecord, build_result, variant_info
+from backend.nsa.scoring import (
+    ACTIVATION_MODES,
+    NEGLIGIBLE_FRACTION,
+    Selection,
+    TextScores,
+    observe_text,
+    score_text,
+    select_neurons,
+)
+from backend.nsa.tasks import get_task
+
+Progress = Callable[[float, str], None]
+
+
+def dataset_examples(name: str, n: int, seed: int = 0) -> list[dict]:
+    """Labelled examples ``{"text", "label", "label_text"}`` from a named dataset (e.g. sst2)."""
+    if n < 1:
+        raise UserError("--n must be at least 1")
+    try:
+        from backend.data.sources import labelled_examples
+    except ImportError as exc:
+        raise UserError("labelled datasets are not available in this installation (backend.data.sources)") from exc
+    return labelled_examples(name, n, seed)
+
+
+def _normalise_texts(texts) -> list[dict]:
+    if isinstance(texts, (str, dict)):
+        texts = [texts]
+    rows = []
+    for item in texts or []:
+        row = {"text": item} if isinstance(item, str) else dict(item)
+        if not isinstance(row.get("text"), str) or not row["text"].strip():
+            raise UserError("empty text")
+        rows.append(row)
+    if not rows:
+        raise UserError("no text given")
+    return rows
+
+
+def _normalise_words(words, count: int) -> list[list[str] | None]:
+    """None, one list for every text, or one list per text -> one (optional) list per text."""
+    if words is None:
+        return [None] * count
+    if isinstance(words, str):
+        words = [w for w in words.split(",")]
+    if all(isinstance(w, str) for w in words):
+        cleaned = [w.strip() for w in words if w.strip()]
+        if not cleaned:
+            raise UserError("--words is empty")
+        return [cleaned] * count
+    if len(words) != count:
+        raise UserError(f"{len(words)} word lists for {count} texts")
+    return [[w.strip() for w in group if w.strip()] or None for group in words]
+
+
+def _manifests(loaded, variant_ids: Sequence[str]) -> list[dict]:
+    """Validate variant ids up front, before any slow work (NotFoundError when unknown)."""
+    if not variant_ids:
+        return []
+    from backend.pruning.variants import read_manifest, validate_variant_id
+
+    manifests = []
+    for vid in dict.fromkeys(variant_ids):
+        manifest = read_manifest(validate_variant_id(vid))
+        if manifest.get("base_model") not in (None, loaded.name):
+            raise UserError(f"variant {vid!r} was pruned from {manifest['base_model']!r}, not {loaded.name!r}")
+        manifests.append({**manifest, "id": vid})
+    return manifests
+
+
+def _report(progress: Progress | None, fraction: float, message: str) -> None:
+    if progress is not None:
+        progress(min(max(fraction, 0.0), 1.0), message)
+
+
+def _dense_observation(loaded, record: TextRecord, scores: TextScores, selection: Selection,
+                       mode: str) -> TextObservation:
+    """Reuse the scoring pass's kept columns when they hold every selected neuron, else re-run."""
+    by_layer = selection.indices_by_layer()
+    per_layer = {}
+    for layer, indices in by_layer.items():
+        kept = scores.layers[layer]
+        where = {int(c): pos for pos, c in enumerate(kept.candidates.tolist())}
+        if not all(i in where for i in indices):
+            per_layer = None
+            break
+        columns = kept.candidate_activations[:, [where[i] for i in indices]]  # [tokens, n_layer]
+        per_layer[layer] = (columns, kept.mass)
+    if per_layer is None:
+        per_layer = observe_text(loaded, record.encoded.input_ids, by_layer, record.word_tokens, mode)
+    return assemble_observation(selection, per_layer)
+
+
+def attribute(
+    loaded,
+    texts,
+    *,
+    words=None,
+    task: str = "sentiment",
+    variants: Sequence[str] = (),
+    top_k: int = 20,
+    ablate: bool = False,
+    explainer=None,
+    activation: str = "abs",
+    negligible_fraction: float = NEGLIGIBLE_FRACTION,
+    max_new_tokens: int = 48,
+    draws: int = DEFAULT_DRAWS,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> dict:
+    """Run NSA on ``texts`` (strings, or dicts with "text" and optionally "label_text").
+
+    ``words``: influential words given by the user (one list for all texts, or one per
+    text) instead of asking the model. ``variants``: ids of pruned variants of ``loaded``.
+    ``explainer``: another LoadedModel that answers step 1. Returns the result dict
+    described by ``backend.nsa.schema.NsaResult``.
+    """
+    started = time.perf_counter()
+    spec = get_task(task)
+    if activation not in ACTIVATION_MODES:
+        raise UserError(f"unknown activation mode {activation!r}: use {' or '.join(ACTIVATION_MODES)}")
+    rows = _normalise_texts(texts)
+    word_lists = _normalise_words(words, len(rows))
+    manifests = _manifests(loaded, variants)
+    layer_count = len(loaded.adapter.decoder_layers(loaded.model))
+    neuron_count = loaded.adapter.neuron_count(loaded.model)
+    if not 1 <= top_k <= layer_count * neuron_count:
+        raise UserError(f"--top-k must be between 1 and {layer_count * neuron_count}")
+    warnings: list[str] = []
+    timings: dict[str, float] = {}
+
+    encoded = [encode_text(loaded.tokenizer, row["text"], loaded.max_length) for row in rows]
+    for i, enc in enumerate(encoded):
+        if enc.truncated:
+            warnings.append(f"text {i} truncated to the model's context of {loaded.max_length} tokens; "
+                            "words beyond it are ignored")
+    if words is not None:
+        from backend.nsa.influential import find_word_spans
+
+        if not any(find_word_spans(enc.text, w) for enc, group in zip(encoded, word_lists, strict=True)
+                   for w in group or []):
+            raise UserError("none of the given words occur in the text")
+
+    # Step 1 ---------------------------------------------------------------------------------
+    clock = time.perf_counter()
+    records = []
+    for i, (row, enc, user_words) in enumerate(zip(rows, encoded, word_lists, strict=True)):
+        _report(progress, 0.3 * i / len(rows), f"influential words of text {i + 1}/{len(rows)}")
+        label = row.get("label_text")
+        found = influential_words(loaded, enc, spec, user_words=user_words, explainer=explainer,
+                                  max_new_tokens=max_new_tokens, label_index=spec.label_index(label))
+        if found.missing:
+            warnings.append(f"text {i}: not in the text, ignored: {', '.join(found.missing)}")
+        if found.source.startswith("fallback"):
+            warnings.append(f"text {i}: {found.note}")
+        records.append(TextRecord(enc, found, label=None if label is None else str(label)))
+    timings["step1_words"] = time.perf_counter() - clock
+
+    # Step 2 ---------------------------------------------------------------------------------
+    clock = time.perf_counter()
+    text_scores = []
+    for i, record in enumerate(records):
+        _report(progress, 0.3 + 0.2 * i / len(records), f"scoring neurons on text {i + 1}/{len(records)}")
+        scores = score_text(loaded, record.encoded.input_ids, record.influential_mask, record.scored,
+                            record.word_tokens, keep=top_k, mode=activation,
+                            negligible_fraction=negligible_fraction)
+        record.eligible_neurons = sum(layer.eligible for layer in scores.layers.values())
+        text_scores.append(scores)
+    selection = select_neurons([s.scores() for s in text_scores], top_k)
+    dense = [_dense_observation(loaded, record, scores, selection, activation)
+             for record, scores in zip(records, text_scores, strict=True)]
+    timings["step2_scoring"] = time.perf_counter() - clock
+
+    # Step 3 ---------------------------------------------------------------------------------
+    clock = time.perf_counter()
+    variant_records = []
+    if manifests:
+        from backend.pruning.variants import variant_applied
+
+        dense_slices = neuron_weight_slices(loaded, selection)
+        by_layer = selection.indices_by_layer()
+        for v, manifest in enumerate(manifests):
+            _report(progress, 0.5 + 0.3 * v / len(manifests), f"variant {manifest['id']}")
+            with variant_applied(loaded, manifest["id"]):
+                observations = [
+                    assemble_observation(selection, observe_text(loaded, record.encoded.input_ids, by_layer,
+                                                                 record.word_tokens, activation))
+                    for record in records
+                ]
+                removed = weights_removed(dense_slices, neuron_weight_slices(loaded, selection))
+            variant_records.append(VariantRecord(variant_info(manifest), observations, removed))
+    timings["step3_variants"] = time.perf_counter() - clock
+
+    ablation = None
+    if ablate:
+        clock = time.perf_counter()
+        _report(progress, 0.85, "ablation check")
+        ablation = ablation_check(
+            loaded, [r.encoded.text for r in records], selection.indices_by_layer(), spec,
+            labels=[spec.label_index(r.label) for r in records], draws=draws, seed=seed,
+        )
+        timings["ablation"] = time.perf_counter() - clock
+
+    timings["total"] = time.perf_counter() - started
+    settings = {
+        "top_k": top_k,
+        "activation": activation,
+        "negligible_fraction": negligible_fraction,
+        "aggregation": "mean over texts of per-text scores (negligible = 0)",
+        "max_new_tokens": max_new_tokens,
+        "explainer": getattr(explainer, "name", None),
+        "long_texts": "truncated to the model's context",
+    }
+    model_info = {"name": loaded.name, "family": loaded.adapter.family, "layers": layer_count,
+                  "neurons_per_layer": neuron_count}
+    result = build_result(model=model_info, task=spec, settings=settings, texts=records, selection=selection,
+                          dense=dense, variants=variant_records, ablation=ablation, warnings=warnings,
+                          timings=timings)
+    _report(progress, 1.0, "done")
+    return result
+
+
+@torch.inference_mode()
+def plain_forward(loaded, text: str) -> None:
+    """One forward pass without any hook: the unit NSA's cost is measured against (bench)."""
+    enc = encode_text(loaded.tokenizer, text, loaded.max_length)
+    loaded.model(input_ids=torch.tensor([enc.input_ids], device=loaded.device), use_cache=False)

@@ -1,0 +1,83 @@
+"""Streaming statistics of one linear layer's input over the calibration tokens.
+
+The pruning methods need, per input feature j of a layer: the activation norm ``||X_j||_2``
+(Wanda, RIA), the Hessian of the layer-wise squared error ``H = 2 X X^T / n`` (SparseGPT) and,
+for the MLP down projection, the covariance and mean of the neurons (MI neuron pruning).
+Tokens arrive in batches; nothing of size [tokens, in] is kept.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class InputStatistics:
+    """Accumulates statistics of ``x: [..., in_features]`` batches, in float32 on ``device``."""
+
+    def __init__(self, in_features: int, device: torch.device | str, *, hessian: bool = False,
+                 covariance: bool = False) -> None:
+        self.in_features = in_features
+        self.device = torch.device(device)
+        self.tokens = 0
+        self._sum_squares = torch.zeros(in_features, dtype=torch.float32, device=self.device)  # [in]
+        self._hessian = (
+            torch.zeros(in_features, in_features, dtype=torch.float32, device=self.device) if hessian else None
+        )
+        self._mean = torch.zeros(in_features, dtype=torch.float32, device=self.device) if covariance else None
+        # Sum of outer products of deviations from the running mean (Chan et al.'s pairwise update).
+        self._centered_outer = (
+            torch.zeros(in_features, in_features, dtype=torch.float32, device=self.device) if covariance else None
+        )
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> None:
+        """Add a batch of inputs: x [..., in_features], any leading dims (flattened to tokens)."""
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"expected inputs with {self.in_features} features, got shape {tuple(x.shape)}")
+        batch = x.detach().reshape(-1, self.in_features).to(device=self.device, dtype=torch.float32)  # [tokens, in]
+        added = batch.shape[0]
+        if added == 0:
+            return
+        previous = self.tokens
+        total = previous + added
+        self._sum_squares += batch.pow(2).sum(dim=0)
+        if self._hessian is not None:
+            # Running average as SparseGPT keeps it: rescale the old mean, add the new scaled
+            # batch; the entries stay O(x^2) however many tokens arrive, so float32 suffices.
+            self._hessian.mul_(previous / total)
+            scaled = batch * (2.0 / total) ** 0.5
+            self._hessian.addmm_(scaled.T, scaled)
+        if self._mean is not None:
+            batch_mean = batch.mean(dim=0)  # [in]
+            centered = batch - batch_mean
+            delta = batch_mean - self._mean
+            self._centered_outer.addmm_(centered.T, centered)
+            self._centered_outer.addr_(delta, delta, alpha=previous * added / total)
+            self._mean.add_(delta, alpha=added / total)
+        self.tokens = total
+
+    @property
+    def act_norm(self) -> torch.Tensor:
+        """||X_j||_2 over all tokens seen: [in], float32."""
+        return self._sum_squares.sqrt()
+
+    @property
+    def hessian(self) -> torch.Tensor:
+        """2 X X^T / n over all tokens seen (X = [in, tokens]): [in, in], float32."""
+        if self._hessian is None:
+            raise RuntimeError("InputStatistics was created without hessian=True")
+        return self._hessian
+
+    @property
+    def covariance(self) -> torch.Tensor:
+        """Population covariance (divided by n) of the inputs: [in, in], float32."""
+        if self._centered_outer is None:
+            raise RuntimeError("InputStatistics was created without covariance=True")
+        return self._centered_outer / max(self.tokens, 1)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """Mean input over all tokens seen: [in], float32."""
+        if self._mean is None:
+            raise RuntimeError("InputStatistics was created without covariance=True")
+        return self._mean

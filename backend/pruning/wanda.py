@@ -1,0 +1,37 @@
+"""Wanda: prune by weight magnitude times input activation norm, compared within each output row.
+
+Sun, Liu, Bair, Kolter, "A Simple and Effective Pruning Approach for Large Language Models"
+(ICLR 2024). Score S_ij = |W_ij| * ||X_j||_2, where ||X_j||_2 is the norm of input feature j
+over all calibration tokens; no weight update. Comparing within each output row (rather than the
+whole matrix) is the paper's finding for LLMs and is what the reference code does.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from backend.pruning.spec import SparsitySpec, mask_for_spec, require_weight_spec
+
+
+def wanda_metric(weight: torch.Tensor, act_norm: torch.Tensor) -> torch.Tensor:
+    """|W_ij| * ||X_j||_2 in float32.  weight: [out, in], act_norm: [in] -> [out, in]"""
+    _check_act_norm(weight, act_norm)
+    return weight.detach().float().abs() * act_norm.to(device=weight.device, dtype=torch.float32).unsqueeze(0)
+
+
+@torch.no_grad()
+def wanda_mask(weight: torch.Tensor, act_norm: torch.Tensor, spec: SparsitySpec) -> torch.Tensor:
+    """Mask (True = pruned).  weight: [out, in], act_norm: [in] -> mask [out, in]
+
+    Unstructured: exactly ``int(in * ratio)`` lowest-scoring weights of every output row.
+    N:M: the m - n lowest of each group of m consecutive inputs of a row.
+    """
+    require_weight_spec(spec, "Wanda")
+    return mask_for_spec(wanda_metric(weight, act_norm), spec, per_row=True)
+
+
+def _check_act_norm(weight: torch.Tensor, act_norm: torch.Tensor) -> None:
+    if weight.dim() != 2 or act_norm.shape != (weight.shape[1],):
+        raise ValueError(
+            f"weight must be [out, in] and act_norm [in]; got {tuple(weight.shape)} and {tuple(act_norm.shape)}"
+        )

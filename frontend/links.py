@@ -1,0 +1,92 @@
+"""Views as links: the URL query parameters that reproduce what a page shows.
+
+Every page keeps its choices (model, variants, result id, text, layer, neuron, …) in
+``st.query_params`` through these functions, so a copied URL opens the same view. Parsing is
+forgiving: a malformed parameter is dropped (the page falls back to its default), never an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from urllib.parse import urlencode
+
+# Page url_path values (st.Page(url_path=...)); shared URLs look like /explorer?result=...&layer=3
+PAGE_PATHS = {
+    "explorer": "explorer",
+    "attribute": "attribute",
+    "calibration": "calibration",
+    "accuracy": "accuracy",
+    "jobs": "jobs",
+}
+
+
+def _first(value) -> str | None:
+    if isinstance(value, list | tuple):
+        value = value[0] if value else None
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _int(value) -> int | None:
+    text = _first(value)
+    try:
+        number = int(text) if text is not None else None
+    except ValueError:
+        return None
+    return number if number is not None and number >= 0 else None
+
+
+def _list(value) -> tuple[str, ...]:
+    if isinstance(value, list | tuple):
+        items = [part for item in value for part in str(item).split(",")]
+    else:
+        items = (_first(value) or "").split(",")
+    return tuple(dict.fromkeys(item.strip() for item in items if item.strip()))
+
+
+@dataclass(frozen=True)
+class ViewState:
+    """The shareable part of a page's state; unset fields are left out of the URL."""
+
+    model: str | None = None
+    variants: tuple[str, ...] = field(default_factory=tuple)
+    result: str | None = None  # a stored NSA result id
+    text: int | None = None  # which text of the result
+    layer: int | None = None
+    neuron: int | None = None
+    method: str | None = None
+    sparsity: str | None = None
+    task: str | None = None
+    kind: str | None = None  # accuracy table kind
+
+    @classmethod
+    def from_params(cls, params: Mapping) -> ViewState:
+        values = {}
+        for spec in fields(cls):
+            raw = params.get(spec.name)
+            if spec.name == "variants":
+                values[spec.name] = _list(raw)
+            elif spec.name in ("text", "layer", "neuron"):
+                values[spec.name] = _int(raw)
+            else:
+                values[spec.name] = _first(raw)
+        return cls(**values)
+
+    def to_params(self) -> dict[str, str]:
+        params = {}
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            if value is None or value == ():
+                continue
+            params[spec.name] = ",".join(value) if isinstance(value, tuple) else str(value)
+        return params
+
+
+def share_url(base_url: str, page: str, state: ViewState) -> str:
+    """The absolute link of a view, e.g. ``http://host:8501/explorer?result=abc&layer=3``."""
+    path = PAGE_PATHS[page]
+    query = urlencode(state.to_params())
+    return f"{base_url.rstrip('/')}/{path}" + (f"?{query}" if query else "")

@@ -1,0 +1,65 @@
+"""Accuracy tables: the paper's views of the results store, colour-scaled, sortable, as CSV; and
+accuracy-vs-sparsity lines per task category.
+
+Missing cells are blank, never zero: an evaluation that was not run is not a zero accuracy.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from frontend import ui
+from frontend.links import ViewState
+from frontend.views import figures, tables
+
+KINDS = {
+    "task-calibration": "Task x calibration set (mean over methods and sparsities)",
+    "model-calibration": "Model x calibration set (one task)",
+    "task-sparsity": "Task x sparsity",
+    "task-seqlen": "Task x calibration sequence length",
+    "method-calibration": "Method x calibration set",
+    "category-calibration": "Task category x calibration set",
+}
+METRICS = ("acc,none", "acc_norm,none", "f1,none", "mcc,none")
+
+st.title("Accuracy tables")
+state = ui.view_state()
+api = ui.client()
+
+models = ui.fetch(api.models, what="models") or []
+names = [row["name"] for row in models]
+tasks = ui.fetch(api.tasks, what="tasks") or []
+task_names = [t["name"] for t in tasks]
+
+c1, c2, c3, c4 = st.columns([3, 2, 2, 1])
+kinds = list(KINDS)
+kind = ui.pick("Table", kinds, state.kind, key="acc_kind", format_func=KINDS.get, container=c1)
+model_options = ["all models", *names]
+model_choice = ui.pick("Model", model_options, state.model, key="acc_model", container=c2)
+model = None if model_choice == "all models" else model_choice
+task = None
+if kind == "model-calibration":
+    task = ui.pick("Task", task_names, state.task or "sst2", key="acc_task", container=c3)
+metric = c4.selectbox("Metric", METRICS, key="acc_metric")
+ui.publish(ViewState(kind=kind, model=model, task=task))
+
+payload = ui.fetch(api.table, kind, model=model, task=task, metric=metric, what=f"table {kind}")
+if payload is not None:
+    frame = tables.table_frame(payload)
+    if frame.empty:
+        st.info("No stored evaluation fills this table yet: evaluate variants on **Variants & jobs**.")
+    else:
+        st.dataframe(tables.style_accuracy(frame), hide_index=True, key="acc_table")
+        st.download_button("Download CSV", tables.csv_text(frame), file_name=f"prunelens-{kind}.csv",
+                           mime="text/csv", key="acc_csv")
+        if payload.get("note") or payload.get("description"):
+            st.caption(payload.get("note") or payload.get("description"))
+
+st.subheader("Accuracy vs sparsity")
+evaluations = ui.fetch(api.evaluations, base_model=model, what="evaluations") or []
+lines = figures.accuracy_by_sparsity(evaluations, tasks, metric)
+if lines.empty:
+    st.caption("No stored evaluation with this metric yet.")
+else:
+    st.plotly_chart(figures.accuracy_sparsity_figure(lines), key="acc_lines")
+    st.caption("Mean over methods and calibration sets; dense at 0 %. Diamonds: semi-structured N:M.")

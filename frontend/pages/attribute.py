@@ -1,0 +1,153 @@
+"""Attribute your text: paste or upload texts, run NSA, edit the influential words, rerun, download.
+
+The result is stored by the backend under an id that goes into the URL, so the page can be
+shared and reopened. Downloads: the result JSON, the neuron table as CSV and every heatmap as
+one self-contained HTML file.
+"""
+
+from __future__ import annotations
+
+import json
+
+import streamlit as st
+
+from frontend import ui
+from frontend.links import ViewState
+from frontend.views import nsa_view
+from frontend.views.heatmap import styled_fragment
+
+TASKS = ("sentiment", "question_answering", "semantic_similarity", "logical_reasoning")
+UPLOAD_TYPES = ["txt", "csv", "jsonl"]
+MAX_VARIANTS = 8
+
+st.title("Attribute your text")
+st.caption("Which words matter for the task, which neurons fire on them, and what pruning left of those "
+           "neurons. Upload .txt (one text per blank-line-separated paragraph), .csv (a `text` column) "
+           "or .jsonl (a `text` field).")
+state = ui.view_state()
+api = ui.client()
+
+models = ui.fetch(api.models, what="models") or []
+names = [row["name"] for row in models]
+default_model = next((row["name"] for row in models if row.get("default")), names[0] if names else None)
+c1, c2, c3, c4 = st.columns([3, 2, 1, 1])
+model = ui.pick("Model", names, state.model or default_model, key="at_model", container=c1)
+task = c2.selectbox("Task type", TASKS, key="at_task")
+top_k = c3.number_input("Top-k neurons", min_value=1, max_value=500, value=20, key="at_top_k")
+ablate = c4.checkbox("Ablation check", key="at_ablate",
+                     help="Also zero the top neurons and compare the label margin change with random neurons")
+variants = (ui.fetch(api.variants, base=model, what="variants") or []) if model else []
+variant_ids = [v["id"] for v in variants]
+chosen_variants = st.multiselect(
+    "Pruned variants to compare", variant_ids, max_selections=MAX_VARIANTS, key="at_variants",
+    default=[v for v in state.variants if v in variant_ids][:MAX_VARIANTS],
+    format_func=lambda vid: nsa_view.variant_label(next(v for v in variants if v["id"] == vid)),
+)
+
+mode = st.radio("Input", ["Paste text", "Upload a file"], horizontal=True, key="at_mode")
+pasted, uploaded = "", None
+if mode == "Paste text":
+    pasted = st.text_area("Text", height=120, key="at_text",
+                          placeholder="The movie was painfully slow, but the acting was beautiful.")
+else:
+    uploaded = st.file_uploader("Text file", type=UPLOAD_TYPES, key="at_file")
+
+common = {"model": model, "task": task, "variants": chosen_variants, "top_k": int(top_k), "ablate": ablate}
+if st.button("Run NSA", type="primary", key="at_run"):
+    with st.spinner("Running NSA…"):
+        if uploaded is not None:
+            envelope = ui.fetch(api.nsa_upload, uploaded.name, uploaded.getvalue(), common, what="NSA")
+        elif pasted.strip():
+            envelope = ui.fetch(api.nsa, {**common, "text": pasted}, what="NSA")
+        else:
+            st.warning("Paste a text or upload a file first.")
+            envelope = None
+    if envelope is not None:
+        st.session_state["at_result"] = envelope["id"]
+
+result_id = st.session_state.get("at_result") or state.result
+if not result_id:
+    st.stop()
+envelope = ui.nsa_result(result_id)
+if envelope is None:
+    st.stop()
+result = envelope["result"]
+problem = nsa_view.check_schema(result)
+if problem:
+    st.error(problem)
+    st.stop()
+request = envelope.get("request", {})
+ui.publish(ViewState(model=result["model"]["name"], variants=tuple(v["id"] for v in result.get("variants", [])),
+                     result=result_id))
+
+st.divider()
+texts = result.get("texts", [])
+st.subheader(f"Result `{result_id}` \u00b7 {len(texts)} text(s) \u00b7 task {result.get('task')}")
+for warning in result.get("warnings", []):
+    st.caption(f"\u26A0\uFE0F {warning}")
+
+st.markdown("**Influential words** and where they came from")
+st.dataframe(nsa_view.influential_words_table(result), hide_index=True, key="at_words_table")
+for text in texts:
+    influential = text.get("influential", {})
+    details = []
+    if influential.get("note"):
+        details.append(influential["note"])
+    if influential.get("missing"):
+        details.append("not in the text: " + ", ".join(influential["missing"]))
+    if influential.get("rejected"):
+        details.append("rejected: " + ", ".join(f"{r.get('word')} ({r.get('reason')})" for r in influential["rejected"]))
+    if influential.get("raw_generation") or details:
+        with st.expander(f"Text {text['index']}: source {influential.get('source')}"):
+            st.text(nsa_view.text_preview(text["text"], 400))
+            if influential.get("raw_generation"):
+                st.markdown("Model's answer:")
+                st.code(influential["raw_generation"], language=None)
+            for line in details:
+                st.caption(line)
+
+all_words: list[str] = []
+for text in texts:
+    all_words += [w for w in nsa_view.words_of_text(result, text["index"]) if w not in all_words]
+edited = st.text_input("Edit the influential words (comma-separated) and rerun", value=", ".join(all_words),
+                       key=f"at_edit_{result_id}")
+if st.button("Rerun with these words", key="at_rerun"):
+    words = nsa_view.parse_word_list(edited)
+    if not words:
+        st.warning("Give at least one word.")
+    else:
+        rerun_request = {
+            "model": result["model"]["name"], "texts": [t["text"] for t in texts], "words": words,
+            "task": result.get("task", task), "variants": [v["id"] for v in result.get("variants", [])],
+            "top_k": int(result.get("settings", {}).get("top_k", top_k)),
+            "ablate": bool(request.get("ablate", False)),
+        }
+        with st.spinner("Running NSA with your words…"):
+            rerun = ui.fetch(api.nsa, rerun_request, what="NSA")
+        if rerun is not None:
+            st.session_state["at_result"] = rerun["id"]
+            st.rerun()
+
+keys = nsa_view.neuron_keys(result)
+if keys:
+    c1, c2 = st.columns([1, 3])
+    neuron_pick = c1.selectbox("Neuron", keys, key=f"at_neuron_{result_id}",
+                               format_func=lambda key: f"layer {key[0]}, neuron {key[1]}")
+    text_pick = c2.selectbox("Text", range(len(texts)), key=f"at_text_pick_{result_id}",
+                             format_func=lambda i: f"{i}: {nsa_view.text_preview(texts[i]['text'], 70)}")
+    fragment = nsa_view.neuron_heatmap_html(result, text_pick, neuron_pick[0], neuron_pick[1])
+    if fragment:
+        st.html(styled_fragment(fragment))
+    st.dataframe(nsa_view.neuron_table(result), hide_index=True, key="at_neurons")
+
+if result.get("ablation"):
+    with st.expander("Ablation check"):
+        st.json(result["ablation"], expanded=False)
+
+d1, d2, d3 = st.columns(3)
+d1.download_button("Result (JSON)", json.dumps(result, indent=1), file_name=f"nsa-{result_id}.json",
+                   mime="application/json", key="at_dl_json")
+d2.download_button("Neurons (CSV)", nsa_view.result_csv(result), file_name=f"nsa-{result_id}.csv",
+                   mime="text/csv", key="at_dl_csv")
+d3.download_button("Heatmaps (HTML)", nsa_view.result_heatmap_document(result),
+                   file_name=f"nsa-{result_id}.html", mime="text/html", key="at_dl_html")

@@ -1,0 +1,103 @@
+"""Variants & jobs: create pruned variants and evaluations, watch their progress, read failures.
+
+The job list refreshes itself every two seconds while something is queued or running.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from frontend import ui
+from frontend.views import jobs_view, nsa_view
+
+METHODS = ("wanda", "sparsegpt", "ria", "magnitude", "mi")
+REFRESH_S = 2.0
+SHOWN_JOBS = 30
+
+st.title("Variants & jobs")
+api = ui.client()
+
+models = ui.fetch(api.models, what="models") or []
+names = [row["name"] for row in models]
+default_model = next((row["name"] for row in models if row.get("default")), names[0] if names else None)
+model = ui.pick("Model", names, default_model, key="jobs_model")
+calibration_sets = [row["name"] for row in (ui.fetch(api.calibration_sets, what="calibration sets") or [])
+                    if not row["name"].startswith("file:")]
+tasks = ui.fetch(api.tasks, what="tasks") or []
+variants = (ui.fetch(api.variants, base=model, what="variants") or []) if model else []
+
+prune_column, evaluate_column = st.columns(2)
+with prune_column, st.form("prune_form"):
+    st.subheader("Prune")
+    method = st.selectbox("Method", METHODS, key="jobs_method")
+    calibration = st.selectbox("Calibration set", calibration_sets, key="jobs_calibration")
+    sparsity = st.text_input("Sparsity", value="0.5", key="jobs_sparsity",
+                             help="0.5 = half of each layer's weights; 2:4 = keep 2 of every 4 consecutive "
+                                  "weights; neurons:0.2 for mi")
+    n1, n2, n3 = st.columns(3)
+    nsamples = n1.number_input("Windows", min_value=1, max_value=4096, value=16, key="jobs_nsamples")
+    seqlen = n2.number_input("Tokens each", min_value=2, max_value=32768, value=256, key="jobs_seqlen")
+    seed = n3.number_input("Seed", min_value=0, value=0, key="jobs_seed")
+    if st.form_submit_button("Create variant", type="primary"):
+        accepted = ui.fetch(api.create_variant, {
+            "model": model, "method": method, "calibration": calibration, "sparsity": sparsity.strip(),
+            "nsamples": int(nsamples), "seqlen": int(seqlen), "seed": int(seed)}, what="prune")
+        if accepted:
+            st.success(f"Prune job `{accepted['job']['id']}` queued"
+                       + (f" \u2192 variant `{accepted['variant_id']}`" if accepted.get("variant_id") else ""))
+
+with evaluate_column, st.form("evaluate_form"):
+    st.subheader("Evaluate")
+    targets = ["dense", *[v["id"] for v in variants]]
+    labels = {v["id"]: nsa_view.variant_label(v) for v in variants} | {"dense": "dense model"}
+    target = st.selectbox("Model or variant", targets, key="jobs_target", format_func=lambda t: labels[t])
+    offline = [t["name"] for t in tasks if t.get("offline")]
+    chosen_tasks = st.multiselect("Tasks", [t["name"] for t in tasks], default=offline[:4], key="jobs_tasks",
+                                  help="Tasks whose data ships with the install work offline")
+    limit = st.number_input("Examples per task (0 = all)", min_value=0, value=50, key="jobs_limit")
+    if st.form_submit_button("Evaluate", type="primary"):
+        if not chosen_tasks:
+            st.warning("Choose at least one task.")
+        else:
+            accepted = ui.fetch(api.create_evaluation, {
+                "model": model, "variant": None if target == "dense" else target, "tasks": chosen_tasks,
+                "limit": int(limit) or None}, what="evaluate")
+            if accepted:
+                st.success(f"Evaluation job `{accepted['job']['id']}` queued")
+
+st.subheader("Jobs")
+jobs = ui.fetch(api.jobs, what="jobs") or []
+
+
+@st.fragment(run_every=REFRESH_S if jobs_view.any_active(jobs) else None)
+def job_list() -> None:
+    current = ui.fetch(api.jobs, what="jobs") or []
+    if not current:
+        st.caption("No job yet.")
+        return
+    counts = {}
+    for job in current:
+        counts[job["state"]] = counts.get(job["state"], 0) + 1
+    st.caption(" \u00b7 ".join(f"{count} {state}" for state, count in counts.items()))
+    for job in current[:SHOWN_JOBS]:
+        what = jobs_view.describe_job(job)
+        if job["state"] in jobs_view.ACTIVE_STATES:
+            st.progress(min(max(float(job.get("progress") or 0.0), 0.0), 1.0),
+                        text=f"**{job['state']}** {what} \u2014 {job.get('message') or ''}")
+        elif job["state"] == "succeeded":
+            produced = (job.get("result") or {}).get("variant_id")
+            st.success(f"{what}" + (f" \u2192 `{produced}`" if produced else ""), icon="\u2705")
+        else:
+            st.error(f"{what} \u2014 {job['state']}: {job.get('error') or job.get('message') or 'no message'}")
+    if jobs_view.any_active(current) != jobs_view.any_active(jobs):
+        st.rerun()  # a job started or all ended since the page drew: refresh variants and auto-refresh
+
+
+job_list()
+
+st.subheader("Variants")
+if variants:
+    st.dataframe(variants, hide_index=True, key="jobs_variants", column_config={
+        "achieved_sparsity": st.column_config.NumberColumn(format="percent")})
+else:
+    st.caption("No pruned variant of this model yet.")

@@ -1,0 +1,106 @@
+"""Streamlit glue shared by the pages: the backend client, error display, and URL state.
+
+Pages never catch exceptions themselves: they go through ``fetch`` (shows the backend's
+message, returns None) so no page can show a traceback for something the backend said.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import streamlit as st
+
+from frontend.client import BackendClient, BackendError, BackendUnavailable
+from frontend.links import ViewState
+
+T = TypeVar("T")
+
+_injected: BackendClient | None = None
+
+
+def use_client(client: BackendClient | None) -> None:
+    """Make every page talk to ``client`` (tests: one wired to the in-process FastAPI app)."""
+    global _injected
+    _injected = client
+
+
+@st.cache_resource(show_spinner=False)
+def _environment_client() -> BackendClient:
+    return BackendClient()
+
+
+def client() -> BackendClient:
+    return _injected if _injected is not None else _environment_client()
+
+
+def unreachable_notice(exc: BackendError) -> None:
+    st.error(f"**Backend unreachable.** {exc}", icon="\U0001F50C")
+
+
+def fetch(call: Callable[..., T], *args, what: str = "", **kwargs) -> T | None:
+    """Run one client call; on failure show the backend's message and return None.
+
+    An unreachable backend stops the page after one notice: every later call would fail the same way.
+    """
+    try:
+        return call(*args, **kwargs)
+    except BackendUnavailable as exc:
+        unreachable_notice(exc)
+        st.stop()
+    except BackendError as exc:
+        prefix = f"{what}: " if what else ""
+        if exc.status in (429, 503):
+            wait = f" Try again in {exc.retry_after:.0f} s." if exc.retry_after else ""
+            st.warning(f"{prefix}the backend is busy ({exc}).{wait}", icon="\u23F3")
+        else:
+            st.error(f"{prefix}{exc}", icon="\u26A0\uFE0F")
+    return None
+
+
+def require_backend() -> dict | None:
+    """Health check before drawing a page: one clear notice and stop when it does not answer."""
+    try:
+        return client().health()
+    except BackendError as exc:
+        unreachable_notice(exc) if isinstance(exc, BackendUnavailable) else st.error(f"Backend: {exc}")
+        st.stop()
+    return None
+
+
+def view_state() -> ViewState:
+    """The view the URL asks for."""
+    return ViewState.from_params({key: st.query_params.get_all(key) for key in st.query_params})
+
+
+def publish(state: ViewState) -> None:
+    """Write the view into the URL (only when it changed, so reruns do not loop)."""
+    wanted = state.to_params()
+    current = {key: st.query_params.get(key) for key in st.query_params}
+    if current != wanted:
+        st.query_params.from_dict(wanted)
+
+
+def pick(label: str, options: list, preferred: Any = None, *, key: str, format_func=str,
+         help: str | None = None, container=st):
+    """A selectbox that starts on ``preferred`` (from the URL) when it is one of the options."""
+    if not options:
+        return None
+    index = options.index(preferred) if preferred in options else 0
+    return container.selectbox(label, options, index=index, key=key, format_func=format_func, help=help)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _cached_nsa_result(base_url: str, client_id: int, result_id: str) -> dict:
+    return client().nsa_result(result_id)
+
+
+def nsa_result(result_id: str) -> dict | None:
+    """A stored NSA result (immutable by id, so cached for the session's life)."""
+    api = client()
+    return fetch(_cached_nsa_result, api.base_url, id(api), result_id, what=f"NSA result {result_id}")
+
+
+def remember_nsa_result(envelope: dict) -> None:
+    """Put a freshly computed result where ``nsa_result`` will find it without another request."""
+    st.session_state.setdefault("nsa_results", {})[envelope["id"]] = envelope

@@ -1,0 +1,1 @@
+"""Plain functions that turn backend JSON into HTML, plotly figures and tables (no Streamlit)."""

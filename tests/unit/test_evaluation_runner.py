@@ -1,0 +1,130 @@
+"""The runner on tiny models: lm-eval's accuracy equals a hand computation; stored results are reused;
+variants are evaluated in memory and the dense weights come back."""
+
+from __future__ import annotations
+
+import math
+
+import datasets
+import pytest
+import torch
+
+from backend.errors import UserError
+from backend.evaluation import runner
+from backend.evaluation.registry import TASKS
+from backend.evaluation.runner import evaluate
+from backend.evaluation.store import ResultsStore
+from backend.pruning.variants import variant_applied, write_variant
+from tests.conftest import tiny_loaded
+
+SST2_PROMPT = "{}\nQuestion: Is this sentence positive or negative?\nAnswer:"
+
+
+@pytest.fixture
+def store(isolated_cache, monkeypatch) -> ResultsStore:
+    monkeypatch.delenv("PRUNELENS_EVAL_DATA", raising=False)
+    return ResultsStore.from_settings()
+
+
+def _loglikelihood(loaded, context: str, continuation: str) -> float:
+    """Sum of log p(continuation tokens | context) as lm-eval splits the pair: the whole text is
+    tokenized once and the context's own tokens are cut off the front."""
+    whole = loaded.tokenizer.encode(context + continuation)
+    context_len = len(loaded.tokenizer.encode(context))
+    ids = torch.tensor([whole])
+    with torch.no_grad():
+        logprobs = torch.log_softmax(loaded.model(ids).logits[0].double(), dim=-1)  # [tokens, vocab]
+    return sum(float(logprobs[position - 1, whole[position]]) for position in range(context_len, len(whole)))
+
+
+def _hand_sst2_accuracy(loaded, limit: int) -> tuple[float, float]:
+    rows = datasets.load_from_disk(str(TASKS["sst2"].packaged.path())).select(range(limit))
+    correct = []
+    for row in rows:
+        context = SST2_PROMPT.format(row["sentence"])
+        scores = [_loglikelihood(loaded, context, " " + choice) for choice in ("negative", "positive")]
+        correct.append(float(max(range(2), key=scores.__getitem__) == row["label"]))
+    mean = sum(correct) / limit
+    stderr = math.sqrt(sum((c - mean) ** 2 for c in correct) / (limit - 1)) / math.sqrt(limit)
+    return mean, stderr
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_stored_accuracy_equals_hand_computed_loglikelihood_choice(store, family):
+    loaded = tiny_loaded(family, seed=3)
+    limit = 12
+    [result] = evaluate(loaded, "sst2", limit=limit, store=store, batch_size=5)
+    accuracy, stderr = _hand_sst2_accuracy(loaded, limit)
+    assert result.stored.n_examples == limit and not result.reused
+    assert result.stored.metric("acc,none") == pytest.approx(accuracy, abs=1e-12)
+    assert result.stored.stderr("acc,none") == pytest.approx(stderr, rel=1e-9)
+    assert store.get(result.stored.key).metrics == result.stored.metrics
+
+
+def test_stored_results_are_reused_never_recomputed(store, monkeypatch):
+    loaded = tiny_loaded("llama")
+    first = evaluate(loaded, "sst2,rte", limit=4, store=store)
+    assert [r.reused for r in first] == [False, False]
+
+    def forbidden(*_args, **_kwargs):
+        raise AssertionError("recomputed a stored result")
+
+    monkeypatch.setattr(runner, "run_harness", forbidden)
+    monkeypatch.setattr(runner, "prepared_tasks", forbidden)
+    again = evaluate(loaded, "rte,sst2", limit=4, store=store)
+    assert [r.task for r in again] == ["rte", "sst2"] and all(r.reused for r in again)
+    assert again[1].stored.metrics == first[0].stored.metrics
+    with pytest.raises(AssertionError, match="recomputed"):  # another limit is another result
+        evaluate(loaded, "sst2", limit=5, store=store)
+
+
+def test_a_failing_task_keeps_the_finished_ones_and_a_rerun_does_the_rest(store, monkeypatch):
+    loaded = tiny_loaded("llama")
+    real = runner.run_harness
+    calls = []
+
+    def fail_on_second(lm, task, manager, limit, bootstrap_iters):
+        calls.append(task.task_name)
+        if len(calls) == 2:
+            raise RuntimeError("out of memory")
+        return real(lm, task, manager, limit, bootstrap_iters)
+
+    monkeypatch.setattr(runner, "run_harness", fail_on_second)
+    with pytest.raises(RuntimeError):
+        evaluate(loaded, "sst2,rte", limit=3, store=store)
+    assert [r.key.task for r in store.results()] == ["sst2"]
+    monkeypatch.setattr(runner, "run_harness", real)
+    results = evaluate(loaded, "sst2,rte", limit=3, store=store)
+    assert [r.reused for r in results] == [True, False]
+
+
+def test_variant_is_evaluated_in_memory_and_the_dense_weights_return(store):
+    loaded = tiny_loaded("llama", seed=1)
+    dense = {name: tensor.clone() for name, tensor in loaded.model.state_dict().items()}
+    layer0 = "model.layers.0.mlp.down_proj.weight"
+    mask = torch.zeros_like(dense[layer0], dtype=torch.bool)
+    mask[:, ::2] = True  # prune every other input column of one projection
+    write_variant("toy-variant", {"base_model": loaded.name, "method": "magnitude", "calibration": "none",
+                                  "sparsity": "0.5", "seqlen": 0, "nsamples": 0, "seed": 0},
+                  masks={layer0: mask})
+    [result] = evaluate(loaded, "sst2", variant_id="toy-variant", limit=8, store=store)
+    for name, tensor in loaded.model.state_dict().items():
+        assert torch.equal(tensor, dense[name]), name
+    with variant_applied(loaded, "toy-variant"):
+        accuracy, _ = _hand_sst2_accuracy(loaded, 8)
+    assert result.stored.metric() == pytest.approx(accuracy, abs=1e-12)
+    assert result.stored.key.variant_id == "toy-variant"
+    assert store.results(variant_id="toy-variant")[0].variant["method"] == "magnitude"
+
+
+def test_bad_requests_are_one_line_before_any_work(store):
+    loaded = tiny_loaded("llama")
+    with pytest.raises(UserError, match="unknown task 'nope'"):
+        evaluate(loaded, "sst2,nope", store=store)
+    with pytest.raises(UserError, match="positive number"):
+        evaluate(loaded, "sst2", limit=0, store=store)
+    with pytest.raises(UserError, match="unknown variant"):
+        evaluate(loaded, "sst2", variant_id="missing", store=store)
+    with pytest.raises(UserError, match="mednli"):
+        evaluate(loaded, "sst2,mednli", store=store)
+    assert store.count() == 0

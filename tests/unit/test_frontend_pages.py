@@ -1,0 +1,317 @@
+"""Every dashboard page through Streamlit's AppTest, against the real FastAPI app in-process.
+
+The backend serves a tiny random LLaMA (tests/conftest.py) from an isolated cache: two real
+Wanda variants that differ only in their calibration set (pruned through POST /variants), one
+real NSA result comparing them, and evaluation rows written through the results store's own
+API. The dashboard's client is the real one, wired to FastAPI's TestClient.
+"""
+
+from __future__ import annotations
+
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from frontend import ui
+from frontend.client import BackendClient
+from frontend.views.heatmap import display_token
+
+# The client sets per-request timeouts (long for NSA); Starlette's TestClient ignores them, and says so.
+pytestmark = pytest.mark.filterwarnings("ignore:You should not use the 'timeout' argument")
+
+APP = str(Path(__file__).resolve().parents[2] / "frontend" / "app.py")
+TEXT = "The movie was painfully slow, but the acting was beautiful."
+TIMEOUT_S = 60
+
+
+@pytest.fixture(scope="module")
+def backend(tmp_path_factory):
+    """The real API on a tiny model, with two variants, one NSA result and stored accuracies."""
+    from fastapi.testclient import TestClient
+
+    from backend.api.app import create_app
+    from backend.api.settings import ApiSettings
+    from backend.config import get_settings
+    from backend.evaluation.store import ResultKey, ResultsStore
+    from tests.conftest import tiny_loaded
+
+    cache = tmp_path_factory.mktemp("frontend-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PRUNELENS_CACHE_DIR", str(cache))
+        patch.delenv("PRUNELENS_API_TOKEN", raising=False)
+        patch.delenv("PRUNELENS_RESULTS_URL", raising=False)
+        get_settings.cache_clear()
+        app = create_app(ApiSettings(cache_dir=cache), loaded=tiny_loaded("llama"))
+        with TestClient(app) as http:
+            api = BackendClient("http://testserver", http=http)
+            variants = {}
+            for calibration in ("sst2", "lambada"):
+                accepted = api.create_variant({"method": "wanda", "calibration": calibration, "sparsity": "0.5",
+                                               "nsamples": 4, "seqlen": 32})
+                events = list(api.job_events(accepted["job"]["id"]))
+                assert events[-1]["state"] == "succeeded", events[-1]
+                variants[calibration] = events[-1]["result"]["variant_id"]
+            envelope = api.nsa({"text": TEXT, "variants": list(variants.values()), "top_k": 6})
+            store = ResultsStore.from_settings()
+            accuracies = {None: 0.75, variants["sst2"]: 0.70, variants["lambada"]: 0.62}
+            for variant_id, accuracy in accuracies.items():
+                if variant_id is not None:
+                    store.record_variant(api.variant(variant_id))
+                store.put(ResultKey("tiny-llama", variant_id or "", "sst2", 20, "packaged", "test"),
+                          n_examples=20, metrics={"acc,none": accuracy, "acc_stderr,none": 0.1})
+            yield {"api": api, "app": app, "variants": variants, "nsa": envelope, "accuracies": accuracies}
+        get_settings.cache_clear()
+
+
+@pytest.fixture
+def dashboard(backend):
+    """A fresh AppTest of the whole app (st.navigation) talking to the in-process backend."""
+    import streamlit as st
+
+    st.cache_data.clear()
+    ui.use_client(backend["api"])
+    yield lambda: AppTest.from_file(APP, default_timeout=TIMEOUT_S)
+    ui.use_client(None)
+
+
+def _open(at: AppTest, page: str, **params) -> AppTest:
+    """Open ``page`` the way a shared link does: that page first, with the link's query parameters."""
+    at.switch_page(f"pages/{page}.py")
+    for key, value in params.items():
+        at.query_params[key] = value
+    return at.run()
+
+
+def _param(at: AppTest, key: str) -> str:
+    value = at.query_params[key]
+    return value[0] if isinstance(value, list) else value
+
+
+def _frame(at: AppTest, *columns: str):
+    """The first dataframe on the page that has these columns (plain dataframes carry no key)."""
+    for element in at.dataframe:
+        frame = element.value
+        if all(column in frame.columns for column in columns):
+            return frame
+    raise AssertionError(f"no dataframe with columns {columns}")
+
+
+def _clean(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def _html(at: AppTest) -> str:
+    return "".join(element.value for element in at.get("html"))
+
+
+class _HeatmapRows(HTMLParser):
+    """``{row label: [cell texts over all wrapped lines]}`` of heatmap fragments."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows: dict[str, list[str]] = {}
+        self._label, self._tag, self._text = None, None, ""
+
+    def handle_starttag(self, tag, attrs):
+        if tag in ("th", "td"):
+            self._tag, self._text = tag, ""
+
+    def handle_endtag(self, tag):
+        if tag == "th":
+            self._label = self._text
+            self.rows.setdefault(self._label, [])
+        elif tag == "td":
+            self.rows[self._label].append(self._text)
+        self._tag = None if tag in ("th", "td") else self._tag
+
+    def handle_data(self, data):
+        if self._tag:
+            self._text += data
+
+
+def _heatmap_rows(fragment: str) -> dict[str, list[str]]:
+    parser = _HeatmapRows()
+    parser.feed(fragment)
+    return parser.rows
+
+
+# --------------------------------------------------------------------------- explorer
+
+
+def test_explorer_opens_the_shared_view_from_the_url(dashboard, backend):
+    result = backend["nsa"]["result"]
+    second = sorted(result["neurons"], key=lambda n: n["rank"])[1]
+    lambada = backend["variants"]["lambada"]
+    at = _open(dashboard(), "explorer", result=backend["nsa"]["id"], layer=str(second["layer"]),
+               neuron=str(second["index"]), variants=lambada)
+    _clean(at)
+    assert not at.error
+    assert at.selectbox(key="ex_layer").value == second["layer"]
+    assert at.selectbox(key="ex_neuron").value == second["index"]
+    assert at.multiselect(key="ex_variant_pick").value == [lambada]
+    # Two rows (dense + the one variant in the URL), each showing every token of the text in order:
+    # the tokens are slices of the text, so the cells read back as the text itself.
+    rows = _heatmap_rows(_html(at))
+    assert list(rows) == ["dense", "wanda 0.5 \u00b7 lambada"]
+    tokens = [display_token(t) for t in result["texts"][0]["tokens"]]
+    assert rows["dense"] == tokens and rows["wanda 0.5 \u00b7 lambada"] == tokens
+    assert "".join(t for t in tokens if t != "\u2205") == TEXT
+    assert _param(at, "result") == backend["nsa"]["id"] and _param(at, "layer") == str(second["layer"])
+
+
+def test_explorer_writes_a_new_choice_of_neuron_into_the_url(dashboard, backend):
+    result = backend["nsa"]["result"]
+    at = _open(dashboard(), "explorer", result=backend["nsa"]["id"])
+    keys = [(n["layer"], n["index"]) for n in result["neurons"]]
+    layer = at.selectbox(key="ex_layer").value
+    other = next(index for lay, index in keys if lay == layer and index != at.selectbox(key="ex_neuron").value)
+    at.selectbox(key="ex_neuron").set_value(other).run()
+    _clean(at)
+    assert _param(at, "neuron") == str(other)
+    assert f"neuron {other}" in _html(at)
+
+
+def test_explorer_shows_the_backends_message_for_an_unknown_result(dashboard):
+    at = _open(dashboard(), "explorer", result="0" * 20)
+    _clean(at)
+    assert any("unknown NSA result" in e.value for e in at.error)
+
+
+# --------------------------------------------------------------------------- attribute
+
+
+def test_attribute_runs_on_pasted_text_then_reruns_with_edited_words(dashboard, backend):
+    at = _open(dashboard(), "attribute")
+    at.text_area(key="at_text").set_value("A gripping, beautiful film with a dull ending.")
+    at.button(key="at_run").click().run()
+    _clean(at)
+    assert not at.error
+    first = at.session_state["at_result"]
+    sources = set(_frame(at, "word", "source")["source"])
+    assert sources and all(source == "model" or source.startswith("fallback:") for source in sources)
+    assert len(at.get("download_button")) == 3
+    edit = next(widget for widget in at.text_input if widget.key.startswith("at_edit_"))
+    edit.set_value("gripping, dull").run()
+    at.button(key="at_rerun").click().run()
+    _clean(at)
+    second = at.session_state["at_result"]
+    assert second != first
+    rerun_words = _frame(at, "word", "source")
+    assert list(rerun_words["word"]) == ["gripping", "dull"] and set(rerun_words["source"]) == {"user"}
+    envelope = backend["api"].nsa_result(second)
+    assert envelope["request"]["words"] == ["gripping", "dull"]
+
+
+def backend_result(at: AppTest) -> dict:
+    return ui.client().nsa_result(at.session_state["at_result"])["result"]
+
+
+def test_attribute_runs_over_an_uploaded_file(dashboard):
+    at = _open(dashboard(), "attribute")
+    at.radio(key="at_mode").set_value("Upload a file").run()
+    at.file_uploader(key="at_file").set_value(
+        ("reviews.txt", b"A warm and funny film.\n\nDull, lifeless and far too long.", "text/plain"))
+    at.button(key="at_run").click().run()
+    _clean(at)
+    assert not at.error
+    assert any("2 text(s)" in header.value for header in at.subheader)
+    result = backend_result(at)
+    assert [t["text"] for t in result["texts"]] == ["A warm and funny film.", "Dull, lifeless and far too long."]
+
+
+def test_attribute_shows_a_bad_upload_as_a_message(dashboard):
+    at = _open(dashboard(), "attribute")
+    at.radio(key="at_mode").set_value("Upload a file").run()
+    at.file_uploader(key="at_file").set_value(("table.csv", b"review,stars\ngood,5\n", "text/csv"))
+    at.button(key="at_run").click().run()
+    _clean(at)
+    assert len(at.error) == 1 and "text" in at.error[0].value
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def test_calibration_puts_variants_that_differ_only_in_calibration_in_columns(dashboard, backend):
+    at = _open(dashboard(), "calibration", result=backend["nsa"]["id"])
+    _clean(at)
+    assert not at.error
+    columns = [h.value for h in at.subheader if h.value in backend["variants"]]
+    assert sorted(columns) == ["lambada", "sst2"]
+    accuracies = backend["accuracies"]
+    tables = [e.value for e in at.dataframe if "\u0394 accuracy" in e.value.columns]
+    assert len(tables) == 2
+    for calibration, table in zip(columns, tables, strict=True):
+        variant_id = backend["variants"][calibration]
+        row = table.set_index("task").loc["sst2"]
+        assert row["dense"] == accuracies[None] and row["accuracy"] == accuracies[variant_id]
+        assert row["\u0394 accuracy"] == pytest.approx(accuracies[variant_id] - accuracies[None])
+    # Each column draws the same neuron: dense + its own variant, on the dense model's scale.
+    assert _html(at).count("<table") >= 2
+
+
+# --------------------------------------------------------------------------- accuracy
+
+
+def test_accuracy_page_draws_the_stored_results(dashboard, backend):
+    at = _open(dashboard(), "accuracy")
+    _clean(at)
+    assert not at.error
+    # task x calibration: one stored result per cell here, so each cell is that result's accuracy.
+    table = at.dataframe[0].value.set_index("task")
+    for calibration, variant_id in backend["variants"].items():
+        assert table.loc["sst2", calibration] == pytest.approx(backend["accuracies"][variant_id])
+    assert len(at.get("download_button")) == 1
+    lines = at.get("plotly_chart")
+    assert len(lines) == 1  # accuracy vs sparsity
+
+
+def test_accuracy_page_asks_for_the_task_of_a_per_task_table(dashboard, backend):
+    at = _open(dashboard(), "accuracy", kind="model-calibration", task="sst2")
+    _clean(at)
+    assert at.selectbox(key="acc_task").value == "sst2"
+    table = at.dataframe[0].value.set_index("model")
+    assert table.loc["tiny-llama", "sst2"] == pytest.approx(backend["accuracies"][backend["variants"]["sst2"]])
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+def test_jobs_page_creates_a_variant_and_shows_failures_with_their_message(dashboard, backend):
+    from backend.jobs import FAILED
+
+    store = backend["app"].state.api.jobs.store
+    failed = store.create("prune", {"method": "ria", "sparsity": "0.5", "calibration": "c4"})
+    store.finish(failed.id, FAILED, message="failed", error="c4 is not available offline")
+    at = _open(dashboard(), "jobs")
+    _clean(at)
+    assert any("c4 is not available offline" in e.value for e in at.error)
+    at.text_input(key="jobs_sparsity").set_value("2:4")
+    at.number_input(key="jobs_nsamples").set_value(2)
+    at.number_input(key="jobs_seqlen").set_value(16)
+    next(b for b in at.button if b.label == "Create variant").click().run()
+    _clean(at)
+    assert any("Prune job" in s.value for s in at.success)
+
+
+def test_jobs_page_shows_a_refused_request_as_the_backends_message(dashboard):
+    at = _open(dashboard(), "jobs")
+    at.text_input(key="jobs_sparsity").set_value("1.5")
+    next(b for b in at.button if b.label == "Create variant").click().run()
+    _clean(at)
+    assert len(at.error) >= 1 and any("1.5" in e.value or "sparsity" in e.value for e in at.error)
+
+
+# --------------------------------------------------------------------------- no backend
+
+
+@pytest.mark.parametrize("page", ["explorer", "attribute", "calibration", "accuracy", "jobs"])
+def test_an_unreachable_backend_is_one_clear_notice_on_every_page(page):
+    ui.use_client(BackendClient("http://127.0.0.1:9", token=""))
+    try:
+        at = _open(AppTest.from_file(APP, default_timeout=TIMEOUT_S), page)
+        _clean(at)
+        assert len(at.error) == 1 and "Backend unreachable" in at.error[0].value
+    finally:
+        ui.use_client(None)

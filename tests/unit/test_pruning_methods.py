@@ -1,0 +1,500 @@
+"""The pruning methods as pure functions: exact sparsity at each method's granularity, valid N:M
+groups, equality with brute-force computations of each formula, and the numerical edge cases."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from backend.errors import UserError
+from backend.pruning.magnitude import magnitude_mask
+from backend.pruning.mi_neurons import mi_neurons_to_remove, mi_removal_order
+from backend.pruning.ria import heuristic_channel_reallocation, nm_kept_score, ria_mask, ria_metric
+from backend.pruning.sparsegpt import HessianNotPositiveDefiniteError, sparsegpt_prune
+from backend.pruning.spec import SparsitySpec, lowest_in_matrix, lowest_per_group, lowest_per_row
+from backend.pruning.stats import InputStatistics
+from backend.pruning.wanda import wanda_mask
+
+NM_SPECS = [SparsitySpec.nm(2, 4), SparsitySpec.nm(4, 8)]
+
+
+def random_layer(rows=24, columns=48, tokens=300, seed=0, correlated=True):
+    """A weight [rows, columns] and calibration inputs [tokens, columns] with unequal channel scales."""
+    generator = torch.Generator().manual_seed(seed)
+    weight = torch.randn(rows, columns, generator=generator)
+    inputs = 0.3 * torch.randn(tokens, columns, generator=generator)
+    if correlated:  # like LLM activations: most of the variance in a few shared directions
+        inputs += torch.randn(tokens, 8, generator=generator) @ torch.randn(8, columns, generator=generator)
+    inputs = inputs * torch.linspace(0.2, 3.0, columns)
+    return weight, inputs
+
+
+def statistics_of(inputs, **kind) -> InputStatistics:
+    stats = InputStatistics(inputs.shape[1], "cpu", **kind)
+    stats.update(inputs)
+    return stats
+
+
+def assert_valid_nm(mask, n, m):
+    rows, columns = mask.shape
+    per_group = mask.reshape(rows, columns // m, m).sum(dim=2)
+    assert torch.equal(per_group, torch.full_like(per_group, m - n)), "every group must prune exactly m - n"
+
+
+# --------------------------------------------------------------------------- SparsitySpec
+
+
+@pytest.mark.parametrize(
+    "text, kind, target",
+    [("0.5", "unstructured", 0.5), ("0.3", "unstructured", 0.3), ("0.123456789", "unstructured", 0.123456789),
+     ("2:4", "nm", 0.5), ("4:8", "nm", 0.5), ("1:4", "nm", 0.75), ("3:4", "nm", 0.25),
+     ("neurons:0.2", "neurons", 0.2)],
+)
+def test_spec_parse_label_round_trip(text, kind, target):
+    spec = SparsitySpec.parse(text)
+    assert spec.kind == kind
+    assert spec.label == text
+    assert SparsitySpec.parse(spec.label) == spec
+    assert spec.target_sparsity == pytest.approx(target)
+
+
+def test_spec_nm_counts_kept_weights():
+    spec = SparsitySpec.parse(" 1:4 ")
+    assert (spec.n, spec.m, spec.ratio) == (1, 4, 0.0)
+    assert spec == SparsitySpec.nm(1, 4)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "   ", "abc", "0", "1", "1.0", "1.5", "-0.1", "nan", "inf", "2:4:8", "4:2", "4:4", "0:4", "-1:4",
+     "a:b", "2.5:4", "2:", ":4", "neurons:", "neurons:x", "neurons:1.0", "neurons:0", "neurons:-0.2"],
+)
+def test_spec_rejects_bad_text(text):
+    with pytest.raises(UserError) as caught:
+        SparsitySpec.parse(text)
+    assert "\n" not in str(caught.value) and str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [lambda: SparsitySpec.unstructured(0.0), lambda: SparsitySpec.unstructured("0.5"),
+     lambda: SparsitySpec.unstructured(True), lambda: SparsitySpec.nm(0, 4), lambda: SparsitySpec.nm(4, 4),
+     lambda: SparsitySpec.nm(2.0, 4), lambda: SparsitySpec.neurons(1.0), lambda: SparsitySpec("blocks", 0.5),
+     lambda: SparsitySpec("nm", ratio=0.5, n=2, m=4), lambda: SparsitySpec("unstructured", 0.5, n=2, m=4)],
+)
+def test_spec_rejects_bad_construction(build):
+    with pytest.raises(UserError):
+        build()
+
+
+def test_weight_methods_reject_neuron_spec():
+    weight, inputs = random_layer(4, 8, 10)
+    norms = inputs.norm(dim=0)
+    for call in (lambda s: magnitude_mask(weight, s), lambda s: wanda_mask(weight, norms, s),
+                 lambda s: ria_mask(weight, norms, s), lambda s: sparsegpt_prune(weight, torch.eye(8), s)):
+        with pytest.raises(UserError):
+            call(SparsitySpec.neurons(0.2))
+
+
+def test_nm_needs_divisible_inputs():
+    weight = torch.randn(4, 10)
+    with pytest.raises(UserError, match="divisible"):
+        magnitude_mask(weight, SparsitySpec.nm(2, 4))
+    with pytest.raises(UserError, match="only applies to N:M"):
+        ria_mask(weight, torch.ones(10), SparsitySpec.unstructured(0.5), channel_permutation=True)
+
+
+def test_selection_with_ties_equals_a_stable_sort():
+    generator = torch.Generator().manual_seed(12)
+    metric = torch.randint(0, 4, (9, 24), generator=generator).float()  # many ties
+    metric[3] = 0.0  # a row of one repeated value
+    for count in (0, 1, 7, 12, 24):
+        expected = torch.zeros_like(metric, dtype=torch.bool)
+        expected.scatter_(1, torch.sort(metric, dim=1, stable=True).indices[:, :count], True)
+        assert torch.equal(lowest_per_row(metric, count), expected)
+    flat_order = torch.sort(metric.flatten(), stable=True).indices
+    for count in (1, 50, 108, 215):
+        expected = torch.zeros(metric.numel(), dtype=torch.bool)
+        expected[flat_order[:count]] = True
+        assert torch.equal(lowest_in_matrix(metric, count), expected.view_as(metric))
+    groups = lowest_per_group(metric, 2, 4)
+    assert_valid_nm(groups, 2, 4)
+    assert torch.equal(groups[3], torch.tensor([True, True, False, False] * 6))  # ties: leftmost first
+
+
+# --------------------------------------------------------------------------- InputStatistics
+
+
+def test_input_statistics_equal_direct_computation():
+    generator = torch.Generator().manual_seed(1)
+    batches = [torch.randn(2, 5, 6, generator=generator) + 3.0, torch.randn(7, 6, generator=generator) * 2 - 1,
+               torch.randn(1, 3, 4, 6, generator=generator) + 10.0]
+    stats = InputStatistics(6, "cpu", hessian=True, covariance=True)
+    for batch in batches:
+        stats.update(batch)
+    direct = torch.cat([b.reshape(-1, 6) for b in batches]).double()  # [tokens, in]
+    tokens = direct.shape[0]
+    assert stats.tokens == tokens == 29
+    torch.testing.assert_close(stats.act_norm.double(), direct.pow(2).sum(0).sqrt(), rtol=1e-6, atol=0)
+    torch.testing.assert_close(stats.hessian.double(), 2 * direct.T @ direct / tokens, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(stats.mean.double(), direct.mean(0), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(stats.covariance.double(), torch.cov(direct.T, correction=0), rtol=1e-5, atol=1e-5)
+
+
+def test_input_statistics_only_what_was_asked_and_checks_width():
+    stats = InputStatistics(3, "cpu")
+    stats.update(torch.ones(2, 3, dtype=torch.bfloat16))
+    assert stats.act_norm.dtype == torch.float32
+    torch.testing.assert_close(stats.act_norm, torch.full((3,), math.sqrt(2)))
+    with pytest.raises(RuntimeError):
+        stats.hessian  # noqa: B018
+    with pytest.raises(RuntimeError):
+        stats.covariance  # noqa: B018
+    with pytest.raises(ValueError):
+        stats.update(torch.ones(2, 4))
+
+
+# --------------------------------------------------------------------------- magnitude
+
+
+@pytest.mark.parametrize("ratio", [0.1, 0.37, 0.5, 0.9])
+def test_magnitude_exact_count_per_matrix_and_threshold(ratio):
+    weight, _ = random_layer(24, 40)
+    mask = magnitude_mask(weight, SparsitySpec.unstructured(ratio))
+    assert int(mask.sum()) == math.floor(ratio * weight.numel() + 0.5)
+    assert weight.abs()[mask].max() <= weight.abs()[~mask].min()  # one threshold over the matrix
+    # not per row: row counts differ for a random matrix
+    assert len(set(mask.sum(1).tolist())) > 1
+
+
+@pytest.mark.parametrize("spec", NM_SPECS, ids=lambda s: s.label)
+def test_magnitude_nm_prunes_smallest_of_each_group(spec):
+    weight, _ = random_layer(12, 32)
+    mask = magnitude_mask(weight, spec)
+    assert_valid_nm(mask, spec.n, spec.m)
+    for row in range(weight.shape[0]):
+        for start in range(0, weight.shape[1], spec.m):
+            values = weight[row, start:start + spec.m].abs().tolist()
+            smallest = sorted(range(spec.m), key=lambda k: values[k])[: spec.m - spec.n]
+            assert sorted(mask[row, start:start + spec.m].nonzero().flatten().tolist()) == sorted(smallest)
+
+
+# --------------------------------------------------------------------------- Wanda
+
+
+def brute_force_wanda(weight, norms, spec):
+    rows, columns = weight.shape
+    mask = torch.zeros(rows, columns, dtype=torch.bool)
+    for r in range(rows):
+        scores = [abs(float(weight[r, j])) * float(norms[j]) for j in range(columns)]
+        if spec.kind == "nm":
+            for start in range(0, columns, spec.m):
+                group = sorted(range(start, start + spec.m), key=lambda j: scores[j])
+                for j in group[: spec.m - spec.n]:
+                    mask[r, j] = True
+        else:
+            for j in sorted(range(columns), key=lambda j: scores[j])[: int(columns * spec.ratio + 1e-9)]:
+                mask[r, j] = True
+    return mask
+
+
+@pytest.mark.parametrize("spec", [SparsitySpec.unstructured(0.5), SparsitySpec.unstructured(0.3), *NM_SPECS],
+                         ids=lambda s: s.label)
+def test_wanda_equals_brute_force_and_exact_per_row(spec):
+    weight, inputs = random_layer(10, 16, seed=2)
+    norms = statistics_of(inputs).act_norm
+    mask = wanda_mask(weight, norms, spec)
+    assert torch.equal(mask, brute_force_wanda(weight, norms, spec))
+    if spec.kind == "nm":
+        assert_valid_nm(mask, spec.n, spec.m)
+    else:
+        assert mask.sum(1).tolist() == [int(16 * spec.ratio + 1e-9)] * 10
+    # the activations matter: a magnitude-only mask differs on these unequal channel scales
+    assert not torch.equal(mask, brute_force_wanda(weight, torch.ones(16), spec))
+
+
+def test_wanda_per_row_count_survives_float_error():
+    # 0.29 * 100 is 28.999999999999996 in floating point
+    mask = wanda_mask(torch.randn(3, 100), torch.ones(100), SparsitySpec.unstructured(0.29))
+    assert mask.sum(1).tolist() == [29, 29, 29]
+
+
+# --------------------------------------------------------------------------- RIA
+
+
+def brute_force_ria_metric(weight, norms, alpha):
+    rows, columns = weight.shape
+    metric = torch.zeros(rows, columns, dtype=torch.float64)
+    for i in range(rows):
+        for j in range(columns):
+            channel_sum = sum(abs(float(weight[k, j])) for k in range(rows))
+            row_sum = sum(abs(float(weight[i, k])) for k in range(columns))
+            w = abs(float(weight[i, j]))
+            metric[i, j] = (w / channel_sum + w / row_sum) * float(norms[j]) ** alpha
+    return metric
+
+
+@pytest.mark.parametrize("spec", [SparsitySpec.unstructured(0.5), SparsitySpec.unstructured(0.37), *NM_SPECS],
+                         ids=lambda s: s.label)
+def test_ria_equals_brute_force(spec):
+    weight, inputs = random_layer(8, 16, seed=3)
+    norms = statistics_of(inputs).act_norm
+    metric = brute_force_ria_metric(weight, norms, 0.5)
+    torch.testing.assert_close(ria_metric(weight, norms).double(), metric, rtol=1e-5, atol=0)
+    mask, permutation = ria_mask(weight, norms, spec)
+    assert permutation is None
+    expected = torch.zeros_like(mask)
+    if spec.kind == "nm":
+        for r in range(8):
+            for start in range(0, 16, spec.m):
+                for j in sorted(range(start, start + spec.m), key=lambda j: float(metric[r, j]))[: spec.m - spec.n]:
+                    expected[r, j] = True
+        assert_valid_nm(mask, spec.n, spec.m)
+    else:  # RIA compares over the whole matrix (the paper's default), not per row
+        count = math.floor(spec.ratio * 128 + 0.5)
+        flat = sorted(range(128), key=lambda k: float(metric.flatten()[k]))[:count]
+        expected.view(-1)[flat] = True
+        assert int(mask.sum()) == count
+    assert torch.equal(mask, expected)
+
+
+def test_ria_per_output_option_and_alpha():
+    weight, inputs = random_layer(8, 20, seed=4)
+    norms = statistics_of(inputs).act_norm
+    mask, _ = ria_mask(weight, norms, SparsitySpec.unstructured(0.5), per_output=True)
+    assert mask.sum(1).tolist() == [10] * 8
+    # alpha = 0 drops the activations: the score is the relative importance alone
+    torch.testing.assert_close(ria_metric(weight, norms, alpha=0.0), ria_metric(weight, torch.ones(20), alpha=0.5))
+
+
+def test_ria_zero_rows_and_channels_give_no_nan():
+    weight = torch.randn(6, 8)
+    weight[2] = 0
+    weight[:, 5] = 0
+    metric = ria_metric(weight, torch.ones(8))
+    assert torch.isfinite(metric).all() and metric[2].abs().sum() == 0 and metric[:, 5].abs().sum() == 0
+
+
+@pytest.mark.parametrize("spec", NM_SPECS, ids=lambda s: s.label)
+def test_ria_channel_permutation_is_valid_and_improves(spec):
+    weight, inputs = random_layer(16, 64, seed=5)
+    norms = statistics_of(inputs).act_norm
+    metric = ria_metric(weight, norms)
+    mask, permutation = ria_mask(weight, norms, spec, channel_permutation=True, lsa_block_groups=4)
+    assert torch.equal(torch.sort(permutation).values, torch.arange(64))
+    assert_valid_nm(mask[:, permutation], spec.n, spec.m)
+    assert int(mask.sum()) == 16 * 64 * (spec.m - spec.n) // spec.m
+    # the mask is the N:M choice on the permuted metric, mapped back to the original order
+    permuted_mask = torch.zeros_like(mask)
+    for r in range(16):
+        for start in range(0, 64, spec.m):
+            group = permutation[start:start + spec.m].tolist()
+            for j in sorted(group, key=lambda j: float(metric[r, j]))[: spec.m - spec.n]:
+                permuted_mask[r, j] = True
+    assert torch.equal(mask, permuted_mask)
+    # kept score: the assignment refinement never loses what the heuristic found
+    heuristic = heuristic_channel_reallocation(metric, spec.m)
+    _, heuristic_only = ria_mask(weight, norms, spec, channel_permutation=True, lsa_refinement=False)
+    assert torch.equal(heuristic_only, heuristic)
+    assert nm_kept_score(metric, permutation, spec.n, spec.m) >= nm_kept_score(metric, heuristic, spec.n, spec.m) - 1e-6
+    assert nm_kept_score(metric, permutation, spec.n, spec.m) > nm_kept_score(metric, None, spec.n, spec.m)
+
+
+def test_ria_heuristic_deals_one_channel_per_importance_band():
+    metric = torch.rand(5, 16)
+    permutation = heuristic_channel_reallocation(metric, 4)
+    rank = torch.empty(16, dtype=torch.long)
+    rank[torch.sort(metric.sum(0), stable=True).indices] = torch.arange(16)
+    bands = (rank[permutation] // 4).view(4, 4)  # [groups, slots]: band of each channel
+    assert torch.equal(bands, torch.arange(4).expand(4, 4))
+    # snake order: group 0 gets the least important of band 0 and the most important of band 1
+    assert rank[permutation].view(4, 4)[0].tolist() == [0, 7, 8, 15]
+
+
+# --------------------------------------------------------------------------- SparseGPT
+
+
+def brute_force_sparsegpt(weight, hessian, spec, blocksize, percdamp=0.01):
+    """SparseGPT written from the paper with explicit sub-Hessian inverses and immediate updates."""
+    w = weight.double().clone()
+    h = hessian.double().clone()
+    rows, columns = w.shape
+    h += percdamp * torch.diagonal(h).mean() * torch.eye(columns, dtype=torch.float64)
+    mask = torch.zeros(rows, columns, dtype=torch.bool)
+    for j in range(columns):
+        inverse = torch.linalg.inv(h[j:, j:])  # OBS over the columns not yet processed
+        if j % blocksize == 0 and spec.kind == "unstructured":
+            end = min(j + blocksize, columns)
+            diag = torch.tensor([float(torch.linalg.inv(h[k:, k:])[0, 0]) for k in range(j, end)])
+            saliency = (w[:, j:end] ** 2 / diag).flatten().tolist()  # OBS: w_q^2 / [H_F^-1]_qq
+            quota = math.floor(spec.ratio * rows * end + 0.5) - math.floor(spec.ratio * rows * j + 0.5)
+            for flat in sorted(range(len(saliency)), key=lambda k: saliency[k])[:quota]:
+                mask[flat // (end - j), j + flat % (end - j)] = True
+        if spec.kind == "nm" and j % spec.m == 0:
+            diag = torch.tensor([float(torch.linalg.inv(h[k:, k:])[0, 0]) for k in range(j, j + spec.m)])
+            for r in range(rows):
+                saliency = (w[r, j:j + spec.m] ** 2 / diag).tolist()
+                for k in sorted(range(spec.m), key=lambda k: saliency[k])[: spec.m - spec.n]:
+                    mask[r, j + k] = True
+        for r in range(rows):
+            if mask[r, j]:
+                w[r, j:] -= w[r, j] / inverse[0, 0] * inverse[0, :]
+                w[r, j] = 0.0
+    return w, mask
+
+
+@pytest.mark.parametrize("spec, blocksize", [(SparsitySpec.unstructured(0.5), 40), (SparsitySpec.unstructured(0.37), 16),
+                                             (SparsitySpec.nm(2, 4), 8), (SparsitySpec.nm(4, 8), 16)],
+                         ids=["0.5-one-block", "0.37-blocks", "2:4", "4:8"])
+def test_sparsegpt_equals_brute_force_obs(spec, blocksize):
+    weight, inputs = random_layer(6, 40, tokens=200, seed=6)
+    hessian = statistics_of(inputs, hessian=True).hessian
+    result = sparsegpt_prune(weight, hessian, spec, blocksize=blocksize)
+    expected_weight, expected_mask = brute_force_sparsegpt(weight, hessian, spec, blocksize)
+    assert torch.equal(result.mask, expected_mask)
+    torch.testing.assert_close(result.weight.double(), expected_weight, rtol=2e-3, atol=2e-3)
+    assert torch.all(result.weight[result.mask] == 0)
+    if spec.kind == "nm":
+        assert_valid_nm(result.mask, spec.n, spec.m)
+    else:  # exact per matrix, and each block within one weight of its share
+        assert int(result.mask.sum()) == math.floor(spec.ratio * weight.numel() + 0.5)
+        for start in range(0, 40, blocksize):
+            share = spec.ratio * 6 * min(blocksize, 40 - start)
+            assert abs(int(result.mask[:, start:start + blocksize].sum()) - share) <= 1
+    assert result.retries == 0 and result.damp == pytest.approx(0.01 * float(torch.diagonal(hessian).mean()))
+
+
+@pytest.mark.parametrize("spec", [SparsitySpec.unstructured(0.5), *NM_SPECS], ids=lambda s: s.label)
+def test_sparsegpt_reconstructs_better_than_wanda(spec):
+    weight, inputs = random_layer(32, 64, tokens=512, seed=7)
+    stats = statistics_of(inputs, hessian=True)
+    weight_before, hessian_before = weight.clone(), stats.hessian.clone()
+    result = sparsegpt_prune(weight, stats.hessian, spec, blocksize=32)
+    assert torch.equal(weight, weight_before) and torch.equal(stats.hessian, hessian_before)  # inputs untouched
+    wanda_pruned = weight.masked_fill(wanda_mask(weight, stats.act_norm, spec), 0.0)
+    dense_out = inputs @ weight.T
+    sparsegpt_error = torch.linalg.norm(dense_out - inputs @ result.weight.T)
+    wanda_error = torch.linalg.norm(dense_out - inputs @ wanda_pruned.T)
+    assert sparsegpt_error < 0.8 * wanda_error
+
+
+def test_sparsegpt_dead_input_channels():
+    weight, inputs = random_layer(8, 16, tokens=100, seed=8)
+    inputs[:, [2, 9]] = 0.0
+    hessian = statistics_of(inputs, hessian=True).hessian
+    result = sparsegpt_prune(weight, hessian, SparsitySpec.unstructured(0.5), blocksize=8)
+    assert torch.isfinite(result.weight).all()
+    assert torch.all(result.weight[:, [2, 9]] == 0) and torch.all(result.mask[:, [2, 9]])
+    assert int(result.mask.sum()) == 64  # the dead weights fall within the quota (their saliency is 0)
+    assert torch.all(result.weight[result.mask] == 0) and torch.all(result.weight[~result.mask] != 0)
+
+
+def test_sparsegpt_retries_dampening_until_positive_definite():
+    # diag 1, off-diagonal 1.5 on 8 inputs: eigenvalues 11.5 and -0.5 (x7). Dampening 0.01 and 0.1
+    # leave it indefinite; the second retry's 1.0 makes it positive definite.
+    hessian = torch.full((8, 8), 1.5).fill_diagonal_(1.0)
+    result = sparsegpt_prune(torch.randn(4, 8), hessian, SparsitySpec.unstructured(0.5), blocksize=8)
+    assert result.retries == 2
+    assert result.damp == pytest.approx(1.0)
+    assert int(result.mask.sum()) == 16
+
+
+def test_sparsegpt_gives_up_with_a_clear_error():
+    # eigenvalue 1 - 1e9: the largest dampening tried, 0.01 * 10^8 = 1e6, cannot fix it
+    hessian = torch.tensor([[1.0, 1e9], [1e9, 1.0]])
+    with pytest.raises(HessianNotPositiveDefiniteError) as caught:
+        sparsegpt_prune(torch.randn(4, 2), hessian, SparsitySpec.unstructured(0.5))
+    assert isinstance(caught.value, UserError) and "\n" not in str(caught.value)
+    assert "not positive definite" in str(caught.value) and "8 retries" in str(caught.value)
+    for broken in (torch.full((2, 2), float("nan")), -torch.eye(2)):
+        with pytest.raises(UserError, match="Hessian"):
+            sparsegpt_prune(torch.randn(4, 2), broken, SparsitySpec.unstructured(0.5))
+    with pytest.raises(UserError, match="multiple of m"):
+        sparsegpt_prune(torch.randn(4, 8), torch.eye(8), SparsitySpec.nm(2, 4), blocksize=6)
+
+
+# --------------------------------------------------------------------------- MI neurons
+
+
+def neuron_activations(tokens=3000, neurons=8, seed=9):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(tokens, neurons, generator=generator) * torch.linspace(0.5, 2.0, neurons)
+
+
+def covariance_and_mean(activations):
+    stats = statistics_of(activations, covariance=True)
+    return stats.covariance, stats.mean
+
+
+def test_mi_removes_a_duplicated_neuron_first():
+    activations = neuron_activations()
+    activations[:, 3] = -2.5 * activations[:, 1]  # a scaled copy: all of neuron 1's information
+    covariance, mean = covariance_and_mean(activations)
+    order = mi_removal_order(covariance, mean, 2)
+    assert int(order[0]) in (1, 3)
+    assert int(order[1]) not in (1, 3)  # once one of the pair is gone, the other is no longer redundant
+
+
+def test_mi_removes_dead_then_constant_neurons_first():
+    activations = neuron_activations(neurons=10)
+    activations[:, 6] = 0.0
+    activations[:, 2] = 0.0
+    activations[:, 0] = 3.0  # constant but not dead
+    activations[:, 7] = activations[:, 4] * 0.5
+    covariance, mean = covariance_and_mean(activations)
+    order = mi_removal_order(covariance, mean, 4).tolist()
+    assert order[:3] == [2, 6, 0]
+    assert order[3] in (4, 7)
+    assert mi_neurons_to_remove(covariance, mean, 0.2).tolist() == [2, 6]
+
+
+@pytest.mark.parametrize("ratio, count", [(0.3, 3), (0.25, 3), (0.5, 5), (0.04, 0), (0.9, 9)])
+def test_mi_exact_count_sorted_unique(ratio, count):
+    covariance, mean = covariance_and_mean(neuron_activations(neurons=10) @ torch.randn(10, 10))
+    removed = mi_neurons_to_remove(covariance, mean, ratio)
+    assert removed.dtype == torch.long and removed.numel() == count
+    assert removed.tolist() == sorted(set(removed.tolist()))
+
+
+def test_mi_greedy_equals_brute_force():
+    generator = torch.Generator().manual_seed(10)
+    activations = torch.randn(2000, 7, generator=generator) @ torch.randn(7, 7, generator=generator)
+    covariance, mean = covariance_and_mean(activations)
+    cov = covariance.double()
+    kept, expected = list(range(7)), []
+    for _ in range(5):
+        def redundancy(i):
+            return max(-0.5 * math.log(1 - float(cov[i, j]) ** 2 / float(cov[i, i] * cov[j, j]))
+                       for j in kept if j != i)
+        most = max(kept, key=redundancy)
+        expected.append(most)
+        kept.remove(most)
+    assert mi_removal_order(covariance, mean, 5).tolist() == expected
+
+
+# --------------------------------------------------------------------------- bfloat16
+
+
+def test_bfloat16_weights_give_the_float32_masks():
+    weight, inputs = random_layer(16, 32, seed=11)
+    stats = statistics_of(inputs, hessian=True)
+    low = weight.to(torch.bfloat16)
+    same_values = low.float()
+    for spec in (SparsitySpec.unstructured(0.5), SparsitySpec.nm(2, 4)):
+        assert torch.equal(magnitude_mask(low, spec), magnitude_mask(same_values, spec))
+        assert torch.equal(wanda_mask(low, stats.act_norm, spec), wanda_mask(same_values, stats.act_norm, spec))
+        assert torch.equal(ria_mask(low, stats.act_norm, spec)[0], ria_mask(same_values, stats.act_norm, spec)[0])
+        pruned_low = sparsegpt_prune(low, stats.hessian, spec, blocksize=16)
+        pruned_float = sparsegpt_prune(same_values, stats.hessian, spec, blocksize=16)
+        assert pruned_low.weight.dtype == torch.bfloat16
+        assert torch.equal(pruned_low.mask, pruned_float.mask)
+        assert torch.equal(pruned_low.weight, pruned_float.weight.to(torch.bfloat16))
+    spec = SparsitySpec.nm(2, 4)
+    low_mask, low_perm = ria_mask(low, stats.act_norm, spec, channel_permutation=True)
+    float_mask, float_perm = ria_mask(same_values, stats.act_norm, spec, channel_permutation=True)
+    assert torch.equal(low_mask, float_mask) and torch.equal(low_perm, float_perm)
+    covariance, mean = covariance_and_mean(neuron_activations())
+    assert torch.equal(mi_neurons_to_remove(covariance.to(torch.bfloat16), mean.to(torch.bfloat16), 0.5),
+                       mi_neurons_to_remove(covariance.to(torch.bfloat16).float(), mean.to(torch.bfloat16).float(), 0.5))
