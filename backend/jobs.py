@@ -26,7 +26,13 @@ from backend.errors import NotFoundError, UserError
 
 log = logging.getLogger("prunelens.jobs")
 
-QUEUED, RUNNING, SUCCEEDED, FAILED, INTERRUPTED = "queued", "running", "succeeded", "failed", "interrupted"
+QUEUED, RUNNING, SUCCEEDED, FAILED, INTERRUPTED = (
+    "queued",
+    "running",
+    "succeeded",
+    "failed",
+    "interrupted",
+)
 STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, INTERRUPTED)
 FINISHED_STATES = frozenset({SUCCEEDED, FAILED, INTERRUPTED})
 # Progress is written at most this often (a job may report thousands of steps); final states
@@ -74,9 +80,16 @@ class Job:
 
     def to_json(self) -> dict:
         return {
-            "id": self.id, "kind": self.kind, "state": self.state, "progress": self.progress,
-            "message": self.message, "params": self.params, "result": self.result,
-            "error": self.error, "created_at": self.created_at, "started_at": self.started_at,
+            "id": self.id,
+            "kind": self.kind,
+            "state": self.state,
+            "progress": self.progress,
+            "message": self.message,
+            "params": self.params,
+            "result": self.result,
+            "error": self.error,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
             "finished_at": self.finished_at,
         }
 
@@ -101,14 +114,38 @@ _SCHEMA = (
     )""",
     "CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state)",
 )
-_COLUMNS = "id, kind, state, progress, message, params, result, error, created_at, started_at, finished_at"
+_COLUMNS = (
+    "id, kind, state, progress, message, params, result, error, created_at, started_at, finished_at"
+)
 
 
 def _job_from_row(row: tuple) -> Job:
-    (job_id, kind, state, progress, message, params, result, error,
-     created_at, started_at, finished_at) = row
-    return Job(job_id, kind, state, float(progress), message, json.loads(params),
-               json.loads(result) if result else None, error, created_at, started_at, finished_at)
+    (
+        job_id,
+        kind,
+        state,
+        progress,
+        message,
+        params,
+        result,
+        error,
+        created_at,
+        started_at,
+        finished_at,
+    ) = row
+    return Job(
+        job_id,
+        kind,
+        state,
+        float(progress),
+        message,
+        json.loads(params),
+        json.loads(result) if result else None,
+        error,
+        created_at,
+        started_at,
+        finished_at,
+    )
 
 
 class JobStore:
@@ -119,8 +156,9 @@ class JobStore:
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None,
-                                         check_same_thread=False)
+            self._conn = sqlite3.connect(
+                self.path, timeout=10.0, isolation_level=None, check_same_thread=False
+            )
             self._conn.execute("PRAGMA journal_mode = WAL")
             self._conn.execute("PRAGMA synchronous = NORMAL")
             for statement in _SCHEMA:
@@ -144,12 +182,34 @@ class JobStore:
             return self._conn.execute(sql, values).fetchall()
 
     def create(self, kind: str, params: dict) -> Job:
-        job = Job(uuid.uuid4().hex, kind, QUEUED, 0.0, "waiting in the queue", params, None, None,
-                  _now(), None, None)
+        job = Job(
+            uuid.uuid4().hex,
+            kind,
+            QUEUED,
+            0.0,
+            "waiting in the queue",
+            params,
+            None,
+            None,
+            _now(),
+            None,
+            None,
+        )
         self._execute(
             f"INSERT INTO jobs ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (job.id, kind, job.state, 0.0, job.message, json.dumps(params), None, None,
-             job.created_at, None, None),
+            (
+                job.id,
+                kind,
+                job.state,
+                0.0,
+                job.message,
+                json.dumps(params),
+                None,
+                None,
+                job.created_at,
+                None,
+                None,
+            ),
         )
         return job
 
@@ -159,7 +219,9 @@ class JobStore:
             raise NotFoundError(f"unknown job {job_id!r}")
         return _job_from_row(rows[0])
 
-    def list(self, *, kind: str | None = None, state: str | None = None, limit: int = 100) -> list[Job]:
+    def list(
+        self, *, kind: str | None = None, state: str | None = None, limit: int = 100
+    ) -> list[Job]:
         clauses, values = [], []
         for column, value in (("kind", kind), ("state", state)):
             if value is not None:
@@ -167,7 +229,8 @@ class JobStore:
                 values.append(value)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = self._execute(
-            f"SELECT {_COLUMNS} FROM jobs {where} ORDER BY rowid DESC LIMIT ?", (*values, int(limit))
+            f"SELECT {_COLUMNS} FROM jobs {where} ORDER BY rowid DESC LIMIT ?",
+            (*values, int(limit)),
         )
         return [_job_from_row(row) for row in rows]
 
@@ -176,31 +239,52 @@ class JobStore:
         return {state: 0 for state in STATES} | dict(rows)
 
     def mark_running(self, job_id: str) -> None:
-        self._execute("UPDATE jobs SET state = ?, started_at = ?, message = ? WHERE id = ?",
-                      (RUNNING, _now(), "started", job_id))
+        self._execute(
+            "UPDATE jobs SET state = ?, started_at = ?, message = ? WHERE id = ?",
+            (RUNNING, _now(), "started", job_id),
+        )
 
     def add_params(self, job_id: str, extra: dict) -> None:
         """Record what a running job learned about itself (e.g. the id of the variant it writes),
         so that cleanup after a crash knows it."""
         job = self.get(job_id)
-        self._execute("UPDATE jobs SET params = ? WHERE id = ?", (json.dumps({**job.params, **extra}), job_id))
+        self._execute(
+            "UPDATE jobs SET params = ? WHERE id = ?", (json.dumps({**job.params, **extra}), job_id)
+        )
 
     def set_progress(self, job_id: str, progress: float, message: str) -> None:
-        self._execute("UPDATE jobs SET progress = ?, message = ? WHERE id = ? AND state = ?",
-                      (progress, message, job_id, RUNNING))
+        self._execute(
+            "UPDATE jobs SET progress = ?, message = ? WHERE id = ? AND state = ?",
+            (progress, message, job_id, RUNNING),
+        )
 
-    def finish(self, job_id: str, state: str, *, message: str, result: dict | None = None,
-               error: str | None = None) -> None:
+    def finish(
+        self,
+        job_id: str,
+        state: str,
+        *,
+        message: str,
+        result: dict | None = None,
+        error: str | None = None,
+    ) -> None:
         progress_sql = ", progress = 1" if state == SUCCEEDED else ""
         self._execute(
             f"UPDATE jobs SET state = ?, message = ?, result = ?, error = ?, finished_at = ?{progress_sql} "
             "WHERE id = ?",
-            (state, message, json.dumps(result) if result is not None else None, error, _now(), job_id),
+            (
+                state,
+                message,
+                json.dumps(result) if result is not None else None,
+                error,
+                _now(),
+                job_id,
+            ),
         )
 
     def unfinished(self) -> list[Job]:
-        rows = self._execute(f"SELECT {_COLUMNS} FROM jobs WHERE state IN (?, ?) ORDER BY rowid",
-                             (QUEUED, RUNNING))
+        rows = self._execute(
+            f"SELECT {_COLUMNS} FROM jobs WHERE state IN (?, ?) ORDER BY rowid", (QUEUED, RUNNING)
+        )
         return [_job_from_row(row) for row in rows]
 
 
@@ -228,7 +312,9 @@ class JobWorker:
         self.current_job_id: str | None = None
         self._recent_seconds: list[float] = []  # durations of the last jobs, for Retry-After
 
-    def register(self, kind: str, run: JobRun, on_interrupted: Callable[[Job], None] | None = None) -> None:
+    def register(
+        self, kind: str, run: JobRun, on_interrupted: Callable[[Job], None] | None = None
+    ) -> None:
         self._kinds[kind] = JobKind(run, on_interrupted)
 
     # ------------------------------------------------------------------ lifecycle
@@ -237,8 +323,11 @@ class JobWorker:
         """Mark jobs left queued/running by a previous process as interrupted, and clean up after them."""
         interrupted = []
         for job in self.store.unfinished():
-            reason = ("the server stopped while this job was running" if job.state == RUNNING
-                      else "the server stopped before this job started")
+            reason = (
+                "the server stopped while this job was running"
+                if job.state == RUNNING
+                else "the server stopped before this job started"
+            )
             kind = self._kinds.get(job.kind)
             if kind and kind.on_interrupted:
                 try:
@@ -275,16 +364,26 @@ class JobWorker:
         if kind not in self._kinds:
             raise UserError(f"unknown job kind {kind!r}")
         if self._queue.full():
-            raise BusyError(f"the job queue is full ({self._queue.maxsize} jobs waiting); try again later",
-                            retry_after=self.retry_after(), status_code=429)
+            raise BusyError(
+                f"the job queue is full ({self._queue.maxsize} jobs waiting); try again later",
+                retry_after=self.retry_after(),
+                status_code=429,
+            )
         job = self.store.create(kind, params)
         try:
             self._queue.put_nowait(job.id)
         except queue.Full:  # lost a race with another submitter
-            self.store.finish(job.id, FAILED, message="refused: the job queue was full",
-                              error="the job queue was full")
-            raise BusyError("the job queue is full; try again later", retry_after=self.retry_after(),
-                            status_code=429) from None
+            self.store.finish(
+                job.id,
+                FAILED,
+                message="refused: the job queue was full",
+                error="the job queue was full",
+            )
+            raise BusyError(
+                "the job queue is full; try again later",
+                retry_after=self.retry_after(),
+                status_code=429,
+            ) from None
         return job
 
     def queued_count(self) -> int:
@@ -335,8 +434,12 @@ class JobWorker:
             self.store.finish(job_id, FAILED, message="failed", error=_one_line(str(exc)))
         except Exception as exc:  # a bug: log the traceback here, show one line to the client
             log.exception("job %s (%s) failed", job_id, job.kind)
-            self.store.finish(job_id, FAILED, message="failed",
-                              error=_one_line(f"internal error: {type(exc).__name__}: {exc}"))
+            self.store.finish(
+                job_id,
+                FAILED,
+                message="failed",
+                error=_one_line(f"internal error: {type(exc).__name__}: {exc}"),
+            )
         else:
             self.store.finish(job_id, SUCCEEDED, message="done", result=result or {})
         finally:

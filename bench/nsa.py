@@ -29,17 +29,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backend.data.sources import labelled_examples, load_documents  # noqa: E402
-from backend.models.loader import load_model  # noqa: E402
-from backend.nsa.capture import encode_text  # noqa: E402
-from backend.nsa.influential import (  # noqa: E402
+from backend.data.sources import labelled_examples, load_documents
+from backend.models.loader import load_model
+from backend.nsa.capture import encode_text
+from backend.nsa.influential import (
     fallback_word_count,
     generate_answer,
     gradient_x_input_scores,
     parse_generation,
 )
-from backend.nsa.service import attribute, plain_forward  # noqa: E402
-from backend.nsa.tasks import get_task  # noqa: E402
+from backend.nsa.service import attribute, plain_forward
+from backend.nsa.tasks import get_task
 
 GOAL = 1.2
 _WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")

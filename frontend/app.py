@@ -26,7 +26,7 @@ st.set_page_config(page_title="PruneLens", page_icon="\u2702\uFE0F", layout="wid
 
 PAGES = [
     st.Page(HERE / "pages" / "explorer.py", title="Neuron explorer", icon=":material/grid_on:",
-            url_path=PAGE_PATHS["explorer"], default=True),
+            default=True),  # served at the root (PAGE_PATHS["explorer"] == "")
     st.Page(HERE / "pages" / "attribute.py", title="Attribute your text", icon=":material/edit_note:",
             url_path=PAGE_PATHS["attribute"]),
     st.Page(HERE / "pages" / "calibration.py", title="Calibration side by side",
@@ -47,6 +47,6 @@ with st.sidebar:
         compute = health.get("compute") or {}
         if compute.get("busy"):
             st.caption(f"\u23F3 busy: {compute.get('holder') or 'a job'}")
-        if health.get("status") == "starting":
-            st.info("The backend is still loading its model.")
+        if health.get("status") != "ok":
+            st.warning(f"The backend has no model loaded: {health.get('error') or health.get('status')}")
 page.run()

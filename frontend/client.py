@@ -168,7 +168,13 @@ class BackendClient:
 
     def samples(self, dataset: str, n: int = 10, seed: int = 0) -> list[dict]:
         """Labelled dataset examples ``{"text", "label", "label_text"}`` to attribute."""
-        return self._request("GET", "/samples", params={"dataset": dataset, "n": n, "seed": seed})
+        try:
+            return self._request("GET", "/samples", params={"dataset": dataset, "n": n, "seed": seed})
+        except BackendError as exc:
+            if exc.status == 404 and str(exc) == "Not Found":  # the route itself, not the dataset
+                raise BackendError("this backend does not serve dataset samples (GET /samples); "
+                                   "use Attribute your text instead", 404) from exc
+            raise
 
     # ------------------------------------------------------------------ writes
 
@@ -218,7 +224,7 @@ def parse_sse(lines) -> Iterator[dict]:
             continue  # comment / keep-alive
         field, _, value = line.partition(":")
         if field == "data":
-            data.append(value[1:] if value.startswith(" ") else value)
+            data.append(value.removeprefix(" "))
     if data:
         try:
             yield json.loads("\n".join(data))

@@ -16,11 +16,12 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import httpx
 
 from frontend.client import BackendClient, BackendError, BackendUnavailable
 
@@ -86,7 +87,7 @@ class DemoPreparation:
 
     api: BackendClient
     plan: DemoPlan
-    texts: Callable[[int], list[str]]  # how to get the NSA texts (n) -> sentences
+    texts: Callable[[int], list[str]]  # n -> sentences for NSA ([] when unavailable: NSA is skipped)
     say: Callable[[str], None] = print
     poll_s: float = 1.0
     variant_ids: dict[str, list[str]] = field(default_factory=dict)  # method -> ids
@@ -139,11 +140,7 @@ class DemoPreparation:
     def run(self) -> list[str]:
         """Prepare everything; returns the failures (empty when all went well)."""
         plan = self.plan
-        try:
-            texts = self.texts(plan.nsa_texts)
-        except Exception as exc:  # the data may be missing on a partial install: the rest still runs
-            texts = []
-            self.say(f"[demo] no {plan.nsa_dataset} sentences for NSA ({exc})")
+        texts = self.texts(plan.nsa_texts)
         nsa = plan.nsa_requests(texts, {}) if texts else []
         if nsa:
             self._nsa(f"dense model on {len(texts)} {plan.nsa_dataset} sentences", nsa[0])
@@ -204,15 +201,18 @@ def wait_until(check: Callable[[], bool], timeout_s: float, process: subprocess.
         try:
             if check():
                 return
-        except Exception:  # not up yet  # noqa: BLE001
-            pass
+        except (BackendError, httpx.HTTPError):
+            time.sleep(0.5)  # not listening yet
+            continue
         time.sleep(0.5)
     raise DemoError(f"the {what} was not ready within {timeout_s:.0f} s")
 
 
 def backend_command(port: int, log_level: str = "warning") -> list[str]:
-    return [sys.executable, "-m", "backend.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-            "--log-level", log_level]
+    """`prunelens serve` on loopback, with this interpreter (``-m backend.cli`` would run the CLI
+    module twice, and its subcommands register with the other copy)."""
+    return [sys.executable, "-c", "import sys; from backend.cli import main; sys.exit(main())",
+            "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", log_level]
 
 
 def dashboard_command(port: int) -> list[str]:
@@ -240,8 +240,6 @@ def stop(process: subprocess.Popen | None, timeout_s: float = 10.0) -> None:
 
 
 def http_ok(url: str, timeout_s: float = 2.0) -> bool:
-    import httpx
-
     return httpx.get(url, timeout=timeout_s).status_code == 200
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
-# Page url_path values (st.Page(url_path=...)); shared URLs look like /explorer?result=...&layer=3
+# Page url_path values (st.Page(url_path=...)). The explorer is the default page, which Streamlit
+# serves at the root: shared URLs look like /?result=...&layer=3 and /attribute?result=...
 PAGE_PATHS = {
-    "explorer": "explorer",
+    "explorer": "",
     "attribute": "attribute",
     "calibration": "calibration",
     "accuracy": "accuracy",
@@ -85,8 +86,19 @@ class ViewState:
         return params
 
 
-def share_url(base_url: str, page: str, state: ViewState) -> str:
-    """The absolute link of a view, e.g. ``http://host:8501/explorer?result=abc&layer=3``."""
+def app_root(current_url: str) -> str:
+    """The app's root URL from the URL of any of its pages (``st.context.url``)."""
+    parts = urlsplit(current_url)
+    path = parts.path.rstrip("/")
+    for page_path in PAGE_PATHS.values():
+        if page_path and path.endswith("/" + page_path):
+            path = path[: -len(page_path) - 1]
+            break
+    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+
+
+def share_url(current_url: str, page: str, state: ViewState) -> str:
+    """The absolute link of a view, e.g. ``http://host:8501/?result=abc&layer=3`` for the explorer."""
     path = PAGE_PATHS[page]
     query = urlencode(state.to_params())
-    return f"{base_url.rstrip('/')}/{path}" + (f"?{query}" if query else "")
+    return f"{app_root(current_url)}/{path}" + (f"?{query}" if query else "")

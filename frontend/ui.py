@@ -62,10 +62,11 @@ def require_backend() -> dict | None:
     """Health check before drawing a page: one clear notice and stop when it does not answer."""
     try:
         return client().health()
+    except BackendUnavailable as exc:
+        unreachable_notice(exc)
     except BackendError as exc:
-        unreachable_notice(exc) if isinstance(exc, BackendUnavailable) else st.error(f"Backend: {exc}")
-        st.stop()
-    return None
+        st.error(f"Backend: {exc}")
+    st.stop()
 
 
 def view_state() -> ViewState:
@@ -99,8 +100,3 @@ def nsa_result(result_id: str) -> dict | None:
     """A stored NSA result (immutable by id, so cached for the session's life)."""
     api = client()
     return fetch(_cached_nsa_result, api.base_url, id(api), result_id, what=f"NSA result {result_id}")
-
-
-def remember_nsa_result(envelope: dict) -> None:
-    """Put a freshly computed result where ``nsa_result`` will find it without another request."""
-    st.session_state.setdefault("nsa_results", {})[envelope["id"]] = envelope

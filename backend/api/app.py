@@ -48,7 +48,9 @@ ERROR_RESPONSES = {
 }
 
 
-def _error(status: int, detail: str, *, headers: dict | None = None, errors: list | None = None) -> JSONResponse:
+def _error(
+    status: int, detail: str, *, headers: dict | None = None, errors: list | None = None
+) -> JSONResponse:
     body = {"detail": detail}
     if errors is not None:
         body["errors"] = errors
@@ -71,8 +73,11 @@ class BearerTokenMiddleware:
             await self.app(scope, receive, send)
             return
         detail = "missing Bearer token" if not given else "wrong Bearer token"
-        response = _error(401, f"{detail}: send 'Authorization: Bearer <PRUNELENS_API_TOKEN>'",
-                          headers={"WWW-Authenticate": "Bearer"})
+        response = _error(
+            401,
+            f"{detail}: send 'Authorization: Bearer <PRUNELENS_API_TOKEN>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
         await response(scope, receive, send)
 
 
@@ -145,13 +150,20 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(UserError)
     async def user_error(_request: Request, exc: UserError) -> JSONResponse:
         headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, BusyError) else None
-        return _error(exc.status_code, str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
-                      headers=headers)
+        return _error(
+            exc.status_code,
+            str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+            headers=headers,
+        )
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [
-            {"loc": list(error.get("loc", ())), "msg": str(error.get("msg", "")), "type": str(error.get("type", ""))}
+            {
+                "loc": list(error.get("loc", ())),
+                "msg": str(error.get("msg", "")),
+                "type": str(error.get("type", "")),
+            }
             for error in exc.errors()
         ]
         return _error(422, _validation_message(errors), errors=errors)
@@ -183,7 +195,9 @@ def _customise_openapi(app: FastAPI, *, bearer: bool) -> None:
                         response["content"] = {"application/json": content.pop("text/event-stream")}
         if bearer:
             schema.setdefault("components", {}).setdefault("securitySchemes", {})["bearer"] = {
-                "type": "http", "scheme": "bearer", "description": "The server's PRUNELENS_API_TOKEN.",
+                "type": "http",
+                "scheme": "bearer",
+                "description": "The server's PRUNELENS_API_TOKEN.",
             }
             schema["security"] = [{"bearer": []}]
             for path in OPEN_PATHS:
@@ -195,7 +209,9 @@ def _customise_openapi(app: FastAPI, *, bearer: bool) -> None:
     app.openapi = openapi
 
 
-def create_app(settings: Settings | None = None, *, loaded=None, load_default: bool = True) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, loaded=None, load_default: bool = True
+) -> FastAPI:
     """The API application.
 
     ``settings``: backend Settings or ApiSettings (default: from the environment).
@@ -235,14 +251,20 @@ def create_app(settings: Settings | None = None, *, loaded=None, load_default: b
     _install_error_handlers(app)
     for router in build_routers(config):
         app.include_router(router)
-    app.add_middleware(BodyLimitMiddleware, default_limit=config.api_max_body_bytes,
-                       path_limits={"/nsa/upload": config.api_max_upload_bytes + MULTIPART_OVERHEAD})
+    app.add_middleware(
+        BodyLimitMiddleware,
+        default_limit=config.api_max_body_bytes,
+        path_limits={"/nsa/upload": config.api_max_upload_bytes + MULTIPART_OVERHEAD},
+    )
     if config.api_token:  # outside the size limit: a stranger's body is not even counted
         app.add_middleware(BearerTokenMiddleware, token=config.api_token)
     _customise_openapi(app, bearer=bool(config.api_token))
     if config.cors_origin_list:  # added last = outermost: a 401 carries CORS headers too
         app.add_middleware(
-            CORSMiddleware, allow_origins=config.cors_origin_list, allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=["Authorization", "Content-Type"], allow_credentials=False,
+            CORSMiddleware,
+            allow_origins=config.cors_origin_list,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+            allow_credentials=False,
         )
     return app

@@ -53,7 +53,8 @@ class ComputeGate:
                 if self._waiting >= self.max_waiting and self._lock.locked():
                     raise BusyError(
                         f"busy: {self._waiting} heavy requests already wait for the model; try again later",
-                        retry_after=self.retry_after(), status_code=429,
+                        retry_after=self.retry_after(),
+                        status_code=429,
                     )
                 self._waiting += 1
             try:
@@ -65,7 +66,8 @@ class ComputeGate:
                 raise BusyError(
                     f"busy: the model stayed in use for {self.wait_seconds:g} s ({self.holder or 'a job'}); "
                     "try again later",
-                    retry_after=self.retry_after(), status_code=503,
+                    retry_after=self.retry_after(),
+                    status_code=503,
                 )
         else:
             self._lock.acquire()

@@ -30,8 +30,9 @@ def model_bytes(loaded) -> int:
 
 
 class ModelPool:
-    def __init__(self, settings, *, default=None, budget_bytes: int,
-                 loader: Callable | None = None):
+    def __init__(
+        self, settings, *, default=None, budget_bytes: int, loader: Callable | None = None
+    ):
         self.settings = settings
         self.budget_bytes = budget_bytes
         self._default = default
@@ -105,7 +106,10 @@ class ModelPool:
         return load_model(name, settings=self.settings)
 
     def _evict(self, keep: str) -> None:
-        while len(self._others) > 1 and sum(model_bytes(m) for m in self._others.values()) > self.budget_bytes:
+        while (
+            len(self._others) > 1
+            and sum(model_bytes(m) for m in self._others.values()) > self.budget_bytes
+        ):
             oldest = next(iter(self._others))
             if oldest == keep:
                 break

@@ -35,7 +35,9 @@ PREVIEW_CHARS = 120
 
 def request_id(request: dict) -> str:
     """Stable id of an NSA request: 20 hex digits of the SHA-256 of its canonical JSON."""
-    canonical = json.dumps({**request, "backend": backend.__version__}, sort_keys=True, ensure_ascii=True)
+    canonical = json.dumps(
+        {**request, "backend": backend.__version__}, sort_keys=True, ensure_ascii=True
+    )
     return hashlib.sha256(canonical.encode()).hexdigest()[:20]
 
 
@@ -55,8 +57,9 @@ class NsaResultStore:
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None,
-                                         check_same_thread=False)
+            self._conn = sqlite3.connect(
+                self.path, timeout=10.0, isolation_level=None, check_same_thread=False
+            )
             self._conn.execute("PRAGMA journal_mode = WAL")
             self._conn.execute("PRAGMA synchronous = NORMAL")
             self._conn.execute(_SCHEMA)
@@ -83,7 +86,9 @@ class NsaResultStore:
             if body is not None:
                 self._recent.move_to_end(result_id)
                 return body
-            row = self._conn.execute("SELECT body FROM nsa_results WHERE id = ?", (result_id,)).fetchone()
+            row = self._conn.execute(
+                "SELECT body FROM nsa_results WHERE id = ?", (result_id,)
+            ).fetchone()
             if row is None:
                 return None
             body = bytes(row[0])
@@ -99,20 +104,38 @@ class NsaResultStore:
     def put(self, result_id: str, request: dict, result: dict) -> bytes:
         created_at = datetime.now(UTC).isoformat(timespec="seconds")
         body = json.dumps(
-            {"id": result_id, "created_at": created_at, "request": request, "result": finite_json(result)},
-            ensure_ascii=False, allow_nan=False, separators=(",", ":"),
+            {
+                "id": result_id,
+                "created_at": created_at,
+                "request": request,
+                "result": finite_json(result),
+            },
+            ensure_ascii=False,
+            allow_nan=False,
+            separators=(",", ":"),
         ).encode("utf-8")
         texts = request.get("texts") or [""]
         preview = " ".join(texts[0].split())[:PREVIEW_CHARS]
         with self._lock:
             inserted = self._conn.execute(
                 "INSERT OR IGNORE INTO nsa_results VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (result_id, created_at, request.get("model", ""), request.get("task", ""), len(texts),
-                 preview, json.dumps(request.get("variants", [])), body),
+                (
+                    result_id,
+                    created_at,
+                    request.get("model", ""),
+                    request.get("task", ""),
+                    len(texts),
+                    preview,
+                    json.dumps(request.get("variants", [])),
+                    body,
+                ),
             ).rowcount
             if not inserted:  # the same request finished first elsewhere: its result is the one
-                body = bytes(self._conn.execute("SELECT body FROM nsa_results WHERE id = ?",
-                                                (result_id,)).fetchone()[0])
+                body = bytes(
+                    self._conn.execute(
+                        "SELECT body FROM nsa_results WHERE id = ?", (result_id,)
+                    ).fetchone()[0]
+                )
             self._remember(result_id, body)
         return body
 
@@ -121,10 +144,18 @@ class NsaResultStore:
         with self._lock:
             rows = self._conn.execute(
                 f"SELECT id, created_at, model, task, n_texts, preview, variants FROM nsa_results {where} "
-                "ORDER BY rowid DESC LIMIT ?", (*values, int(limit)),
+                "ORDER BY rowid DESC LIMIT ?",
+                (*values, int(limit)),
             ).fetchall()
         return [
-            {"id": row[0], "created_at": row[1], "model": row[2], "task": row[3], "n_texts": row[4],
-             "preview": row[5], "variants": json.loads(row[6])}
+            {
+                "id": row[0],
+                "created_at": row[1],
+                "model": row[2],
+                "task": row[3],
+                "n_texts": row[4],
+                "preview": row[5],
+                "variants": json.loads(row[6]),
+            }
             for row in rows
         ]

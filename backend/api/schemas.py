@@ -48,7 +48,9 @@ class Health(BaseModel):
     default_model: str = Field(description="The model used when a request names none.")
     loaded_models: list[str] = Field(description="Models held in memory now.")
     device: str | None = Field(description="Where the default model runs (cpu, cuda:0, ...).")
-    error: str | None = Field(default=None, description="Why the default model is not loaded, if it is not.")
+    error: str | None = Field(
+        default=None, description="Why the default model is not loaded, if it is not."
+    )
     compute: ComputeState
     jobs: dict[str, int] = Field(description="Number of jobs per state.")
     auth: bool = Field(description="Whether requests need a Bearer token.")
@@ -57,7 +59,9 @@ class Health(BaseModel):
 class ModelInfo(BaseModel):
     name: str = Field(description="The reference to pass as `model` in other requests.")
     source: str = Field(description="'embedded', 'local' or 'hub'.")
-    converted: bool = Field(description="Whether its weights are ready on disk (no conversion at first use).")
+    converted: bool = Field(
+        description="Whether its weights are ready on disk (no conversion at first use)."
+    )
     default: bool = Field(description="Whether it is the server's default model.")
     loaded: bool = Field(description="Whether it is in memory now.")
 
@@ -65,9 +69,13 @@ class ModelInfo(BaseModel):
 class CalibrationSet(BaseModel):
     name: str = Field(description="Name to pass as `calibration` when pruning.")
     description: str = Field(description="What the text is and where it comes from.")
-    offline: bool = Field(description="Whether it works without network access (data shipped in wheels).")
+    offline: bool = Field(
+        description="Whether it works without network access (data shipped in wheels)."
+    )
     splits: list[str] = Field(description="Text splits: 'calibration' and/or 'heldout'.")
-    labelled_splits: list[str] = Field(description="Splits with labelled examples (for NSA samples).")
+    labelled_splits: list[str] = Field(
+        description="Splits with labelled examples (for NSA samples)."
+    )
 
 
 class EvalTaskInfo(BaseModel):
@@ -85,42 +93,72 @@ class EvalTaskInfo(BaseModel):
 
 class AttributionTaskInfo(BaseModel):
     name: str = Field(description="Name to pass as `task` of POST /nsa.")
-    label_words: list[str] = Field(description="The two continuations whose log-prob margin the probe compares.")
-    probe: str = Field(description="The completion prompt around {text} used by the fallback and ablation.")
+    label_words: list[str] = Field(
+        description="The two continuations whose log-prob margin the probe compares."
+    )
+    probe: str = Field(
+        description="The completion prompt around {text} used by the fallback and ablation."
+    )
 
 
 # ----------------------------------------------------------------------------- variants
 
 
 class PruneRequest(Strict):
-    model: str | None = Field(default=None, description="Base model (a name from GET /models); default: the server's.")
+    model: str | None = Field(
+        default=None, description="Base model (a name from GET /models); default: the server's."
+    )
     method: Literal["magnitude", "wanda", "sparsegpt", "ria", "mi"] = Field(
         description="magnitude | wanda | sparsegpt | ria | mi (structured: whole MLP neurons)."
     )
     calibration: str = Field(
-        default="c4", min_length=1, max_length=64,
+        default="c4",
+        min_length=1,
+        max_length=64,
         description="Calibration set name from GET /calibration-sets (files are not accepted over HTTP).",
     )
     sparsity: str = Field(
-        default="0.5", min_length=1, max_length=32,
+        default="0.5",
+        min_length=1,
+        max_length=32,
         description="'0.5' (unstructured ratio removed), '2:4' (N:M, n kept of every m), or 'neurons:0.2' (mi).",
     )
     nsamples: int = Field(default=128, ge=1, le=4096, description="Calibration windows.")
-    seqlen: int = Field(default=2048, ge=2, le=32768, description="Tokens per window (capped at the model's context).")
+    seqlen: int = Field(
+        default=2048,
+        ge=2,
+        le=32768,
+        description="Tokens per window (capped at the model's context).",
+    )
     seed: int = Field(default=0, ge=0, le=2**31 - 1, description="Seed of the window draw.")
-    alpha: float = Field(default=0.5, ge=0, le=100, description="RIA: exponent of the activation norm.")
-    channel_permutation: bool = Field(default=False, description="RIA with N:M: permute input channels first.")
+    alpha: float = Field(
+        default=0.5, ge=0, le=100, description="RIA: exponent of the activation norm."
+    )
+    channel_permutation: bool = Field(
+        default=False, description="RIA with N:M: permute input channels first."
+    )
     blocksize: int = Field(default=128, ge=1, le=65536, description="SparseGPT: columns per block.")
-    percdamp: float = Field(default=0.01, gt=0, lt=1, description="SparseGPT: dampening fraction of the Hessian diagonal.")
+    percdamp: float = Field(
+        default=0.01,
+        gt=0,
+        lt=1,
+        description="SparseGPT: dampening fraction of the Hessian diagonal.",
+    )
 
 
 class VariantSummary(BaseModel):
     id: str = Field(description="Variant id (use in /variants/{id}, NSA and evaluations).")
     base_model: str = Field(description="The dense model it was pruned from.")
     method: str | None = Field(default=None, description="Pruning method.")
-    calibration: str | None = Field(default=None, description="Calibration set ('none' for magnitude).")
-    sparsity: str | None = Field(default=None, description="Sparsity label: '0.5', '2:4', 'neurons:0.2'.")
-    achieved_sparsity: float | None = Field(default=None, description="Fraction of prunable weights set to zero.")
+    calibration: str | None = Field(
+        default=None, description="Calibration set ('none' for magnitude)."
+    )
+    sparsity: str | None = Field(
+        default=None, description="Sparsity label: '0.5', '2:4', 'neurons:0.2'."
+    )
+    achieved_sparsity: float | None = Field(
+        default=None, description="Fraction of prunable weights set to zero."
+    )
     nsamples: int | None = Field(default=None, description="Calibration windows used.")
     seqlen: int | None = Field(default=None, description="Tokens per calibration window.")
     seed: int | None = Field(default=None, description="Seed of the calibration draw.")
@@ -137,7 +175,9 @@ class DeletedVariant(BaseModel):
 class JobInfo(BaseModel):
     id: str = Field(description="Job id.")
     kind: str = Field(description="'prune' or 'evaluate'.")
-    state: JobStateName = Field(description="queued → running → succeeded | failed; interrupted after a restart.")
+    state: JobStateName = Field(
+        description="queued → running → succeeded | failed; interrupted after a restart."
+    )
     progress: float = Field(ge=0, le=1, description="Fraction done, 0–1.")
     message: str = Field(description="What it is doing now, or how it ended.")
     params: dict[str, Any] = Field(description="The request that created it.")
@@ -152,31 +192,47 @@ class JobAccepted(BaseModel):
     job: JobInfo = Field(description="The job as created (state 'queued').")
     job_url: str = Field(description="Where to poll its state.")
     events_url: str = Field(description="Server-sent events stream of its progress.")
-    variant_id: str | None = Field(default=None, description="Prune jobs: the id the variant will have.")
+    variant_id: str | None = Field(
+        default=None, description="Prune jobs: the id the variant will have."
+    )
 
 
 # ----------------------------------------------------------------------------- NSA
 
 
 class NsaRequest(Strict):
-    model: str | None = Field(default=None, description="Dense model (a name from GET /models); default: the server's.")
-    text: str | None = Field(default=None, max_length=MAX_TEXT_CHARS, description="One text (or give `texts`).")
+    model: str | None = Field(
+        default=None, description="Dense model (a name from GET /models); default: the server's."
+    )
+    text: str | None = Field(
+        default=None, max_length=MAX_TEXT_CHARS, description="One text (or give `texts`)."
+    )
     texts: list[str] | None = Field(
-        default=None, min_length=1, max_length=MAX_NSA_TEXTS,
+        default=None,
+        min_length=1,
+        max_length=MAX_NSA_TEXTS,
         description=f"Several texts, scores aggregated over them (at most {MAX_NSA_TEXTS}).",
     )
     words: list[str] | None = Field(
-        default=None, max_length=MAX_WORDS,
+        default=None,
+        max_length=MAX_WORDS,
         description="Influential words chosen by the user (override step 1's generation).",
     )
-    task: str = Field(default="sentiment", min_length=1, max_length=64,
-                      description="sentiment | question_answering | semantic_similarity | logical_reasoning.")
+    task: str = Field(
+        default="sentiment",
+        min_length=1,
+        max_length=64,
+        description="sentiment | question_answering | semantic_similarity | logical_reasoning.",
+    )
     variants: list[str] = Field(
-        default_factory=list, max_length=MAX_VARIANTS,
+        default_factory=list,
+        max_length=MAX_VARIANTS,
         description="Pruned variant ids of the same model to compare with the dense one.",
     )
     top_k: int = Field(default=20, ge=1, le=500, description="Neurons selected by score.")
-    ablate: bool = Field(default=False, description="Also zero the top neurons and measure the label margin change.")
+    ablate: bool = Field(
+        default=False, description="Also zero the top neurons and measure the label margin change."
+    )
 
     @field_validator("texts")
     @classmethod
@@ -232,12 +288,22 @@ class NsaSummary(BaseModel):
 
 class EvaluationRequest(Strict):
     model: str | None = Field(default=None, description="Base model; default: the server's.")
-    variant: str | None = Field(default=None, pattern=VARIANT_ID_PATTERN,
-                                description="A variant id of that model; omitted: the dense model.")
-    tasks: list[str] = Field(min_length=1, max_length=64,
-                             description="Task names from GET /tasks (or 'offline', 'all', a category key).")
-    limit: int | None = Field(default=None, ge=1, le=1_000_000,
-                              description="Examples per task (omitted: the whole split).")
+    variant: str | None = Field(
+        default=None,
+        pattern=VARIANT_ID_PATTERN,
+        description="A variant id of that model; omitted: the dense model.",
+    )
+    tasks: list[str] = Field(
+        min_length=1,
+        max_length=64,
+        description="Task names from GET /tasks (or 'offline', 'all', a category key).",
+    )
+    limit: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000,
+        description="Examples per task (omitted: the whole split).",
+    )
 
     @field_validator("tasks")
     @classmethod
@@ -255,13 +321,17 @@ class EvaluationResult(BaseModel):
     task: str = Field(description="Task name.")
     limit: int | None = Field(description="Examples limit (null: whole split).")
     n_examples: int = Field(description="Examples scored.")
-    metrics: dict[str, Any] = Field(description="lm-eval's result dict: 'acc,none', 'acc_stderr,none', ...")
+    metrics: dict[str, Any] = Field(
+        description="lm-eval's result dict: 'acc,none', 'acc_stderr,none', ..."
+    )
     created_at: str = Field(description="UTC, ISO 8601.")
 
 
 class TableRow(BaseModel):
     label: str = Field(description="Row label (a task, model, method or category).")
-    values: list[float | None] = Field(description="Mean metric per column; null where no result exists.")
+    values: list[float | None] = Field(
+        description="Mean metric per column; null where no result exists."
+    )
     counts: list[int] = Field(description="Number of results averaged in each cell.")
 
 

@@ -20,21 +20,30 @@ class ApiSettings(Settings):
         description="Comma-separated origins allowed by CORS (e.g. http://localhost:8501). Unset: CORS off.",
     )
     api_max_body_bytes: int = Field(default=1 << 20, gt=0, description="Largest JSON request body.")
-    api_max_upload_bytes: int = Field(default=4 << 20, gt=0, description="Largest uploaded text file.")
+    api_max_upload_bytes: int = Field(
+        default=4 << 20, gt=0, description="Largest uploaded text file."
+    )
     api_queue_size: int = Field(
-        default=4, ge=0,
+        default=4,
+        ge=0,
         description="Heavy requests (NSA) that may wait for the compute lock; more are refused with 429.",
     )
     api_wait_seconds: float = Field(
-        default=60.0, gt=0,
+        default=60.0,
+        gt=0,
         description="How long a heavy request waits for the compute lock before a 503.",
     )
-    api_job_queue_size: int = Field(default=16, gt=0, description="Jobs that may wait to run; more get 429.")
+    api_job_queue_size: int = Field(
+        default=16, gt=0, description="Jobs that may wait to run; more get 429."
+    )
     api_model_memory_mb: int = Field(
-        default=16384, gt=0,
+        default=16384,
+        gt=0,
         description="Memory budget of the models kept loaded besides the default one (LRU).",
     )
-    api_nsa_cache_entries: int = Field(default=256, gt=0, description="Stored NSA results kept in memory.")
+    api_nsa_cache_entries: int = Field(
+        default=256, gt=0, description="Stored NSA results kept in memory."
+    )
 
     @property
     def cors_origin_list(self) -> list[str]:

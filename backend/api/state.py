@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Depends, Request
 
 from backend.api.compute import ComputeGate
 from backend.api.model_pool import ModelPool
@@ -26,7 +27,9 @@ class ApiState:
     @classmethod
     def build(cls, settings: ApiSettings, *, loaded=None) -> ApiState:
         pool = ModelPool(settings, default=loaded, budget_bytes=settings.api_model_memory_mb << 20)
-        gate = ComputeGate(max_waiting=settings.api_queue_size, wait_seconds=settings.api_wait_seconds)
+        gate = ComputeGate(
+            max_waiting=settings.api_queue_size, wait_seconds=settings.api_wait_seconds
+        )
         jobs = JobWorker(JobStore(settings.jobs_db), queue_size=settings.api_job_queue_size)
         nsa_results = NsaResultStore(settings.nsa_db, memory_entries=settings.api_nsa_cache_entries)
         return cls(settings, pool, gate, jobs, nsa_results)
@@ -37,5 +40,9 @@ class ApiState:
         self.nsa_results.close()
 
 
-def get_state(request: Request) -> ApiState:
+async def get_state(request: Request) -> ApiState:
+    # async: a plain function would make FastAPI run it in the thread pool on every request
     return request.app.state.api
+
+
+State = Annotated[ApiState, Depends(get_state)]  # the parameter type every route uses

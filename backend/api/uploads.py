@@ -19,6 +19,8 @@ UPLOAD_SUFFIXES = (".txt", ".csv", ".jsonl")
 
 class UploadTooLargeError(UserError):
     status_code = 413
+
+
 _UNPRINTABLE = re.compile(r"[^\w .,()+-]")
 
 
@@ -33,7 +35,9 @@ def texts_from_upload(filename: str | None, raw: bytes, *, max_texts: int) -> li
     name = display_name(filename)
     suffix = Path(name).suffix.lower()
     if suffix not in UPLOAD_SUFFIXES:
-        raise UserError(f"{name}: unsupported file type {suffix or '(none)'!r}; upload .txt, .csv or .jsonl")
+        raise UserError(
+            f"{name}: unsupported file type {suffix or '(none)'!r}; upload .txt, .csv or .jsonl"
+        )
     if not raw.strip():
         raise UserError(f"{name}: the file is empty")
     from backend.data.sources import FILE_PREFIX, load_documents

@@ -284,7 +284,9 @@ def _offline_error(set_name: str, reason: str) -> UserError:
 def _read_hub_table(set_name: str, hub_file: HubFile):
     """The file as a datasets.Dataset (downloaded once into the datasets cache)."""
     if _hub_offline_flag():
-        raise _offline_error(set_name, "the hub is switched off (HF_HUB_OFFLINE)")
+        raise _offline_error(
+            set_name, "the hub is switched off (HF_HUB_OFFLINE or HF_DATASETS_OFFLINE)"
+        )
     from datasets import load_dataset
 
     url = hub_file_url(hub_file)

@@ -123,10 +123,13 @@ def _table(parser: argparse.ArgumentParser):
         from backend.evaluation.tables import build_table
 
         model = args.model
-        if model:
+        if model:  # stored under the loader's canonical name (local folders: absolute paths)
             from backend.models.loader import parse_model_ref
 
-            model = parse_model_ref(model).name
+            try:
+                model = parse_model_ref(model).name
+            except UserError:
+                pass  # a model of another machine's store: match the name as given
         table = build_table(args.kind, ResultsStore.from_settings().results(), metric=args.metric,
                             model=model, task=args.task, method=args.method, calibration=args.calibration,
                             sparsity=args.sparsity, seqlen=args.seqlen)

@@ -284,9 +284,9 @@ class PreparedTasks:
             source = self.sources[name]
             try:
                 loaded = self.manager.load([name])
-            except UserError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - datasets/lm-eval raise many types
+            except UserError as exc:  # raised by our loader: already one line
+                raise UserError(f"task {name}: {exc}") from exc
+            except Exception as exc:  # datasets and lm-eval raise many types
                 where = source.path if source.kind != "hub" else TASKS[name].hub
                 first_line = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200]
                 raise UserError(f"task {name}: cannot load its data from {where}: {first_line}") from exc

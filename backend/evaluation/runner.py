@@ -11,11 +11,13 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import os
+import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from unittest import mock
 
 from backend.errors import UserError
 from backend.evaluation.registry import choose_sources, parse_task_names, prepared_tasks
@@ -54,29 +56,48 @@ class TaskResult:
                 f"{self.stored.key.data_source}\t({state})")
 
 
+_HARNESS_LOCK = threading.Lock()  # one lm-eval run at a time per process (see below)
+
+
+def _versions_only(storage: dict) -> None:
+    """Stands in for lm-eval's add_env_info, which runs `pip list` and GPU probes (1.2 s per
+    call on 2 CPU cores, for a report we do not keep); the versions are what matter."""
+    import lm_eval
+    import transformers
+
+    storage.update({"lm_eval_version": lm_eval.__version__, "transformers_version": transformers.__version__})
+
+
 @contextmanager
 def _harness_environment():
-    """Run lm-eval quietly and in this process.
+    """Run lm-eval quietly, in this process, without its environment report.
 
-    It logs a warning per task for defaults we rely on on purpose (errors still show), and its
-    bootstrap forks a process pool per metric unless DISABLE_MULTIPROC is set: forking from an
-    API server's threads or a Ray worker is asking for trouble, and 1000 resamples are quick.
+    It logs a warning per task for defaults we rely on on purpose (errors still show); its
+    bootstrap forks a process pool per metric unless DISABLE_MULTIPROC is set (forking from an
+    API server's threads or a Ray worker is asking for trouble, and 1000 resamples are quick);
+    and each call collects `pip list`, GPU details and `git describe` for its output's header.
+    The lock keeps these process-wide changes from overlapping.
     """
+    import lm_eval.evaluator
+
     logger = logging.getLogger("lm_eval")
-    previous_level = logger.level
-    previous_multiproc = os.environ.get("DISABLE_MULTIPROC")
-    logger.setLevel(logging.ERROR)
-    os.environ["DISABLE_MULTIPROC"] = "1"
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", module="sklearn")  # f1 of a one-class sample
-            yield
-    finally:
-        logger.setLevel(previous_level)
-        if previous_multiproc is None:
-            os.environ.pop("DISABLE_MULTIPROC", None)
-        else:
-            os.environ["DISABLE_MULTIPROC"] = previous_multiproc
+    with _HARNESS_LOCK:
+        previous_level = logger.level
+        previous_multiproc = os.environ.get("DISABLE_MULTIPROC")
+        logger.setLevel(logging.ERROR)
+        os.environ["DISABLE_MULTIPROC"] = "1"
+        try:
+            with warnings.catch_warnings(), \
+                    mock.patch.object(lm_eval.evaluator, "add_env_info", _versions_only), \
+                    mock.patch.object(lm_eval.evaluator, "get_git_commit_hash", lambda: None):
+                warnings.filterwarnings("ignore", module="sklearn")  # f1 of a one-class sample
+                yield
+        finally:
+            logger.setLevel(previous_level)
+            if previous_multiproc is None:
+                os.environ.pop("DISABLE_MULTIPROC", None)
+            else:
+                os.environ["DISABLE_MULTIPROC"] = previous_multiproc
 
 
 def run_harness(lm, task, manager, limit: int | None, bootstrap_iters: int = DEFAULT_BOOTSTRAP_ITERS) -> dict:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Self
 
 import torch
 
@@ -41,7 +42,7 @@ class NeuronAblation:
 
         return zero
 
-    def __enter__(self) -> NeuronAblation:
+    def __enter__(self) -> Self:
         try:
             for module, indices in self._targets.items():
                 self._handles.append(module.register_forward_pre_hook(self._zeroing_hook(indices)))

@@ -30,8 +30,8 @@ LOOP_REPEATS = 3  # "but, but, but": a word listed this often is a generation lo
 _WORD = re.compile(r"\w+(?:['’-]\w+)*")
 _BRACKETED = re.compile(r"\[([^\[\]]*)(?:\]|$)")  # a closed list, or one cut off at the end
 _QUOTED = re.compile(r'["“”]([^"“”\n]{1,80})["“”]')  # double quotes only: ' clashes with "it 's"
-_ENUMERATED = re.compile(r"^\s*(?:[-*•]|\d{1,2}[.)])\s+(.+)$", re.M)
-_PLACEHOLDER = re.compile(r"^(?:word\s*\d*|words?|\.{2,}|…|etc\.?|x)$", re.I)
+_ENUMERATED = re.compile(r"^\s*(?:[-*•]|\d{1,2}[.)])\s+(.+)$", re.MULTILINE)
+_PLACEHOLDER = re.compile(r"^(?:word\s*\d*|words?|\.{2,}|…|etc\.?|x)$", re.IGNORECASE)
 _ITEM_SPLIT = re.compile(r"[,;|\n]+")
 _STRIP_CHARS = " \t\"'“”‘’`*_()[]{}<>.:!?-–—"
 

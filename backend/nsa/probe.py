@@ -57,19 +57,24 @@ def label_log_probs(model, probe: ProbeEncoding, *, embeds: torch.Tensor | None 
         embeds = model.get_input_embeddings()(prompt_ids)  # [1, tokens, hidden]
     if all(len(ids) == 1 for ids in probe.label_ids):
         # One forward pass: both labels are single tokens read from the last position.
-        logits = model(inputs_embeds=embeds, use_cache=False).logits[0, -1].float()  # [vocab]
+        logits = _at_least_fp32(model(inputs_embeds=embeds, use_cache=False).logits[0, -1])  # [vocab]
         log_probs = torch.log_softmax(logits, dim=-1)
         return torch.stack([log_probs[ids[0]] for ids in probe.label_ids])
     totals = []
     for ids in probe.label_ids:
         continuation = torch.tensor([ids], device=device)  # [1, label_tokens]
         full = torch.cat([embeds, model.get_input_embeddings()(continuation)], dim=1)
-        logits = model(inputs_embeds=full, use_cache=False).logits[0].float()  # [tokens, vocab]
+        logits = _at_least_fp32(model(inputs_embeds=full, use_cache=False).logits[0])  # [tokens, vocab]
         # Token i of the continuation is predicted at position prompt_len - 1 + i.
         start = embeds.shape[1] - 1
         log_probs = torch.log_softmax(logits[start : start + len(ids)], dim=-1)
         totals.append(log_probs[torch.arange(len(ids)), continuation[0]].sum())
     return torch.stack(totals)
+
+
+def _at_least_fp32(logits: torch.Tensor) -> torch.Tensor:
+    """bf16/fp16 logits are too coarse for log-softmax differences; fp64 stays fp64."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
 
 
 def margin(log_probs: torch.Tensor, label_index: int) -> torch.Tensor:

@@ -16,7 +16,12 @@ import torch
 from backend.errors import UserError
 from backend.nsa.ablation import DEFAULT_DRAWS, ablation_check
 from backend.nsa.capture import encode_text
-from backend.nsa.compare import TextObservation, assemble_observation, neuron_weight_slices, weights_removed
+from backend.nsa.compare import (
+    TextObservation,
+    assemble_observation,
+    neuron_weight_slices,
+    weights_removed,
+)
 from backend.nsa.influential import influential_words
 from backend.nsa.schema import TextRecord, VariantRecord, build_result, variant_info
 from backend.nsa.scoring import (

@@ -43,7 +43,9 @@ def gaussian_mutual_information(covariance: torch.Tensor) -> torch.Tensor:
     cov = covariance.detach().to(torch.float32)
     std = torch.diagonal(cov).clamp_min(0).sqrt()  # [n]
     denominator = std.unsqueeze(1) * std.unsqueeze(0)
-    correlation = torch.where(denominator > 0, cov / denominator.clamp_min(torch.finfo(torch.float32).tiny), 0.0)
+    correlation = torch.where(
+        denominator > 0, cov / denominator.clamp_min(torch.finfo(torch.float32).tiny), 0.0
+    )
     squared = correlation.pow(2).clamp(0.0, _MAX_SQUARED_CORRELATION)
     information = -0.5 * torch.log1p(-squared)
     information.fill_diagonal_(0.0)
@@ -60,7 +62,10 @@ def mi_removal_order(
     """
     neurons = covariance.shape[0]
     if covariance.shape != (neurons, neurons) or mean.shape != (neurons,):
-        raise ValueError(f"covariance must be [n, n] and mean [n]; got {tuple(covariance.shape)}, {tuple(mean.shape)}")
+        raise ValueError(
+            "covariance must be [n, n] and mean [n]; "
+            f"got {tuple(covariance.shape)}, {tuple(mean.shape)}"
+        )
     if not 0 <= count < neurons:
         raise ValueError(f"can remove 0 to {neurons - 1} of {neurons} neurons, not {count}")
     device = covariance.device
@@ -69,7 +74,9 @@ def mi_removal_order(
     constant = variance <= min_variance * scale  # all of them when every variance is 0
     constant_ids = torch.nonzero(constant).squeeze(1)
     # Among constant neurons, dead ones (mean 0) go first: zeroing them changes nothing at all.
-    constant_ids = constant_ids[torch.sort(mean.detach().float()[constant_ids].abs(), stable=True).indices]
+    constant_ids = constant_ids[
+        torch.sort(mean.detach().float()[constant_ids].abs(), stable=True).indices
+    ]
     if count <= constant_ids.numel():
         return constant_ids[:count].to(torch.long)
 

@@ -25,18 +25,27 @@ from __future__ import annotations
 import torch
 
 from backend.errors import UserError
-from backend.pruning.spec import SparsitySpec, lowest_per_group, mask_for_spec, require_divisible, require_weight_spec
+from backend.pruning.spec import (
+    SparsitySpec,
+    lowest_per_group,
+    mask_for_spec,
+    require_divisible,
+    require_weight_spec,
+)
 
 
 def ria_metric(weight: torch.Tensor, act_norm: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
     """The RIA score in float32.  weight: [out, in], act_norm: [in] -> [out, in]"""
     if weight.dim() != 2 or act_norm.shape != (weight.shape[1],):
         raise ValueError(
-            f"weight must be [out, in] and act_norm [in]; got {tuple(weight.shape)} and {tuple(act_norm.shape)}"
+            "weight must be [out, in] and act_norm [in]; "
+            f"got {tuple(weight.shape)} and {tuple(act_norm.shape)}"
         )
     magnitude = weight.detach().float().abs()  # [out, in]
     tiny = torch.finfo(torch.float32).tiny  # an all-zero channel or row gets 0, not 0/0
-    channel_total = magnitude.sum(dim=0, keepdim=True).clamp_min(tiny)  # [1, in]: sum over outputs i
+    channel_total = magnitude.sum(dim=0, keepdim=True).clamp_min(
+        tiny
+    )  # [1, in]: sum over outputs i
     row_total = magnitude.sum(dim=1, keepdim=True).clamp_min(tiny)  # [out, 1]: sum over inputs j
     relative_importance = magnitude / channel_total + magnitude / row_total
     activation = act_norm.to(device=weight.device, dtype=torch.float32).pow(alpha)  # [in]
@@ -74,7 +83,9 @@ def ria_mask(
     require_divisible(metric.shape[1], spec.m)
     permutation = heuristic_channel_reallocation(metric, spec.m)
     if lsa_refinement:
-        permutation = refine_permutation_by_assignment(metric, permutation, spec.n, spec.m, lsa_block_groups)
+        permutation = refine_permutation_by_assignment(
+            metric, permutation, spec.n, spec.m, lsa_block_groups
+        )
     mask = torch.empty_like(metric, dtype=torch.bool)
     mask[:, permutation] = lowest_per_group(metric[:, permutation], spec.n, spec.m)
     return mask, permutation
@@ -120,22 +131,31 @@ def refine_permutation_by_assignment(
     if block_groups < 1:
         raise ValueError("block_groups must be at least 1")
     permutation = permutation.clone()
-    rows, columns = metric.shape
-    groups = columns // m
+    groups = metric.shape[1] // m
     for slot in range(m):
         others = [s for s in range(m) if s != slot]
         for first in range(0, groups, block_groups):
             last = min(first + block_groups, groups)
-            block = permutation[first * m : last * m].view(last - first, m)  # [groups_b, m] channel ids
-            candidates = metric[:, block[:, slot]]  # [out, groups_b]: column c = channel in slot of group c
-            rest = metric[:, block[:, others]].sort(dim=2, descending=True).values  # [out, groups_b, m-1]
+            block = permutation[first * m : last * m].view(
+                last - first, m
+            )  # [groups_b, m] channel ids
+            candidates = metric[
+                :, block[:, slot]
+            ]  # [out, groups_b]: column c = channel in slot of group c
+            rest = (
+                metric[:, block[:, others]].sort(dim=2, descending=True).values
+            )  # [out, groups_b, m-1]
             fixed_top = rest[:, :, : n - 1].sum(dim=(0, 2))  # [groups_b]
             nth = rest[:, :, n - 1]  # [out, groups_b]
-            l1 = torch.cdist(candidates.T.unsqueeze(0), nth.T.unsqueeze(0), p=1).squeeze(0)  # [c, g]
+            l1 = torch.cdist(candidates.T.unsqueeze(0), nth.T.unsqueeze(0), p=1).squeeze(
+                0
+            )  # [c, g]
             score = fixed_top.unsqueeze(0) + 0.5 * (
                 candidates.sum(0).unsqueeze(1) + nth.sum(0).unsqueeze(0) + l1
             )
-            chosen_rows, chosen_groups = linear_sum_assignment(score.double().cpu().numpy(), maximize=True)
+            chosen_rows, chosen_groups = linear_sum_assignment(
+                score.double().cpu().numpy(), maximize=True
+            )
             slot_channels = block[:, slot].clone()
             reassigned = torch.empty_like(slot_channels)
             reassigned[torch.as_tensor(chosen_groups, device=block.device)] = slot_channels[

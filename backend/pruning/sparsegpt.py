@@ -61,7 +61,10 @@ def sparsegpt_prune(
     require_weight_spec(spec, "SparseGPT")
     rows, columns = weight.shape
     if hessian.shape != (columns, columns):
-        raise ValueError(f"hessian must be [{columns}, {columns}] for weight {tuple(weight.shape)}, got {tuple(hessian.shape)}")
+        raise ValueError(
+            f"hessian must be [{columns}, {columns}] for weight {tuple(weight.shape)}, "
+            f"got {tuple(hessian.shape)}"
+        )
     if not percdamp >= 0:
         raise UserError(f"SparseGPT percdamp must be a non-negative fraction, got {percdamp}")
     if blocksize < 1:
@@ -69,23 +72,33 @@ def sparsegpt_prune(
     if spec.kind == "nm":
         require_divisible(columns, spec.m)
         if blocksize % spec.m:
-            raise UserError(f"SparseGPT blocksize {blocksize} must be a multiple of m={spec.m} for {spec.label}")
+            raise UserError(
+                f"SparseGPT blocksize {blocksize} must be a multiple of m={spec.m} for {spec.label}"
+            )
 
     if not bool(torch.isfinite(hessian).all()):
-        raise UserError("SparseGPT: the Hessian contains inf or NaN (the layer's inputs overflowed); "
-                        "calibrate in float32 or with shorter windows")
+        raise UserError(
+            "SparseGPT: the Hessian contains inf or NaN (the layer's inputs overflowed); "
+            "calibrate in float32 or with shorter windows"
+        )
     if bool((torch.diagonal(hessian) < 0).any()):
-        raise UserError("SparseGPT: the Hessian has negative diagonal entries, so it is not 2 X X^T / n")
+        raise UserError(
+            "SparseGPT: the Hessian has negative diagonal entries, so it is not 2 X X^T / n"
+        )
 
     device = weight.device
     # Work on W^T [in, out]: the column loop then reads and updates contiguous rows.
-    work_t = weight.detach().to(dtype=torch.float32, copy=True).t().contiguous()  # [in, out], never aliases
+    work_t = (
+        weight.detach().to(dtype=torch.float32, copy=True).t().contiguous()
+    )  # [in, out], never aliases
     gram = hessian.detach().to(device=device, dtype=torch.float32).clone()  # [in, in]
     dead = torch.diagonal(gram) == 0  # [in]: inputs that were zero on every calibration token
     gram[dead, dead] = 1.0
     work_t[dead] = 0.0
 
-    inverse_factor, damp, retries = _inverse_hessian_factor(gram, percdamp)  # upper Cholesky of H^-1
+    inverse_factor, damp, retries = _inverse_hessian_factor(
+        gram, percdamp
+    )  # upper Cholesky of H^-1
 
     mask_t = torch.zeros(columns, rows, dtype=torch.bool, device=device)  # [in, out]
     for start in range(0, columns, blocksize):
@@ -104,20 +117,26 @@ def sparsegpt_prune(
         for column in range(end - start):
             if spec.kind == "nm" and column % spec.m == 0:
                 group = slice(column, column + spec.m)
-                saliency = block[group].pow(2) / factor_diag[group].pow(2)  # [m, out], weights updated so far
+                saliency = block[group].pow(2) / factor_diag[group].pow(
+                    2
+                )  # [m, out], weights updated so far
                 block_mask[group] = lowest_k(saliency.T, spec.m - spec.n).T
                 error_scale[group] = block_mask[group] / factor_diag[group]
             torch.mul(block[column], error_scale[column], out=errors[column])
             # OBS update of the block's later columns (the pruned ones become zero below)
             block[column + 1 :].addr_(factor[column, column + 1 :], errors[column], alpha=-1.0)
         work_t[start:end] = block.masked_fill(block_mask, 0.0)
-        work_t[end:].addmm_(inverse_factor[start:end, end:].T, errors, alpha=-1.0)  # lazy batch update
+        work_t[end:].addmm_(
+            inverse_factor[start:end, end:].T, errors, alpha=-1.0
+        )  # lazy batch update
         mask_t[start:end] = block_mask
 
     mask_t |= dead.unsqueeze(1)
     work_t[mask_t] = 0.0
     pruned_weight = work_t.t().contiguous().to(weight.dtype)
-    return SparseGPTResult(weight=pruned_weight, mask=mask_t.t().contiguous(), damp=damp, retries=retries)
+    return SparseGPTResult(
+        weight=pruned_weight, mask=mask_t.t().contiguous(), damp=damp, retries=retries
+    )
 
 
 def _inverse_hessian_factor(gram: torch.Tensor, percdamp: float) -> tuple[torch.Tensor, float, int]:
@@ -141,6 +160,7 @@ def _inverse_hessian_factor(gram: torch.Tensor, percdamp: float) -> tuple[torch.
                 return upper, damp, retries
         damp = damp * 10.0 if damp > 0 else fallback
     raise HessianNotPositiveDefiniteError(
-        f"SparseGPT: the {columns}x{columns} Hessian is not positive definite even with dampening {last_tried:.3g} "
+        f"SparseGPT: the {columns}x{columns} Hessian is not positive definite even with "
+        f"dampening {last_tried:.3g} "
         f"after {MAX_DAMPENING_RETRIES} retries; use more calibration samples or a larger percdamp"
     )

@@ -43,14 +43,20 @@ class SparsitySpec:
             if self.n or self.m:
                 raise UserError(f"{self.kind} sparsity takes a ratio, not n and m")
         elif self.kind == "nm":
-            if isinstance(self.n, bool) or isinstance(self.m, bool) or not (
-                isinstance(self.n, int) and isinstance(self.m, int)
+            if (
+                isinstance(self.n, bool)
+                or isinstance(self.m, bool)
+                or not (isinstance(self.n, int) and isinstance(self.m, int))
             ):
                 raise UserError(f"N:M sparsity needs integer n and m, got {self.n!r}:{self.m!r}")
             if self.n <= 0:
-                raise UserError(f"N:M sparsity {self.n}:{self.m}: n (weights kept per group) must be at least 1")
+                raise UserError(
+                    f"N:M sparsity {self.n}:{self.m}: n (weights kept per group) must be at least 1"
+                )
             if self.n >= self.m:
-                raise UserError(f"N:M sparsity {self.n}:{self.m}: n (kept) must be smaller than m (group size)")
+                raise UserError(
+                    f"N:M sparsity {self.n}:{self.m}: n (kept) must be smaller than m (group size)"
+                )
             if self.ratio:
                 raise UserError("N:M sparsity is given by n and m, not by a ratio")
         else:
@@ -79,7 +85,9 @@ class SparsitySpec:
         if ":" in cleaned:
             parts = cleaned.split(":")
             if len(parts) != 2 or not all(part.strip().isdigit() for part in parts):
-                raise UserError(f"malformed N:M sparsity {text!r}: expected two positive integers like 2:4")
+                raise UserError(
+                    f"malformed N:M sparsity {text!r}: expected two positive integers like 2:4"
+                )
             return cls.nm(int(parts[0]), int(parts[1]))
         return cls.unstructured(_parse_float(cleaned, text))
 
@@ -101,7 +109,9 @@ def _parse_float(part: str, original: str) -> float:
     try:
         return float(part)
     except ValueError:
-        raise UserError(f"sparsity {original!r} is not a number: use e.g. 0.5, 2:4 or neurons:0.2") from None
+        raise UserError(
+            f"sparsity {original!r} is not a number: use e.g. 0.5, 2:4 or neurons:0.2"
+        ) from None
 
 
 def _as_ratio(value, kind: str) -> float:
@@ -116,7 +126,9 @@ def _as_ratio(value, kind: str) -> float:
 def require_weight_spec(spec: SparsitySpec, method: str) -> None:
     """Weight-level methods take unstructured or N:M specs; neuron specs belong to MI pruning."""
     if spec.kind == "neurons":
-        raise UserError(f"{method} prunes weights: use a ratio like 0.5 or N:M like 2:4, not {spec.label}")
+        raise UserError(
+            f"{method} prunes weights: use a ratio like 0.5 or N:M like 2:4, not {spec.label}"
+        )
 
 
 def pruned_count(total: int, ratio: float) -> int:
@@ -149,17 +161,17 @@ def lowest_k(metric: torch.Tensor, count: int) -> torch.Tensor:
 
 
 def lowest_in_matrix(metric: torch.Tensor, count: int) -> torch.Tensor:
-    """Mask of the ``count`` smallest entries of the whole matrix.  metric: [out, in] -> [out, in]"""
+    """Mask of the ``count`` smallest entries of the whole matrix.  [out, in] -> [out, in]"""
     return lowest_k(metric.reshape(1, -1), count).view_as(metric)
 
 
 def lowest_per_row(metric: torch.Tensor, count_per_row: int) -> torch.Tensor:
-    """Mask of the ``count_per_row`` smallest entries of each row.  metric: [out, in] -> [out, in]"""
+    """Mask of the ``count_per_row`` smallest entries of each row.  [out, in] -> [out, in]"""
     return lowest_k(metric, count_per_row)
 
 
 def lowest_per_group(metric: torch.Tensor, n: int, m: int) -> torch.Tensor:
-    """N:M mask: in each group of ``m`` consecutive inputs of each row, prune the ``m - n`` smallest.
+    """N:M mask: in each group of ``m`` consecutive inputs of a row, prune the ``m - n`` smallest.
 
     metric: [out, in] with in divisible by m -> mask [out, in]
     """
@@ -170,7 +182,10 @@ def lowest_per_group(metric: torch.Tensor, n: int, m: int) -> torch.Tensor:
 
 def require_divisible(in_features: int, m: int) -> None:
     if in_features % m:
-        raise UserError(f"N:M sparsity needs input features divisible by m: {in_features} is not a multiple of {m}")
+        raise UserError(
+            f"N:M sparsity needs input features divisible by m: "
+            f"{in_features} is not a multiple of {m}"
+        )
 
 
 def mask_for_spec(metric: torch.Tensor, spec: SparsitySpec, *, per_row: bool) -> torch.Tensor:

@@ -14,27 +14,47 @@ import torch
 class InputStatistics:
     """Accumulates statistics of ``x: [..., in_features]`` batches, in float32 on ``device``."""
 
-    def __init__(self, in_features: int, device: torch.device | str, *, hessian: bool = False,
-                 covariance: bool = False) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        device: torch.device | str,
+        *,
+        hessian: bool = False,
+        covariance: bool = False,
+    ) -> None:
         self.in_features = in_features
         self.device = torch.device(device)
         self.tokens = 0
-        self._sum_squares = torch.zeros(in_features, dtype=torch.float32, device=self.device)  # [in]
+        self._sum_squares = torch.zeros(
+            in_features, dtype=torch.float32, device=self.device
+        )  # [in]
         self._hessian = (
-            torch.zeros(in_features, in_features, dtype=torch.float32, device=self.device) if hessian else None
+            torch.zeros(in_features, in_features, dtype=torch.float32, device=self.device)
+            if hessian
+            else None
         )
-        self._mean = torch.zeros(in_features, dtype=torch.float32, device=self.device) if covariance else None
+        self._mean = (
+            torch.zeros(in_features, dtype=torch.float32, device=self.device)
+            if covariance
+            else None
+        )
         # Sum of outer products of deviations from the running mean (Chan et al.'s pairwise update).
         self._centered_outer = (
-            torch.zeros(in_features, in_features, dtype=torch.float32, device=self.device) if covariance else None
+            torch.zeros(in_features, in_features, dtype=torch.float32, device=self.device)
+            if covariance
+            else None
         )
 
     @torch.no_grad()
     def update(self, x: torch.Tensor) -> None:
         """Add a batch of inputs: x [..., in_features], any leading dims (flattened to tokens)."""
         if x.shape[-1] != self.in_features:
-            raise ValueError(f"expected inputs with {self.in_features} features, got shape {tuple(x.shape)}")
-        batch = x.detach().reshape(-1, self.in_features).to(device=self.device, dtype=torch.float32)  # [tokens, in]
+            raise ValueError(
+                f"expected inputs with {self.in_features} features, got shape {tuple(x.shape)}"
+            )
+        batch = (
+            x.detach().reshape(-1, self.in_features).to(device=self.device, dtype=torch.float32)
+        )  # [tokens, in]
         added = batch.shape[0]
         if added == 0:
             return

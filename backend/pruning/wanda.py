@@ -16,7 +16,9 @@ from backend.pruning.spec import SparsitySpec, mask_for_spec, require_weight_spe
 def wanda_metric(weight: torch.Tensor, act_norm: torch.Tensor) -> torch.Tensor:
     """|W_ij| * ||X_j||_2 in float32.  weight: [out, in], act_norm: [in] -> [out, in]"""
     _check_act_norm(weight, act_norm)
-    return weight.detach().float().abs() * act_norm.to(device=weight.device, dtype=torch.float32).unsqueeze(0)
+    return weight.detach().float().abs() * act_norm.to(
+        device=weight.device, dtype=torch.float32
+    ).unsqueeze(0)
 
 
 @torch.no_grad()
@@ -33,5 +35,6 @@ def wanda_mask(weight: torch.Tensor, act_norm: torch.Tensor, spec: SparsitySpec)
 def _check_act_norm(weight: torch.Tensor, act_norm: torch.Tensor) -> None:
     if weight.dim() != 2 or act_norm.shape != (weight.shape[1],):
         raise ValueError(
-            f"weight must be [out, in] and act_norm [in]; got {tuple(weight.shape)} and {tuple(act_norm.shape)}"
+            "weight must be [out, in] and act_norm [in]; "
+            f"got {tuple(weight.shape)} and {tuple(act_norm.shape)}"
         )

@@ -16,7 +16,6 @@ from frontend.links import ViewState
 from frontend.views import nsa_view
 from frontend.views.heatmap import styled_fragment
 
-TASKS = ("sentiment", "question_answering", "semantic_similarity", "logical_reasoning")
 UPLOAD_TYPES = ["txt", "csv", "jsonl"]
 MAX_VARIANTS = 8
 
@@ -32,7 +31,8 @@ names = [row["name"] for row in models]
 default_model = next((row["name"] for row in models if row.get("default")), names[0] if names else None)
 c1, c2, c3, c4 = st.columns([3, 2, 1, 1])
 model = ui.pick("Model", names, state.model or default_model, key="at_model", container=c1)
-task = c2.selectbox("Task type", TASKS, key="at_task")
+tasks = [row["name"] for row in ui.fetch(api.nsa_tasks, what="NSA tasks") or []] or ["sentiment"]
+task = c2.selectbox("Task type", tasks, key="at_task")
 top_k = c3.number_input("Top-k neurons", min_value=1, max_value=500, value=20, key="at_top_k")
 ablate = c4.checkbox("Ablation check", key="at_ablate",
                      help="Also zero the top neurons and compare the label margin change with random neurons")

@@ -15,8 +15,6 @@ from frontend.links import ViewState, share_url
 from frontend.views import figures, nsa_view
 from frontend.views.heatmap import styled_fragment
 
-TASKS = ("sentiment", "question_answering", "semantic_similarity", "logical_reasoning")
-SAMPLE_SETS = ("sst2", "rte", "boolq", "imdb")
 MAX_VARIANTS = 8
 
 st.title("Neuron explorer")
@@ -53,8 +51,11 @@ def run_nsa(texts: list[str], variants: list[str], task: str) -> None:
 
 if source == "Dataset sample":
     variants_all = ui.fetch(api.variants, base=model, what="variants") or []
+    labelled = [row["name"] for row in ui.fetch(api.calibration_sets, what="datasets") or []
+                if row.get("labelled_splits")]
+    tasks = [row["name"] for row in ui.fetch(api.nsa_tasks, what="NSA tasks") or []] or ["sentiment"]
     c1, c2, c3 = st.columns([1, 1, 3])
-    dataset = c1.selectbox("Dataset", SAMPLE_SETS, key="ex_dataset")
+    dataset = c1.selectbox("Dataset", labelled, key="ex_dataset")
     seed = c2.number_input("Draw", min_value=0, value=0, step=1, key="ex_seed",
                            help="Which random draw of examples")
     samples = ui.fetch(api.samples, dataset, 10, int(seed), what="samples") or []
@@ -67,7 +68,7 @@ if source == "Dataset sample":
                                 max_selections=MAX_VARIANTS, key="ex_variants_new",
                                 format_func=lambda vid: nsa_view.variant_label(
                                     next(v for v in variants_all if v["id"] == vid)))
-        task = st.selectbox("Task type", TASKS, key="ex_task")
+        task = st.selectbox("Task type", tasks, key="ex_task")
         if st.button("Attribute this sample", type="primary", key="ex_run"):
             run_nsa([samples[picked]["text"]], chosen, task)
     st.stop()
@@ -151,8 +152,8 @@ if fragment is None:
     st.warning(f"Neuron {layer}:{neuron} has no heatmap for text {text_index}.")
 else:
     st.html(styled_fragment(fragment))
-st.caption(f"Link to this view: `{share_url(getattr(st.context, 'url', '') or '', 'explorer', view)}`"
-           if getattr(st.context, "url", None) else "The address bar holds this view's link.")
+if st.context.url:
+    st.caption(f"Link to this view: `{share_url(st.context.url, 'explorer', view)}`")
 
 drops = nsa_view.word_drops(result, text_index)
 if not drops.empty and len(drops.columns) > 1:
@@ -164,7 +165,10 @@ st.subheader("Where activation was lost")
 if labels:
     overview_variant = st.selectbox("Variant", list(labels), format_func=labels.get, key="ex_overview")
     points = nsa_view.loss_points(result, overview_variant)
-    st.plotly_chart(figures.activation_loss_figure(points), key="ex_overview_chart")
+    size = result.get("model", {})
+    st.plotly_chart(figures.activation_loss_figure(points, layers=size.get("layers"),
+                                                   neurons_per_layer=size.get("neurons_per_layer")),
+                    key="ex_overview_chart")
     summary = nsa_view.variant_summary(result)
     st.dataframe(summary.drop(columns=["id"]), hide_index=True, column_config={
         c: st.column_config.NumberColumn(format="percent") for c in summary.columns if c not in ("variant", "id")})

@@ -18,10 +18,12 @@ DROP_COLORSCALE = [[0.0, "rgb(33,102,172)"], [0.5, "rgb(255,255,255)"], [1.0, "r
 DENSE_LABEL = "dense"
 
 
-def activation_loss_figure(points: pd.DataFrame, title: str = "") -> go.Figure:
+def activation_loss_figure(points: pd.DataFrame, title: str = "", *, layers: int | None = None,
+                           neurons_per_layer: int | None = None) -> go.Figure:
     """Selected neurons at (neuron index, layer), coloured by their drop, sized by NSA score.
 
     ``points``: columns layer, neuron, score, drop, layer_baseline, words (``nsa_view.loss_points``).
+    ``layers`` / ``neurons_per_layer``: the model's size, so the axes show the whole model.
     """
     drops = points["drop"].astype(float)
     sizes = 8 + 14 * (points["score"].astype(float) / max(float(points["score"].max() or 1.0), 1e-12))
@@ -39,7 +41,12 @@ def activation_loss_figure(points: pd.DataFrame, title: str = "") -> go.Figure:
     ))
     figure.update_layout(title=title or None, xaxis_title="neuron index", yaxis_title="layer",
                          height=360, margin={"l": 50, "r": 20, "t": 40 if title else 10, "b": 40})
-    figure.update_yaxes(autorange="reversed", dtick=1 if points["layer"].nunique() <= 16 else None)
+    if layers:
+        figure.update_yaxes(range=[layers - 0.5, -0.5])  # layer 0 on top
+    else:
+        figure.update_yaxes(autorange="reversed")
+    if neurons_per_layer:
+        figure.update_xaxes(range=[-0.5, neurons_per_layer - 0.5])
     return figure
 
 

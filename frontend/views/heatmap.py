@@ -20,6 +20,9 @@ POSITIVE_RGB = (178, 24, 43)  # RdBu's deep red
 NEGATIVE_RGB = (33, 102, 172)  # RdBu's deep blue
 # Above this share of the scale the background is dark enough that black text is hard to read.
 LIGHT_TEXT_FROM = 0.6
+# Results store activations with 6 significant digits while the scale keeps full precision: a
+# value this close to the scale is the dense maximum itself, not beyond it.
+SCALE_TOLERANCE = 1e-4
 # Tokens are drawn in lines of about this many characters so a long text wraps, each line a
 # small table whose rows stay aligned token by token.
 LINE_CHARS = 90
@@ -87,7 +90,7 @@ def _hover(token: str, label: str, value: float, dense: float | None, scale: flo
         parts.append(f"dense {_format(dense)}, \u0394 {_format(value - dense)}")
         drop = token_drop(dense, value)
         parts.append("drop n/a (dense is 0)" if drop is None else f"drop {drop:.1%}")
-    if scale > 0 and abs(value) > scale:
+    if scale > 0 and abs(value) > scale * (1.0 + SCALE_TOLERANCE):
         parts.append(f"beyond the dense scale \u00b1{scale:.4g}")
     return " \u00b7 ".join(parts)
 
@@ -135,7 +138,7 @@ def heatmap_html(
                 rgb = diverging_rgb(value, scale)
                 share = abs(value) / scale if scale > 0 else 0.0
                 text_color = "#fff" if share >= LIGHT_TEXT_FROM else "#111"
-                over = ' class="pl-over"' if scale > 0 and share > 1.0 else ""
+                over = ' class="pl-over"' if scale > 0 and share > 1.0 + SCALE_TOLERANCE else ""
                 compare = None if row_index == reference else float(dense[position])
                 hover = _hover(tokens[position], row.label, value, compare, scale)
                 out.append(
@@ -169,8 +172,8 @@ def heatmap_document(title: str, sections: Sequence[tuple[str, str]], notes: str
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{html.escape(title)}</title>",
-        f"<style>body{{font-family:system-ui,sans-serif;margin:24px;color:#111}}"
-        f"h1{{font-size:20px}}h2{{font-size:15px;margin-top:22px}}{HEATMAP_CSS}</style>",
+        (f"<style>body{{font-family:system-ui,sans-serif;margin:24px;color:#111}}"
+         f"h1{{font-size:20px}}h2{{font-size:15px;margin-top:22px}}{HEATMAP_CSS}</style>"),
         "</head><body>",
         f"<h1>{html.escape(title)}</h1>",
     ]

@@ -36,7 +36,7 @@ def check_schema(result: dict) -> str | None:
 def variant_label(info: dict) -> str:
     """A short human name for a variant: ``wanda 0.5 · c4`` (its id when the manifest is bare)."""
     parts = [str(info[key]) for key in ("method", "sparsity") if info.get(key) not in (None, "")]
-    if info.get("calibration"):
+    if info.get("calibration") not in (None, "", "none"):  # magnitude pruning uses no calibration
         parts.append(f"\u00b7 {info['calibration']}")
     return " ".join(parts) if parts else str(info.get("id", "?"))
 

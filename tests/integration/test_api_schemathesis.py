@@ -30,7 +30,12 @@ from tests.conftest import tiny_loaded
 
 pytestmark = pytest.mark.integration
 
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
 TIME_BUDGET_S = 80.0
 EXAMPLES_PER_OPERATION = {GenerationMode.POSITIVE: 20, GenerationMode.NEGATIVE: 12}
 SLOW_OPERATIONS = {"POST /nsa": 6, "POST /nsa/upload": 6}  # real NSA: fewer examples
@@ -49,8 +54,14 @@ def fake_evaluate(loaded, tasks, **_):
 def test_no_generated_request_gets_a_server_error(isolated_cache, monkeypatch, token):
     monkeypatch.setattr(engine, "create_variant", fake_create_variant)
     monkeypatch.setattr(runner, "evaluate", fake_evaluate)
-    app = create_app(ApiSettings(**{**isolated_cache.model_dump(), "api_token": token}, api_wait_seconds=2.0,
-                                 api_job_queue_size=4), loaded=tiny_loaded("llama"))
+    app = create_app(
+        ApiSettings(
+            **{**isolated_cache.model_dump(), "api_token": token},
+            api_wait_seconds=2.0,
+            api_job_queue_size=4,
+        ),
+        loaded=tiny_loaded("llama"),
+    )
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     schema = schemathesis.openapi.from_asgi("/openapi.json", app, headers=headers)
     started = time.monotonic()
@@ -64,8 +75,13 @@ def test_no_generated_request_gets_a_server_error(isolated_cache, monkeypatch, t
                     break
 
                 @given(case=operation.as_strategy(generation_mode=mode))
-                @settings(max_examples=SLOW_OPERATIONS.get(label, examples), deadline=None, database=None,
-                          suppress_health_check=list(HealthCheck), derandomize=True)
+                @settings(
+                    max_examples=SLOW_OPERATIONS.get(label, examples),
+                    deadline=None,
+                    database=None,
+                    suppress_health_check=list(HealthCheck),
+                    derandomize=True,
+                )
                 def check(case):
                     case.call_and_validate(headers=headers, checks=CHECKS, timeout=30)
 

@@ -8,7 +8,6 @@ import asyncio
 import os
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -22,9 +21,15 @@ pytestmark = pytest.mark.integration
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVE = "import sys; from backend.cli import main; sys.exit(main())"
-SLOW_PRUNE = {"method": "sparsegpt", "calibration": "lambada", "sparsity": "0.5", "nsamples": 128, "seqlen": 256}
+SLOW_PRUNE = {
+    "method": "sparsegpt",
+    "calibration": "lambada",
+    "sparsity": "0.5",
+    "nsamples": 64,
+    "seqlen": 256,
+}
 QUICK_PRUNE = {"method": "magnitude", "sparsity": "0.5", "calibration": "lambada"}
-LOAD_SECONDS = float(os.environ.get("PRUNELENS_LOAD_SECONDS", "12"))  # the issue's 30 s at most
+LOAD_SECONDS = float(os.environ.get("PRUNELENS_LOAD_SECONDS", "30"))  # the issue asks for 30 s
 LOAD_CLIENTS = 50
 
 
@@ -44,18 +49,38 @@ class Server:
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 90.0) -> Server:
-        env = {**os.environ, "PRUNELENS_CACHE_DIR": str(self.cache), "PRUNELENS_DEFAULT_MODEL": str(self.model_dir),
-               "PRUNELENS_DEVICE": "cpu", "HF_HUB_OFFLINE": "1", **self.env}
+        env = {
+            **os.environ,
+            "PRUNELENS_CACHE_DIR": str(self.cache),
+            "PRUNELENS_DEFAULT_MODEL": str(self.model_dir),
+            "PRUNELENS_DEVICE": "cpu",
+            "HF_HUB_OFFLINE": "1",
+            **self.env,
+        }
         env.pop("PRUNELENS_API_TOKEN", None)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-c", SERVE, "serve", "--port", str(self.port), "--log-level", "warning"],
-                cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                [
+                    sys.executable,
+                    "-c",
+                    SERVE,
+                    "serve",
+                    "--port",
+                    str(self.port),
+                    "--log-level",
+                    "warning",
+                ],
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise AssertionError(f"server exited with {self.process.returncode}: {self.log_path.read_text()[-2000:]}")
+                raise AssertionError(
+                    f"server exited with {self.process.returncode}: {self.log_path.read_text()[-2000:]}"
+                )
             try:
                 if httpx.get(f"{self.url}/health", timeout=1).json()["status"] == "ok":
                     return self
@@ -105,7 +130,11 @@ def test_sigkill_during_a_prune_job_then_restart(tmp_path, model_dir):
         with httpx.Client(base_url=server.url, timeout=30) as client:
             accepted = client.post("/variants", json=SLOW_PRUNE).json()
             job_id, variant_id = accepted["job"]["id"], accepted["variant_id"]
-            wait_for_job(client, job_id, lambda job: job["state"] == "running" and job["message"] != "started")
+            wait_for_job(
+                client,
+                job_id,
+                lambda job: job["state"] == "running" and job["message"] != "started",
+            )
         server.kill()
         assert server.process.returncode == -signal.SIGKILL
         # As if the kill had landed while the variant was being written: a staging folder.
@@ -116,14 +145,19 @@ def test_sigkill_during_a_prune_job_then_restart(tmp_path, model_dir):
         server.start()
         with httpx.Client(base_url=server.url, timeout=30) as client:
             job = client.get(f"/jobs/{job_id}").json()
-            assert job["state"] == "interrupted" and "stopped while this job was running" in job["error"]
+            assert (
+                job["state"] == "interrupted"
+                and "stopped while this job was running" in job["error"]
+            )
             assert variant_id not in [row["id"] for row in client.get("/variants").json()]
             assert client.get(f"/variants/{variant_id}").status_code == 404
             assert not staging.exists()
             again = client.post("/variants", json=QUICK_PRUNE).json()
             done = wait_for_job(client, again["job"]["id"], finished)
             assert done["state"] == "succeeded", done
-            assert [row["id"] for row in client.get("/variants").json()] == [done["result"]["variant_id"]]
+            assert [row["id"] for row in client.get("/variants").json()] == [
+                done["result"]["variant_id"]
+            ]
     finally:
         server.stop()
 
@@ -133,7 +167,9 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-async def read_for(url: str, paths: list[str], seconds: float, clients: int) -> tuple[list[float], list[str]]:
+async def read_for(
+    url: str, paths: list[str], seconds: float, clients: int
+) -> tuple[list[float], list[str]]:
     """``clients`` concurrent readers cycling through ``paths`` for ``seconds``: latencies, errors."""
     latencies: list[float] = []
     errors: list[str] = []
@@ -161,9 +197,12 @@ async def read_for(url: str, paths: list[str], seconds: float, clients: int) -> 
 
 async def heavy_burst(url: str, count: int) -> list[httpx.Response | str]:
     async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+
         async def one(index: int):
             try:
-                return await client.post("/nsa", json={"text": f"Review {index}: a slow but beautiful film.", "top_k": 3})
+                return await client.post(
+                    "/nsa", json={"text": f"Review {index}: a slow but beautiful film.", "top_k": 3}
+                )
             except httpx.HTTPError as exc:
                 return f"{type(exc).__name__}: {exc}"
 
@@ -171,25 +210,36 @@ async def heavy_burst(url: str, count: int) -> list[httpx.Response | str]:
 
 
 def test_load_cached_reads_and_heavy_requests_during_a_prune_job(tmp_path, model_dir):
-    server = Server(tmp_path / "cache", model_dir, tmp_path / "server.log",
-                    PRUNELENS_API_QUEUE_SIZE="2", PRUNELENS_API_WAIT_SECONDS="2")
+    server = Server(
+        tmp_path / "cache",
+        model_dir,
+        tmp_path / "server.log",
+        PRUNELENS_API_QUEUE_SIZE="2",
+        PRUNELENS_API_WAIT_SECONDS="2",
+    )
     try:
         server.start()
         with httpx.Client(base_url=server.url, timeout=60) as client:
-            result_id = client.post("/nsa", json={"text": "A delightful, warm and funny film.", "top_k": 5}).json()["id"]
+            result_id = client.post(
+                "/nsa", json={"text": "A delightful, warm and funny film.", "top_k": 5}
+            ).json()["id"]
             job_id = client.post("/variants", json=QUICK_PRUNE).json()["job"]["id"]
             wait_for_job(client, job_id, finished)
         paths = [f"/nsa/{result_id}", f"/jobs/{job_id}", "/jobs", "/variants"]
         process = psutil.Process(server.process.pid)
 
-        asyncio.run(read_for(server.url, paths, 2.0, LOAD_CLIENTS))  # warm up connections and caches
+        asyncio.run(
+            read_for(server.url, paths, 2.0, LOAD_CLIENTS)
+        )  # warm up connections and caches
         rss_before = process.memory_info().rss
         latencies, errors = asyncio.run(read_for(server.url, paths, LOAD_SECONDS, LOAD_CLIENTS))
         rss_after = process.memory_info().rss
         p50, p95 = percentile(latencies, 0.5) * 1000, percentile(latencies, 0.95) * 1000
-        print(f"\n{LOAD_CLIENTS} clients x {LOAD_SECONDS:g} s of cached reads: {len(latencies)} requests "
-              f"({len(latencies) / LOAD_SECONDS:.0f}/s), p50 {p50:.1f} ms, p95 {p95:.1f} ms, "
-              f"RSS {rss_before / 2**20:.0f} -> {rss_after / 2**20:.0f} MiB")
+        print(
+            f"\n{LOAD_CLIENTS} clients x {LOAD_SECONDS:g} s of cached reads: {len(latencies)} requests "
+            f"({len(latencies) / LOAD_SECONDS:.0f}/s), p50 {p50:.1f} ms, p95 {p95:.1f} ms, "
+            f"RSS {rss_before / 2**20:.0f} -> {rss_after / 2**20:.0f} MiB"
+        )
         assert errors == [] and len(latencies) > LOAD_CLIENTS
         assert rss_after - rss_before < 32 * 2**20  # flat: no per-request leak
 
@@ -204,7 +254,9 @@ def test_load_cached_reads_and_heavy_requests_during_a_prune_job(tmp_path, model
             assert set(statuses) <= {200, 429, 503} and {429, 503} & set(statuses)
             for answer in answers:
                 if answer.status_code in (429, 503):
-                    assert int(answer.headers["Retry-After"]) >= 1 and answer.json()["detail"].startswith("busy")
+                    assert int(answer.headers["Retry-After"]) >= 1 and answer.json()[
+                        "detail"
+                    ].startswith("busy")
                 else:
                     assert client.get(f"/nsa/{answer.json()['id']}").json() == answer.json()
             assert wait_for_job(client, slow_job, finished)["state"] == "succeeded"

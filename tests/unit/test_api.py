@@ -19,7 +19,13 @@ from backend.pruning.variants import variant_applied, write_variant
 from tests.conftest import tiny_loaded
 
 SENTENCE = "The movie was painfully slow, but the acting was beautiful."
-SMALL_PRUNE = {"method": "wanda", "calibration": "lambada", "sparsity": "0.5", "nsamples": 4, "seqlen": 64}
+SMALL_PRUNE = {
+    "method": "wanda",
+    "calibration": "lambada",
+    "sparsity": "0.5",
+    "nsamples": 4,
+    "seqlen": 64,
+}
 
 
 @pytest.fixture
@@ -91,12 +97,16 @@ def test_health_and_catalogues(client):
 
     names = [row["name"] for row in client.get("/calibration-sets").json()]
     assert names == [row["name"] for row in list_text_sets() if not row["name"].startswith("file:")]
-    assert [row["name"] for row in client.get("/tasks").json()] == [row["name"] for row in list_tasks()]
+    assert [row["name"] for row in client.get("/tasks").json()] == [
+        row["name"] for row in list_tasks()
+    ]
     nsa_tasks = {row["name"]: row for row in client.get("/nsa/tasks").json()}
     assert nsa_tasks["sentiment"]["label_words"] == ["positive", "negative"]
 
     schema = client.get("/openapi.json").json()
-    assert {"/variants", "/jobs/{job_id}/events", "/nsa/upload", "/tables/{kind}"} <= set(schema["paths"])
+    assert {"/variants", "/jobs/{job_id}/events", "/nsa/upload", "/tables/{kind}"} <= set(
+        schema["paths"]
+    )
     assert client.get("/docs").status_code == 200
 
 
@@ -113,7 +123,9 @@ def test_prune_job_writes_the_variant_and_restores_the_dense_model(make_client):
     assert job["progress"] == 1.0 and job["result"]["reused"] is False
 
     # The model the server holds is dense again, bit for bit.
-    assert all(torch.equal(dense[name], tensor) for name, tensor in loaded.model.state_dict().items())
+    assert all(
+        torch.equal(dense[name], tensor) for name, tensor in loaded.model.state_dict().items()
+    )
     # The variant zeroes exactly half of each prunable linear's weights.
     with variant_applied(loaded, variant_id):
         layer = loaded.adapter.decoder_layers(loaded.model)[0]
@@ -123,7 +135,10 @@ def test_prune_job_writes_the_variant_and_restores_the_dense_model(make_client):
 
     listed = client.get("/variants").json()
     assert [row["id"] for row in listed] == [variant_id]
-    assert listed[0]["achieved_sparsity"] == pytest.approx(0.5) and listed[0]["base_model"] == "tiny-llama"
+    assert (
+        listed[0]["achieved_sparsity"] == pytest.approx(0.5)
+        and listed[0]["base_model"] == "tiny-llama"
+    )
     manifest = client.get(f"/variants/{variant_id}").json()
     assert manifest["id"] == variant_id and manifest["nsamples"] == 4
 
@@ -133,9 +148,14 @@ def test_prune_job_writes_the_variant_and_restores_the_dense_model(make_client):
 
 def test_variant_filters_and_delete(client):
     variant_id = prune(client)["result"]["variant_id"]
-    assert [row["id"] for row in client.get("/variants", params={"method": "wanda"}).json()] == [variant_id]
+    assert [row["id"] for row in client.get("/variants", params={"method": "wanda"}).json()] == [
+        variant_id
+    ]
     assert client.get("/variants", params={"method": "sparsegpt"}).json() == []
-    assert len(client.get("/variants", params={"sparsity": "0.5", "calibration": "lambada"}).json()) == 1
+    assert (
+        len(client.get("/variants", params={"sparsity": "0.5", "calibration": "lambada"}).json())
+        == 1
+    )
     assert client.get("/variants", params={"base": "another-model"}).json() == []
 
     assert client.delete(f"/variants/{variant_id}").json() == {"deleted": variant_id}
@@ -148,11 +168,17 @@ def test_job_progress_streams_as_server_sent_events(client):
     accepted = client.post("/variants", json={**SMALL_PRUNE, "sparsity": "2:4"}).json()
     with client.stream("GET", accepted["events_url"]) as stream:
         assert stream.headers["content-type"].startswith("text/event-stream")
-        events = [json.loads(line[len("data: "):]) for line in stream.iter_lines() if line.startswith("data: ")]
+        events = [
+            json.loads(line[len("data: ") :])
+            for line in stream.iter_lines()
+            if line.startswith("data: ")
+        ]
     assert events[-1]["state"] == "succeeded" and events[-1]["progress"] == 1.0
     progress = [event["progress"] for event in events]
     assert progress == sorted(progress)  # never goes backwards
-    assert len({(e["state"], e["progress"], e["message"]) for e in events}) == len(events)  # only changes
+    assert len({(e["state"], e["progress"], e["message"]) for e in events}) == len(
+        events
+    )  # only changes
     assert client.get("/jobs").json()[0]["id"] == accepted["job"]["id"]
     assert client.get("/jobs", params={"state": "failed"}).json() == []
 
@@ -177,9 +203,20 @@ def test_bad_prune_requests_are_refused_before_a_job_exists(client, changes, sta
     assert client.get("/jobs").json() == []
 
 
-@pytest.mark.parametrize("path", ["/variants/..", "/variants/%2E%2E", "/variants/..%2F..%2Fetc",
-                                  "/variants/UPPER", "/variants/%2Fetc%2Fpasswd", "/jobs/%2E%2E%2Fhealth",
-                                  "/jobs/not-a-job", "/nsa/zzzz", "/variants/a%00b"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/variants/..",
+        "/variants/%2E%2E",
+        "/variants/..%2F..%2Fetc",
+        "/variants/UPPER",
+        "/variants/%2Fetc%2Fpasswd",
+        "/jobs/%2E%2E%2Fhealth",
+        "/jobs/not-a-job",
+        "/nsa/zzzz",
+        "/variants/a%00b",
+    ],
+)
 def test_malformed_ids_get_json_4xx(client, path):
     response = client.get(path)
     assert 400 <= response.status_code < 500
@@ -196,11 +233,17 @@ def test_unknown_ids_are_404(client):
 def test_malformed_json_and_oversized_bodies(make_client):
     client = make_client(api_max_body_bytes=2048)
     detail = assert_json_error(
-        client.post("/nsa", content=b'{"text": "unterminated', headers={"content-type": "application/json"}), 422
+        client.post(
+            "/nsa", content=b'{"text": "unterminated', headers={"content-type": "application/json"}
+        ),
+        422,
     )
     assert detail == "the request body is not valid JSON"
     assert_json_error(client.post("/nsa", json={"text": "x" * 4096}), 413)
-    assert_json_error(client.post("/variants", content=b"[1, 2]", headers={"content-type": "application/json"}), 422)
+    assert_json_error(
+        client.post("/variants", content=b"[1, 2]", headers={"content-type": "application/json"}),
+        422,
+    )
 
 
 # ----------------------------------------------------------------------------- NSA
@@ -210,14 +253,25 @@ def test_nsa_result_is_stored_shared_by_id_and_reused(client, monkeypatch):
     variant_id = prune(client)["result"]["variant_id"]
     calls = []
     real = routes.nsa.run_attribution
-    monkeypatch.setattr(routes.nsa, "run_attribution", lambda loaded, request: calls.append(request) or real(loaded, request))
+    monkeypatch.setattr(
+        routes.nsa,
+        "run_attribution",
+        lambda loaded, request: calls.append(request) or real(loaded, request),
+    )
 
     body = {"text": SENTENCE, "variants": [variant_id], "top_k": 5, "words": ["slow", "beautiful"]}
     first = client.post("/nsa", json=body)
     assert first.status_code == 200, first.text
     stored = first.json()
-    assert stored["request"] == {"model": "tiny-llama", "texts": [SENTENCE], "words": ["slow", "beautiful"],
-                                 "task": "sentiment", "variants": [variant_id], "top_k": 5, "ablate": False}
+    assert stored["request"] == {
+        "model": "tiny-llama",
+        "texts": [SENTENCE],
+        "words": ["slow", "beautiful"],
+        "task": "sentiment",
+        "variants": [variant_id],
+        "top_k": 5,
+        "ablate": False,
+    }
     result = stored["result"]
     assert result["schema_version"] and [v["id"] for v in result["variants"]] == [variant_id]
     assert len(result["neurons"]) == 5
@@ -226,7 +280,9 @@ def test_nsa_result_is_stored_shared_by_id_and_reused(client, monkeypatch):
     assert client.get(f"/nsa/{stored['id']}").content == first.content
     assert len(calls) == 1
     listed = client.get("/nsa").json()
-    assert [(row["id"], row["n_texts"], row["variants"]) for row in listed] == [(stored["id"], 1, [variant_id])]
+    assert [(row["id"], row["n_texts"], row["variants"]) for row in listed] == [
+        (stored["id"], 1, [variant_id])
+    ]
     assert listed[0]["preview"] == SENTENCE
 
 
@@ -253,27 +309,41 @@ def test_bad_nsa_requests(client, body, status, needle):
 
 
 def test_nsa_refuses_a_variant_of_another_model(client):
-    write_variant("wanda-other-model", {"base_model": "another-model", "method": "wanda"},
-                  masks={"w": torch.zeros(2, 8, dtype=torch.bool)})
-    assert_json_error(client.post("/nsa", json={"text": SENTENCE, "variants": ["wanda-other-model"]}),
-                      400, "another-model")
+    write_variant(
+        "wanda-other-model",
+        {"base_model": "another-model", "method": "wanda"},
+        masks={"w": torch.zeros(2, 8, dtype=torch.bool)},
+    )
+    assert_json_error(
+        client.post("/nsa", json={"text": SENTENCE, "variants": ["wanda-other-model"]}),
+        400,
+        "another-model",
+    )
 
 
 def test_upload_of_each_format_gives_its_texts(client, monkeypatch):
     seen = []
-    monkeypatch.setattr(routes.nsa, "run_attribution",
-                        lambda loaded, request: seen.append(request["texts"]) or {"schema_version": "test"})
+    monkeypatch.setattr(
+        routes.nsa,
+        "run_attribution",
+        lambda loaded, request: seen.append(request["texts"]) or {"schema_version": "test"},
+    )
     files = {
         "reviews.txt": b"First review, quite good.\n\nSecond review:\nawful.\n",
         "reviews.csv": b'id,text\n1,"Good, really."\n2,Bad.\n',
         "reviews.jsonl": b'{"text": "Good."}\n\n{"text": "Bad \\u00e9."}\n',
     }
     for name, content in files.items():
-        response = client.post("/nsa/upload", files={"file": (name, content)}, data={"task": "sentiment", "top_k": "3"})
+        response = client.post(
+            "/nsa/upload", files={"file": (name, content)}, data={"task": "sentiment", "top_k": "3"}
+        )
         assert response.status_code == 200, response.text
         assert response.json()["request"]["top_k"] == 3
-    assert seen == [["First review, quite good.", "Second review:\nawful."], ["Good, really.", "Bad."],
-                    ["Good.", "Bad \u00e9."]]
+    assert seen == [
+        ["First review, quite good.", "Second review:\nawful."],
+        ["Good, really.", "Bad."],
+        ["Good.", "Bad \u00e9."],
+    ]
 
 
 @pytest.mark.parametrize(
@@ -288,7 +358,9 @@ def test_upload_of_each_format_gives_its_texts(client, monkeypatch):
     ],
 )
 def test_bad_uploads(client, name, content, status, needles):
-    detail = assert_json_error(client.post("/nsa/upload", files={"file": (name, content)}), status, *needles)
+    detail = assert_json_error(
+        client.post("/nsa/upload", files={"file": (name, content)}), status, *needles
+    )
     assert "/tmp" not in detail and "prunelens-upload" not in detail
 
 
@@ -300,13 +372,17 @@ def test_a_ten_megabyte_upload_is_refused(make_client):
 
 def test_upload_with_too_many_texts(client):
     content = "\n\n".join(f"text {i}" for i in range(70)).encode()
-    assert_json_error(client.post("/nsa/upload", files={"file": ("many.txt", content)}), 400, "at most 64")
+    assert_json_error(
+        client.post("/nsa/upload", files={"file": ("many.txt", content)}), 400, "at most 64"
+    )
 
 
 # ----------------------------------------------------------------------------- busy
 
 
-def test_heavy_requests_queue_then_get_429_or_503_while_cached_reads_stay_fast(make_client, monkeypatch):
+def test_heavy_requests_queue_then_get_429_or_503_while_cached_reads_stay_fast(
+    make_client, monkeypatch
+):
     client = make_client(api_queue_size=1, api_wait_seconds=0.5)
     stored_id = client.post("/nsa", json={"text": SENTENCE, "top_k": 3}).json()["id"]
     entered, release = threading.Event(), threading.Event()
@@ -354,7 +430,9 @@ def test_token_is_required_everywhere_but_health(make_client):
     assert client.get("/health").status_code == 200
     for path in ("/models", "/variants", "/openapi.json", "/docs", "/jobs"):
         assert_json_error(client.get(path), 401, "missing Bearer token")
-    assert_json_error(client.get("/models", headers={"Authorization": "Bearer wrong"}), 401, "wrong")
+    assert_json_error(
+        client.get("/models", headers={"Authorization": "Bearer wrong"}), 401, "wrong"
+    )
     assert_json_error(client.get("/models", headers={"Authorization": "s3cret-token"}), 401)
     assert_json_error(client.post("/nsa", json={"text": "x"}), 401)
     good = {"Authorization": "Bearer s3cret-token"}
@@ -370,7 +448,10 @@ def test_cors_is_off_unless_configured(make_client):
     plain = make_client()
     assert "access-control-allow-origin" not in plain.get("/health", headers=origin).headers
     allowed = make_client(cors_origins="http://localhost:8501, http://example.org")
-    assert allowed.get("/health", headers=origin).headers["access-control-allow-origin"] == "http://localhost:8501"
+    assert (
+        allowed.get("/health", headers=origin).headers["access-control-allow-origin"]
+        == "http://localhost:8501"
+    )
     other = allowed.get("/health", headers={"Origin": "http://evil.example"})
     assert "access-control-allow-origin" not in other.headers
 
@@ -387,10 +468,14 @@ def test_a_bug_is_a_json_500_without_details(client, monkeypatch, caplog):
     assert detail
 
 
-def test_restart_marks_the_running_job_interrupted_and_removes_its_partial_variant(isolated_cache, make_client):
+def test_restart_marks_the_running_job_interrupted_and_removes_its_partial_variant(
+    isolated_cache, make_client
+):
     settings = ApiSettings(**isolated_cache.model_dump())
     store = JobStore(settings.jobs_db)
-    job = store.create("prune", {**SMALL_PRUNE, "model": "tiny-llama", "variant_id": "wanda-partial"})
+    job = store.create(
+        "prune", {**SMALL_PRUNE, "model": "tiny-llama", "variant_id": "wanda-partial"}
+    )
     store.mark_running(job.id)
     store.close()
     staging = settings.variants_dir / ".wanda-partial.k3x9"
@@ -418,30 +503,45 @@ def test_evaluation_job_and_stored_results(client, monkeypatch):
     store = routes.evaluations.results_store(client.app.state.api)
     calls = []
 
-    def fake_evaluate(loaded, tasks, *, variant_id=None, limit=None, store=None, progress=None, **_):
+    def fake_evaluate(
+        loaded, tasks, *, variant_id=None, limit=None, store=None, progress=None, **_
+    ):
         calls.append((loaded.name, tasks, variant_id, limit))
         progress(0.5, "evaluating sst2 (1/1)")
         key = ResultKey(loaded.name, variant_id or DENSE, tasks[0], limit, "packaged", "test")
-        stored = store.put(key, n_examples=limit, metrics={"acc,none": 0.75, "acc_stderr,none": 0.1})
+        stored = store.put(
+            key, n_examples=limit, metrics={"acc,none": 0.75, "acc_stderr,none": 0.1}
+        )
         return [runner.TaskResult(tasks[0], stored, reused=False)]
 
     monkeypatch.setattr(runner, "evaluate", fake_evaluate)
-    accepted = client.post("/evaluations", json={"variant": variant_id, "tasks": ["sst2"], "limit": 8})
+    accepted = client.post(
+        "/evaluations", json={"variant": variant_id, "tasks": ["sst2"], "limit": 8}
+    )
     assert accepted.status_code == 202, accepted.text
     job = wait_for_job(client, accepted.json()["job"]["id"])
     assert job["state"] == "succeeded" and calls == [("tiny-llama", ["sst2"], variant_id, 8)]
     assert job["result"]["results"][0]["metrics"]["acc,none"] == 0.75
 
-    store.put(ResultKey("tiny-llama", DENSE, "rte", None, "packaged", "test"), n_examples=277,
-              metrics={"acc,none": 0.5})
+    store.put(
+        ResultKey("tiny-llama", DENSE, "rte", None, "packaged", "test"),
+        n_examples=277,
+        metrics={"acc,none": 0.5},
+    )
     assert {row["task"] for row in client.get("/evaluations").json()} == {"sst2", "rte"}
     dense = client.get("/evaluations", params={"variant": "dense"}).json()
     assert [(row["task"], row["variant_id"]) for row in dense] == [("rte", None)]
-    assert [row["task"] for row in client.get("/evaluations", params={"variant": variant_id}).json()] == ["sst2"]
+    assert [
+        row["task"] for row in client.get("/evaluations", params={"variant": variant_id}).json()
+    ] == ["sst2"]
     assert client.get("/evaluations", params={"task": "boolq"}).json() == []
 
-    assert_json_error(client.post("/evaluations", json={"tasks": ["no-such-task"]}), 400, "unknown task")
-    assert_json_error(client.post("/evaluations", json={"tasks": ["sst2"], "variant": "wanda-nope"}), 404)
+    assert_json_error(
+        client.post("/evaluations", json={"tasks": ["no-such-task"]}), 400, "unknown task"
+    )
+    assert_json_error(
+        client.post("/evaluations", json={"tasks": ["sst2"], "variant": "wanda-nope"}), 404
+    )
     assert_json_error(client.post("/evaluations", json={"tasks": []}), 422, "tasks")
 
 
@@ -449,13 +549,32 @@ def test_tables_average_stored_results_per_cell(client):
     from backend.evaluation.store import DENSE, ResultKey
 
     store = routes.evaluations.results_store(client.app.state.api)
-    for variant_id, method, accuracy in (("wanda-a", "wanda", 0.6), ("sparsegpt-b", "sparsegpt", 0.8)):
-        store.record_variant({"id": variant_id, "base_model": "tiny-llama", "method": method,
-                              "calibration": "lambada", "sparsity": "0.5", "seqlen": 64, "nsamples": 4, "seed": 0})
-        store.put(ResultKey("tiny-llama", variant_id, "sst2", 40, "packaged", "test"), n_examples=40,
-                  metrics={"acc,none": accuracy})
-    store.put(ResultKey("tiny-llama", DENSE, "sst2", 40, "packaged", "test"), n_examples=40,
-              metrics={"acc,none": 0.9})
+    for variant_id, method, accuracy in (
+        ("wanda-a", "wanda", 0.6),
+        ("sparsegpt-b", "sparsegpt", 0.8),
+    ):
+        store.record_variant(
+            {
+                "id": variant_id,
+                "base_model": "tiny-llama",
+                "method": method,
+                "calibration": "lambada",
+                "sparsity": "0.5",
+                "seqlen": 64,
+                "nsamples": 4,
+                "seed": 0,
+            }
+        )
+        store.put(
+            ResultKey("tiny-llama", variant_id, "sst2", 40, "packaged", "test"),
+            n_examples=40,
+            metrics={"acc,none": accuracy},
+        )
+    store.put(
+        ResultKey("tiny-llama", DENSE, "sst2", 40, "packaged", "test"),
+        n_examples=40,
+        metrics={"acc,none": 0.9},
+    )
 
     table = client.get("/tables/task-calibration").json()
     assert table["columns"] == ["dense", "lambada"] and table["row_header"] == "task"
@@ -470,6 +589,58 @@ def test_tables_average_stored_results_per_cell(client):
 
 def test_a_chunked_body_over_the_limit_is_refused_while_read(make_client):
     client = make_client(api_max_body_bytes=4096)
-    chunks = (b'{"text": "' + b"x" * 1024 for _ in range(8))  # no Content-Length: counted as it arrives
+    chunks = (
+        b'{"text": "' + b"x" * 1024 for _ in range(8)
+    )  # no Content-Length: counted as it arrives
     response = client.post("/nsa", content=chunks, headers={"content-type": "application/json"})
     assert_json_error(response, 413, "4096")
+
+
+# ----------------------------------------------------------------------------- prunelens serve
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.0.0.2", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("192.168.1.20", False),
+        ("::", False),
+        ("example.org", False),
+    ],
+)
+def test_loopback_detection(host, loopback):
+    from backend.api.commands import is_loopback
+
+    assert is_loopback(host) is loopback
+
+
+def test_serve_refuses_a_public_host_without_a_token(monkeypatch, capsys):
+    from backend.cli import main
+
+    monkeypatch.delenv("PRUNELENS_API_TOKEN", raising=False)
+    assert main(["serve", "--host", "0.0.0.0", "--port", "8765"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "PRUNELENS_API_TOKEN" in error and "0.0.0.0" in error
+
+
+def test_serve_accepts_a_public_host_with_a_token():
+    from backend.api.commands import check_bind
+
+    check_bind("0.0.0.0", "a-token")  # no error
+    check_bind("127.0.0.1", None)
+
+
+def test_a_default_model_that_cannot_load_leaves_a_working_server(isolated_cache, tmp_path):
+    missing = str(tmp_path / "no-model-here")
+    settings = ApiSettings(**{**isolated_cache.model_dump(), "default_model": missing})
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        health = client.get("/health").json()
+        assert health["status"] == "no_model" and health["loaded_models"] == []
+        assert "unknown model" in health["error"] and health["default_model"] == missing
+        assert client.get("/variants").json() == []
+        assert_json_error(client.post("/nsa", json={"text": SENTENCE}), 400, "unknown model")

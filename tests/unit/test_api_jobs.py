@@ -11,7 +11,16 @@ from backend.api.compute import ComputeGate
 from backend.api.model_pool import ModelPool, model_bytes
 from backend.api.settings import ApiSettings
 from backend.errors import UserError
-from backend.jobs import FAILED, INTERRUPTED, QUEUED, RUNNING, SUCCEEDED, BusyError, JobStore, JobWorker
+from backend.jobs import (
+    FAILED,
+    INTERRUPTED,
+    QUEUED,
+    RUNNING,
+    SUCCEEDED,
+    BusyError,
+    JobStore,
+    JobWorker,
+)
 from tests.conftest import tiny_loaded
 
 
@@ -53,7 +62,11 @@ def test_job_reports_progress_while_running_and_its_result_after(store):
         assert job.state == QUEUED and store.get(job.id).params == {"x": 21}
         assert reached.wait(5)
         running = store.get(job.id)
-        assert (running.state, running.progress, running.message) == (RUNNING, 0.0, "below zero is clamped")
+        assert (running.state, running.progress, running.message) == (
+            RUNNING,
+            0.0,
+            "below zero is clamped",
+        )
         assert running.started_at is not None and running.finished_at is None
         release.set()
         done = wait_for(lambda: (j := store.get(job.id)).finished and j)
@@ -113,14 +126,18 @@ def test_restart_marks_unfinished_jobs_interrupted_and_cleans_up(tmp_path):
     cleaned = []
     second = JobStore(tmp_path / "jobs.db")
     worker = JobWorker(second)
-    worker.register("prune", lambda _job, _progress: {}, on_interrupted=lambda job: cleaned.append(job.id))
+    worker.register(
+        "prune", lambda _job, _progress: {}, on_interrupted=lambda job: cleaned.append(job.id)
+    )
     interrupted = worker.recover()
     assert sorted(job.id for job in interrupted) == sorted([running.id, queued.id])
     assert sorted(cleaned) == sorted([running.id, queued.id])
     after = second.get(running.id)
     assert after.state == INTERRUPTED and after.progress == pytest.approx(0.4)
     assert "running" in after.error and second.get(queued.id).state == INTERRUPTED
-    assert second.get(finished.id).state == SUCCEEDED and second.get(finished.id).result == {"variant_id": "z"}
+    assert second.get(finished.id).state == SUCCEEDED and second.get(finished.id).result == {
+        "variant_id": "z"
+    }
     assert worker.recover() == []  # nothing left to interrupt
     second.close()
 
@@ -159,9 +176,8 @@ def test_gate_refuses_at_once_when_the_line_is_full_and_gives_up_after_the_wait(
     waiting.start()
     wait_for(lambda: gate.waiting == 1)
     started = time.monotonic()
-    with pytest.raises(BusyError) as full:
-        with gate.hold("third"):
-            pass
+    with pytest.raises(BusyError) as full, gate.hold("third"):
+        pass
     assert full.value.status_code == 429 and time.monotonic() - started < 0.1
     assert full.value.retry_after >= 1
     waiting.join(5)
@@ -206,8 +222,17 @@ def test_model_references_from_clients_are_restricted(tmp_path):
     assert pool.allowed_reference(settings.default_model) == settings.default_model
     outside = tmp_path / "not-listed"
     (outside / "x").mkdir(parents=True)
-    for bad in ("../etc", "/etc/passwd", str(outside), "a/../b", "https://evil.example/x", "owner/na me",
-                "owner\\name", "..", "a/b/c"):
+    for bad in (
+        "../etc",
+        "/etc/passwd",
+        str(outside),
+        "a/../b",
+        "https://evil.example/x",
+        "owner/na me",
+        "owner\\name",
+        "..",
+        "a/b/c",
+    ):
         with pytest.raises(UserError):
             pool.allowed_reference(bad)
 
@@ -222,8 +247,12 @@ def test_pool_keeps_the_default_and_evicts_least_recently_used_others(tmp_path):
         return model
 
     one_model = model_bytes(tiny_loaded("opt"))
-    pool = ModelPool(ApiSettings(cache_dir=tmp_path), default=tiny_loaded("llama"),
-                     budget_bytes=int(one_model * 1.5), loader=loader)
+    pool = ModelPool(
+        ApiSettings(cache_dir=tmp_path),
+        default=tiny_loaded("llama"),
+        budget_bytes=int(one_model * 1.5),
+        loader=loader,
+    )
     first = pool.get("org/first")
     assert pool.get("org/first") is first and loads == ["org/first"]  # loaded once
     pool.get("org/second")  # over budget with both: the older one goes

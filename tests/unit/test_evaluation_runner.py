@@ -3,12 +3,14 @@ variants are evaluated in memory and the dense weights come back."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import datasets
 import pytest
 import torch
 
+from backend.cli import main
 from backend.errors import UserError
 from backend.evaluation import runner
 from backend.evaluation.registry import TASKS
@@ -128,3 +130,25 @@ def test_bad_requests_are_one_line_before_any_work(store):
     with pytest.raises(UserError, match="mednli"):
         evaluate(loaded, "sst2,mednli", store=store)
     assert store.count() == 0
+
+
+def test_cli_evaluate_with_a_user_file_and_offline_errors(store, tiny_model_dir, tmp_path, capsys, monkeypatch):
+    model = str(tiny_model_dir("opt"))
+    rows = [{"sentence1": "Patient is febrile.", "sentence2": "The patient has a fever", "gold_label": "entailment"},
+            {"sentence1": "No chest pain.", "sentence2": "He smokes.", "gold_label": "neutral"}]
+    data = tmp_path / "mli_test_v1.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert main(["evaluate", "--model", model, "--tasks", "mednli", "--data", f"mednli={tmp_path}", "--json"]) == 0
+    [payload] = json.loads(capsys.readouterr().out)
+    assert payload["task"] == "mednli" and payload["n_examples"] == 2 and payload["limit"] is None
+    assert payload["data_source"].startswith("file:") and "acc,none" in payload["metrics"]
+    assert store.results()[0].key.base_model == model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for argv, message in ((["--tasks", "qqp"], "not available offline"), (["--tasks", "sst2,sst5"], "unknown task"),
+                          (["--tasks", "sst2", "--data", "sst2"], "TASK=PATH"),
+                          (["--tasks", "sst2", "--variant", "../x"], "invalid variant id")):
+        assert main(["evaluate", "--model", model, *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert store.count() == 1

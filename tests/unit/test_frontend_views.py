@@ -16,7 +16,13 @@ import pandas as pd
 import pytest
 import yaml
 
-from frontend.client import BackendClient, BackendError, BackendUnavailable, error_message, parse_sse
+from frontend.client import (
+    BackendClient,
+    BackendError,
+    BackendUnavailable,
+    error_message,
+    parse_sse,
+)
 from frontend.demo import DemoPlan
 from frontend.links import ViewState, share_url
 from frontend.views import figures, jobs_view, nsa_view, tables
@@ -262,8 +268,10 @@ def test_accuracy_colours_rise_with_the_value_and_skip_missing_cells():
     assert tables.accuracy_css(float("nan"), 0.0, 1.0) == ""
     greens = [tables.accuracy_css(v, 0.2, 0.8) for v in (0.2, 0.5, 0.8)]
     assert greens[0] == "background-color: rgb(255,255,255)"
-    assert greens[2] == "background-color: rgb(%d,%d,%d)" % tables.HIGH_RGB
-    assert tables.difference_css(-0.1, 0.1) == "background-color: rgb(%d,%d,%d)" % tables.WORSE_RGB
+    r, g, b = tables.HIGH_RGB
+    assert greens[2] == f"background-color: rgb({r},{g},{b})"
+    r, g, b = tables.WORSE_RGB
+    assert tables.difference_css(-0.1, 0.1) == f"background-color: rgb({r},{g},{b})"
     assert tables.difference_css(0.0, 0.1) == "background-color: rgb(255,255,255)"
     frame = pd.DataFrame({"task": ["a", "b"], "x": [0.2, None], "\u0394 x": [-0.1, 0.05]})
     html = tables.style_accuracy(frame, ["x"], ["\u0394 x"]).to_html()
@@ -335,7 +343,10 @@ def test_view_state_round_trips_through_the_url_and_drops_malformed_values():
     parsed = ViewState.from_params({"layer": "x", "neuron": "-4", "variants": ["a,b", "a", ""], "result": "  "})
     assert parsed.layer is None and parsed.neuron is None and parsed.variants == ("a", "b") and parsed.result is None
     assert share_url("http://h:8501/", "explorer", ViewState(result="r1", layer=2)) == \
-        "http://h:8501/explorer?result=r1&layer=2"
+        "http://h:8501/?result=r1&layer=2"  # the explorer is the default page, served at the root
+    assert share_url("http://h:8501/attribute?result=x", "calibration", ViewState(method="ria")) == \
+        "http://h:8501/calibration?method=ria"
+    assert share_url("http://h/prunelens/jobs", "attribute", ViewState()) == "http://h/prunelens/attribute"
 
 
 # --------------------------------------------------------------------------- client
@@ -437,7 +448,7 @@ def test_the_dashboard_imports_neither_torch_nor_the_backend():
         "import frontend.views.tables, frontend.views.jobs_view\n"
         "print('ok')\n"
     )
-    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", probe], check=False, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().endswith("ok")
 

@@ -21,12 +21,14 @@ NM_SPECS = [SparsitySpec.nm(2, 4), SparsitySpec.nm(4, 8)]
 
 
 def random_layer(rows=24, columns=48, tokens=300, seed=0, correlated=True):
-    """A weight [rows, columns] and calibration inputs [tokens, columns] with unequal channel scales."""
+    """A weight [rows, columns] and calibration inputs [tokens, columns], unequal channel scales."""
     generator = torch.Generator().manual_seed(seed)
     weight = torch.randn(rows, columns, generator=generator)
     inputs = 0.3 * torch.randn(tokens, columns, generator=generator)
     if correlated:  # like LLM activations: most of the variance in a few shared directions
-        inputs += torch.randn(tokens, 8, generator=generator) @ torch.randn(8, columns, generator=generator)
+        inputs += torch.randn(tokens, 8, generator=generator) @ torch.randn(
+            8, columns, generator=generator
+        )
     inputs = inputs * torch.linspace(0.2, 3.0, columns)
     return weight, inputs
 
@@ -40,7 +42,9 @@ def statistics_of(inputs, **kind) -> InputStatistics:
 def assert_valid_nm(mask, n, m):
     rows, columns = mask.shape
     per_group = mask.reshape(rows, columns // m, m).sum(dim=2)
-    assert torch.equal(per_group, torch.full_like(per_group, m - n)), "every group must prune exactly m - n"
+    assert torch.equal(per_group, torch.full_like(per_group, m - n)), (
+        "every group must prune exactly m - n"
+    )
 
 
 # --------------------------------------------------------------------------- SparsitySpec
@@ -48,9 +52,16 @@ def assert_valid_nm(mask, n, m):
 
 @pytest.mark.parametrize(
     "text, kind, target",
-    [("0.5", "unstructured", 0.5), ("0.3", "unstructured", 0.3), ("0.123456789", "unstructured", 0.123456789),
-     ("2:4", "nm", 0.5), ("4:8", "nm", 0.5), ("1:4", "nm", 0.75), ("3:4", "nm", 0.25),
-     ("neurons:0.2", "neurons", 0.2)],
+    [
+        ("0.5", "unstructured", 0.5),
+        ("0.3", "unstructured", 0.3),
+        ("0.123456789", "unstructured", 0.123456789),
+        ("2:4", "nm", 0.5),
+        ("4:8", "nm", 0.5),
+        ("1:4", "nm", 0.75),
+        ("3:4", "nm", 0.25),
+        ("neurons:0.2", "neurons", 0.2),
+    ],
 )
 def test_spec_parse_label_round_trip(text, kind, target):
     spec = SparsitySpec.parse(text)
@@ -68,8 +79,32 @@ def test_spec_nm_counts_kept_weights():
 
 @pytest.mark.parametrize(
     "text",
-    ["", "   ", "abc", "0", "1", "1.0", "1.5", "-0.1", "nan", "inf", "2:4:8", "4:2", "4:4", "0:4", "-1:4",
-     "a:b", "2.5:4", "2:", ":4", "neurons:", "neurons:x", "neurons:1.0", "neurons:0", "neurons:-0.2"],
+    [
+        "",
+        "   ",
+        "abc",
+        "0",
+        "1",
+        "1.0",
+        "1.5",
+        "-0.1",
+        "nan",
+        "inf",
+        "2:4:8",
+        "4:2",
+        "4:4",
+        "0:4",
+        "-1:4",
+        "a:b",
+        "2.5:4",
+        "2:",
+        ":4",
+        "neurons:",
+        "neurons:x",
+        "neurons:1.0",
+        "neurons:0",
+        "neurons:-0.2",
+    ],
 )
 def test_spec_rejects_bad_text(text):
     with pytest.raises(UserError) as caught:
@@ -79,10 +114,18 @@ def test_spec_rejects_bad_text(text):
 
 @pytest.mark.parametrize(
     "build",
-    [lambda: SparsitySpec.unstructured(0.0), lambda: SparsitySpec.unstructured("0.5"),
-     lambda: SparsitySpec.unstructured(True), lambda: SparsitySpec.nm(0, 4), lambda: SparsitySpec.nm(4, 4),
-     lambda: SparsitySpec.nm(2.0, 4), lambda: SparsitySpec.neurons(1.0), lambda: SparsitySpec("blocks", 0.5),
-     lambda: SparsitySpec("nm", ratio=0.5, n=2, m=4), lambda: SparsitySpec("unstructured", 0.5, n=2, m=4)],
+    [
+        lambda: SparsitySpec.unstructured(0.0),
+        lambda: SparsitySpec.unstructured("0.5"),
+        lambda: SparsitySpec.unstructured(True),
+        lambda: SparsitySpec.nm(0, 4),
+        lambda: SparsitySpec.nm(4, 4),
+        lambda: SparsitySpec.nm(2.0, 4),
+        lambda: SparsitySpec.neurons(1.0),
+        lambda: SparsitySpec("blocks", 0.5),
+        lambda: SparsitySpec("nm", ratio=0.5, n=2, m=4),
+        lambda: SparsitySpec("unstructured", 0.5, n=2, m=4),
+    ],
 )
 def test_spec_rejects_bad_construction(build):
     with pytest.raises(UserError):
@@ -92,8 +135,12 @@ def test_spec_rejects_bad_construction(build):
 def test_weight_methods_reject_neuron_spec():
     weight, inputs = random_layer(4, 8, 10)
     norms = inputs.norm(dim=0)
-    for call in (lambda s: magnitude_mask(weight, s), lambda s: wanda_mask(weight, norms, s),
-                 lambda s: ria_mask(weight, norms, s), lambda s: sparsegpt_prune(weight, torch.eye(8), s)):
+    for call in (
+        lambda s: magnitude_mask(weight, s),
+        lambda s: wanda_mask(weight, norms, s),
+        lambda s: ria_mask(weight, norms, s),
+        lambda s: sparsegpt_prune(weight, torch.eye(8), s),
+    ):
         with pytest.raises(UserError):
             call(SparsitySpec.neurons(0.2))
 
@@ -121,7 +168,9 @@ def test_selection_with_ties_equals_a_stable_sort():
         assert torch.equal(lowest_in_matrix(metric, count), expected.view_as(metric))
     groups = lowest_per_group(metric, 2, 4)
     assert_valid_nm(groups, 2, 4)
-    assert torch.equal(groups[3], torch.tensor([True, True, False, False] * 6))  # ties: leftmost first
+    assert torch.equal(
+        groups[3], torch.tensor([True, True, False, False] * 6)
+    )  # ties: leftmost first
 
 
 # --------------------------------------------------------------------------- InputStatistics
@@ -129,18 +178,27 @@ def test_selection_with_ties_equals_a_stable_sort():
 
 def test_input_statistics_equal_direct_computation():
     generator = torch.Generator().manual_seed(1)
-    batches = [torch.randn(2, 5, 6, generator=generator) + 3.0, torch.randn(7, 6, generator=generator) * 2 - 1,
-               torch.randn(1, 3, 4, 6, generator=generator) + 10.0]
+    batches = [
+        torch.randn(2, 5, 6, generator=generator) + 3.0,
+        torch.randn(7, 6, generator=generator) * 2 - 1,
+        torch.randn(1, 3, 4, 6, generator=generator) + 10.0,
+    ]
     stats = InputStatistics(6, "cpu", hessian=True, covariance=True)
     for batch in batches:
         stats.update(batch)
     direct = torch.cat([b.reshape(-1, 6) for b in batches]).double()  # [tokens, in]
     tokens = direct.shape[0]
     assert stats.tokens == tokens == 29
-    torch.testing.assert_close(stats.act_norm.double(), direct.pow(2).sum(0).sqrt(), rtol=1e-6, atol=0)
-    torch.testing.assert_close(stats.hessian.double(), 2 * direct.T @ direct / tokens, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        stats.act_norm.double(), direct.pow(2).sum(0).sqrt(), rtol=1e-6, atol=0
+    )
+    torch.testing.assert_close(
+        stats.hessian.double(), 2 * direct.T @ direct / tokens, rtol=1e-5, atol=1e-5
+    )
     torch.testing.assert_close(stats.mean.double(), direct.mean(0), rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(stats.covariance.double(), torch.cov(direct.T, correction=0), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        stats.covariance.double(), torch.cov(direct.T, correction=0), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_input_statistics_only_what_was_asked_and_checks_width():
@@ -176,9 +234,11 @@ def test_magnitude_nm_prunes_smallest_of_each_group(spec):
     assert_valid_nm(mask, spec.n, spec.m)
     for row in range(weight.shape[0]):
         for start in range(0, weight.shape[1], spec.m):
-            values = weight[row, start:start + spec.m].abs().tolist()
+            values = weight[row, start : start + spec.m].abs().tolist()
             smallest = sorted(range(spec.m), key=lambda k: values[k])[: spec.m - spec.n]
-            assert sorted(mask[row, start:start + spec.m].nonzero().flatten().tolist()) == sorted(smallest)
+            assert sorted(mask[row, start : start + spec.m].nonzero().flatten().tolist()) == sorted(
+                smallest
+            )
 
 
 # --------------------------------------------------------------------------- Wanda
@@ -195,13 +255,18 @@ def brute_force_wanda(weight, norms, spec):
                 for j in group[: spec.m - spec.n]:
                     mask[r, j] = True
         else:
-            for j in sorted(range(columns), key=lambda j: scores[j])[: int(columns * spec.ratio + 1e-9)]:
+            for j in sorted(range(columns), key=lambda j: scores[j])[
+                : int(columns * spec.ratio + 1e-9)
+            ]:
                 mask[r, j] = True
     return mask
 
 
-@pytest.mark.parametrize("spec", [SparsitySpec.unstructured(0.5), SparsitySpec.unstructured(0.3), *NM_SPECS],
-                         ids=lambda s: s.label)
+@pytest.mark.parametrize(
+    "spec",
+    [SparsitySpec.unstructured(0.5), SparsitySpec.unstructured(0.3), *NM_SPECS],
+    ids=lambda s: s.label,
+)
 def test_wanda_equals_brute_force_and_exact_per_row(spec):
     weight, inputs = random_layer(10, 16, seed=2)
     norms = statistics_of(inputs).act_norm
@@ -236,8 +301,11 @@ def brute_force_ria_metric(weight, norms, alpha):
     return metric
 
 
-@pytest.mark.parametrize("spec", [SparsitySpec.unstructured(0.5), SparsitySpec.unstructured(0.37), *NM_SPECS],
-                         ids=lambda s: s.label)
+@pytest.mark.parametrize(
+    "spec",
+    [SparsitySpec.unstructured(0.5), SparsitySpec.unstructured(0.37), *NM_SPECS],
+    ids=lambda s: s.label,
+)
 def test_ria_equals_brute_force(spec):
     weight, inputs = random_layer(8, 16, seed=3)
     norms = statistics_of(inputs).act_norm
@@ -249,7 +317,9 @@ def test_ria_equals_brute_force(spec):
     if spec.kind == "nm":
         for r in range(8):
             for start in range(0, 16, spec.m):
-                for j in sorted(range(start, start + spec.m), key=lambda j: float(metric[r, j]))[: spec.m - spec.n]:
+                for j in sorted(range(start, start + spec.m), key=lambda j: float(metric[r, j]))[
+                    : spec.m - spec.n
+                ]:
                     expected[r, j] = True
         assert_valid_nm(mask, spec.n, spec.m)
     else:  # RIA compares over the whole matrix (the paper's default), not per row
@@ -266,7 +336,9 @@ def test_ria_per_output_option_and_alpha():
     mask, _ = ria_mask(weight, norms, SparsitySpec.unstructured(0.5), per_output=True)
     assert mask.sum(1).tolist() == [10] * 8
     # alpha = 0 drops the activations: the score is the relative importance alone
-    torch.testing.assert_close(ria_metric(weight, norms, alpha=0.0), ria_metric(weight, torch.ones(20), alpha=0.5))
+    torch.testing.assert_close(
+        ria_metric(weight, norms, alpha=0.0), ria_metric(weight, torch.ones(20), alpha=0.5)
+    )
 
 
 def test_ria_zero_rows_and_channels_give_no_nan():
@@ -274,7 +346,11 @@ def test_ria_zero_rows_and_channels_give_no_nan():
     weight[2] = 0
     weight[:, 5] = 0
     metric = ria_metric(weight, torch.ones(8))
-    assert torch.isfinite(metric).all() and metric[2].abs().sum() == 0 and metric[:, 5].abs().sum() == 0
+    assert (
+        torch.isfinite(metric).all()
+        and metric[2].abs().sum() == 0
+        and metric[:, 5].abs().sum() == 0
+    )
 
 
 @pytest.mark.parametrize("spec", NM_SPECS, ids=lambda s: s.label)
@@ -290,16 +366,23 @@ def test_ria_channel_permutation_is_valid_and_improves(spec):
     permuted_mask = torch.zeros_like(mask)
     for r in range(16):
         for start in range(0, 64, spec.m):
-            group = permutation[start:start + spec.m].tolist()
+            group = permutation[start : start + spec.m].tolist()
             for j in sorted(group, key=lambda j: float(metric[r, j]))[: spec.m - spec.n]:
                 permuted_mask[r, j] = True
     assert torch.equal(mask, permuted_mask)
     # kept score: the assignment refinement never loses what the heuristic found
     heuristic = heuristic_channel_reallocation(metric, spec.m)
-    _, heuristic_only = ria_mask(weight, norms, spec, channel_permutation=True, lsa_refinement=False)
+    _, heuristic_only = ria_mask(
+        weight, norms, spec, channel_permutation=True, lsa_refinement=False
+    )
     assert torch.equal(heuristic_only, heuristic)
-    assert nm_kept_score(metric, permutation, spec.n, spec.m) >= nm_kept_score(metric, heuristic, spec.n, spec.m) - 1e-6
-    assert nm_kept_score(metric, permutation, spec.n, spec.m) > nm_kept_score(metric, None, spec.n, spec.m)
+    assert (
+        nm_kept_score(metric, permutation, spec.n, spec.m)
+        >= nm_kept_score(metric, heuristic, spec.n, spec.m) - 1e-6
+    )
+    assert nm_kept_score(metric, permutation, spec.n, spec.m) > nm_kept_score(
+        metric, None, spec.n, spec.m
+    )
 
 
 def test_ria_heuristic_deals_one_channel_per_importance_band():
@@ -322,32 +405,44 @@ def brute_force_sparsegpt(weight, hessian, spec, blocksize, percdamp=0.01):
     h = hessian.double().clone()
     rows, columns = w.shape
     h += percdamp * torch.diagonal(h).mean() * torch.eye(columns, dtype=torch.float64)
+    # OBS over the columns not yet processed: the inverse of H restricted to columns j..end
+    inverses = [torch.linalg.inv(h[j:, j:]) for j in range(columns)]
+    diag = [float(inverse[0, 0]) for inverse in inverses]  # [H_F^-1]_qq of each column q
     mask = torch.zeros(rows, columns, dtype=torch.bool)
     for j in range(columns):
-        inverse = torch.linalg.inv(h[j:, j:])  # OBS over the columns not yet processed
         if j % blocksize == 0 and spec.kind == "unstructured":
             end = min(j + blocksize, columns)
-            diag = torch.tensor([float(torch.linalg.inv(h[k:, k:])[0, 0]) for k in range(j, end)])
-            saliency = (w[:, j:end] ** 2 / diag).flatten().tolist()  # OBS: w_q^2 / [H_F^-1]_qq
-            quota = math.floor(spec.ratio * rows * end + 0.5) - math.floor(spec.ratio * rows * j + 0.5)
-            for flat in sorted(range(len(saliency)), key=lambda k: saliency[k])[:quota]:
-                mask[flat // (end - j), j + flat % (end - j)] = True
+            saliency = [
+                (float(w[r, k]) ** 2 / diag[k], r, k) for r in range(rows) for k in range(j, end)
+            ]  # OBS saliency w_q^2 / [H_F^-1]_qq, ties by (row, column) position
+            quota = math.floor(spec.ratio * rows * end + 0.5) - math.floor(
+                spec.ratio * rows * j + 0.5
+            )
+            for _, r, k in sorted(saliency)[:quota]:
+                mask[r, k] = True
         if spec.kind == "nm" and j % spec.m == 0:
-            diag = torch.tensor([float(torch.linalg.inv(h[k:, k:])[0, 0]) for k in range(j, j + spec.m)])
             for r in range(rows):
-                saliency = (w[r, j:j + spec.m] ** 2 / diag).tolist()
-                for k in sorted(range(spec.m), key=lambda k: saliency[k])[: spec.m - spec.n]:
-                    mask[r, j + k] = True
-        for r in range(rows):
-            if mask[r, j]:
-                w[r, j:] -= w[r, j] / inverse[0, 0] * inverse[0, :]
-                w[r, j] = 0.0
+                saliency = [(float(w[r, k]) ** 2 / diag[k], k) for k in range(j, j + spec.m)]
+                for _, k in sorted(saliency)[: spec.m - spec.n]:
+                    mask[r, k] = True
+        pruned_rows = mask[:, j]
+        w[pruned_rows, j:] -= (w[pruned_rows, j] / diag[j]).unsqueeze(1) * inverses[j][0].unsqueeze(
+            0
+        )
+        w[pruned_rows, j] = 0.0
     return w, mask
 
 
-@pytest.mark.parametrize("spec, blocksize", [(SparsitySpec.unstructured(0.5), 40), (SparsitySpec.unstructured(0.37), 16),
-                                             (SparsitySpec.nm(2, 4), 8), (SparsitySpec.nm(4, 8), 16)],
-                         ids=["0.5-one-block", "0.37-blocks", "2:4", "4:8"])
+@pytest.mark.parametrize(
+    "spec, blocksize",
+    [
+        (SparsitySpec.unstructured(0.5), 40),
+        (SparsitySpec.unstructured(0.37), 16),
+        (SparsitySpec.nm(2, 4), 8),
+        (SparsitySpec.nm(4, 8), 16),
+    ],
+    ids=["0.5-one-block", "0.37-blocks", "2:4", "4:8"],
+)
 def test_sparsegpt_equals_brute_force_obs(spec, blocksize):
     weight, inputs = random_layer(6, 40, tokens=200, seed=6)
     hessian = statistics_of(inputs, hessian=True).hessian
@@ -362,8 +457,10 @@ def test_sparsegpt_equals_brute_force_obs(spec, blocksize):
         assert int(result.mask.sum()) == math.floor(spec.ratio * weight.numel() + 0.5)
         for start in range(0, 40, blocksize):
             share = spec.ratio * 6 * min(blocksize, 40 - start)
-            assert abs(int(result.mask[:, start:start + blocksize].sum()) - share) <= 1
-    assert result.retries == 0 and result.damp == pytest.approx(0.01 * float(torch.diagonal(hessian).mean()))
+            assert abs(int(result.mask[:, start : start + blocksize].sum()) - share) <= 1
+    assert result.retries == 0 and result.damp == pytest.approx(
+        0.01 * float(torch.diagonal(hessian).mean())
+    )
 
 
 @pytest.mark.parametrize("spec", [SparsitySpec.unstructured(0.5), *NM_SPECS], ids=lambda s: s.label)
@@ -372,12 +469,29 @@ def test_sparsegpt_reconstructs_better_than_wanda(spec):
     stats = statistics_of(inputs, hessian=True)
     weight_before, hessian_before = weight.clone(), stats.hessian.clone()
     result = sparsegpt_prune(weight, stats.hessian, spec, blocksize=32)
-    assert torch.equal(weight, weight_before) and torch.equal(stats.hessian, hessian_before)  # inputs untouched
+    assert torch.equal(weight, weight_before) and torch.equal(
+        stats.hessian, hessian_before
+    )  # inputs untouched
     wanda_pruned = weight.masked_fill(wanda_mask(weight, stats.act_norm, spec), 0.0)
     dense_out = inputs @ weight.T
     sparsegpt_error = torch.linalg.norm(dense_out - inputs @ result.weight.T)
     wanda_error = torch.linalg.norm(dense_out - inputs @ wanda_pruned.T)
     assert sparsegpt_error < 0.8 * wanda_error
+
+
+def test_methods_leave_a_transposed_view_untouched():
+    # GPT-2's Conv1D weight reaches the methods as a transposed view of its [in, out] storage
+    weight, inputs = random_layer(8, 16, tokens=100, seed=13)
+    storage = weight.T.contiguous()  # [in, out]
+    view = storage.T  # [out, in], shares storage
+    stats = statistics_of(inputs, hessian=True)
+    spec = SparsitySpec.unstructured(0.5)
+    result = sparsegpt_prune(view, stats.hessian, spec, blocksize=8)
+    magnitude_mask(view, spec)
+    wanda_mask(view, stats.act_norm, spec)
+    ria_mask(view, stats.act_norm, SparsitySpec.nm(2, 4), channel_permutation=True)
+    assert torch.equal(storage, weight.T)
+    assert torch.equal(result.mask, sparsegpt_prune(weight, stats.hessian, spec, blocksize=8).mask)
 
 
 def test_sparsegpt_dead_input_channels():
@@ -387,15 +501,21 @@ def test_sparsegpt_dead_input_channels():
     result = sparsegpt_prune(weight, hessian, SparsitySpec.unstructured(0.5), blocksize=8)
     assert torch.isfinite(result.weight).all()
     assert torch.all(result.weight[:, [2, 9]] == 0) and torch.all(result.mask[:, [2, 9]])
-    assert int(result.mask.sum()) == 64  # the dead weights fall within the quota (their saliency is 0)
-    assert torch.all(result.weight[result.mask] == 0) and torch.all(result.weight[~result.mask] != 0)
+    assert (
+        int(result.mask.sum()) == 64
+    )  # the dead weights fall within the quota (their saliency is 0)
+    assert torch.all(result.weight[result.mask] == 0) and torch.all(
+        result.weight[~result.mask] != 0
+    )
 
 
 def test_sparsegpt_retries_dampening_until_positive_definite():
     # diag 1, off-diagonal 1.5 on 8 inputs: eigenvalues 11.5 and -0.5 (x7). Dampening 0.01 and 0.1
     # leave it indefinite; the second retry's 1.0 makes it positive definite.
     hessian = torch.full((8, 8), 1.5).fill_diagonal_(1.0)
-    result = sparsegpt_prune(torch.randn(4, 8), hessian, SparsitySpec.unstructured(0.5), blocksize=8)
+    result = sparsegpt_prune(
+        torch.randn(4, 8), hessian, SparsitySpec.unstructured(0.5), blocksize=8
+    )
     assert result.retries == 2
     assert result.damp == pytest.approx(1.0)
     assert int(result.mask.sum()) == 16
@@ -434,7 +554,10 @@ def test_mi_removes_a_duplicated_neuron_first():
     covariance, mean = covariance_and_mean(activations)
     order = mi_removal_order(covariance, mean, 2)
     assert int(order[0]) in (1, 3)
-    assert int(order[1]) not in (1, 3)  # once one of the pair is gone, the other is no longer redundant
+    assert int(order[1]) not in (
+        1,
+        3,
+    )  # once one of the pair is gone, the other is no longer redundant
 
 
 def test_mi_removes_dead_then_constant_neurons_first():
@@ -465,9 +588,14 @@ def test_mi_greedy_equals_brute_force():
     cov = covariance.double()
     kept, expected = list(range(7)), []
     for _ in range(5):
+
         def redundancy(i):
-            return max(-0.5 * math.log(1 - float(cov[i, j]) ** 2 / float(cov[i, i] * cov[j, j]))
-                       for j in kept if j != i)
+            return max(
+                -0.5 * math.log(1 - float(cov[i, j]) ** 2 / float(cov[i, i] * cov[j, j]))
+                for j in kept
+                if j != i
+            )
+
         most = max(kept, key=redundancy)
         expected.append(most)
         kept.remove(most)
@@ -484,8 +612,12 @@ def test_bfloat16_weights_give_the_float32_masks():
     same_values = low.float()
     for spec in (SparsitySpec.unstructured(0.5), SparsitySpec.nm(2, 4)):
         assert torch.equal(magnitude_mask(low, spec), magnitude_mask(same_values, spec))
-        assert torch.equal(wanda_mask(low, stats.act_norm, spec), wanda_mask(same_values, stats.act_norm, spec))
-        assert torch.equal(ria_mask(low, stats.act_norm, spec)[0], ria_mask(same_values, stats.act_norm, spec)[0])
+        assert torch.equal(
+            wanda_mask(low, stats.act_norm, spec), wanda_mask(same_values, stats.act_norm, spec)
+        )
+        assert torch.equal(
+            ria_mask(low, stats.act_norm, spec)[0], ria_mask(same_values, stats.act_norm, spec)[0]
+        )
         pruned_low = sparsegpt_prune(low, stats.hessian, spec, blocksize=16)
         pruned_float = sparsegpt_prune(same_values, stats.hessian, spec, blocksize=16)
         assert pruned_low.weight.dtype == torch.bfloat16
@@ -496,5 +628,9 @@ def test_bfloat16_weights_give_the_float32_masks():
     float_mask, float_perm = ria_mask(same_values, stats.act_norm, spec, channel_permutation=True)
     assert torch.equal(low_mask, float_mask) and torch.equal(low_perm, float_perm)
     covariance, mean = covariance_and_mean(neuron_activations())
-    assert torch.equal(mi_neurons_to_remove(covariance.to(torch.bfloat16), mean.to(torch.bfloat16), 0.5),
-                       mi_neurons_to_remove(covariance.to(torch.bfloat16).float(), mean.to(torch.bfloat16).float(), 0.5))
+    assert torch.equal(
+        mi_neurons_to_remove(covariance.to(torch.bfloat16), mean.to(torch.bfloat16), 0.5),
+        mi_neurons_to_remove(
+            covariance.to(torch.bfloat16).float(), mean.to(torch.bfloat16).float(), 0.5
+        ),
+    )

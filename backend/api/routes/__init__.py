@@ -4,12 +4,31 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from backend.api.routes import calibration, evaluations, health, jobs, models, nsa, tables, tasks, variants
+from backend.api.routes import (
+    calibration,
+    evaluations,
+    health,
+    jobs,
+    models,
+    nsa,
+    tables,
+    tasks,
+    variants,
+)
 
 
 def build_routers(settings) -> list[APIRouter]:
-    return [health.router, models.router, calibration.router, tasks.router, variants.router, jobs.router,
-            nsa.build_router(settings.api_max_upload_bytes), evaluations.router, tables.router]
+    return [
+        health.router,
+        models.router,
+        calibration.router,
+        tasks.router,
+        variants.router,
+        jobs.router,
+        nsa.build_router(settings.api_max_upload_bytes),
+        evaluations.router,
+        tables.router,
+    ]
 
 
 def register_job_kinds(state) -> None:

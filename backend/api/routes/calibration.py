@@ -9,7 +9,9 @@ from backend.api.schemas import CalibrationSet
 router = APIRouter(tags=["calibration"])
 
 
-@router.get("/calibration-sets", response_model=list[CalibrationSet], summary="Calibration text sets")
+@router.get(
+    "/calibration-sets", response_model=list[CalibrationSet], summary="Calibration text sets"
+)
 async def list_calibration_sets() -> list[dict]:
     from backend.data.sources import FILE_PREFIX, list_text_sets
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Query
+from typing import Annotated
+
+from fastapi import APIRouter, Query
 
 from backend.api.routes.variants import job_accepted
 from backend.api.schemas import EvaluationRequest, EvaluationResult, JobAccepted
-from backend.api.state import ApiState, get_state
+from backend.api.state import ApiState, State
 from backend.errors import UserError
 from backend.jobs import Job
 
@@ -25,13 +27,21 @@ def results_store(state: ApiState):
     return store
 
 
-@router.get("/evaluations", response_model=list[EvaluationResult], summary="Stored evaluation results")
+@router.get(
+    "/evaluations", response_model=list[EvaluationResult], summary="Stored evaluation results"
+)
 def list_evaluations(
-    state: ApiState = Depends(get_state),
-    base_model: str | None = Query(default=None, max_length=300, description="Only results of this base model."),
-    variant: str | None = Query(default=None, max_length=128,
-                                description="Only this variant id, or 'dense' for the unpruned model."),
-    task: str | None = Query(default=None, max_length=64, description="Only this task."),
+    state: State,
+    base_model: Annotated[
+        str | None, Query(max_length=300, description="Only results of this base model.")
+    ] = None,
+    variant: Annotated[
+        str | None,
+        Query(
+            max_length=128, description="Only this variant id, or 'dense' for the unpruned model."
+        ),
+    ] = None,
+    task: Annotated[str | None, Query(max_length=64, description="Only this task.")] = None,
 ) -> list[dict]:
     from backend.evaluation.store import DENSE
 
@@ -40,9 +50,13 @@ def list_evaluations(
     return [row.to_json() for row in rows]
 
 
-@router.post("/evaluations", status_code=202, response_model=JobAccepted,
-             summary="Evaluate a model or variant on tasks: starts a job")
-def create_evaluation_job(body: EvaluationRequest, state: ApiState = Depends(get_state)) -> JobAccepted:
+@router.post(
+    "/evaluations",
+    status_code=202,
+    response_model=JobAccepted,
+    summary="Evaluate a model or variant on tasks: starts a job",
+)
+def create_evaluation_job(body: EvaluationRequest, state: State) -> JobAccepted:
     from backend.evaluation.registry import parse_task_names
     from backend.pruning.variants import read_manifest
 
@@ -51,10 +65,13 @@ def create_evaluation_job(body: EvaluationRequest, state: ApiState = Depends(get
     if body.variant is not None:
         manifest = read_manifest(body.variant, state.settings)
         if manifest.get("base_model") != model:
-            raise UserError(f"variant {body.variant!r} was pruned from {manifest.get('base_model')!r}, "
-                            f"not {model!r}")
-    job = state.jobs.submit("evaluate", {"model": model, "variant": body.variant, "tasks": tasks,
-                                         "limit": body.limit})
+            raise UserError(
+                f"variant {body.variant!r} was pruned from {manifest.get('base_model')!r}, "
+                f"not {model!r}"
+            )
+    job = state.jobs.submit(
+        "evaluate", {"model": model, "variant": body.variant, "tasks": tasks, "limit": body.limit}
+    )
     return job_accepted(job)
 
 
@@ -66,10 +83,17 @@ def register_jobs(state: ApiState) -> None:
         with state.gate.hold(f"evaluation job {job.id[:8]}", bounded=False):
             progress(0.0, "loading the model")
             loaded = state.pool.get(params["model"])
-            results = evaluate(loaded, params["tasks"], variant_id=params.get("variant"),
-                               limit=params.get("limit"), store=results_store(state), progress=progress)
-        return {"results": [item.stored.to_json() for item in results],
-                "reused": [item.task for item in results if item.reused]}
+            results = evaluate(
+                loaded,
+                params["tasks"],
+                variant_id=params.get("variant"),
+                limit=params.get("limit"),
+                store=results_store(state),
+                progress=progress,
+            )
+        return {
+            "results": [item.stored.to_json() for item in results],
+            "reused": [item.task for item in results if item.reused],
+        }
 
     state.jobs.register("evaluate", run_evaluation)
-

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterable
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from backend.api.schemas import JOB_ID_PATTERN, JobInfo, JobStateName
-from backend.api.state import ApiState, get_state
+from backend.api.state import State
 from backend.jobs import Job
 
 router = APIRouter(tags=["jobs"])
@@ -18,31 +19,41 @@ EVENT_POLL_SECONDS = 0.25  # the stream reads the job's row this often and sends
 
 
 def existing_job(
-    job_id: str = Path(pattern=JOB_ID_PATTERN, description="Job id (32 hex digits)."),
-    state: ApiState = Depends(get_state),
+    job_id: Annotated[str, Path(pattern=JOB_ID_PATTERN, description="Job id (32 hex digits).")],
+    state: State,
 ) -> Job:
     return state.jobs.store.get(job_id)  # NotFoundError -> 404, before any stream starts
 
 
+ExistingJob = Annotated[Job, Depends(existing_job)]
+
+
 @router.get("/jobs", response_model=list[JobInfo], summary="Recent jobs, newest first")
 async def list_jobs(
-    state: ApiState = Depends(get_state),
-    kind: str | None = Query(default=None, max_length=32, description="Only jobs of this kind ('prune', 'evaluate')."),
-    job_state: JobStateName | None = Query(default=None, alias="state", description="Only jobs in this state."),
-    limit: int = Query(default=100, ge=1, le=1000, description="At most this many jobs."),
+    state: State,
+    kind: Annotated[
+        str | None,
+        Query(max_length=32, description="Only jobs of this kind ('prune', 'evaluate')."),
+    ] = None,
+    job_state: Annotated[
+        JobStateName | None, Query(alias="state", description="Only jobs in this state.")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=1000, description="At most this many jobs.")] = 100,
 ) -> list[dict]:
     return [job.to_json() for job in state.jobs.store.list(kind=kind, state=job_state, limit=limit)]
 
 
 @router.get("/jobs/{job_id}", response_model=JobInfo, summary="A job's state, progress and result")
-async def read_job(job: Job = Depends(existing_job)) -> dict:
+async def read_job(job: ExistingJob) -> dict:
     return job.to_json()
 
 
-@router.get("/jobs/{job_id}/events", response_class=EventSourceResponse,
-            summary="Server-sent events: the job each time its state, progress or message changes")
-async def job_events(job: Job = Depends(existing_job),
-                     state: ApiState = Depends(get_state)) -> AsyncIterable[JobInfo]:
+@router.get(
+    "/jobs/{job_id}/events",
+    response_class=EventSourceResponse,
+    summary="Server-sent events: the job each time its state, progress or message changes",
+)
+async def job_events(job: ExistingJob, state: State) -> AsyncIterable[JobInfo]:
     """Each event (type `job`) carries the whole job as JSON; the stream ends after the event
     with a final state (succeeded, failed, interrupted)."""
     last_seen = None

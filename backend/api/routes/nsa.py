@@ -8,7 +8,9 @@ returns a stored result as the bytes that were stored.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, File, Form, Path, Query, UploadFile
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Path, Query, UploadFile
 from fastapi.responses import Response
 
 from backend.api.nsa_results import request_id
@@ -22,24 +24,42 @@ from backend.api.schemas import (
     NsaStored,
     NsaSummary,
 )
-from backend.api.state import ApiState, get_state
+from backend.api.state import ApiState, State
 from backend.api.uploads import UploadTooLargeError, display_name, texts_from_upload
 from backend.errors import UserError
 
 JSON = "application/json"
-MULTIPART_OVERHEAD = 64 << 10  # form fields and part headers around the file (see app.BodyLimitMiddleware)
+MULTIPART_OVERHEAD = (
+    64 << 10
+)  # form fields and part headers around the file (see app.BodyLimitMiddleware)
 
 
 def run_attribution(loaded, request: dict) -> dict:
     """The NSA service on a normalised request (the one seam tests may replace)."""
     from backend.nsa.service import attribute
 
-    return attribute(loaded, request["texts"], words=request["words"], task=request["task"],
-                     variants=tuple(request["variants"]), top_k=request["top_k"], ablate=request["ablate"])
+    return attribute(
+        loaded,
+        request["texts"],
+        words=request["words"],
+        task=request["task"],
+        variants=tuple(request["variants"]),
+        top_k=request["top_k"],
+        ablate=request["ablate"],
+    )
 
 
-def normalised_request(state: ApiState, *, model: str | None, texts: list[str], words: list[str] | None,
-                       task: str, variants: list[str], top_k: int, ablate: bool) -> dict:
+def normalised_request(
+    state: ApiState,
+    *,
+    model: str | None,
+    texts: list[str],
+    words: list[str] | None,
+    task: str,
+    variants: list[str],
+    top_k: int,
+    ablate: bool,
+) -> dict:
     """Validate names and ids and put the request in the canonical form its result id hashes."""
     from backend.nsa.tasks import get_task
     from backend.pruning.variants import read_manifest, validate_variant_id
@@ -49,12 +69,21 @@ def normalised_request(state: ApiState, *, model: str | None, texts: list[str], 
     for variant_id in variants:
         manifest = read_manifest(validate_variant_id(variant_id), state.settings)  # 400 / 404
         if manifest.get("base_model") != model_name:
-            raise UserError(f"variant {variant_id!r} was pruned from {manifest.get('base_model')!r}, "
-                            f"not {model_name!r}")
+            raise UserError(
+                f"variant {variant_id!r} was pruned from {manifest.get('base_model')!r}, "
+                f"not {model_name!r}"
+            )
         if variant_id not in chosen:
             chosen.append(variant_id)
-    return {"model": model_name, "texts": texts, "words": words, "task": get_task(task).name,
-            "variants": chosen, "top_k": top_k, "ablate": ablate}
+    return {
+        "model": model_name,
+        "texts": texts,
+        "words": words,
+        "task": get_task(task).name,
+        "variants": chosen,
+        "top_k": top_k,
+        "ablate": ablate,
+    }
 
 
 def attribute_or_reuse(state: ApiState, request: dict) -> bytes:
@@ -63,7 +92,9 @@ def attribute_or_reuse(state: ApiState, request: dict) -> bytes:
     if stored is not None:
         return stored
     with state.gate.hold("NSA request"):
-        stored = state.nsa_results.get_bytes(result_id)  # the same request may have finished meanwhile
+        stored = state.nsa_results.get_bytes(
+            result_id
+        )  # the same request may have finished meanwhile
         if stored is not None:
             return stored
         loaded = state.pool.get(request["model"])
@@ -85,52 +116,93 @@ def build_router(max_upload_bytes: int) -> APIRouter:
     async def list_attribution_tasks() -> list[dict]:
         from backend.nsa.tasks import TASKS
 
-        return [{"name": task.name, "label_words": [word.strip() for word in task.label_words],
-                 "probe": task.probe} for task in TASKS.values()]
+        return [
+            {
+                "name": task.name,
+                "label_words": [word.strip() for word in task.label_words],
+                "probe": task.probe,
+            }
+            for task in TASKS.values()
+        ]
 
     @router.get("/nsa", response_model=list[NsaSummary], summary="Stored NSA results, newest first")
     async def list_results(
-        state: ApiState = Depends(get_state),
-        model: str | None = Query(default=None, max_length=300, description="Only results on this model."),
-        limit: int = Query(default=100, ge=1, le=1000, description="At most this many results."),
+        state: State,
+        model: Annotated[
+            str | None, Query(max_length=300, description="Only results on this model.")
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=1000, description="At most this many results.")] = 100,
     ) -> list[dict]:
         return state.nsa_results.list(model=model, limit=limit)
 
-    @router.post("/nsa", response_model=NsaStored, summary="Attribute neurons to the words of a text")
-    def attribute_texts(body: NsaRequest, state: ApiState = Depends(get_state)) -> Response:
-        request = normalised_request(state, model=body.model, texts=body.all_texts(), words=body.words,
-                                     task=body.task, variants=body.variants, top_k=body.top_k,
-                                     ablate=body.ablate)
+    @router.post(
+        "/nsa", response_model=NsaStored, summary="Attribute neurons to the words of a text"
+    )
+    def attribute_texts(body: NsaRequest, state: State) -> Response:
+        request = normalised_request(
+            state,
+            model=body.model,
+            texts=body.all_texts(),
+            words=body.words,
+            task=body.task,
+            variants=body.variants,
+            top_k=body.top_k,
+            ablate=body.ablate,
+        )
         return Response(attribute_or_reuse(state, request), media_type=JSON)
 
-    @router.post("/nsa/upload", response_model=NsaStored,
-                 summary="Attribute over the texts of an uploaded .txt, .csv or .jsonl file")
+    @router.post(
+        "/nsa/upload",
+        response_model=NsaStored,
+        summary="Attribute over the texts of an uploaded .txt, .csv or .jsonl file",
+    )
     def attribute_upload(
-        file: UploadFile = File(description=".txt (paragraphs split on blank lines), .csv with a 'text' "
-                                            "column, or .jsonl with a 'text' field per line."),
-        task: str = Form(default="sentiment", max_length=64, description="NSA task type."),
-        words: str | None = Form(default=None, max_length=20000, description="Comma-separated influential words."),
-        variants: str | None = Form(default=None, max_length=2000, description="Comma-separated variant ids."),
-        top_k: int = Form(default=20, ge=1, le=500, description="Neurons selected by score."),
-        ablate: bool = Form(default=False, description="Also run the ablation check."),
-        model: str | None = Form(default=None, max_length=300, description="Dense model; default: the server's."),
-        state: ApiState = Depends(get_state),
+        state: State,
+        file: Annotated[
+            UploadFile,
+            File(
+                description=".txt (paragraphs split on blank lines), .csv with a 'text' "
+                "column, or .jsonl with a 'text' field per line."
+            ),
+        ],
+        task: Annotated[str, Form(max_length=64, description="NSA task type.")] = "sentiment",
+        words: Annotated[
+            str | None, Form(max_length=20000, description="Comma-separated influential words.")
+        ] = None,
+        variants: Annotated[
+            str | None, Form(max_length=2000, description="Comma-separated variant ids.")
+        ] = None,
+        top_k: Annotated[int, Form(ge=1, le=500, description="Neurons selected by score.")] = 20,
+        ablate: Annotated[bool, Form(description="Also run the ablation check.")] = False,
+        model: Annotated[
+            str | None, Form(max_length=300, description="Dense model; default: the server's.")
+        ] = None,
     ) -> Response:
         raw = file.file.read(max_upload_bytes + 1)
         if len(raw) > max_upload_bytes:
-            raise UploadTooLargeError(f"{display_name(file.filename)}: larger than the upload limit of "
-                                      f"{max_upload_bytes} bytes")
+            raise UploadTooLargeError(
+                f"{display_name(file.filename)}: larger than the upload limit of "
+                f"{max_upload_bytes} bytes"
+            )
         texts = texts_from_upload(file.filename, raw, max_texts=MAX_NSA_TEXTS)
         request = normalised_request(
-            state, model=model, texts=texts, words=_comma_list(words, "words", MAX_WORDS) or None, task=task,
-            variants=_comma_list(variants, "variants", MAX_VARIANTS), top_k=top_k, ablate=ablate,
+            state,
+            model=model,
+            texts=texts,
+            words=_comma_list(words, "words", MAX_WORDS) or None,
+            task=task,
+            variants=_comma_list(variants, "variants", MAX_VARIANTS),
+            top_k=top_k,
+            ablate=ablate,
         )
         return Response(attribute_or_reuse(state, request), media_type=JSON)
 
     @router.get("/nsa/{result_id}", response_model=NsaStored, summary="A stored NSA result")
     async def read_result(
-        result_id: str = Path(pattern=NSA_ID_PATTERN, description="Result id (20 hex digits)."),
-        state: ApiState = Depends(get_state),
+        result_id: Annotated[
+            str, Path(pattern=NSA_ID_PATTERN, description="Result id (20 hex digits).")
+        ],
+        state: State,
     ) -> Response:
         return Response(state.nsa_results.require_bytes(result_id), media_type=JSON)
 

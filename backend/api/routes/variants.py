@@ -7,8 +7,10 @@ mtime moves whenever a variant is renamed into place or deleted), so polling cli
 from __future__ import annotations
 
 import shutil
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Path, Query
+from starlette.concurrency import run_in_threadpool
 
 from backend.api.schemas import (
     VARIANT_ID_PATTERN,
@@ -18,19 +20,21 @@ from backend.api.schemas import (
     PruneRequest,
     VariantSummary,
 )
-from backend.api.state import ApiState, get_state
+from backend.api.state import ApiState, State
 from backend.errors import UserError
 from backend.jobs import Job
 
 router = APIRouter(tags=["variants"])
 
-VariantId = Path(pattern=VARIANT_ID_PATTERN, max_length=128, description="Variant id.")
+VariantId = Annotated[
+    str, Path(pattern=VARIANT_ID_PATTERN, max_length=128, description="Variant id.")
+]
 
 
 # ----------------------------------------------------------------------------- reading
 
 
-def variant_manifests(state: ApiState) -> list[dict]:
+async def variant_manifests(state: ApiState) -> list[dict]:
     from backend.pruning.variants import list_variants
 
     root = state.settings.variants_dir
@@ -41,7 +45,9 @@ def variant_manifests(state: ApiState) -> list[dict]:
     cached = state.cache.get("listing")
     if cached is not None and cached[0] == stamp:
         return cached[1]
-    manifests = list_variants(settings=state.settings)
+    manifests = await run_in_threadpool(
+        list_variants, settings=state.settings
+    )  # file reads: off the loop
     state.cache["listing"] = (stamp, manifests)
     return manifests
 
@@ -49,38 +55,57 @@ def variant_manifests(state: ApiState) -> list[dict]:
 def summary(manifest: dict) -> dict:
     achieved = manifest.get("achieved_sparsity") or {}
     return {
-        "id": manifest.get("id", ""), "base_model": manifest.get("base_model", ""),
-        "method": manifest.get("method"), "calibration": manifest.get("calibration"),
-        "sparsity": manifest.get("sparsity"), "achieved_sparsity": achieved.get("overall"),
-        "nsamples": manifest.get("nsamples"), "seqlen": manifest.get("seqlen"),
-        "seed": manifest.get("seed"), "created_at": manifest.get("created_at"),
+        "id": manifest.get("id", ""),
+        "base_model": manifest.get("base_model", ""),
+        "method": manifest.get("method"),
+        "calibration": manifest.get("calibration"),
+        "sparsity": manifest.get("sparsity"),
+        "achieved_sparsity": achieved.get("overall"),
+        "nsamples": manifest.get("nsamples"),
+        "seqlen": manifest.get("seqlen"),
+        "seed": manifest.get("seed"),
+        "created_at": manifest.get("created_at"),
     }
 
 
 @router.get("/variants", response_model=list[VariantSummary], summary="List pruned variants")
-def list_variants_endpoint(
-    state: ApiState = Depends(get_state),
-    base: str | None = Query(default=None, max_length=300, description="Only variants of this base model."),
-    method: str | None = Query(default=None, max_length=32, description="Only this pruning method."),
-    calibration: str | None = Query(default=None, max_length=64, description="Only this calibration set."),
-    sparsity: str | None = Query(default=None, max_length=32, description="Only this sparsity label ('0.5', '2:4')."),
+async def list_variants_endpoint(
+    state: State,
+    base: Annotated[
+        str | None, Query(max_length=300, description="Only variants of this base model.")
+    ] = None,
+    method: Annotated[
+        str | None, Query(max_length=32, description="Only this pruning method.")
+    ] = None,
+    calibration: Annotated[
+        str | None, Query(max_length=64, description="Only this calibration set.")
+    ] = None,
+    sparsity: Annotated[
+        str | None, Query(max_length=32, description="Only this sparsity label ('0.5', '2:4').")
+    ] = None,
 ) -> list[dict]:
-    wanted = {"base_model": base, "method": method, "calibration": calibration, "sparsity": sparsity}
+    wanted = {
+        "base_model": base,
+        "method": method,
+        "calibration": calibration,
+        "sparsity": sparsity,
+    }
     return [
-        summary(manifest) for manifest in variant_manifests(state)
+        summary(manifest)
+        for manifest in await variant_manifests(state)
         if all(value is None or manifest.get(key) == value for key, value in wanted.items())
     ]
 
 
 @router.get("/variants/{variant_id}", response_model=dict, summary="A variant's manifest")
-def read_variant(variant_id: str = VariantId, state: ApiState = Depends(get_state)) -> dict:
+def read_variant(variant_id: VariantId, state: State) -> dict:
     from backend.pruning.variants import read_manifest
 
     return read_manifest(variant_id, state.settings)
 
 
 @router.delete("/variants/{variant_id}", response_model=DeletedVariant, summary="Delete a variant")
-def delete_variant_endpoint(variant_id: str = VariantId, state: ApiState = Depends(get_state)) -> dict:
+def delete_variant_endpoint(variant_id: VariantId, state: State) -> dict:
     from backend.pruning.variants import delete_variant
 
     delete_variant(variant_id, state.settings)
@@ -98,15 +123,25 @@ def prune_config(request: PruneRequest):
 
     calibration = request.calibration.strip().lower()
     if calibration.startswith(FILE_PREFIX):
-        raise UserError("file: calibration sets read the server's disk and are not accepted over HTTP; "
-                        "use a named set from GET /calibration-sets")
+        raise UserError(
+            "file: calibration sets read the server's disk and are not accepted over HTTP; "
+            "use a named set from GET /calibration-sets"
+        )
     known = [row["name"] for row in list_text_sets() if not row["name"].startswith(FILE_PREFIX)]
     if calibration not in known:
-        raise UserError(f"unknown calibration set {request.calibration[:64]!r}; known: {', '.join(known)}")
+        raise UserError(
+            f"unknown calibration set {request.calibration[:64]!r}; known: {', '.join(known)}"
+        )
     config = PruneConfig(
-        method=request.method, calibration=calibration, spec=SparsitySpec.parse(request.sparsity),
-        nsamples=request.nsamples, seqlen=request.seqlen, seed=request.seed, alpha=request.alpha,
-        channel_permutation=request.channel_permutation, blocksize=request.blocksize,
+        method=request.method,
+        calibration=calibration,
+        spec=SparsitySpec.parse(request.sparsity),
+        nsamples=request.nsamples,
+        seqlen=request.seqlen,
+        seed=request.seed,
+        alpha=request.alpha,
+        channel_permutation=request.channel_permutation,
+        blocksize=request.blocksize,
         percdamp=request.percdamp,
     )
     config.validate()
@@ -121,18 +156,30 @@ def predicted_variant_id(loaded, config) -> str:
 
 
 def job_accepted(job: Job, **extra) -> JobAccepted:
-    return JobAccepted(job=JobInfo(**job.to_json()), job_url=f"/jobs/{job.id}",
-                       events_url=f"/jobs/{job.id}/events", **extra)
+    return JobAccepted(
+        job=JobInfo(**job.to_json()),
+        job_url=f"/jobs/{job.id}",
+        events_url=f"/jobs/{job.id}/events",
+        **extra,
+    )
 
 
-@router.post("/variants", status_code=202, response_model=JobAccepted,
-             summary="Prune a model: starts a job, returns its id")
-def create_variant_job(body: PruneRequest, state: ApiState = Depends(get_state)) -> JobAccepted:
+@router.post(
+    "/variants",
+    status_code=202,
+    response_model=JobAccepted,
+    summary="Prune a model: starts a job, returns its id",
+)
+def create_variant_job(body: PruneRequest, state: State) -> JobAccepted:
     config = prune_config(body)  # bad input is refused now, not as a failed job later
     model = state.pool.allowed_reference(body.model)
     params = {**body.model_dump(), "model": model, "calibration": config.calibration}
     default = state.pool.default
-    variant_id = predicted_variant_id(default, config) if default is not None and default.name == model else None
+    variant_id = (
+        predicted_variant_id(default, config)
+        if default is not None and default.name == model
+        else None
+    )
     if variant_id is not None:
         params["variant_id"] = variant_id
     job = state.jobs.submit("prune", params)
@@ -143,16 +190,23 @@ def register_jobs(state: ApiState) -> None:
     def run_prune(job: Job, progress) -> dict:
         from backend.pruning.engine import create_variant
 
-        request = PruneRequest(**{key: value for key, value in job.params.items() if key in PruneRequest.model_fields})
+        request = PruneRequest(
+            **{key: value for key, value in job.params.items() if key in PruneRequest.model_fields}
+        )
         config = prune_config(request)
         with state.gate.hold(f"prune job {job.id[:8]}", bounded=False):
             progress(0.0, "loading the model")
             loaded = state.pool.get(request.model)
             if "variant_id" not in job.params:
-                state.jobs.store.add_params(job.id, {"variant_id": predicted_variant_id(loaded, config)})
+                state.jobs.store.add_params(
+                    job.id, {"variant_id": predicted_variant_id(loaded, config)}
+                )
             result = create_variant(loaded, config, progress=progress)
-        return {"variant_id": result.variant_id, "reused": result.reused,
-                "achieved_sparsity": (result.manifest.get("achieved_sparsity") or {}).get("overall")}
+        return {
+            "variant_id": result.variant_id,
+            "reused": result.reused,
+            "achieved_sparsity": (result.manifest.get("achieved_sparsity") or {}).get("overall"),
+        }
 
     def remove_partial_variant(job: Job) -> None:
         """A variant is written to '.<id>.<random>' and renamed into place: after a crash, drop
@@ -165,4 +219,3 @@ def register_jobs(state: ApiState) -> None:
             shutil.rmtree(staging, ignore_errors=True)
 
     state.jobs.register("prune", run_prune, on_interrupted=remove_partial_variant)
-

@@ -1,0 +1,104 @@
+"""The dashboard in a real browser: backend (embedded model, CPU) and Streamlit on loopback,
+headless Debian chromium through Playwright. Opens the explorer from a shared URL, checks the
+heatmap shows the text's tokens, uploads a text file on the Attribute page and sees its result.
+Screenshots go to test-artifacts/."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.e2e.servers import (
+    CHROMIUM_ARGS,
+    EMBEDDED,
+    REPO,
+    chromium_path,
+    isolated_cache,
+    running_servers,
+    wait_for_job,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+ARTIFACTS = REPO / "test-artifacts"
+TEXT = "The plot was painfully slow, but the acting was beautiful."
+UPLOAD = "A warm, funny and moving film.\n\nDull, lifeless and far too long.\n"
+
+
+def _requirements() -> str | None:
+    if chromium_path() is None:
+        return "Debian's chromium is not installed (apt-get install chromium); browsers are never downloaded"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the playwright Python package is not installed"
+    if not (EMBEDDED / "config.json").is_file():
+        return f"the embedded model is not converted in {EMBEDDED} (run `prunelens models` once)"
+    return None
+
+
+@pytest.mark.skipif(_requirements() is not None, reason=str(_requirements()))
+def test_shared_explorer_link_and_uploaded_attribution_in_chromium(tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    started = time.monotonic()
+
+    def phase(name: str) -> None:
+        print(f"[e2e] {time.monotonic() - started:6.1f} s  {name}", flush=True)
+
+    with running_servers(isolated_cache(tmp_path), ARTIFACTS / "e2e-logs") as (api, dashboard):
+        phase("backend and dashboard up")
+        # A real variant (magnitude: no calibration pass, seconds on CPU) and a stored NSA result to
+        # share (the user's words: no generation needed).
+        accepted = api.create_variant({"method": "magnitude", "sparsity": "0.5"})
+        job = wait_for_job(api, accepted["job"]["id"])
+        assert job["state"] == "succeeded", job
+        variant = job["result"]["variant_id"]
+        phase(f"variant {variant} pruned")
+        envelope = api.nsa({"text": TEXT, "words": ["painfully", "beautiful"], "variants": [variant], "top_k": 5})
+        result = envelope["result"]
+        top = min(result["neurons"], key=lambda n: n["rank"])
+        phase("NSA result stored")
+        shared = (f"{dashboard}/?result={envelope['id']}&layer={top['layer']}&neuron={top['index']}"
+                  f"&variants={variant}")
+
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch_persistent_context(
+                str(tmp_path / "chromium-profile"), executable_path=chromium_path(), headless=True,
+                args=CHROMIUM_ARGS, viewport={"width": 1400, "height": 1000})
+            try:
+                page = browser.new_page()
+                page.goto(shared)
+                expect(page.get_by_test_id("stSidebarNav").get_by_text("Neuron explorer")).to_be_visible(
+                    timeout=60_000)  # the app's own navigation, not a bare page script
+                heatmap = page.locator(".pl-heatmap").first
+                expect(heatmap).to_be_visible(timeout=60_000)
+                rows = heatmap.locator("tr")
+                labels = [rows.nth(i).locator("th").inner_text() for i in range(rows.count())]
+                assert labels[:2] == ["dense", "magnitude 0.5"]
+                dense_tokens = "".join(
+                    cell for line in page.locator(".pl-heatmap table").all()
+                    for cell in line.locator("tr").first.locator("td").all_inner_texts())
+                assert dense_tokens.replace("\u2205", "") == TEXT  # every token of the text, in order
+                expect(page.get_by_text(f"layer {top['layer']}, neuron {top['index']}").first).to_be_visible()
+                page.screenshot(path=str(ARTIFACTS / "e2e-explorer.png"), full_page=True)
+                phase("explorer opened from the shared link")
+
+                page.goto(f"{dashboard}/attribute")
+                page.get_by_text("Upload a file").click()
+                upload = tmp_path / "reviews.txt"
+                upload.write_text(UPLOAD, encoding="utf-8")
+                page.locator("input[type=file]").set_input_files(str(upload))
+                expect(page.get_by_text("reviews.txt")).to_be_visible(timeout=30_000)
+                page.get_by_role("button", name="Run NSA").click()
+                phase("file uploaded, NSA running")
+                expect(page.get_by_text("2 text(s)")).to_be_visible(timeout=180_000)
+                expect(page.locator(".pl-heatmap").first).to_be_visible(timeout=30_000)
+                expect(page.get_by_role("button", name="Heatmaps (HTML)")).to_be_visible()
+                page.screenshot(path=str(ARTIFACTS / "e2e-attribute.png"), full_page=True)
+                phase("attribution of the uploaded file shown")
+            finally:
+                browser.close()
+    assert time.monotonic() - started < 300
