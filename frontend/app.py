@@ -22,7 +22,7 @@ from frontend.links import PAGE_PATHS
 
 HERE = Path(__file__).resolve().parent
 
-st.set_page_config(page_title="PruneLens", page_icon="\u2702\uFE0F", layout="wide")
+st.set_page_config(page_title="PruneLens", page_icon=":material/content_cut:", layout="wide")
 
 PAGES = [
     st.Page(HERE / "pages" / "explorer.py", title="Neuron explorer", icon=":material/grid_on:",
@@ -46,7 +46,7 @@ with st.sidebar:
                    f"\u00b7 v{health.get('version', '?')}")
         compute = health.get("compute") or {}
         if compute.get("busy"):
-            st.caption(f"\u23F3 busy: {compute.get('holder') or 'a job'}")
+            st.caption(f":material/hourglass_top: busy: {compute.get('holder') or 'a job'}")
         if health.get("status") != "ok":
             st.warning(f"The backend has no model loaded: {health.get('error') or health.get('status')}")
 page.run()

@@ -35,7 +35,7 @@ def client() -> BackendClient:
 
 
 def unreachable_notice(exc: BackendError) -> None:
-    st.error(f"**Backend unreachable.** {exc}", icon="\U0001F50C")
+    st.error(f"**Backend unreachable.** {exc}", icon=":material/power_off:")
 
 
 def fetch(call: Callable[..., T], *args, what: str = "", **kwargs) -> T | None:
@@ -52,9 +52,9 @@ def fetch(call: Callable[..., T], *args, what: str = "", **kwargs) -> T | None:
         prefix = f"{what}: " if what else ""
         if exc.status in (429, 503):
             wait = f" Try again in {exc.retry_after:.0f} s." if exc.retry_after else ""
-            st.warning(f"{prefix}the backend is busy ({exc}).{wait}", icon="\u23F3")
+            st.warning(f"{prefix}the backend is busy ({exc}).{wait}", icon=":material/hourglass_top:")
         else:
-            st.error(f"{prefix}{exc}", icon="\u26A0\uFE0F")
+            st.error(f"{prefix}{exc}", icon=":material/error:")
     return None
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -269,6 +270,19 @@ def derived_config(task: EvalTask, source: DataSource) -> str:
     return "\n".join(lines) + "\n"
 
 
+@contextmanager
+def quiet_lm_eval_logs() -> Iterator[None]:
+    """lm-eval logs warnings for defaults we rely on on purpose (aggregation=mean, our
+    custom_dataset); keep its errors only."""
+    logger = logging.getLogger("lm_eval")
+    previous = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
 @dataclass
 class PreparedTasks:
     """lm-eval Task objects ready to run, with the data source each one reads."""
@@ -283,7 +297,8 @@ class PreparedTasks:
         if name not in self._loaded:
             source = self.sources[name]
             try:
-                loaded = self.manager.load([name])
+                with quiet_lm_eval_logs():
+                    loaded = self.manager.load([name])
             except UserError as exc:  # raised by our loader: already one line
                 raise UserError(f"task {name}: {exc}") from exc
             except Exception as exc:  # datasets and lm-eval raise many types
@@ -298,10 +313,10 @@ class PreparedTasks:
 def prepared_tasks(sources: dict[str, DataSource], *, hub_ok=hub_reachable) -> Iterator[PreparedTasks]:
     """Write the derived configs of the tasks in ``sources`` into a temporary include folder and
     index it. Tasks that read the hub fail here, in one line, when the hub cannot be reached."""
-    offline = [name for name, source in sources.items() if source.kind == "hub"]
-    if offline and not hub_ok():
-        datasets = "; ".join(f"{name}: {TASKS[name].hub}" for name in offline)
-        raise UserError(f"not available offline and the hub cannot be reached: {datasets}. "
+    needs_hub = [name for name, source in sources.items() if source.kind == "hub"]
+    if needs_hub and not hub_ok():
+        unreachable = "; ".join(f"{name}: {TASKS[name].hub}" for name in needs_hub)
+        raise UserError(f"not available offline and the hub cannot be reached: {unreachable}. "
                         f"Offline tasks: {_offline_names()}")
     from lm_eval.tasks import TaskManager
 

@@ -9,7 +9,6 @@ that each finished task is stored before the next one starts. Stored results are
 from __future__ import annotations
 
 import importlib.metadata
-import logging
 import os
 import threading
 import time
@@ -20,7 +19,12 @@ from dataclasses import dataclass
 from unittest import mock
 
 from backend.errors import UserError
-from backend.evaluation.registry import choose_sources, parse_task_names, prepared_tasks
+from backend.evaluation.registry import (
+    choose_sources,
+    parse_task_names,
+    prepared_tasks,
+    quiet_lm_eval_logs,
+)
 from backend.evaluation.settings import EvaluationSettings
 from backend.evaluation.store import DENSE, ResultKey, ResultsStore, StoredResult
 
@@ -72,28 +76,23 @@ def _versions_only(storage: dict) -> None:
 def _harness_environment():
     """Run lm-eval quietly, in this process, without its environment report.
 
-    It logs a warning per task for defaults we rely on on purpose (errors still show); its
-    bootstrap forks a process pool per metric unless DISABLE_MULTIPROC is set (forking from an
-    API server's threads or a Ray worker is asking for trouble, and 1000 resamples are quick);
-    and each call collects `pip list`, GPU details and `git describe` for its output's header.
-    The lock keeps these process-wide changes from overlapping.
+    Its bootstrap forks a process pool per metric unless DISABLE_MULTIPROC is set (forking from
+    an API server's threads or a Ray worker is asking for trouble, and 1000 resamples are
+    quick), and each call collects `pip list`, GPU details and `git describe` for its output's
+    header. The lock keeps these process-wide changes from overlapping.
     """
     import lm_eval.evaluator
 
-    logger = logging.getLogger("lm_eval")
     with _HARNESS_LOCK:
-        previous_level = logger.level
         previous_multiproc = os.environ.get("DISABLE_MULTIPROC")
-        logger.setLevel(logging.ERROR)
         os.environ["DISABLE_MULTIPROC"] = "1"
         try:
-            with warnings.catch_warnings(), \
+            with quiet_lm_eval_logs(), warnings.catch_warnings(), \
                     mock.patch.object(lm_eval.evaluator, "add_env_info", _versions_only), \
                     mock.patch.object(lm_eval.evaluator, "get_git_commit_hash", lambda: None):
                 warnings.filterwarnings("ignore", module="sklearn")  # f1 of a one-class sample
                 yield
         finally:
-            logger.setLevel(previous_level)
             if previous_multiproc is None:
                 os.environ.pop("DISABLE_MULTIPROC", None)
             else:

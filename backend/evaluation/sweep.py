@@ -269,7 +269,7 @@ def run_cell(cell: SweepCell, spec: SweepSpec, environment: dict[str, str] | Non
             variant_id = prune_for_cell(loaded, cell, spec)
         results = evaluate(loaded, list(spec.tasks), variant_id=variant_id, limit=spec.limit,
                            batch_size=spec.batch_size, store=ResultsStore.from_settings())
-    except Exception as exc:  # a failing cell must not stop the sweep
+    except Exception as exc:  # noqa: BLE001 - a failing cell must not stop the sweep
         return CellOutcome(cell.key, "failed", variant_id, _one_line(exc),
                            seconds=time.perf_counter() - started)
     return CellOutcome(
@@ -391,7 +391,7 @@ def _run_on_ray(cells: list[SweepCell], spec: SweepSpec, address: str, record: C
             cell = pending.pop(ready[0])
             try:
                 outcome = ray.get(ready[0])
-            except Exception as exc:  # a worker that died (OOM, node lost)
+            except Exception as exc:  # noqa: BLE001 - a worker that died (OOM, node lost)
                 outcome = CellOutcome(cell.key, "failed", error=f"Ray task failed: {_one_line(exc)}")
             record(outcome)
     finally:

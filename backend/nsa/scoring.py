@@ -192,25 +192,49 @@ def observe_layer(
     return columns, layer_mass(activation_magnitude(neurons, mode), word_tokens)
 
 
+class _EnoughLayers(Exception):
+    """Raised by the deepest hook: the rest of the forward pass (and the logits) is not needed."""
+
+
 class LayerReducer(NeuronCapture):
     """A ``NeuronCapture`` that reduces each layer as it is produced instead of keeping it.
 
     ``reduce(layer, neurons)`` receives the layer's ``[tokens, neurons]`` activations (batch
     of one) inside the forward pass; its return value is stored in ``results[layer]`` and the
-    activation tensor itself is released with the layer.
+    activation tensor itself is released with the layer. Use ``run`` for the forward pass: it
+    stops right after the deepest requested layer, since NSA never needs what comes after
+    (later layers, the final norm, the LM head — about a fifth of a small model's cost).
     """
 
     def __init__(self, model, adapter, layers, reduce: Callable[[int, torch.Tensor], object]) -> None:
         super().__init__(model, adapter, layers)
         self._reduce = reduce
+        self._model = model
         self.results: dict[int, object] = {}
 
     def _hook_for(self, layer_index: int):
+        deepest = self.layers[-1]
+
         def record(_module, args: tuple) -> None:
             neurons = args[0].detach()  # [1, tokens, neurons] (OPT: [tokens, neurons])
             self.results[layer_index] = self._reduce(layer_index, neurons.reshape(-1, neurons.shape[-1]))
+            if layer_index == deepest:
+                raise _EnoughLayers
 
         return record
+
+    def run(self, input_ids: torch.Tensor) -> dict[int, object]:
+        """One forward pass of ``input_ids`` (``[1, tokens]``) up to the deepest requested layer."""
+        self.results = {}
+        with self:
+            try:
+                self._model(input_ids=input_ids, use_cache=False)
+            except _EnoughLayers:
+                pass
+        missing = sorted(set(self.layers) - set(self.results))
+        if missing:
+            raise RuntimeError(f"the forward pass never reached layer(s) {missing}")
+        return self.results
 
 
 @dataclass
@@ -243,9 +267,9 @@ def score_text(
         return score_layer(neurons, influential, scored, word_tokens, keep=keep, mode=mode,
                            negligible_fraction=negligible_fraction)
 
-    with LayerReducer(loaded.model, loaded.adapter, None, reduce) as reducer:
-        loaded.model(input_ids=torch.tensor([list(input_ids)], device=device), use_cache=False)
-    return TextScores(layers=dict(sorted(reducer.results.items())))
+    reducer = LayerReducer(loaded.model, loaded.adapter, None, reduce)
+    results = reducer.run(torch.tensor([list(input_ids)], device=device))
+    return TextScores(layers=dict(sorted(results.items())))
 
 
 @torch.inference_mode()
@@ -261,6 +285,5 @@ def observe_text(
     def reduce(layer: int, neurons: torch.Tensor):
         return observe_layer(neurons, indices_by_layer[layer], word_tokens, mode)
 
-    with LayerReducer(loaded.model, loaded.adapter, list(indices_by_layer), reduce) as reducer:
-        loaded.model(input_ids=torch.tensor([list(input_ids)], device=loaded.device), use_cache=False)
-    return reducer.results
+    reducer = LayerReducer(loaded.model, loaded.adapter, list(indices_by_layer), reduce)
+    return reducer.run(torch.tensor([list(input_ids)], device=loaded.device))

@@ -79,7 +79,7 @@ def _normalise_words(words, count: int) -> list[list[str] | None]:
     return [[w.strip() for w in group if w.strip()] or None for group in words]
 
 
-def _manifests(loaded, variant_ids: Sequence[str]) -> list[dict]:
+def _manifests(loaded, variant_ids: Sequence[str], settings) -> list[dict]:
     """Validate variant ids up front, before any slow work (NotFoundError when unknown)."""
     if not variant_ids:
         return []
@@ -87,7 +87,7 @@ def _manifests(loaded, variant_ids: Sequence[str]) -> list[dict]:
 
     manifests = []
     for vid in dict.fromkeys(variant_ids):
-        manifest = read_manifest(validate_variant_id(vid))
+        manifest = read_manifest(validate_variant_id(vid), settings)
         if manifest.get("base_model") not in (None, loaded.name):
             raise UserError(f"variant {vid!r} was pruned from {manifest['base_model']!r}, not {loaded.name!r}")
         manifests.append({**manifest, "id": vid})
@@ -133,13 +133,15 @@ def attribute(
     draws: int = DEFAULT_DRAWS,
     seed: int = 0,
     progress: Progress | None = None,
+    settings=None,
 ) -> dict:
     """Run NSA on ``texts`` (strings, or dicts with "text" and optionally "label_text").
 
     ``words``: influential words given by the user (one list for all texts, or one per
     text) instead of asking the model. ``variants``: ids of pruned variants of ``loaded``.
     ``explainer``: another LoadedModel that answers step 1. Returns the result dict
-    described by ``backend.nsa.schema.NsaResult``.
+    described by ``backend.nsa.schema.NsaResult``. ``settings``: where variants live
+    (default: the environment's settings).
     """
     started = time.perf_counter()
     spec = get_task(task)
@@ -147,7 +149,7 @@ def attribute(
         raise UserError(f"unknown activation mode {activation!r}: use {' or '.join(ACTIVATION_MODES)}")
     rows = _normalise_texts(texts)
     word_lists = _normalise_words(words, len(rows))
-    manifests = _manifests(loaded, variants)
+    manifests = _manifests(loaded, variants, settings)
     layer_count = len(loaded.adapter.decoder_layers(loaded.model))
     neuron_count = loaded.adapter.neuron_count(loaded.model)
     if not 1 <= top_k <= layer_count * neuron_count:
@@ -207,7 +209,7 @@ def attribute(
         by_layer = selection.indices_by_layer()
         for v, manifest in enumerate(manifests):
             _report(progress, 0.5 + 0.3 * v / len(manifests), f"variant {manifest['id']}")
-            with variant_applied(loaded, manifest["id"]):
+            with variant_applied(loaded, manifest["id"], settings):
                 observations = [
                     assemble_observation(selection, observe_text(loaded, record.encoded.input_ids, by_layer,
                                                                  record.word_tokens, activation))
@@ -228,7 +230,7 @@ def attribute(
         timings["ablation"] = time.perf_counter() - clock
 
     timings["total"] = time.perf_counter() - started
-    settings = {
+    reported_settings = {
         "top_k": top_k,
         "activation": activation,
         "negligible_fraction": negligible_fraction,
@@ -239,7 +241,7 @@ def attribute(
     }
     model_info = {"name": loaded.name, "family": loaded.adapter.family, "layers": layer_count,
                   "neurons_per_layer": neuron_count}
-    result = build_result(model=model_info, task=spec, settings=settings, texts=records, selection=selection,
+    result = build_result(model=model_info, task=spec, settings=reported_settings, texts=records, selection=selection,
                           dense=dense, variants=variant_records, ablation=ablation, warnings=warnings,
                           timings=timings)
     _report(progress, 1.0, "done")

@@ -84,7 +84,7 @@ st.divider()
 texts = result.get("texts", [])
 st.subheader(f"Result `{result_id}` \u00b7 {len(texts)} text(s) \u00b7 task {result.get('task')}")
 for warning in result.get("warnings", []):
-    st.caption(f"\u26A0\uFE0F {warning}")
+    st.caption(f":material/warning: {warning}")
 
 st.markdown("**Influential words** and where they came from")
 st.dataframe(nsa_view.influential_words_table(result), hide_index=True, key="at_words_table")

@@ -107,7 +107,7 @@ if problem:
     st.error(problem)
     st.stop()
 for warning in result.get("warnings", []):
-    st.caption(f"\u26A0\uFE0F {warning}")
+    st.caption(f":material/warning: {warning}")
 
 labels = nsa_view.variant_labels(result)
 keys = nsa_view.neuron_keys(result)

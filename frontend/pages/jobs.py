@@ -12,7 +12,7 @@ from frontend.views import jobs_view, nsa_view
 
 METHODS = ("wanda", "sparsegpt", "ria", "magnitude", "mi")
 REFRESH_S = 2.0
-SHOWN_JOBS = 30
+SHOWN_FAILURES = 10
 
 st.title("Variants & jobs")
 api = ui.client()
@@ -71,24 +71,25 @@ jobs = ui.fetch(api.jobs, what="jobs") or []
 
 @st.fragment(run_every=REFRESH_S if jobs_view.any_active(jobs) else None)
 def job_list() -> None:
+    """Running and queued jobs as progress bars, failures as messages, finished jobs as a table."""
     current = ui.fetch(api.jobs, what="jobs") or []
     if not current:
         st.caption("No job yet.")
         return
-    counts = {}
+    counts: dict[str, int] = {}
     for job in current:
         counts[job["state"]] = counts.get(job["state"], 0) + 1
     st.caption(" \u00b7 ".join(f"{count} {state}" for state, count in counts.items()))
-    for job in current[:SHOWN_JOBS]:
-        what = jobs_view.describe_job(job)
+    for job in current:
         if job["state"] in jobs_view.ACTIVE_STATES:
             st.progress(min(max(float(job.get("progress") or 0.0), 0.0), 1.0),
-                        text=f"**{job['state']}** {what} \u2014 {job.get('message') or ''}")
-        elif job["state"] == "succeeded":
-            produced = (job.get("result") or {}).get("variant_id")
-            st.success(f"{what}" + (f" \u2192 `{produced}`" if produced else ""), icon="\u2705")
-        else:
-            st.error(f"{what} \u2014 {job['state']}: {job.get('error') or job.get('message') or 'no message'}")
+                        text=f"**{job['state']}** {jobs_view.describe_job(job)} \u2014 {job.get('message') or ''}")
+    for job in [job for job in current if job["state"] in ("failed", "interrupted")][:SHOWN_FAILURES]:
+        st.error(f"{jobs_view.describe_job(job)} \u2014 {job['state']}: "
+                 f"{job.get('error') or job.get('message') or 'no message'}")
+    done = jobs_view.jobs_frame([job for job in current if job["state"] == "succeeded"])
+    if not done.empty:
+        st.dataframe(done.drop(columns=["state", "progress"]), hide_index=True, key="jobs_done")
     if jobs_view.any_active(current) != jobs_view.any_active(jobs):
         st.rerun()  # a job started or all ended since the page drew: refresh variants and auto-refresh
 

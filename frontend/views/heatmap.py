@@ -28,7 +28,8 @@ SCALE_TOLERANCE = 1e-4
 LINE_CHARS = 90
 
 HEATMAP_CSS = """
-.pl-heatmap { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 13px; }
+.pl-heatmap { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 13px;
+  overflow-x: auto; max-width: 100%; }
 .pl-heatmap table.pl-line { border-collapse: separate; border-spacing: 1px 2px; margin: 0 0 10px 0; }
 .pl-heatmap th { text-align: right; font-weight: 600; padding: 1px 8px 1px 0; white-space: nowrap;
   color: #444; max-width: 16em; overflow: hidden; text-overflow: ellipsis; }

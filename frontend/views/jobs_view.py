@@ -27,15 +27,17 @@ def any_active(jobs: Sequence[dict]) -> bool:
 
 
 def jobs_frame(jobs: Sequence[dict]) -> pd.DataFrame:
+    """One row per job: what it did, what it produced (a variant id), its last message, when."""
     rows = [{
         "state": job.get("state"),
         "job": describe_job(job),
         "progress": float(job.get("progress") or 0.0),
+        "produced": (job.get("result") or {}).get("variant_id") or "",
         "message": job.get("error") or job.get("message") or "",
-        "created": job.get("created_at"),
+        "finished": job.get("finished_at") or "",
         "id": job.get("id"),
     } for job in jobs]
-    return pd.DataFrame(rows, columns=["state", "job", "progress", "message", "created", "id"])
+    return pd.DataFrame(rows, columns=["state", "job", "progress", "produced", "message", "finished", "id"])
 
 
 def calibration_groups(variants: Sequence[dict]) -> dict[tuple, list[dict]]:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from frontend.views.heatmap import (
+    LINE_CHARS,
     HeatmapRow,
     heatmap_document,
     heatmap_html,
@@ -90,13 +91,17 @@ def heatmap_rows(
 
 
 def neuron_heatmap_html(result: dict, text_index: int, layer: int, index: int,
-                        variants: Sequence[str] | None = None) -> str | None:
-    """Legend + heatmap fragment of one neuron on one text (None when not in the result)."""
+                        variants: Sequence[str] | None = None, *, line_chars: int = LINE_CHARS) -> str | None:
+    """Legend + heatmap fragment of one neuron on one text (None when not in the result).
+
+    ``line_chars``: characters of text per wrapped line (narrower for side-by-side columns).
+    """
     found = heatmap_rows(result, text_index, layer, index, variants)
     if found is None:
         return None
     tokens, rows, scale = found
-    return legend_html(scale, f"layer {layer}, neuron {index}") + heatmap_html(tokens, rows, scale)
+    return (legend_html(scale, f"layer {layer}, neuron {index}")
+            + heatmap_html(tokens, rows, scale, line_chars=line_chars))
 
 
 def _top_words(neuron: dict, limit: int = 4) -> str:

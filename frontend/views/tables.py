@@ -134,5 +134,5 @@ def accuracy_vs_dense(evaluations: Sequence[dict], variants: Sequence[tuple[str,
         columns += [label, f"\u0394 {label}"]
     frame = pd.DataFrame(rows, columns=columns)
     for column in columns[2:]:
-        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+        frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(float)  # None -> NaN
     return frame

@@ -41,7 +41,10 @@ def shoot(dashboard: str, backend: str, target: Path) -> list[Path]:
             for name, url in pages.items():
                 page.goto(url)
                 page.get_by_test_id("stSidebarNav").wait_for(timeout=60_000)
-                page.wait_for_timeout(6_000)  # let charts and tables finish drawing
+                page.wait_for_timeout(4_000)  # let the page's requests finish
+                if page.get_by_test_id("stPlotlyChart").count():
+                    page.locator("[data-testid=stPlotlyChart] .main-svg").first.wait_for(timeout=30_000)
+                page.wait_for_timeout(2_000)
                 path = target / f"{name}.png"
                 page.screenshot(path=str(path))
                 written.append(path)

@@ -82,6 +82,8 @@ def test_shared_explorer_link_and_uploaded_attribution_in_chromium(tmp_path):
                     cell for line in page.locator(".pl-heatmap table").all()
                     for cell in line.locator("tr").first.locator("td").all_inner_texts())
                 assert dense_tokens.replace("\u2205", "") == TEXT  # every token of the text, in order
+                hover = heatmap.locator("tr").nth(1).locator("td").nth(1).get_attribute("title")
+                assert "magnitude 0.5" in hover and "dense" in hover and "drop" in hover  # exact value + drop
                 expect(page.get_by_text(f"layer {top['layer']}, neuron {top['index']}").first).to_be_visible()
                 page.screenshot(path=str(ARTIFACTS / "e2e-explorer.png"), full_page=True)
                 phase("explorer opened from the shared link")

@@ -335,6 +335,15 @@ def test_calibration_groups_keep_variants_that_differ_only_in_calibration_togeth
     assert len(groups) == 3
     assert jobs_view.describe_job({"kind": "evaluate", "params": {"variant": None, "tasks": ["sst2"], "limit": 5}}) \
         == "evaluate dense on sst2, limit 5"
+    done = {"id": "j1", "kind": "prune", "state": "succeeded", "progress": 1.0, "message": "done",
+            "params": {"method": "ria", "sparsity": "2:4", "calibration": "c4", "nsamples": 16, "seqlen": 256},
+            "result": {"variant_id": "ria-c4-2of4-x"}, "error": None}
+    failed = {**done, "id": "j2", "state": "failed", "result": None, "error": "c4 needs the hub"}
+    frame = jobs_view.jobs_frame([done, failed])
+    assert list(frame["produced"]) == ["ria-c4-2of4-x", ""]
+    assert list(frame["message"]) == ["done", "c4 needs the hub"]  # the error wins over the message
+    assert frame.loc[0, "job"] == "prune ria 2:4 \u00b7 c4 (16 x 256)"
+    assert jobs_view.any_active([failed]) is False and jobs_view.any_active([{**done, "state": "queued"}])
 
 
 def test_view_state_round_trips_through_the_url_and_drops_malformed_values():

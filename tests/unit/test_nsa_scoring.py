@@ -11,6 +11,7 @@ from backend.nsa.scoring import (
     activation_magnitude,
     layer_mass,
     neuron_scores,
+    observe_text,
     score_text,
     select_neurons,
 )
@@ -116,3 +117,22 @@ def test_streamed_scores_equal_brute_force_on_full_activations(tiny):
     selection = select_neurons([streamed.scores()], top_k=6)
     everything = torch.cat([per_text[layer] for layer in sorted(per_text)])
     assert [n.score for n in selection.neurons] == pytest.approx(everything.sort(descending=True).values[:6].tolist())
+
+
+def test_passes_stop_after_the_deepest_needed_layer_and_leave_no_hooks(tiny):
+    encoded = encode_text(tiny.tokenizer, "Slow and beautiful.", tiny.max_length)
+    layers = tiny.adapter.decoder_layers(tiny.model)
+    hooks_before = sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in tiny.model.modules())
+    calls = []
+    handle = layers[1].register_forward_hook(lambda *_: calls.append(1))
+    try:
+        observed = observe_text(tiny, encoded.input_ids, {0: [2, 5]}, [[1]])
+        assert calls == []  # layer 1 never ran: only layer 0's neurons were asked for
+        full = capture_text(tiny, "Slow and beautiful.", [0]).layers[0]
+        torch.testing.assert_close(observed[0][0], full[:, [2, 5]])
+        score_text(tiny, encoded.input_ids, torch.ones(len(encoded.input_ids), dtype=torch.bool),
+                   torch.ones(len(encoded.input_ids), dtype=torch.bool), [], keep=3)
+        assert calls == [1]  # the dense pass reaches the last layer
+    finally:
+        handle.remove()
+    assert sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in tiny.model.modules()) == hooks_before
