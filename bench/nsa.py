@@ -116,6 +116,8 @@ def bench_speed(loaded, args) -> None:
           f"(last run: {', '.join(f'{k} {v:.2f}' for k, v in result['timings'].items())})")
     print(f"  ratio NSA / {1 + len(variants)} forwards = {ratio:.3f}  (goal <= {GOAL:.1f}) "
           f"{'OK' if ratio <= GOAL else 'ABOVE GOAL'}")
+    layers = sorted({n["layer"] for n in result["neurons"]})
+    print(f"  selected neurons in layers {layers} (variant passes stop after layer {layers[-1]})")
     print(f"  step 1 generation ({args.max_new_tokens} new tokens): {generation:.2f} s, "
           f"words {words}")
 

@@ -7,6 +7,7 @@ one clear notice, not five broken pages.
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from frontend import ui
 from frontend.links import PAGE_PATHS
 
 HERE = Path(__file__).resolve().parent
+log = logging.getLogger("prunelens.dashboard")
 
 st.set_page_config(page_title="PruneLens", page_icon=":material/content_cut:", layout="wide")
 
@@ -49,4 +51,9 @@ with st.sidebar:
             st.caption(f":material/hourglass_top: busy: {compute.get('holder') or 'a job'}")
         if health.get("status") != "ok":
             st.warning(f"The backend has no model loaded: {health.get('error') or health.get('status')}")
-page.run()
+try:
+    page.run()
+except Exception as exc:  # a bug or an unexpected answer: one readable line here, the traceback in the log
+    log.exception("page %r failed", page.title)
+    st.error(f"This page hit an internal error ({type(exc).__name__}: {exc}). "
+             "The details are in the dashboard's log.", icon=":material/bug_report:")

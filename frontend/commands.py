@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -35,6 +36,10 @@ def sentences(api, dataset: str, n: int, seed: int = 0) -> list[str]:
     except UserError as exc:
         print(f"[demo] no {dataset} sentences for NSA ({exc})", flush=True)
         return []
+
+
+def _interrupt(_signum, _frame) -> None:
+    raise KeyboardInterrupt
 
 
 @command("demo", "start the backend and the dashboard on loopback and prepare demo variants, "
@@ -70,6 +75,9 @@ def _demo(parser: argparse.ArgumentParser):
         plan = DemoPlan(model=args.model, general_calibration=args.general_calibration,
                         task_calibration=args.task_calibration, nsamples=args.nsamples, seqlen=args.seqlen,
                         tasks=tasks, limit=args.limit, nsa_texts=args.texts)
+        # `kill` and a closed terminal stop the servers too, not only Ctrl-C.
+        for stop_signal in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(stop_signal, _interrupt)
         cache_dir = Path(os.environ.get("PRUNELENS_CACHE_DIR", "models_cache"))
         servers = DemoServers(free_port(args.backend_port), free_port(args.port), cache_dir / "demo-logs")
         try:

@@ -23,29 +23,41 @@ DEFAULT_DRAWS = 5
 
 
 class NeuronAblation:
-    """Context manager zeroing ``{layer: [neuron indices]}`` in every forward pass."""
+    """Context manager zeroing neurons in every forward pass, by down-projection pre-hooks.
 
-    def __init__(self, model, adapter, neurons: dict[int, Sequence[int]]) -> None:
+    ``neurons`` is ``{layer: [indices]}`` applied to every batch row, or a list of such dicts,
+    one per batch row (row r of the batch loses ``neurons[r]``): the intact model, the NSA
+    neurons and each random draw then run as one batched forward pass.
+    """
+
+    def __init__(self, model, adapter, neurons: dict[int, Sequence[int]] | Sequence[dict[int, Sequence[int]]]) -> None:
+        rows = [neurons] if isinstance(neurons, dict) else list(neurons)
+        width = adapter.neuron_count(model)
         layers = adapter.decoder_layers(model)
-        self._targets = {
-            adapter.neuron_module(layers[layer]): torch.tensor(sorted(set(indices)), dtype=torch.long)
-            for layer, indices in neurons.items() if indices
-        }
+        self._masks: dict[torch.nn.Module, torch.Tensor] = {}
+        for layer in sorted({layer for row in rows for layer, indices in row.items() if indices}):
+            mask = torch.zeros(len(rows), width, dtype=torch.bool)  # [rows, neurons], True = zeroed
+            for r, row in enumerate(rows):
+                mask[r, list(row.get(layer, ()))] = True
+            self._masks[adapter.neuron_module(layers[layer])] = mask
         self._handles = []
 
     @staticmethod
-    def _zeroing_hook(indices: torch.Tensor):
+    def _zeroing_hook(mask: torch.Tensor):
         def zero(_module, args: tuple):
-            neurons = args[0].clone()  # [..., neurons]; a copy: the caller's tensor stays intact
-            neurons[..., indices.to(neurons.device)] = 0
-            return (neurons, *args[1:])
+            neurons = args[0]  # [batch, tokens, neurons] (OPT: [batch*tokens, neurons])
+            rows = mask.shape[0]
+            # One row of masks applies to the whole batch; else one per batch row.
+            shaped = neurons.reshape(rows, -1, neurons.shape[-1]) if rows > 1 else neurons.reshape(1, -1, neurons.shape[-1])
+            zeroed = shaped.masked_fill(mask.to(neurons.device)[:, None, :], 0)  # a copy: the input stays intact
+            return (zeroed.reshape(neurons.shape), *args[1:])
 
         return zero
 
     def __enter__(self) -> Self:
         try:
-            for module, indices in self._targets.items():
-                self._handles.append(module.register_forward_pre_hook(self._zeroing_hook(indices)))
+            for module, mask in self._masks.items():
+                self._handles.append(module.register_forward_pre_hook(self._zeroing_hook(mask)))
         except BaseException:
             self.__exit__()
             raise
@@ -104,18 +116,17 @@ def ablation_check(
     neurons_per_layer = loaded.adapter.neuron_count(loaded.model)
     controls = random_control_sets(selected, neurons_per_layer, draws, seed)
     model = loaded.model
+    # Batch row 0: intact; row 1: the NSA neurons zeroed; rows 2..: one random draw each.
+    conditions = [{}, dict(selected), *controls]
     rows = []
     for text, gold in zip(texts, labels, strict=True):
         probe = encode_probe(loaded.tokenizer, text, task, loaded.max_length)
-        intact = label_log_probs(model, probe)
-        label = gold if gold is not None else int(torch.argmax(intact))
-        intact_margin = float(margin(intact, label))
-        with NeuronAblation(model, loaded.adapter, selected):
-            ablated_margin = float(margin(label_log_probs(model, probe), label))
-        random_effects = []
-        for control in controls:
-            with NeuronAblation(model, loaded.adapter, control):
-                random_effects.append(intact_margin - float(margin(label_log_probs(model, probe), label)))
+        with NeuronAblation(model, loaded.adapter, conditions):
+            log_probs = label_log_probs(model, probe, batch=len(conditions))  # [conditions, 2]
+        label = gold if gold is not None else int(torch.argmax(log_probs[0]))
+        margins = margin(log_probs, label).tolist()  # [conditions]
+        intact_margin, ablated_margin = margins[0], margins[1]
+        random_effects = [intact_margin - value for value in margins[2:]]
         mean, spread = _mean_std(random_effects)
         rows.append({
             "label": task.label_words[label].strip(),

@@ -320,7 +320,7 @@ def gradient_x_input_scores(
     ids = torch.tensor([probe.input_ids], device=loaded.device)  # [1, tokens]
     with torch.inference_mode(False), torch.enable_grad():
         embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)  # [1, tokens, hidden]
-        log_probs = label_log_probs(model, probe, embeds=embeds)
+        log_probs = label_log_probs(model, probe, embeds=embeds)[0]  # [2]
         if label_index is None:
             label_index = int(torch.argmax(log_probs).item())
         # autograd.grad (not backward) leaves the parameters' .grad untouched: the model is shared.

@@ -45,31 +45,35 @@ def encode_probe(tokenizer, text: str, task: TaskSpec, max_tokens: int) -> Probe
     return ProbeEncoding(encoded=encoded, text_start=len(prefix), label_ids=label_ids)
 
 
-def label_log_probs(model, probe: ProbeEncoding, *, embeds: torch.Tensor | None = None) -> torch.Tensor:
-    """``[2]`` log-probabilities of the two label continuations after the probe prompt.
+def label_log_probs(model, probe: ProbeEncoding, *, embeds: torch.Tensor | None = None,
+                    batch: int = 1) -> torch.Tensor:
+    """``[batch, 2]`` log-probabilities of the two label continuations after the probe prompt.
 
-    ``embeds`` (``[1, tokens, hidden]``, the prompt's input embeddings) replaces the token ids
-    so that gradients can flow to the input; without it this is a plain forward pass.
+    ``embeds`` (``[batch, tokens, hidden]``, the prompt's input embeddings) replaces the token
+    ids so that gradients can flow to the input; without it the prompt's ids are repeated
+    ``batch`` times (rows differ only through hooks, e.g. one ablation per row). Only the
+    logits that are read are computed (``logits_to_keep``).
     """
     device = next(model.parameters()).device
-    prompt_ids = torch.tensor([probe.input_ids], device=device)  # [1, tokens]
     if embeds is None:
-        embeds = model.get_input_embeddings()(prompt_ids)  # [1, tokens, hidden]
+        prompt_ids = torch.tensor([probe.input_ids], device=device).expand(batch, -1)  # [batch, tokens]
+        embeds = model.get_input_embeddings()(prompt_ids)  # [batch, tokens, hidden]
+    rows = embeds.shape[0]
     if all(len(ids) == 1 for ids in probe.label_ids):
         # One forward pass: both labels are single tokens read from the last position.
-        logits = _at_least_fp32(model(inputs_embeds=embeds, use_cache=False).logits[0, -1])  # [vocab]
-        log_probs = torch.log_softmax(logits, dim=-1)
-        return torch.stack([log_probs[ids[0]] for ids in probe.label_ids])
+        logits = model(inputs_embeds=embeds, use_cache=False, logits_to_keep=1).logits[:, -1]  # [batch, vocab]
+        log_probs = torch.log_softmax(_at_least_fp32(logits), dim=-1)
+        return log_probs[:, [ids[0] for ids in probe.label_ids]]
     totals = []
     for ids in probe.label_ids:
-        continuation = torch.tensor([ids], device=device)  # [1, label_tokens]
+        continuation = torch.tensor([ids], device=device).expand(rows, -1)  # [batch, label_tokens]
         full = torch.cat([embeds, model.get_input_embeddings()(continuation)], dim=1)
-        logits = _at_least_fp32(model(inputs_embeds=full, use_cache=False).logits[0])  # [tokens, vocab]
-        # Token i of the continuation is predicted at position prompt_len - 1 + i.
-        start = embeds.shape[1] - 1
-        log_probs = torch.log_softmax(logits[start : start + len(ids)], dim=-1)
-        totals.append(log_probs[torch.arange(len(ids)), continuation[0]].sum())
-    return torch.stack(totals)
+        # Token i of the continuation is predicted at position prompt_len - 1 + i: the last
+        # len(ids) + 1 positions hold them (and one position past the end, unused).
+        logits = model(inputs_embeds=full, use_cache=False, logits_to_keep=len(ids) + 1).logits
+        log_probs = torch.log_softmax(_at_least_fp32(logits[:, : len(ids)]), dim=-1)  # [batch, label_tokens, vocab]
+        totals.append(log_probs.gather(-1, continuation.unsqueeze(-1)).squeeze(-1).sum(-1))  # [batch]
+    return torch.stack(totals, dim=-1)
 
 
 def _at_least_fp32(logits: torch.Tensor) -> torch.Tensor:
@@ -78,5 +82,5 @@ def _at_least_fp32(logits: torch.Tensor) -> torch.Tensor:
 
 
 def margin(log_probs: torch.Tensor, label_index: int) -> torch.Tensor:
-    """How much more the model believes the label than the other one (nats)."""
-    return log_probs[label_index] - log_probs[1 - label_index]
+    """How much more the model believes the label than the other one (nats), over the last axis."""
+    return log_probs[..., label_index] - log_probs[..., 1 - label_index]

@@ -15,7 +15,6 @@ import torch
 
 from backend.errors import UserError
 from backend.nsa.ablation import DEFAULT_DRAWS, ablation_check
-from backend.nsa.capture import encode_text
 from backend.nsa.compare import (
     TextObservation,
     assemble_observation,
@@ -23,6 +22,7 @@ from backend.nsa.compare import (
     weights_removed,
 )
 from backend.nsa.influential import influential_words
+from backend.nsa.inputs import encode_for_attribution
 from backend.nsa.schema import TextRecord, VariantRecord, build_result, variant_info
 from backend.nsa.scoring import (
     ACTIVATION_MODES,
@@ -157,7 +157,7 @@ def attribute(
     warnings: list[str] = []
     timings: dict[str, float] = {}
 
-    encoded = [encode_text(loaded.tokenizer, row["text"], loaded.max_length) for row in rows]
+    encoded = [encode_for_attribution(loaded.tokenizer, row["text"], loaded.max_length) for row in rows]
     for i, enc in enumerate(encoded):
         if enc.truncated:
             warnings.append(f"text {i} truncated to the model's context of {loaded.max_length} tokens; "
@@ -251,5 +251,5 @@ def attribute(
 @torch.inference_mode()
 def plain_forward(loaded, text: str) -> None:
     """One forward pass without any hook: the unit NSA's cost is measured against (bench)."""
-    enc = encode_text(loaded.tokenizer, text, loaded.max_length)
+    enc = encode_for_attribution(loaded.tokenizer, text, loaded.max_length)
     loaded.model(input_ids=torch.tensor([enc.input_ids], device=loaded.device), use_cache=False)

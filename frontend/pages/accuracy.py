@@ -52,8 +52,8 @@ if payload is not None:
         st.dataframe(tables.style_accuracy(frame), hide_index=True, key="acc_table")
         st.download_button("Download CSV", tables.csv_text(frame), file_name=f"prunelens-{kind}.csv",
                            mime="text/csv", key="acc_csv")
-        if payload.get("note") or payload.get("description"):
-            st.caption(payload.get("note") or payload.get("description"))
+        with st.expander("How many stored results each cell averages"):
+            st.dataframe(tables.cell_counts(payload), hide_index=True, key="acc_counts")
 
 st.subheader("Accuracy vs sparsity")
 evaluations = ui.fetch(api.evaluations, base_model=model, what="evaluations") or []

@@ -16,8 +16,9 @@ from frontend.views import jobs_view, nsa_view, tables
 from frontend.views.heatmap import styled_fragment
 
 MAX_VARIANTS = 8
-# Characters of text per heatmap line across the page; each column gets its share.
-COLUMN_LINE_CHARS = 110
+# Monospace characters across the page, and those a row label takes: each column's heatmap wraps
+# its text to its share of the page.
+PAGE_CHARS, LABEL_CHARS = 110, 22
 SAMPLE_TEXT = "It's a charming and often affecting journey, though the ending feels painfully rushed."
 
 st.title("Calibration side by side")
@@ -115,7 +116,7 @@ for variant, column in zip(columns, st.columns(len(columns)), strict=True):
             st.caption("Not in this NSA result.")
             continue
         fragment = nsa_view.neuron_heatmap_html(result, text_index, neuron[0], neuron[1], [variant["id"]],
-                                                line_chars=COLUMN_LINE_CHARS // len(columns))
+                                                line_chars=max(12, PAGE_CHARS // len(columns) - LABEL_CHARS))
         if fragment:
             st.html(styled_fragment(fragment))
         label = labels[variant["id"]]

@@ -158,6 +158,7 @@ if st.context.url:
 drops = nsa_view.word_drops(result, text_index)
 if not drops.empty and len(drops.columns) > 1:
     with st.expander("Per-word drops (all selected neurons) next to the all-neuron baseline", expanded=False):
+        st.plotly_chart(figures.word_drop_figure(drops), key="ex_word_drops")
         st.dataframe(drops, hide_index=True, column_config={
             c: st.column_config.NumberColumn(format="percent") for c in drops.columns if c != "word"})
 

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 import plotly.graph_objects as go
+from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 # Drop 1 = silenced (red), 0 = untouched (white), negative = fires harder (blue).
@@ -100,20 +101,24 @@ def accuracy_sparsity_figure(frame: pd.DataFrame) -> go.Figure:
     categories = sorted(frame["category"].unique()) if not frame.empty else []
     figure = make_subplots(rows=1, cols=max(1, len(categories)), shared_yaxes=True,
                            subplot_titles=categories or None)
+    palette = qualitative.Plotly
+    colors = {task: palette[i % len(palette)] for i, task in enumerate(sorted(frame["task"].unique()))} \
+        if not frame.empty else {}
     for column, name in enumerate(categories, start=1):
         in_category = frame[frame["category"] == name]
         for task, rows in in_category.groupby("task"):
             lines = rows[~rows["structured"]].sort_values("fraction")
             figure.add_trace(go.Scatter(x=lines["fraction"], y=lines["accuracy"], mode="lines+markers",
-                                        name=task, legendgroup=task,
+                                        name=task, legendgroup=task, line={"color": colors[task]},
                                         hovertemplate=f"{task}<br>sparsity %{{x:.0%}}<br>acc %{{y:.3f}}"),
                              row=1, col=column)
             patterns = rows[rows["structured"]]
             if not patterns.empty:
                 figure.add_trace(go.Scatter(
                     x=patterns["fraction"], y=patterns["accuracy"], mode="markers", name=f"{task} N:M",
-                    legendgroup=task, marker={"symbol": "diamond", "size": 10}, text=patterns["sparsity"],
-                    hovertemplate=f"{task} %{{text}}<br>acc %{{y:.3f}}"), row=1, col=column)
+                    legendgroup=task, marker={"symbol": "diamond", "size": 10, "color": colors[task]},
+                    text=patterns["sparsity"], hovertemplate=f"{task} %{{text}}<br>acc %{{y:.3f}}"),
+                    row=1, col=column)
     figure.update_xaxes(title_text="sparsity", tickformat=".0%")
     figure.update_yaxes(title_text="accuracy", row=1, col=1)
     figure.update_layout(height=380, margin={"l": 50, "r": 20, "t": 40, "b": 40})

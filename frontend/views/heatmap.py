@@ -26,6 +26,7 @@ SCALE_TOLERANCE = 1e-4
 # Tokens are drawn in lines of about this many characters so a long text wraps, each line a
 # small table whose rows stay aligned token by token.
 LINE_CHARS = 90
+WORD_OVERRUN = 12  # characters a line may exceed LINE_CHARS by to keep a word's pieces together
 
 HEATMAP_CSS = """
 .pl-heatmap { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 13px;
@@ -97,11 +98,13 @@ def _hover(token: str, label: str, value: float, dense: float | None, scale: flo
 
 
 def _lines(tokens: Sequence[str], width: int) -> list[range]:
-    """Split token positions into consecutive runs of about ``width`` characters each."""
+    """Split token positions into consecutive runs of about ``width`` characters each, between
+    words where possible (a token that continues a word may overrun the width a little)."""
     runs, start, used = [], 0, 0
     for position, token in enumerate(tokens):
         size = max(1, len(display_token(token)))
-        if used and used + size > width:
+        inside_word = token[:1] != "" and not token[:1].isspace()  # punctuation sticks to its word
+        if used and used + size > width and not (inside_word and used + size <= width + WORD_OVERRUN):
             runs.append(range(start, position))
             start, used = position, 0
         used += size

@@ -1,4 +1,4 @@
-"""`prunelens demo` starts both servers on loopback, prints the URL, and Ctrl-C stops both."""
+"""`prunelens demo` starts both servers on loopback, prints the URL, and Ctrl-C (or kill) stops both."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 
 @pytest.mark.skipif(not (EMBEDDED / "config.json").is_file(), reason="the embedded model is not converted")
-def test_demo_serves_backend_and_dashboard_then_stops_both_on_ctrl_c(tmp_path):
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])
+def test_demo_serves_backend_and_dashboard_then_stops_both(tmp_path, stop_signal):
     backend_port, dashboard_port = free_port(0), free_port(0)
     env = {**os.environ, "PRUNELENS_CACHE_DIR": str(isolated_cache(tmp_path)), "PRUNELENS_DEVICE": "cpu"}
     env.pop("PRUNELENS_API_TOKEN", None)
@@ -38,7 +39,7 @@ def test_demo_serves_backend_and_dashboard_then_stops_both_on_ctrl_c(tmp_path):
         assert httpx.get(f"{url}/_stcore/health", timeout=10).text == "ok"
         health = httpx.get(f"http://127.0.0.1:{backend_port}/health", timeout=10).json()
         assert health["status"] == "ok" and health["default_model"] == "smollm2-135m-instruct"
-        demo.send_signal(signal.SIGINT)
+        demo.send_signal(stop_signal)
         assert demo.wait(60) == 0
         assert port_is_free(dashboard_port) and port_is_free(backend_port)  # both servers gone
     finally:

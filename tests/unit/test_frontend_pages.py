@@ -331,3 +331,22 @@ def test_an_unreachable_backend_is_one_clear_notice_on_every_page(page):
         assert len(at.error) == 1 and "Backend unreachable" in at.error[0].value
     finally:
         ui.use_client(None)
+
+
+def test_an_unexpected_backend_answer_is_a_message_not_a_traceback():
+    """A backend that answers garbage (another version, a proxy's page) must not crash a page."""
+    import httpx
+
+    def garbage(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/health":
+            return httpx.Response(200, json={"status": "ok", "default_model": "m"})
+        return httpx.Response(200, json={"unexpected": True})
+
+    http = httpx.Client(base_url="http://odd", transport=httpx.MockTransport(garbage))
+    ui.use_client(BackendClient("http://odd", token="", http=http))
+    try:
+        at = AppTest.from_file(APP, default_timeout=TIMEOUT_S).run()
+        _clean(at)
+        assert len(at.error) == 1 and "internal error" in at.error[0].value
+    finally:
+        ui.use_client(None)

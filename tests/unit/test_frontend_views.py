@@ -123,6 +123,14 @@ def test_heatmap_rows_are_aligned_token_by_token_and_coloured_on_the_dense_scale
     assert "beyond the dense scale" in titles[5]
 
 
+def test_heatmap_wraps_between_words_not_inside_them():
+    tokens = ["amateur", "ish", "ly", " assembled", "."]
+    parser = _Cells()
+    parser.feed(heatmap_html(tokens, [HeatmapRow("dense", [1.0] * 5)], 1.0, line_chars=8))
+    assert [[c["text"] for c in line[0]["cells"]] for line in parser.lines] == [
+        ["amateur", "ish", "ly"], [" assembled", "."]]
+
+
 def test_heatmap_refuses_rows_of_the_wrong_length():
     with pytest.raises(ValueError, match="3 tokens"):
         heatmap_html(["a", "b", "c"], [HeatmapRow("dense", [1.0, 2.0])], 2.0)
@@ -227,6 +235,9 @@ def test_word_drops_and_loss_points_read_the_comparison():
     assert list(drops["word"]) == ["good", "bad"]
     assert list(drops["drop · wanda 0.5 · c4"]) == [0.4, 0.2]
     assert list(drops["drop · wanda 0.5 · sst2"]) == [0.2, 0.1]
+    bars = figures.word_drop_figure(drops)
+    assert [(bar.name, list(bar.y)) for bar in bars.data] == [("wanda 0.5 · c4", [0.4, 0.2]),
+                                                               ("wanda 0.5 · sst2", [0.2, 0.1])]
     points = nsa_view.loss_points(_nsa_result(), "v-b")
     assert list(zip(points["layer"], points["neuron"], points["drop"], strict=True)) == [(1, 5, -0.1), (0, 3, 0.2)]
     figure = figures.activation_loss_figure(points)
@@ -310,6 +321,8 @@ def test_accuracy_by_sparsity_averages_over_methods_and_puts_dense_at_zero():
     figure = figures.accuracy_sparsity_figure(frame)
     names = [trace.name for trace in figure.data]
     assert names.count("sst2") == 1 and "sst2 N:M" in names and "copa" in names
+    traces = {trace.name: trace for trace in figure.data}
+    assert traces["sst2"].line.color == traces["sst2 N:M"].marker.color  # one colour per task
     assert [a.text for a in figure.layout.annotations] == ["Reasoning", "Sentiment"]
 
 

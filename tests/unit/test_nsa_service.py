@@ -9,7 +9,8 @@ import torch
 
 from backend.cli import main
 from backend.errors import NotFoundError, UserError
-from backend.nsa.capture import capture_text
+from backend.nsa.capture import NeuronCapture
+from backend.nsa.inputs import encode_for_attribution
 from backend.nsa.schema import validate_result
 from backend.nsa.service import attribute
 from backend.pruning.variants import variant_applied, write_variant
@@ -17,6 +18,14 @@ from tests.conftest import tiny_loaded
 
 TEXT = "The movie was painfully slow, but the acting was beautiful."
 WORDS = ["painfully slow", "beautiful"]
+
+
+def full_activations(loaded, text: str) -> dict[int, torch.Tensor]:
+    """Brute force: every layer's ``[tokens, neurons]`` on the input NSA uses (start token first)."""
+    encoded = encode_for_attribution(loaded.tokenizer, text, loaded.max_length)
+    with torch.no_grad(), NeuronCapture(loaded.model, loaded.adapter) as capture:
+        loaded.model(input_ids=torch.tensor([encoded.input_ids]))
+    return {layer: capture.batched(layer, 1)[0] for layer in capture.layers}
 
 
 def _manifest(loaded) -> dict:
@@ -80,10 +89,10 @@ def test_hand_pruned_neuron_is_seen_exactly(family, isolated_cache):
         assert _neuron_row(result, top)["variants"]["hand"] == [0.0] * len(result["texts"][0]["tokens"])
     # Every variant activation equals a brute-force capture of the variant.
     with variant_applied(loaded, "hand"):
-        pruned = capture_text(loaded, TEXT)
+        pruned = full_activations(loaded, TEXT)
     for neuron in result["neurons"]:
         row = _neuron_row(result, neuron)
-        captured = pruned.layers[neuron["layer"]][:, neuron["index"]]
+        captured = pruned[neuron["layer"]][:, neuron["index"]]
         torch.testing.assert_close(torch.tensor(row["variants"]["hand"]), captured, rtol=1e-5, atol=1e-6)
     # The loaded model is dense again.
     for key, value in loaded.model.state_dict().items():
@@ -98,9 +107,9 @@ def test_several_texts_aggregate_and_heatmaps_match_full_capture():
         assert neuron["score"] == pytest.approx(sum(neuron["text_scores"]) / 3)
         for heat in result["heatmaps"]:
             row = next(r for r in heat["neurons"] if (r["layer"], r["index"]) == (neuron["layer"], neuron["index"]))
-            full = capture_text(loaded, texts[heat["text"]]).layers[neuron["layer"]][:, neuron["index"]]
+            full = full_activations(loaded, texts[heat["text"]])[neuron["layer"]][:, neuron["index"]]
             torch.testing.assert_close(torch.tensor(row["dense"]), full, rtol=1e-5, atol=1e-6)
-            assert row["scale"] == pytest.approx(float(full.abs().max()), rel=1e-5)
+            assert row["scale"] == pytest.approx(float(full[1:].abs().max()), rel=1e-5)  # not the start token
     scores = [n["score"] for n in result["neurons"]]
     assert scores == sorted(scores, reverse=True)
     assert result["texts"][1]["influential"]["missing"] == ["slow"]
@@ -134,6 +143,7 @@ def test_text_longer_than_the_context_is_truncated_with_a_warning():
     result = attribute(loaded, ["slow " * 300 + "beautiful"], words=["slow", "beautiful"], top_k=3)
     text = result["texts"][0]
     assert text["truncated"] and len(text["tokens"]) == loaded.max_length
+    assert text["offsets"][0] == [0, 0] and text["tokens"][0] == ""  # the start token
     assert any("truncated" in w for w in result["warnings"])
     assert text["influential"]["missing"] == ["beautiful"]
 
@@ -176,3 +186,25 @@ def test_cli_file_input_and_errors(tiny_model_dir, tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert err[-1].startswith("error:") and "Traceback" not in "\n".join(err)
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".json") == ["nsa.json"]
+
+
+def test_start_token_goes_in_front_unless_the_tokenizer_adds_one():
+    from tokenizers.processors import TemplateProcessing
+
+    from backend.nsa.capture import encode_text
+    from tests.conftest import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()  # EOS only, adds nothing
+    plain = encode_text(tokenizer, TEXT, 256)
+    encoded = encode_for_attribution(tokenizer, TEXT, 256)
+    assert encoded.input_ids == [tokenizer.eos_token_id, *plain.input_ids]
+    assert encoded.offsets == [(0, 0), *plain.offsets] and encoded.tokens[1:] == plain.tokens
+    assert not encoded.truncated
+    short = encode_for_attribution(tokenizer, TEXT, 5)
+    assert len(short.input_ids) == 5 and short.truncated and short.input_ids[1:] == plain.input_ids[:4]
+
+    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
+        single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", tokenizer.eos_token_id)])
+    with_bos = encode_text(tokenizer, TEXT, 256)
+    assert with_bos.input_ids[0] == tokenizer.eos_token_id and with_bos.offsets[0] == (0, 0)
+    assert encode_for_attribution(tokenizer, TEXT, 256).input_ids == with_bos.input_ids
