@@ -46,9 +46,8 @@ class NeuronAblation:
     def _zeroing_hook(mask: torch.Tensor):
         def zero(_module, args: tuple):
             neurons = args[0]  # [batch, tokens, neurons] (OPT: [batch*tokens, neurons])
-            rows = mask.shape[0]
-            # One row of masks applies to the whole batch; else one per batch row.
-            shaped = neurons.reshape(rows, -1, neurons.shape[-1]) if rows > 1 else neurons.reshape(1, -1, neurons.shape[-1])
+            # One mask row applies to the whole batch (it broadcasts); else one per batch row.
+            shaped = neurons.reshape(mask.shape[0], -1, neurons.shape[-1])
             zeroed = shaped.masked_fill(mask.to(neurons.device)[:, None, :], 0)  # a copy: the input stays intact
             return (zeroed.reshape(neurons.shape), *args[1:])
 

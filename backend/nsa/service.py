@@ -21,7 +21,7 @@ from backend.nsa.compare import (
     neuron_weight_slices,
     weights_removed,
 )
-from backend.nsa.influential import influential_words
+from backend.nsa.influential import find_word_spans, influential_words
 from backend.nsa.inputs import encode_for_attribution
 from backend.nsa.schema import TextRecord, VariantRecord, build_result, variant_info
 from backend.nsa.scoring import (
@@ -162,12 +162,9 @@ def attribute(
         if enc.truncated:
             warnings.append(f"text {i} truncated to the model's context of {loaded.max_length} tokens; "
                             "words beyond it are ignored")
-    if words is not None:
-        from backend.nsa.influential import find_word_spans
-
-        if not any(find_word_spans(enc.text, w) for enc, group in zip(encoded, word_lists, strict=True)
-                   for w in group or []):
-            raise UserError("none of the given words occur in the text")
+    given = [(enc.text, w) for enc, group in zip(encoded, word_lists, strict=True) for w in group or []]
+    if given and not any(find_word_spans(text, word) for text, word in given):
+        raise UserError("none of the given words occur in the text")
 
     # Step 1 ---------------------------------------------------------------------------------
     clock = time.perf_counter()

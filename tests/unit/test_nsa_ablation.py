@@ -37,6 +37,19 @@ def test_hook_ablation_equals_zeroed_down_projection_columns(tiny):
     assert not torch.allclose(hooked, plain)
 
 
+def test_one_ablation_per_batch_row_equals_separate_passes(tiny):
+    ids = torch.tensor([encode_probe(tiny.tokenizer, TEXT, SENTIMENT, tiny.max_length).input_ids])
+    rows = [{}, {0: [1, 2]}, {1: [5], 0: [7]}]
+    with torch.no_grad():
+        with NeuronAblation(tiny.model, tiny.adapter, rows):
+            batched = tiny.model(input_ids=ids.expand(3, -1)).logits
+        for r, row in enumerate(rows):
+            with NeuronAblation(tiny.model, tiny.adapter, row):
+                alone = tiny.model(input_ids=ids).logits[0]
+            torch.testing.assert_close(batched[r], alone, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(batched[0], batched[1])
+
+
 def test_random_controls_match_layers_and_counts_and_avoid_the_selected():
     selected = {2: [0, 1, 2], 7: [10]}
     draws = random_control_sets(selected, neurons_per_layer=12, draws=6, seed=3)
