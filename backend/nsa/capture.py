@@ -48,7 +48,10 @@ class NeuronCapture:
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self.activations: dict[int, torch.Tensor] = {}
 
-    def _hook_for(self, layer_index: int):
+    def hook_for(self, layer_index: int):
+        """The forward-pre-hook for one layer. Subclasses override it to reduce activations as
+        they are produced (see ``backend.nsa.scoring.LayerReducer``) instead of keeping them."""
+
         def record(_module: nn.Module, args: tuple) -> None:
             neurons = args[0].detach()  # [batch, tokens, neurons]
             self.activations[layer_index] = neurons.to("cpu", copy=True) if self._to_cpu else neurons
@@ -64,7 +67,7 @@ class NeuronCapture:
         self.activations = {}
         try:
             for index, module in self._modules.items():
-                self._handles.append(module.register_forward_pre_hook(self._hook_for(index)))
+                self._handles.append(module.register_forward_pre_hook(self.hook_for(index)))
         except BaseException:
             self.remove()
             raise

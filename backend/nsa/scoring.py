@@ -212,7 +212,7 @@ class LayerReducer(NeuronCapture):
         self._model = model
         self.results: dict[int, object] = {}
 
-    def _hook_for(self, layer_index: int):
+    def hook_for(self, layer_index: int):
         deepest = self.layers[-1]
 
         def record(_module, args: tuple) -> None:

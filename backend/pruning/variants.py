@@ -166,10 +166,12 @@ def _overlay_ops(variant_id: str, settings: Settings | None = None):
 
 def apply_overlay(model: torch.nn.Module, variant_id: str, settings: Settings | None = None,
                   originals: dict[str, torch.Tensor] | None = None) -> None:
-    """Apply the variant to ``model`` in place.
+    """Apply the variant to ``model``.
 
-    When ``originals`` is given, each tensor's dense values are saved into it *before* it is
-    changed, so a caller can restore everything even if applying fails half-way.
+    Without ``originals`` the parameters are changed in place (the model becomes the variant).
+    With it, each parameter gets a new pruned tensor and its dense tensor is kept, untouched, in
+    ``originals`` (a reference, not a copy), so restoring is a pointer swap and a failure
+    half-way still leaves everything restorable.
     """
     params = dict(model.named_parameters())
     for name, kind, tensor in _overlay_ops(variant_id, settings):
@@ -178,13 +180,16 @@ def apply_overlay(model: torch.nn.Module, variant_id: str, settings: Settings | 
         param = params[name]
         if tuple(param.shape) != tuple(tensor.shape):
             raise UserError(f"variant {variant_id!r} does not fit this model ({name} shape differs)")
-        if originals is not None:
-            originals[name] = param.detach().clone()
+        replacement = tensor.to(param.device) if kind == "mask" else tensor.to(param.device, param.dtype)
         with torch.no_grad():
-            if kind == "mask":
-                param.masked_fill_(tensor.to(param.device), 0)
-            else:
-                param.copy_(tensor.to(param.device, param.dtype))
+            if originals is None:
+                if kind == "mask":
+                    param.masked_fill_(replacement, 0)
+                else:
+                    param.copy_(replacement)
+                continue
+            originals[name] = param.data
+            param.data = param.data.masked_fill(replacement, 0) if kind == "mask" else replacement
 
 
 @contextmanager
@@ -201,9 +206,8 @@ def variant_applied(loaded, variant_id: str, settings: Settings | None = None) -
         apply_overlay(loaded.model, variant_id, settings, originals=originals)
         yield loaded
     finally:
-        with torch.no_grad():
-            for name, original in originals.items():
-                params[name].copy_(original)
+        for name, dense in originals.items():
+            params[name].data = dense
 
 
 def load_variant(model_reference: str, variant_id: str, **load_options):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from backend.data import calibration_windows, heldout_windows, load_documents
+from backend.data.sources import load_documents
+from backend.data.windows import calibration_windows, heldout_windows
 from backend.data.windows import encode
 from tests.conftest import SHARED_CACHE
 

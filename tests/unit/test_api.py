@@ -644,3 +644,16 @@ def test_a_default_model_that_cannot_load_leaves_a_working_server(isolated_cache
         assert "unknown model" in health["error"] and health["default_model"] == missing
         assert client.get("/variants").json() == []
         assert_json_error(client.post("/nsa", json={"text": SENTENCE}), 400, "unknown model")
+
+
+def test_samples_are_real_labelled_examples_and_bad_sets_are_4xx(client):
+    from backend.data.sources import labelled_examples
+
+    answer = client.get("/samples", params={"dataset": "sst2", "n": 3, "seed": 7})
+    assert answer.status_code == 200
+    assert answer.json() == labelled_examples("sst2", 3, 7)
+    assert client.get("/samples", params={"dataset": "sst2", "n": 3, "seed": 7}).json() == answer.json()
+    refused = client.get("/samples", params={"dataset": "c4"})
+    assert refused.status_code == 400 and "sst2" in refused.json()["detail"]
+    assert client.get("/samples", params={"dataset": "../x"}).status_code == 422
+    assert client.get("/samples", params={"dataset": "sst2", "n": 0}).status_code == 422

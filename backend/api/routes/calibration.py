@@ -1,10 +1,12 @@
-"""GET /calibration-sets: the named text sets a prune request may calibrate on."""
+"""GET /calibration-sets and GET /samples: the named text sets, and labelled examples of them."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, Field
 
 from backend.api.schemas import CalibrationSet
+from backend.errors import UserError
 
 router = APIRouter(tags=["calibration"])
 
@@ -17,3 +19,25 @@ async def list_calibration_sets() -> list[dict]:
 
     # file:PATH reads the server's disk: offered on the command line, never over HTTP.
     return [row for row in list_text_sets() if not row["name"].startswith(FILE_PREFIX)]
+
+
+class Sample(BaseModel):
+    text: str = Field(description="The example's text, as NSA receives it.")
+    label: int = Field(description="The gold label's index in the dataset.")
+    label_text: str = Field(description="The gold label as a word (e.g. 'positive').")
+
+
+@router.get("/samples", response_model=list[Sample], summary="Labelled examples of a text set")
+async def list_samples(
+    dataset: str = Query(max_length=64, pattern=r"^[a-z0-9_]+$",
+                         description="A set with labelled splits, e.g. sst2 (see /calibration-sets)."),
+    n: int = Query(default=10, ge=1, le=200, description="How many examples."),
+    seed: int = Query(default=0, ge=0, le=2**31 - 1, description="Seed of the draw (same seed, same examples)."),
+) -> list[dict]:
+    from backend.data.sources import labelled_examples, list_text_sets
+
+    splits = {row["name"]: row.get("labelled_splits", []) for row in list_text_sets()}
+    if not splits.get(dataset):
+        labelled = ", ".join(name for name, found in splits.items() if found)
+        raise UserError(f"{dataset!r} has no labelled examples; these do: {labelled}")
+    return labelled_examples(dataset, n, seed, split=splits[dataset][0])
