@@ -41,19 +41,22 @@ class _OneLineParser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message}")
 
 
-def write_json_atomic(path: str | Path, payload: dict) -> None:
-    """Write JSON next to the target and rename it in place: never a half-written file."""
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write next to the target and rename it in place: never a half-written file."""
     target = Path(path)
-    if target.parent and not target.parent.exists():
+    if not target.parent.is_dir():
         raise UserError(f"{target.parent}: folder does not exist")
     staging = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
-        with open(staging, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle)
+        staging.write_text(text, encoding="utf-8")
         os.replace(staging, target)
     except OSError as exc:
         staging.unlink(missing_ok=True)
         raise UserError(f"{target}: cannot write ({exc.strerror})") from exc
+
+
+def write_json_atomic(path: str | Path, payload: dict) -> None:
+    write_text_atomic(path, json.dumps(payload))
 
 
 def parse_int_list(text: str, what: str) -> list[int]:

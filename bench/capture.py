@@ -16,9 +16,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backend.data.sources import load_documents  # noqa: E402
-from backend.models.loader import load_model  # noqa: E402
-from backend.nsa.capture import NeuronCapture  # noqa: E402
+from backend.data.sources import load_documents
+from backend.models.loader import load_model
+from backend.nsa.capture import NeuronCapture
 
 GOAL = 1.10
 

@@ -23,14 +23,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backend.data.windows import calibration_windows  # noqa: E402
-from backend.pruning.engine import (  # noqa: E402
+from backend.data.windows import calibration_windows
+from backend.pruning.engine import (
     PruneConfig,
     capture_decoder_inputs,
     create_variant,
     propagate,
 )
-from backend.pruning.spec import SparsitySpec  # noqa: E402
+from backend.pruning.spec import SparsitySpec
 
 GOALS_CPU = {"wanda": 2.2, "sparsegpt": 3.5}
 GOALS_GPU_SECONDS = {"wanda": 60.0, "sparsegpt": 300.0}

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from pathlib import Path
 
-from backend.cli import command
+from backend.cli import command, write_text_atomic
 from backend.errors import UserError
 
 
@@ -21,19 +19,6 @@ def _data_files(pairs: list[str] | None) -> dict[str, str]:
             raise UserError(f"--data expects TASK=PATH, got {pair!r}")
         files[task.strip()] = path.strip()
     return files
-
-
-def _write_text_atomic(path: str, text: str) -> None:
-    target = Path(path)
-    if not target.parent.is_dir():
-        raise UserError(f"{target.parent}: folder does not exist")
-    staging = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        staging.write_text(text, encoding="utf-8")
-        os.replace(staging, target)
-    except OSError as exc:
-        staging.unlink(missing_ok=True)
-        raise UserError(f"{target}: cannot write ({exc.strerror})") from exc
 
 
 @command("tasks", "list the evaluation tasks, their category and whether each works offline")
@@ -139,7 +124,7 @@ def _table(parser: argparse.ArgumentParser):
         text = {"markdown": table.to_markdown, "csv": table.to_csv,
                 "json": lambda: json.dumps(table.to_json(), indent=2) + "\n"}[args.format]()
         if args.output:
-            _write_text_atomic(args.output, text)
+            write_text_atomic(args.output, text)
         else:
             sys.stdout.write(text)
         return 0

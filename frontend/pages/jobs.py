@@ -12,6 +12,7 @@ from frontend.views import jobs_view, nsa_view
 
 METHODS = ("wanda", "sparsegpt", "ria", "magnitude", "mi")
 REFRESH_S = 2.0
+SUBMITTED_KEY = "jobs_last_submitted"  # the last job this session queued
 SHOWN_FAILURES = 10
 
 st.title("Variants & jobs")
@@ -43,8 +44,9 @@ with prune_column, st.form("prune_form"):
             "model": model, "method": method, "calibration": calibration, "sparsity": sparsity.strip(),
             "nsamples": int(nsamples), "seqlen": int(seqlen), "seed": int(seed)}, what="prune")
         if accepted:
-            st.success(f"Prune job `{accepted['job']['id']}` queued"
-                       + (f" \u2192 variant `{accepted['variant_id']}`" if accepted.get("variant_id") else ""))
+            st.session_state[SUBMITTED_KEY] = (
+                f"Prune job `{accepted['job']['id']}` queued"
+                + (f" \u2192 variant `{accepted['variant_id']}`" if accepted.get("variant_id") else ""))
 
 with evaluate_column, st.form("evaluate_form"):
     st.subheader("Evaluate")
@@ -63,7 +65,12 @@ with evaluate_column, st.form("evaluate_form"):
                 "model": model, "variant": None if target == "dense" else target, "tasks": chosen_tasks,
                 "limit": int(limit) or None}, what="evaluate")
             if accepted:
-                st.success(f"Evaluation job `{accepted['job']['id']}` queued")
+                st.session_state[SUBMITTED_KEY] = f"Evaluation job `{accepted['job']['id']}` queued"
+
+# Kept in the session, not drawn once: a job that ends at once reruns the page (see job_list),
+# and the confirmation must survive that rerun.
+if st.session_state.get(SUBMITTED_KEY):
+    st.success(st.session_state[SUBMITTED_KEY])
 
 st.subheader("Jobs")
 jobs = ui.fetch(api.jobs, what="jobs") or []

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from backend.data.sources import load_documents
-from backend.data.windows import calibration_windows, heldout_windows
-from backend.data.windows import encode
+from backend.data.windows import calibration_windows, encode, heldout_windows
 from tests.conftest import SHARED_CACHE
 
 pytestmark = pytest.mark.integration

@@ -308,7 +308,8 @@ def test_jobs_page_creates_a_variant_and_shows_failures_with_their_message(dashb
     at.number_input(key="jobs_seqlen").set_value(16)
     next(b for b in at.button if b.label == "Create variant").click().run()
     _clean(at)
-    assert any("Prune job" in s.value for s in at.success)
+    shown = [e.value for e in at.error] + [w.value for w in at.warning] + [i.value for i in at.info]
+    assert any("Prune job" in s.value for s in at.success), shown
 
 
 def test_jobs_page_shows_a_refused_request_as_the_backends_message(dashboard):
