@@ -11,7 +11,6 @@ import pytest
 
 from tests.e2e.servers import (
     CHROMIUM_ARGS,
-    EMBEDDED,
     REPO,
     chromium_path,
     isolated_cache,
@@ -33,13 +32,13 @@ def _requirements() -> str | None:
         import playwright.sync_api  # noqa: F401
     except ImportError:
         return "the playwright Python package is not installed"
-    if not (EMBEDDED / "config.json").is_file():
-        return f"the embedded model is not converted in {EMBEDDED} (run `prunelens models` once)"
     return None
 
 
 @pytest.mark.skipif(_requirements() is not None, reason=str(_requirements()))
-def test_shared_explorer_link_and_uploaded_attribution_in_chromium(tmp_path):
+def test_shared_explorer_link_and_uploaded_attribution_in_chromium(tmp_path, embedded):
+    # `embedded` converts the model into models_cache on a fresh clone (CI) before the
+    # servers start; the servers then share that checkpoint.
     from playwright.sync_api import expect, sync_playwright
 
     ARTIFACTS.mkdir(exist_ok=True)

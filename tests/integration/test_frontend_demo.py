@@ -12,14 +12,14 @@ import httpx
 import pytest
 
 from frontend.demo import free_port, port_is_free
-from tests.e2e.servers import EMBEDDED, isolated_cache
+from tests.e2e.servers import isolated_cache
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 
-@pytest.mark.skipif(not (EMBEDDED / "config.json").is_file(), reason="the embedded model is not converted")
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])
-def test_demo_serves_backend_and_dashboard_then_stops_both(tmp_path, stop_signal):
+def test_demo_serves_backend_and_dashboard_then_stops_both(tmp_path, stop_signal, embedded):
+    # `embedded` converts the model on a fresh clone first; the demo then shares the checkpoint.
     backend_port, dashboard_port = free_port(0), free_port(0)
     env = {**os.environ, "PRUNELENS_CACHE_DIR": str(isolated_cache(tmp_path)), "PRUNELENS_DEVICE": "cpu"}
     env.pop("PRUNELENS_API_TOKEN", None)
