@@ -99,12 +99,12 @@ class DemoPreparation:
             job = self.api.job(job["id"])
         return job
 
-    def _submit(self, label: str, submit: Callable[[], dict]) -> dict | None:
-        """Submit one job and wait for it; a busy backend is retried, other errors are reported."""
+    def _call(self, label: str, call: Callable[[], dict], refused: str) -> dict | None:
+        """Call the backend; a busy one (429/503) is waited for and retried, other refusals are
+        recorded as failures (None) so the rest of the demo goes on."""
         while True:
             try:
-                accepted = submit()
-                break
+                return call()
             except BackendUnavailable:
                 raise
             except BackendError as exc:
@@ -112,8 +112,14 @@ class DemoPreparation:
                     time.sleep(exc.retry_after or 5.0)
                     continue
                 self.failures.append(f"{label}: {exc}")
-                self.say(f"[demo] {label}: refused ({exc})")
+                self.say(f"[demo] {label}: {refused} ({exc})")
                 return None
+
+    def _submit(self, label: str, submit: Callable[[], dict]) -> dict | None:
+        """Submit one job and wait for it."""
+        accepted = self._call(label, submit, "refused")
+        if accepted is None:
+            return None
         job = self.wait_for_job(accepted["job"])
         if job["state"] != "succeeded":
             self.failures.append(f"{label}: {job.get('error') or job['state']}")
@@ -122,20 +128,11 @@ class DemoPreparation:
         return job
 
     def _nsa(self, label: str, request: dict) -> str | None:
-        while True:
-            try:
-                envelope = self.api.nsa(request)
-                self.say(f"[demo] {label}: NSA result {envelope['id']}")
-                return envelope["id"]
-            except BackendUnavailable:
-                raise
-            except BackendError as exc:
-                if exc.status in (429, 503):
-                    time.sleep(exc.retry_after or 5.0)
-                    continue
-                self.failures.append(f"{label}: {exc}")
-                self.say(f"[demo] {label}: NSA refused ({exc})")
-                return None
+        envelope = self._call(label, lambda: self.api.nsa(request), "NSA refused")
+        if envelope is None:
+            return None
+        self.say(f"[demo] {label}: NSA result {envelope['id']}")
+        return envelope["id"]
 
     def run(self) -> list[str]:
         """Prepare everything; returns the failures (empty when all went well)."""

@@ -100,3 +100,18 @@ def nsa_result(result_id: str) -> dict | None:
     """A stored NSA result (immutable by id, so cached for the session's life)."""
     api = client()
     return fetch(_cached_nsa_result, api.base_url, id(api), result_id, what=f"NSA result {result_id}")
+
+
+def checked_nsa_result(result_id: str) -> tuple[dict, dict]:
+    """(envelope, result) of a stored NSA result whose schema this dashboard can draw; otherwise
+    the problem is shown once and the page stops."""
+    from frontend.views import nsa_view
+
+    envelope = nsa_result(result_id)
+    if envelope is None:
+        st.stop()
+    problem = nsa_view.check_schema(envelope["result"])
+    if problem:
+        st.error(problem)
+        st.stop()
+    return envelope, envelope["result"]

@@ -140,16 +140,8 @@ def variant_masks(variant_id: str, settings: Settings | None = None) -> dict[str
 
     For replaced weights (SparseGPT) the mask is where the stored weight is exactly zero.
     """
-    tensors, shapes = _read_overlay(variant_id, settings)
-    masks = {}
-    for key, tensor in tensors.items():
-        kind, name = key.split("::", 1)
-        if kind == "mask":
-            shape = shapes[name]
-            masks[name] = unpack_mask(tensor, shape[-1]).reshape(shape)
-        else:
-            masks[name] = tensor == 0
-    return masks
+    return {name: tensor if kind == "mask" else tensor == 0
+            for name, kind, tensor in _overlay_ops(variant_id, settings)}
 
 
 def _overlay_ops(variant_id: str, settings: Settings | None = None):

@@ -68,14 +68,7 @@ if st.button("Run NSA", type="primary", key="at_run"):
 result_id = st.session_state.get("at_result") or state.result
 if not result_id:
     st.stop()
-envelope = ui.nsa_result(result_id)
-if envelope is None:
-    st.stop()
-result = envelope["result"]
-problem = nsa_view.check_schema(result)
-if problem:
-    st.error(problem)
-    st.stop()
+envelope, result = ui.checked_nsa_result(result_id)
 request = envelope.get("request", {})
 ui.publish(ViewState(model=result["model"]["name"], variants=tuple(v["id"] for v in result.get("variants", [])),
                      result=result_id))

@@ -77,14 +77,7 @@ if st.session_state.get("cal_result") not in result_ids:
     st.session_state["cal_result"] = result_ids[0]
 result_id = st.selectbox("Text (stored NSA result)", result_ids, key="cal_result",
                          format_func=lambda rid: f"{nsa_view.text_preview(previews.get(rid, rid), 70)} \u00b7 {rid}")
-envelope = ui.nsa_result(result_id)
-if envelope is None:
-    st.stop()
-result = envelope["result"]
-problem = nsa_view.check_schema(result)
-if problem:
-    st.error(problem)
-    st.stop()
+envelope, result = ui.checked_nsa_result(result_id)
 present = [vid for vid in ids if vid in nsa_view.variant_labels(result)]
 keys = nsa_view.neuron_keys(result)
 texts = result.get("texts", [])

@@ -98,14 +98,7 @@ if st.session_state.get("ex_result_pick") not in ids:
 result_id = right.selectbox("Stored result", ids, key="ex_result_pick", format_func=describe)
 st.session_state["ex_result"] = result_id
 
-envelope = ui.nsa_result(result_id)
-if envelope is None:
-    st.stop()
-result = envelope["result"]
-problem = nsa_view.check_schema(result)
-if problem:
-    st.error(problem)
-    st.stop()
+envelope, result = ui.checked_nsa_result(result_id)
 for warning in result.get("warnings", []):
     st.caption(f":material/warning: {warning}")
 

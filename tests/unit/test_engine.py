@@ -213,7 +213,6 @@ def test_cli_bad_input(isolated_cache, tiny_model_dir, capsys, argv, needle):
 
 
 def test_cli_model_without_layers(isolated_cache, tmp_path, capsys):
-    from backend.config import get_settings  # noqa: F401
     from tests.conftest import build_tiny_model, build_tiny_tokenizer
 
     model = build_tiny_model("llama", layers=0)
@@ -237,7 +236,7 @@ def test_cli_prune_prints_id_and_sparsity(isolated_cache, tiny_model_dir, calibr
     assert json.loads(capsys.readouterr().out)[0]["sparsity"] == "2:4"
 
 
-def test_bad_config_raises_before_work(tiny):
+def test_bad_config_raises_before_work():
     with pytest.raises(UserError, match="unknown method"):
         PruneConfig(method="obs", calibration="c4").validate()
     with pytest.raises(UserError, match="channel permutation"):

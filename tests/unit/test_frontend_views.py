@@ -481,3 +481,32 @@ def test_every_page_is_a_registered_page_of_the_app():
     assert pages == ["accuracy.py", "attribute.py", "calibration.py", "explorer.py", "jobs.py"]
     for page in pages:
         assert f'"pages" / "{page}"' in app
+
+
+def test_demo_waits_out_a_busy_backend_and_records_refusals():
+    """429/503 are retried after Retry-After; another refusal is a recorded failure, not a crash."""
+    from frontend.client import BackendError
+    from frontend.demo import DemoPlan, DemoPreparation
+
+    class Backend:
+        def __init__(self, answers):
+            self.answers, self.calls = list(answers), 0
+
+        def nsa(self, request):
+            self.calls += 1
+            answer = self.answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+    said: list[str] = []
+    busy_then_ok = Backend([BackendError("busy", 429, 0.0), BackendError("full", 503, 0.0), {"id": "r1"}])
+    demo = DemoPreparation(api=busy_then_ok, plan=DemoPlan(), texts=lambda n: [], say=said.append)
+    assert demo._nsa("dense", {"text": "x"}) == "r1"
+    assert busy_then_ok.calls == 3 and demo.failures == []
+
+    refused = Backend([BackendError("empty text", 400)])
+    demo = DemoPreparation(api=refused, plan=DemoPlan(), texts=lambda n: [], say=said.append)
+    assert demo._nsa("dense", {"text": ""}) is None
+    assert refused.calls == 1 and demo.failures == ["dense: empty text"]
+    assert said[-1] == "[demo] dense: NSA refused (empty text)"
