@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Self
 
 import torch
 from torch import nn
@@ -63,7 +64,7 @@ class NeuronCapture:
         neurons = self.activations[layer_index]
         return neurons.reshape(batch_size, -1, neurons.shape[-1])
 
-    def __enter__(self) -> NeuronCapture:
+    def __enter__(self) -> Self:
         self.activations = {}
         try:
             for index, module in self._modules.items():

@@ -218,6 +218,10 @@ def _layer_output(output) -> torch.Tensor:
 # ----------------------------------------------------------------------------- statistics
 
 
+class _StatisticsComplete(Exception):
+    """Raised by the last linear's hook: what the layer computes after that is not needed."""
+
+
 def collect_statistics(layer: nn.Module, linears: dict[str, nn.Module], hidden: list[torch.Tensor],
                        calls: list[LayerCall], device: torch.device, *, hessian: bool,
                        covariance_of: frozenset[str] = frozenset()) -> dict[str, InputStatistics]:
@@ -227,10 +231,15 @@ def collect_statistics(layer: nn.Module, linears: dict[str, nn.Module], hidden: 
     are identical, and a 7B layer's Hessians are too large to compute three times. Sharing is
     found per batch by tensor identity; the batch keeps a reference to every input it has seen
     so that a freed tensor's memory cannot be reused by a later input with the same address.
+
+    The forward stops as soon as every linear has seen its input: the last linear's own product
+    (the MLP's down projection, a quarter of a LLaMA layer's matrix work) and the residual add
+    would be thrown away, since the next layer's inputs come from ``propagate`` after pruning.
     """
     leader_of: dict[str, str] = {}  # linear -> the first linear that saw the same input
     statistics: dict[str, InputStatistics] = {}
     seen: dict[tuple, tuple[str, torch.Tensor]] = {}
+    waiting: set[str] = set()  # linears whose input this batch has not reached yet
 
     def hook_for(name: str):
         def accumulate(_module, args):
@@ -238,14 +247,17 @@ def collect_statistics(layer: nn.Module, linears: dict[str, nn.Module], hidden: 
             key = (x.data_ptr(), tuple(x.shape), x.dtype)
             if key in seen:
                 leader_of[name] = seen[key][0]
-                return
-            seen[key] = (name, x)
-            leader_of[name] = name
-            if name not in statistics:
-                statistics[name] = InputStatistics(
-                    x.shape[-1], device, hessian=hessian, covariance=name in covariance_of
-                )
-            statistics[name].update(x)
+            else:
+                seen[key] = (name, x)
+                leader_of[name] = name
+                if name not in statistics:
+                    statistics[name] = InputStatistics(
+                        x.shape[-1], device, hessian=hessian, covariance=name in covariance_of
+                    )
+                statistics[name].update(x)
+            waiting.discard(name)
+            if not waiting:
+                raise _StatisticsComplete
 
         return accumulate
 
@@ -254,7 +266,11 @@ def collect_statistics(layer: nn.Module, linears: dict[str, nn.Module], hidden: 
         with torch.no_grad():
             for batch_hidden, call in zip(hidden, calls, strict=True):
                 seen.clear()
-                layer(batch_hidden.to(device), *call.args, **call.kwargs)
+                waiting.update(linears)
+                try:
+                    layer(batch_hidden.to(device), *call.args, **call.kwargs)
+                except _StatisticsComplete:
+                    pass
     finally:
         seen.clear()
         for handle in handles:
@@ -283,32 +299,41 @@ class LinearOutcome:
     info: dict = field(default_factory=dict)
 
 
-def _prune_magnitude(weight, _stats, config):
+# Each pruner takes the [out, in] weights of the linears that read the same input (one linear, or
+# q/k/v, gate/up) with their shared statistics, and returns one outcome per weight.
+
+
+def _prune_magnitude(weights, _stats, config):
     from backend.pruning.magnitude import magnitude_mask
 
-    return LinearOutcome(magnitude_mask(weight, config.spec))
+    return [LinearOutcome(magnitude_mask(weight, config.spec)) for weight in weights]
 
 
-def _prune_wanda(weight, stats, config):
+def _prune_wanda(weights, stats, config):
     from backend.pruning.wanda import wanda_mask
 
-    return LinearOutcome(wanda_mask(weight, stats.act_norm, config.spec))
+    return [LinearOutcome(wanda_mask(weight, stats.act_norm, config.spec)) for weight in weights]
 
 
-def _prune_ria(weight, stats, config):
+def _prune_ria(weights, stats, config):
     from backend.pruning.ria import ria_mask
 
-    mask, permutation = ria_mask(weight, stats.act_norm, config.spec, alpha=config.alpha,
-                                 channel_permutation=config.channel_permutation)
-    return LinearOutcome(mask, info={"permuted": permutation is not None})
+    outcomes = []
+    for weight in weights:
+        mask, permutation = ria_mask(weight, stats.act_norm, config.spec, alpha=config.alpha,
+                                     channel_permutation=config.channel_permutation)
+        outcomes.append(LinearOutcome(mask, info={"permuted": permutation is not None}))
+    return outcomes
 
 
-def _prune_sparsegpt(weight, stats, config):
-    from backend.pruning.sparsegpt import sparsegpt_prune
+def _prune_sparsegpt(weights, stats, config):
+    from backend.pruning.sparsegpt import sparsegpt_prune_together
 
-    result = sparsegpt_prune(weight, stats.hessian, config.spec, blocksize=config.blocksize,
-                             percdamp=config.percdamp)
-    return LinearOutcome(result.mask, result.weight, {"damp": result.damp, "retries": result.retries})
+    # Pruned together: one factorisation of the shared Hessian and one column loop for all.
+    results = sparsegpt_prune_together(weights, stats.hessian, config.spec,
+                                       blocksize=config.blocksize, percdamp=config.percdamp)
+    return [LinearOutcome(result.mask, result.weight, {"damp": result.damp, "retries": result.retries})
+            for result in results]
 
 
 LINEAR_PRUNERS: dict[str, Callable] = {
@@ -317,6 +342,15 @@ LINEAR_PRUNERS: dict[str, Callable] = {
     "ria": _prune_ria,
     "sparsegpt": _prune_sparsegpt,
 }
+
+
+def input_groups(linears: dict[str, nn.Module], stats: dict[str, InputStatistics]) -> list[list[str]]:
+    """The linears grouped by shared statistics (the same input), in the layer's order."""
+    groups: dict[int, list[str]] = {}
+    for name in linears:
+        key = id(stats[name]) if name in stats else id(name)
+        groups.setdefault(key, []).append(name)
+    return list(groups.values())
 
 
 # ----------------------------------------------------------------------------- the engine
@@ -418,17 +452,19 @@ def create_variant(loaded, config: PruneConfig, *, progress: Progress | None = N
             if config.info.structured:
                 changes = neuron_masks(layer, adapter, stats[adapter.mlp_output], config)
             else:
-                for name, module in linears.items():
-                    remember(f"{prefix}.{name}.weight", module.weight)  # before any pruner sees it
-                    weight = weight_matrix(module)  # [out, in] view into the module
-                    outcome = LINEAR_PRUNERS[config.method](weight, stats.get(name), config)
-                    if outcome.new_weight is not None:
-                        with torch.no_grad():
-                            weight.copy_(outcome.new_weight)
-                        new_weights[f"{prefix}.{name}.weight"] = module.weight.detach()
-                    if outcome.info:
-                        notes[f"{prefix}.{name}"] = outcome.info
-                    changes.append((name, module, "weight", outcome.mask))
+                for group in input_groups(linears, stats):
+                    for name in group:  # before any pruner sees it
+                        remember(f"{prefix}.{name}.weight", linears[name].weight)
+                    weights = [weight_matrix(linears[name]) for name in group]  # [out, in] views
+                    outcomes = LINEAR_PRUNERS[config.method](weights, stats.get(group[0]), config)
+                    for name, weight, outcome in zip(group, weights, outcomes, strict=True):
+                        if outcome.new_weight is not None:
+                            with torch.no_grad():
+                                weight.copy_(outcome.new_weight)
+                            new_weights[f"{prefix}.{name}.weight"] = linears[name].weight.detach()
+                        if outcome.info:
+                            notes[f"{prefix}.{name}"] = outcome.info
+                        changes.append((name, linears[name], "weight", outcome.mask))
             stats = None  # free Hessians before the next layer
             for name, module, param_name, mask in changes:
                 param = getattr(module, param_name)

@@ -10,6 +10,11 @@ from __future__ import annotations
 
 import torch
 
+# The Hessian X^T X is symmetric: accumulating it by column blocks, only the blocks on and above the
+# diagonal, costs (k + 1) / 2k of the full product for k blocks (2/3 for SmolLM2's 1536 MLP
+# neurons) and stays one large matrix product per block. The lower blocks are mirrored on read.
+GRAM_BLOCK = 384
+
 
 class InputStatistics:
     """Accumulates statistics of ``x: [..., in_features]`` batches, in float32 on ``device``."""
@@ -33,6 +38,7 @@ class InputStatistics:
             if hessian
             else None
         )
+        self._hessian_lower_stale = False
         self._mean = (
             torch.zeros(in_features, dtype=torch.float32, device=self.device)
             if covariance
@@ -60,13 +66,13 @@ class InputStatistics:
             return
         previous = self.tokens
         total = previous + added
-        self._sum_squares += batch.pow(2).sum(dim=0)
+        self._sum_squares += (batch * batch).sum(dim=0)
         if self._hessian is not None:
             # Running average as SparseGPT keeps it: rescale the old mean, add the new scaled
             # batch; the entries stay O(x^2) however many tokens arrive, so float32 suffices.
             self._hessian.mul_(previous / total)
             scaled = batch * (2.0 / total) ** 0.5
-            self._hessian.addmm_(scaled.T, scaled)
+            self._add_upper_gram(scaled)
         if self._mean is not None:
             batch_mean = batch.mean(dim=0)  # [in]
             centered = batch - batch_mean
@@ -75,6 +81,17 @@ class InputStatistics:
             self._centered_outer.addr_(delta, delta, alpha=previous * added / total)
             self._mean.add_(delta, alpha=added / total)
         self.tokens = total
+
+    def _add_upper_gram(self, scaled: torch.Tensor) -> None:
+        """H += scaled^T scaled, computing only the column blocks on and above the diagonal."""
+        size = self.in_features
+        if size <= GRAM_BLOCK:
+            self._hessian.addmm_(scaled.T, scaled)
+            return
+        for start in range(0, size, GRAM_BLOCK):
+            end = min(start + GRAM_BLOCK, size)
+            self._hessian[start:end, start:].addmm_(scaled[:, start:end].T, scaled[:, start:])
+        self._hessian_lower_stale = True
 
     @property
     def act_norm(self) -> torch.Tensor:
@@ -86,6 +103,12 @@ class InputStatistics:
         """2 X X^T / n over all tokens seen (X = [in, tokens]): [in, in], float32."""
         if self._hessian is None:
             raise RuntimeError("InputStatistics was created without hessian=True")
+        if self._hessian_lower_stale:
+            for start in range(GRAM_BLOCK, self.in_features, GRAM_BLOCK):
+                self._hessian[start:, start - GRAM_BLOCK : start] = self._hessian[
+                    start - GRAM_BLOCK : start, start:
+                ].T
+            self._hessian_lower_stale = False
         return self._hessian
 
     @property

@@ -80,9 +80,8 @@ def test_capture_leaves_logits_unchanged_and_removes_hooks(tiny):
 def test_hooks_removed_when_forward_raises(tiny):
     hooks_before = _all_hook_counts(tiny.model)
     bad_ids = torch.tensor([[10_000_000]])  # out of vocabulary: the embedding raises
-    with pytest.raises(IndexError):
-        with NeuronCapture(tiny.model, tiny.adapter):
-            tiny.model(input_ids=bad_ids)
+    with pytest.raises(IndexError), NeuronCapture(tiny.model, tiny.adapter):
+        tiny.model(input_ids=bad_ids)
     assert _all_hook_counts(tiny.model) == hooks_before
 
 

@@ -11,7 +11,12 @@ from backend.cli import main
 from backend.data.windows import calibration_windows
 from backend.errors import UserError
 from backend.models.adapters import weight_matrix
-from backend.pruning.engine import PruneConfig, create_variant
+from backend.pruning.engine import (
+    PruneConfig,
+    capture_decoder_inputs,
+    collect_statistics,
+    create_variant,
+)
 from backend.pruning.spec import SparsitySpec
 from backend.pruning.variants import (
     apply_overlay,
@@ -95,6 +100,42 @@ def _layer_input_norms(loaded, layer_index: int, windows: torch.Tensor) -> dict[
         for handle in handles:
             handle.remove()
     return {name: total.sqrt().float() for name, total in sums.items()}
+
+
+def test_statistics_pass_equals_full_forwards_and_stops_early(tiny):
+    # The statistics pass stops once every linear has seen its input; what it gathered must equal
+    # what hooks see in a full forward of the model, and the last linear must never have run.
+    windows = torch.randint(5, 60, (3, 16), generator=torch.Generator().manual_seed(0))
+    layers = tiny.adapter.decoder_layers(tiny.model)
+    with torch.no_grad():
+        hidden, calls_per_batch = capture_decoder_inputs(tiny.model, layers, [windows], torch.device("cpu"))
+    linears = tiny.adapter.prunable_linears(layers[0])
+    last_name = list(linears)[-1]
+    last_calls = []
+    handle = linears[last_name].register_forward_hook(lambda *_: last_calls.append(1))
+    try:
+        stats = collect_statistics(layers[0], linears, hidden, [calls_per_batch[0][0]],
+                                   torch.device("cpu"), hessian=True)
+    finally:
+        handle.remove()
+    assert last_calls == [] and set(stats) == set(linears)
+    inputs: dict[str, torch.Tensor] = {}
+    def recorder(name):
+        def record(_module, args):  # returns None: a pre-hook's return value would replace args
+            inputs[name] = args[0].reshape(-1, args[0].shape[-1])
+        return record
+
+    handles = [module.register_forward_pre_hook(recorder(name)) for name, module in linears.items()]
+    try:
+        with torch.no_grad():
+            tiny.model(input_ids=windows, use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    for name, x in inputs.items():
+        x = x.double()
+        torch.testing.assert_close(stats[name].act_norm.double(), x.pow(2).sum(0).sqrt(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(stats[name].hessian.double(), 2 * x.T @ x / x.shape[0], rtol=1e-4, atol=1e-6)
 
 
 def test_layer_two_sees_pruned_layer_one(isolated_cache, calibration_file):

@@ -9,12 +9,25 @@ import pytest
 import torch
 
 from backend.errors import UserError
+from backend.pruning import spec as spec_module
 from backend.pruning.magnitude import magnitude_mask
 from backend.pruning.mi_neurons import mi_neurons_to_remove, mi_removal_order
 from backend.pruning.ria import heuristic_channel_reallocation, nm_kept_score, ria_mask, ria_metric
-from backend.pruning.sparsegpt import HessianNotPositiveDefiniteError, sparsegpt_prune
-from backend.pruning.spec import SparsitySpec, lowest_in_matrix, lowest_per_group, lowest_per_row
-from backend.pruning.stats import InputStatistics
+from backend.pruning.sparsegpt import (
+    HessianNotPositiveDefiniteError,
+    _inverse_hessian_factor,
+    sparsegpt_prune,
+    sparsegpt_prune_together,
+)
+from backend.pruning.spec import (
+    SAMPLED_SELECTION_MIN,
+    SparsitySpec,
+    kth_smallest,
+    lowest_in_matrix,
+    lowest_per_group,
+    lowest_per_row,
+)
+from backend.pruning.stats import GRAM_BLOCK, InputStatistics
 from backend.pruning.wanda import wanda_mask
 
 NM_SPECS = [SparsitySpec.nm(2, 4), SparsitySpec.nm(4, 8)]
@@ -173,6 +186,53 @@ def test_selection_with_ties_equals_a_stable_sort():
     )  # ties: leftmost first
 
 
+@pytest.mark.parametrize(
+    "values",
+    [
+        torch.rand(SAMPLED_SELECTION_MIN, generator=torch.Generator().manual_seed(1)).pow(4),
+        torch.randint(
+            0, 5, (3 * SAMPLED_SELECTION_MIN,), generator=torch.Generator().manual_seed(2)
+        ).float(),
+        torch.full((SAMPLED_SELECTION_MIN + 7,), 0.25),
+        torch.arange(2 * SAMPLED_SELECTION_MIN, 0, -1).float(),  # sorted descending
+        torch.randn(100_003, generator=torch.Generator().manual_seed(3)).exp(),  # heavy tail
+    ],
+    ids=["skewed", "five-values", "constant", "descending", "lognormal"],
+)
+def test_sampled_selection_equals_kthvalue(values):
+    size = values.numel()
+    for k in (1, 2, 37, size // 10, size // 2, size - 5, size):
+        assert torch.equal(kth_smallest(values, k), torch.kthvalue(values, k).values), k
+
+
+def test_sampled_selection_recovers_when_the_sample_misleads(monkeypatch):
+    values = torch.rand(SAMPLED_SELECTION_MIN * 2, generator=torch.Generator().manual_seed(4))
+    ordered = torch.sort(values).values
+    wrong_brackets = [
+        (ordered[10], ordered[20]),  # entirely below the answer
+        (ordered[-20], ordered[-10]),  # entirely above it
+        (None, ordered[5]),
+        (ordered[-5], None),
+    ]
+    for bracket in wrong_brackets:
+        monkeypatch.setattr(spec_module, "_sample_bracket", lambda _values, _k, b=bracket: b)
+        assert torch.equal(
+            kth_smallest(values, values.numel() // 2), ordered[values.numel() // 2 - 1]
+        )
+
+
+def test_long_row_selection_with_ties_equals_a_stable_sort():
+    generator = torch.Generator().manual_seed(5)
+    metric = torch.randint(
+        0, 50, (128, 600), generator=generator
+    ).float()  # a SparseGPT-sized block
+    flat_order = torch.sort(metric.flatten(), stable=True).indices
+    for count in (1, 999, metric.numel() // 2, metric.numel() - 1):
+        expected = torch.zeros(metric.numel(), dtype=torch.bool)
+        expected[flat_order[:count]] = True
+        assert torch.equal(lowest_in_matrix(metric, count), expected.view_as(metric)), count
+
+
 # --------------------------------------------------------------------------- InputStatistics
 
 
@@ -199,6 +259,25 @@ def test_input_statistics_equal_direct_computation():
     torch.testing.assert_close(
         stats.covariance.double(), torch.cov(direct.T, correction=0), rtol=1e-5, atol=1e-5
     )
+
+
+def test_blocked_hessian_equals_the_full_product():
+    # wide enough for the upper-block accumulation (the lower blocks are mirrored when read)
+    columns = 2 * GRAM_BLOCK + 50
+    generator = torch.Generator().manual_seed(6)
+    batches = [torch.randn(40, columns, generator=generator) + shift for shift in (0.0, 2.0, -1.0)]
+    stats = InputStatistics(columns, "cpu", hessian=True)
+    for batch in batches[:2]:
+        stats.update(batch)
+    direct = torch.cat(batches[:2]).double()
+    torch.testing.assert_close(
+        stats.hessian.double(), 2 * direct.T @ direct / 80, rtol=1e-5, atol=1e-5
+    )
+    stats.update(batches[2])  # read, then updated again: the mirror must follow
+    direct = torch.cat(batches).double()
+    hessian = stats.hessian
+    torch.testing.assert_close(hessian.double(), 2 * direct.T @ direct / 120, rtol=1e-5, atol=1e-5)
+    assert torch.equal(hessian, hessian.T)
 
 
 def test_input_statistics_only_what_was_asked_and_checks_width():
@@ -461,6 +540,39 @@ def test_sparsegpt_equals_brute_force_obs(spec, blocksize):
     assert result.retries == 0 and result.damp == pytest.approx(
         0.01 * float(torch.diagonal(hessian).mean())
     )
+
+
+@pytest.mark.parametrize(
+    "spec", [SparsitySpec.unstructured(0.45), *NM_SPECS], ids=lambda s: s.label
+)
+def test_sparsegpt_together_equals_one_by_one(spec):
+    # q/k/v or gate/up: linears reading one input share the factorisation and the column loop
+    _, inputs = random_layer(4, 64, tokens=400, seed=10)
+    hessian = statistics_of(inputs, hessian=True).hessian
+    generator = torch.Generator().manual_seed(11)
+    weights = [torch.randn(rows, 64, generator=generator) for rows in (16, 5, 9)]
+    together = sparsegpt_prune_together(weights, hessian, spec, blocksize=32)
+    for weight, result in zip(weights, together, strict=True):
+        alone = sparsegpt_prune(weight, hessian, spec, blocksize=32)
+        assert torch.equal(result.mask, alone.mask)
+        torch.testing.assert_close(result.weight, alone.weight, rtol=1e-5, atol=1e-6)
+        if spec.kind == "unstructured":  # the quota is per linear, not shared
+            assert int(result.mask.sum()) == math.floor(spec.ratio * weight.numel() + 0.5)
+    with pytest.raises(ValueError, match="must all be"):
+        sparsegpt_prune_together([weights[0], torch.randn(3, 32)], hessian, spec)
+
+
+def test_inverse_hessian_factor_is_the_upper_cholesky_factor_of_the_inverse():
+    _, inputs = random_layer(4, 300, tokens=900, seed=12)  # 300 > the recursion's leaf size
+    hessian = statistics_of(inputs, hessian=True).hessian.double()
+    upper, damp, retries = _inverse_hessian_factor(hessian, 0.01)
+    damped = hessian + damp * torch.eye(300, dtype=torch.float64)
+    assert retries == 0 and torch.equal(upper, upper.triu()) and bool((upper.diagonal() > 0).all())
+    torch.testing.assert_close(upper.T @ upper, torch.linalg.inv(damped), rtol=1e-8, atol=1e-10)
+    reference = torch.linalg.cholesky(
+        torch.cholesky_inverse(torch.linalg.cholesky(damped)), upper=True
+    )
+    torch.testing.assert_close(upper, reference, rtol=1e-8, atol=1e-10)
 
 
 @pytest.mark.parametrize("spec", [SparsitySpec.unstructured(0.5), *NM_SPECS], ids=lambda s: s.label)
