@@ -71,8 +71,7 @@ class InputStatistics:
             # Running average as SparseGPT keeps it: rescale the old mean, add the new scaled
             # batch; the entries stay O(x^2) however many tokens arrive, so float32 suffices.
             self._hessian.mul_(previous / total)
-            scaled = batch * (2.0 / total) ** 0.5
-            self._add_upper_gram(scaled)
+            self._add_upper_gram(batch, alpha=2.0 / total)
         if self._mean is not None:
             batch_mean = batch.mean(dim=0)  # [in]
             centered = batch - batch_mean
@@ -82,15 +81,17 @@ class InputStatistics:
             self._mean.add_(delta, alpha=added / total)
         self.tokens = total
 
-    def _add_upper_gram(self, scaled: torch.Tensor) -> None:
-        """H += scaled^T scaled, computing only the column blocks on and above the diagonal."""
+    def _add_upper_gram(self, batch: torch.Tensor, alpha: float) -> None:
+        """H += alpha batch^T batch, computing only the column blocks on and above the diagonal."""
         size = self.in_features
         if size <= GRAM_BLOCK:
-            self._hessian.addmm_(scaled.T, scaled)
+            self._hessian.addmm_(batch.T, batch, alpha=alpha)
             return
         for start in range(0, size, GRAM_BLOCK):
             end = min(start + GRAM_BLOCK, size)
-            self._hessian[start:end, start:].addmm_(scaled[:, start:end].T, scaled[:, start:])
+            self._hessian[start:end, start:].addmm_(
+                batch[:, start:end].T, batch[:, start:], alpha=alpha
+            )
         self._hessian_lower_stale = True
 
     @property
