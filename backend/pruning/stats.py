@@ -13,7 +13,7 @@ import torch
 # The Hessian X^T X is symmetric: accumulating it by column blocks, only the blocks on and above the
 # diagonal, costs (k + 1) / 2k of the full product for k blocks (2/3 for SmolLM2's 1536 MLP
 # neurons) and stays one large matrix product per block. The lower blocks are mirrored on read.
-GRAM_BLOCK = 384
+GRAM_BLOCK = 256
 
 
 class InputStatistics:
