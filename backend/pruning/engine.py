@@ -374,10 +374,12 @@ def _module_names(model: nn.Module) -> dict[int, str]:
     return {id(module): name for name, module in model.named_modules()}
 
 
-def create_variant(loaded, config: PruneConfig, *, progress: Progress | None = None) -> VariantResult:
+def create_variant(loaded, config: PruneConfig, *, progress: Progress | None = None,
+                   settings=None) -> VariantResult:
     """Prune ``loaded`` with ``config``, write the variant, restore the dense weights.
 
-    An existing variant with the same configuration is reused, not recomputed.
+    An existing variant with the same configuration is reused, not recomputed. ``settings``:
+    whose cache holds the variants (default: the environment's).
     """
     from backend.data.windows import calibration_windows
 
@@ -390,9 +392,9 @@ def create_variant(loaded, config: PruneConfig, *, progress: Progress | None = N
     layers = adapter.decoder_layers(model)
     if len(layers) == 0 or not any(adapter.prunable_linears(layer) for layer in layers):
         raise UserError(f"{loaded.name} has no prunable layers (no decoder layers with linear modules)")
-    if variant_exists(variant_id):
+    if variant_exists(variant_id, settings):
         report(1.0, f"reused existing variant {variant_id}")
-        return VariantResult(variant_id, read_manifest(variant_id), reused=True)
+        return VariantResult(variant_id, read_manifest(variant_id, settings), reused=True)
     names = _module_names(model)
     device = loaded.device
     timings: dict[str, float] = {}
@@ -515,14 +517,15 @@ def create_variant(loaded, config: PruneConfig, *, progress: Progress | None = N
             "versions": _versions(),
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
-        write_variant(variant_id, {**manifest, "timings": timings}, masks=masks, weights=new_weights)
+        write_variant(variant_id, {**manifest, "timings": timings}, masks=masks, weights=new_weights,
+                      settings=settings)
         timings["write"] = time.perf_counter() - tick
         manifest["timings"] = timings
     finally:
         with torch.no_grad():
             for param, dense in originals.values():
                 param.copy_(dense.to(param.device))
-    return VariantResult(variant_id, read_manifest(variant_id), reused=False)
+    return VariantResult(variant_id, read_manifest(variant_id, settings), reused=False)
 
 
 def neuron_masks(layer, adapter, stats: InputStatistics, config: PruneConfig) -> list:

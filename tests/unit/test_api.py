@@ -256,7 +256,7 @@ def test_nsa_result_is_stored_shared_by_id_and_reused(client, monkeypatch):
     monkeypatch.setattr(
         routes.nsa,
         "run_attribution",
-        lambda loaded, request: calls.append(request) or real(loaded, request),
+        lambda loaded, request, settings: calls.append(request) or real(loaded, request, settings),
     )
 
     body = {"text": SENTENCE, "variants": [variant_id], "top_k": 5, "words": ["slow", "beautiful"]}
@@ -321,12 +321,25 @@ def test_nsa_refuses_a_variant_of_another_model(client):
     )
 
 
+def test_variants_live_in_the_servers_cache_not_the_environments(make_client, isolated_cache, tmp_path):
+    # An app built with its own settings keeps its variants there, for pruning and for NSA alike.
+    own_cache = tmp_path / "server-cache"
+    client = make_client(cache_dir=own_cache)
+    variant_id = prune(client)["result"]["variant_id"]
+    assert (own_cache / "variants" / variant_id / "manifest.json").is_file()
+    assert not (isolated_cache.variants_dir / variant_id).exists()
+    body = {"text": SENTENCE, "variants": [variant_id], "top_k": 3, "words": ["slow"]}
+    response = client.post("/nsa", json=body)
+    assert response.status_code == 200, response.text
+    assert [variant["id"] for variant in response.json()["result"]["variants"]] == [variant_id]
+
+
 def test_upload_of_each_format_gives_its_texts(client, monkeypatch):
     seen = []
     monkeypatch.setattr(
         routes.nsa,
         "run_attribution",
-        lambda loaded, request: seen.append(request["texts"]) or {"schema_version": "test"},
+        lambda loaded, request, _settings: seen.append(request["texts"]) or {"schema_version": "test"},
     )
     files = {
         "reviews.txt": b"First review, quite good.\n\nSecond review:\nawful.\n",
@@ -387,7 +400,7 @@ def test_heavy_requests_queue_then_get_429_or_503_while_cached_reads_stay_fast(
     stored_id = client.post("/nsa", json={"text": SENTENCE, "top_k": 3}).json()["id"]
     entered, release = threading.Event(), threading.Event()
 
-    def slow(_loaded, _request):
+    def slow(_loaded, _request, _settings):
         entered.set()
         release.wait(10)
         return {"schema_version": "slow"}
@@ -457,7 +470,7 @@ def test_cors_is_off_unless_configured(make_client):
 
 
 def test_a_bug_is_a_json_500_without_details(client, monkeypatch, caplog):
-    def broken(_loaded, _request):
+    def broken(_loaded, _request, _settings):
         raise KeyError("secret internal name")
 
     monkeypatch.setattr(routes.nsa, "run_attribution", broken)

@@ -34,8 +34,9 @@ MULTIPART_OVERHEAD = (
 )  # form fields and part headers around the file (see app.BodyLimitMiddleware)
 
 
-def run_attribution(loaded, request: dict) -> dict:
-    """The NSA service on a normalised request (the one seam tests may replace)."""
+def run_attribution(loaded, request: dict, settings) -> dict:
+    """The NSA service on a normalised request (the one seam tests may replace); variants are
+    read from the server's cache (``settings``), not the environment's default."""
     from backend.nsa.service import attribute
 
     return attribute(
@@ -46,6 +47,7 @@ def run_attribution(loaded, request: dict) -> dict:
         variants=tuple(request["variants"]),
         top_k=request["top_k"],
         ablate=request["ablate"],
+        settings=settings,
     )
 
 
@@ -98,7 +100,7 @@ def attribute_or_reuse(state: ApiState, request: dict) -> bytes:
         if stored is not None:
             return stored
         loaded = state.pool.get(request["model"])
-        result = run_attribution(loaded, request)
+        result = run_attribution(loaded, request, state.settings)
     return state.nsa_results.put(result_id, request, result)
 
 

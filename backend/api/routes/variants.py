@@ -201,7 +201,7 @@ def register_jobs(state: ApiState) -> None:
                 state.jobs.store.add_params(
                     job.id, {"variant_id": predicted_variant_id(loaded, config)}
                 )
-            result = create_variant(loaded, config, progress=progress)
+            result = create_variant(loaded, config, progress=progress, settings=state.settings)
         return {
             "variant_id": result.variant_id,
             "reused": result.reused,
