@@ -30,8 +30,9 @@ class InputStatistics:
         self.in_features = in_features
         self.device = torch.device(device)
         self.tokens = 0
-        self._sum_squares = torch.zeros(
-            in_features, dtype=torch.float32, device=self.device
+        # With a Hessian, sum_t x_tj^2 is its diagonal times n / 2: not accumulated twice.
+        self._sum_squares = (
+            None if hessian else torch.zeros(in_features, dtype=torch.float32, device=self.device)
         )  # [in]
         self._hessian = (
             torch.zeros(in_features, in_features, dtype=torch.float32, device=self.device)
@@ -66,7 +67,8 @@ class InputStatistics:
             return
         previous = self.tokens
         total = previous + added
-        self._sum_squares += (batch * batch).sum(dim=0)
+        if self._sum_squares is not None:
+            self._sum_squares += (batch * batch).sum(dim=0)
         if self._hessian is not None:
             # Running average as SparseGPT keeps it: rescale the old mean, add the new scaled
             # batch; the entries stay O(x^2) however many tokens arrive, so float32 suffices.
@@ -97,6 +99,8 @@ class InputStatistics:
     @property
     def act_norm(self) -> torch.Tensor:
         """||X_j||_2 over all tokens seen: [in], float32."""
+        if self._sum_squares is None:
+            return (torch.diagonal(self._hessian) * (self.tokens / 2.0)).sqrt()
         return self._sum_squares.sqrt()
 
     @property
