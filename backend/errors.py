@@ -14,3 +14,9 @@ class NotFoundError(UserError):
     """A named thing (model, variant, job, result) does not exist."""
 
     status_code = 404
+
+
+class ConflictError(UserError):
+    """The request does not fit the resource's state (e.g. cancelling a finished job)."""
+
+    status_code = 409

@@ -22,19 +22,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from backend.errors import NotFoundError, UserError
+from backend.errors import ConflictError, NotFoundError, UserError
 
 log = logging.getLogger("prunelens.jobs")
 
-QUEUED, RUNNING, SUCCEEDED, FAILED, INTERRUPTED = (
+QUEUED, RUNNING, SUCCEEDED, FAILED, INTERRUPTED, CANCELLED = (
     "queued",
     "running",
     "succeeded",
     "failed",
     "interrupted",
+    "cancelled",
 )
-STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, INTERRUPTED)
-FINISHED_STATES = frozenset({SUCCEEDED, FAILED, INTERRUPTED})
+STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, INTERRUPTED, CANCELLED)
+FINISHED_STATES = frozenset({SUCCEEDED, FAILED, INTERRUPTED, CANCELLED})
 # Progress is written at most this often (a job may report thousands of steps); final states
 # and message changes are always written.
 PROGRESS_WRITE_INTERVAL_S = 0.2
@@ -58,6 +59,10 @@ class BusyError(UserError):
 
 class _StoreClosed(Exception):
     """The jobs database was closed (server shutdown) while a job thread still ran."""
+
+
+class _Cancelled(Exception):
+    """Raised from a running job's progress callback once the job was asked to stop."""
 
 
 @dataclass
@@ -181,6 +186,13 @@ class JobStore:
                 raise _StoreClosed(self.path)
             return self._conn.execute(sql, values).fetchall()
 
+    def _update_one(self, sql: str, values: tuple) -> bool:
+        """A conditional one-row UPDATE; True when it changed the row (a compare-and-set)."""
+        with self._lock:
+            if self._closed:
+                raise _StoreClosed(self.path)
+            return self._conn.execute(sql, values).rowcount == 1
+
     def create(self, kind: str, params: dict) -> Job:
         job = Job(
             uuid.uuid4().hex,
@@ -238,10 +250,11 @@ class JobStore:
         rows = self._execute("SELECT state, COUNT(*) FROM jobs GROUP BY state")
         return {state: 0 for state in STATES} | dict(rows)
 
-    def mark_running(self, job_id: str) -> None:
-        self._execute(
-            "UPDATE jobs SET state = ?, started_at = ?, message = ? WHERE id = ?",
-            (RUNNING, _now(), "started", job_id),
+    def mark_running(self, job_id: str) -> bool:
+        """queued -> running; False when the job is no longer queued (it was cancelled)."""
+        return self._update_one(
+            "UPDATE jobs SET state = ?, started_at = ?, message = ? WHERE id = ? AND state = ?",
+            (RUNNING, _now(), "started", job_id, QUEUED),
         )
 
     def add_params(self, job_id: str, extra: dict) -> None:
@@ -250,6 +263,21 @@ class JobStore:
         job = self.get(job_id)
         self._execute(
             "UPDATE jobs SET params = ? WHERE id = ?", (json.dumps({**job.params, **extra}), job_id)
+        )
+
+    def cancel_queued(self, job_id: str) -> bool:
+        """queued -> cancelled; False when the job has already started."""
+        return self._update_one(
+            "UPDATE jobs SET state = ?, message = ?, error = ?, finished_at = ? "
+            "WHERE id = ? AND state = ?",
+            (
+                CANCELLED,
+                "cancelled before it started",
+                "cancelled by a client",
+                _now(),
+                job_id,
+                QUEUED,
+            ),
         )
 
     def set_progress(self, job_id: str, progress: float, message: str) -> None:
@@ -310,6 +338,7 @@ class JobWorker:
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self.current_job_id: str | None = None
+        self._cancel_requested: set[str] = set()  # running jobs asked to stop
         self._recent_seconds: list[float] = []  # durations of the last jobs, for Retry-After
 
     def register(
@@ -386,6 +415,20 @@ class JobWorker:
             ) from None
         return job
 
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a job: at once if it is still queued; a running job stops at its next progress
+        report (a prune at the next layer; the dense weights are restored and nothing is
+        written). Cancelling a finished job is a ConflictError."""
+        job = self.store.get(job_id)  # NotFoundError
+        if job.state == QUEUED and self.store.cancel_queued(job_id):
+            return self.store.get(job_id)
+        job = self.store.get(job_id)
+        if job.state == RUNNING:
+            self._cancel_requested.add(job_id)
+            self.store.set_progress(job_id, job.progress, "cancelling at the next step")
+            return self.store.get(job_id)
+        raise ConflictError(f"job {job_id} has already ended ({job.state}); nothing to cancel")
+
     def queued_count(self) -> int:
         return self._queue.qsize()
 
@@ -413,11 +456,14 @@ class JobWorker:
         except NotFoundError:
             return
         kind = self._kinds[job.kind]
+        if not self.store.mark_running(job_id):  # cancelled while it waited in the queue
+            return
         self.current_job_id = job_id
-        self.store.mark_running(job_id)
         last_write = [0.0, None]  # time, message
 
         def progress(fraction: float, message: str = "") -> None:
+            if job_id in self._cancel_requested:
+                raise _Cancelled
             fraction = min(1.0, max(0.0, float(fraction)))
             message = _one_line(message, 200)
             now = time.monotonic()
@@ -430,6 +476,8 @@ class JobWorker:
             result = kind.run(job, progress)
         except _StoreClosed:
             raise
+        except _Cancelled:
+            self.store.finish(job_id, CANCELLED, message="cancelled", error="cancelled by a client")
         except UserError as exc:
             self.store.finish(job_id, FAILED, message="failed", error=_one_line(str(exc)))
         except Exception as exc:  # a bug: log the traceback here, show one line to the client
@@ -443,5 +491,6 @@ class JobWorker:
         else:
             self.store.finish(job_id, SUCCEEDED, message="done", result=result or {})
         finally:
+            self._cancel_requested.discard(job_id)
             self.current_job_id = None
             self._recent_seconds = [*self._recent_seconds[-7:], time.monotonic() - started]

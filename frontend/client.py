@@ -185,6 +185,10 @@ class BackendClient:
     def delete_variant(self, variant_id: str) -> Any:
         return self._request("DELETE", f"/variants/{_segment(variant_id)}")
 
+    def cancel_job(self, job_id: str) -> dict:
+        """Cancel a queued job now, or a running one at its next step; returns the job."""
+        return self._request("POST", f"/jobs/{_segment(job_id)}/cancel")
+
     def create_evaluation(self, request: Mapping[str, Any]) -> dict:
         return self._request("POST", "/evaluations", json=dict(request))
 

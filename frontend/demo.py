@@ -26,7 +26,7 @@ import httpx
 from frontend.client import BackendClient, BackendError, BackendUnavailable
 
 APP_PATH = Path(__file__).resolve().parent / "app.py"
-FINISHED = ("succeeded", "failed", "interrupted")
+FINISHED = ("succeeded", "failed", "interrupted", "cancelled")
 # The API compares at most this many variants in one NSA request.
 NSA_MAX_VARIANTS = 8
 

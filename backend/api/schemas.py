@@ -15,7 +15,7 @@ MAX_TEXT_CHARS = 100_000
 MAX_WORDS = 200
 MAX_VARIANTS = 8
 
-JobStateName = Literal["queued", "running", "succeeded", "failed", "interrupted"]
+JobStateName = Literal["queued", "running", "succeeded", "failed", "interrupted", "cancelled"]
 
 
 class Strict(BaseModel):
@@ -176,7 +176,7 @@ class JobInfo(BaseModel):
     id: str = Field(description="Job id.")
     kind: str = Field(description="'prune' or 'evaluate'.")
     state: JobStateName = Field(
-        description="queued → running → succeeded | failed; interrupted after a restart."
+        description="queued → running → succeeded | failed | cancelled; interrupted after a restart."
     )
     progress: float = Field(ge=0, le=1, description="Fraction done, 0–1.")
     message: str = Field(description="What it is doing now, or how it ended.")

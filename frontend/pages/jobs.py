@@ -89,14 +89,19 @@ def job_list() -> None:
     st.caption(" \u00b7 ".join(f"{count} {state}" for state, count in counts.items()))
     for job in current:
         if job["state"] in jobs_view.ACTIVE_STATES:
-            st.progress(min(max(float(job.get("progress") or 0.0), 0.0), 1.0),
-                        text=f"**{job['state']}** {jobs_view.describe_job(job)} \u2014 {job.get('message') or ''}")
+            bar, button = st.columns([6, 1], vertical_alignment="center")
+            bar.progress(min(max(float(job.get("progress") or 0.0), 0.0), 1.0),
+                         text=f"**{job['state']}** {jobs_view.describe_job(job)} \u2014 {job.get('message') or ''}")
+            cancel = button.button("Cancel", key=f"jobs_cancel_{job['id']}",
+                                   help="A queued job is dropped; a running one stops after its current step")
+            if cancel and ui.fetch(api.cancel_job, job["id"], what="cancel") is not None:
+                st.rerun()  # show the new state (a failure stays on screen instead)
     for job in [job for job in current if job["state"] in ("failed", "interrupted")][:SHOWN_FAILURES]:
         st.error(f"{jobs_view.describe_job(job)} \u2014 {job['state']}: "
                  f"{job.get('error') or job.get('message') or 'no message'}")
-    done = jobs_view.jobs_frame([job for job in current if job["state"] == "succeeded"])
+    done = jobs_view.jobs_frame([job for job in current if job["state"] in ("succeeded", "cancelled")])
     if not done.empty:
-        st.dataframe(done.drop(columns=["state", "progress"]), hide_index=True, key="jobs_done")
+        st.dataframe(done.drop(columns=["progress"]), hide_index=True, key="jobs_done")
     if jobs_view.any_active(current) != jobs_view.any_active(jobs):
         st.rerun()  # a job started or all ended since the page drew: refresh variants and auto-refresh
 

@@ -321,6 +321,28 @@ def test_nsa_refuses_a_variant_of_another_model(client):
     )
 
 
+def test_jobs_are_cancelled_over_http(client):
+    gate = client.app.state.api.gate
+    with gate.hold("the test"):  # the prune jobs wait for the compute lock, already running
+        first = client.post("/variants", json=SMALL_PRUNE).json()["job"]["id"]
+        second = client.post("/variants", json={**SMALL_PRUNE, "seed": 7}).json()["job"]["id"]
+        deadline = time.monotonic() + 5
+        while client.get(f"/jobs/{first}").json()["state"] != "running" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        queued = client.post(f"/jobs/{second}/cancel")
+        assert queued.status_code == 200 and queued.json()["state"] == "cancelled"
+        running = client.post(f"/jobs/{first}/cancel")
+        assert running.status_code == 200, running.text
+        assert running.json()["state"] == "running" and "cancelling" in running.json()["message"]
+    ended = wait_for_job(client, first)
+    assert (ended["state"], ended["error"]) == ("cancelled", "cancelled by a client")
+    assert client.get("/variants").json() == []
+    assert_json_error(client.post(f"/jobs/{first}/cancel"), 409, "already ended")
+    assert_json_error(client.post(f"/jobs/{'0' * 32}/cancel"), 404, "unknown job")
+    assert client.post("/jobs/..%2F..%2Fetc/cancel").status_code in (404, 422)
+    assert prune(client)["state"] == "succeeded"  # the worker goes on
+
+
 def test_variants_live_in_the_servers_cache_not_the_environments(make_client, isolated_cache, tmp_path):
     # An app built with its own settings keeps its variants there, for pruning and for NSA alike.
     own_cache = tmp_path / "server-cache"

@@ -10,8 +10,9 @@ import pytest
 from backend.api.compute import ComputeGate
 from backend.api.model_pool import ModelPool, model_bytes
 from backend.api.settings import ApiSettings
-from backend.errors import UserError
+from backend.errors import ConflictError, NotFoundError, UserError
 from backend.jobs import (
+    CANCELLED,
     FAILED,
     INTERRUPTED,
     QUEUED,
@@ -98,6 +99,44 @@ def test_failures_are_one_line_messages(store):
     failed = store.get(second.id)
     assert failed.state == FAILED and "\n" not in failed.error
     assert failed.error == "internal error: RuntimeError: index out of range at line 3"
+
+
+def test_cancel_drops_a_queued_job_and_stops_a_running_one_at_its_next_step(store):
+    started, steps, ran = threading.Event(), [], []
+
+    def long_job(_job, progress):
+        started.set()
+        for step in range(500):  # would take 5 s: stopped at a progress step instead
+            progress(step / 500, f"step {step}")
+            steps.append(step)
+            time.sleep(0.01)
+        return {"finished": True}
+
+    worker = JobWorker(store)
+    worker.register("long", long_job)
+    worker.register("other", lambda _job, _progress: ran.append(1) or {})
+    worker.start()
+    try:
+        running, waiting = worker.submit("long", {}), worker.submit("other", {})
+        assert started.wait(5)
+        cancelled = worker.cancel(waiting.id)  # still queued: cancelled at once
+        assert cancelled.state == CANCELLED and cancelled.finished_at is not None
+        asked = worker.cancel(running.id)
+        assert asked.state == RUNNING and "cancelling" in asked.message
+        stopped = wait_for(lambda: (j := store.get(running.id)).finished and j)
+        after = len(steps)
+        time.sleep(0.1)
+        assert len(steps) == after < 500  # the job's loop really stopped
+        follow_up = worker.submit("other", {})
+        wait_for(lambda: store.get(follow_up.id).finished)  # the worker goes on with new jobs
+    finally:
+        worker.stop()
+    assert (stopped.state, stopped.result, stopped.error) == (CANCELLED, None, "cancelled by a client")
+    assert store.get(waiting.id).state == CANCELLED and ran == [1]  # only the follow-up ran
+    with pytest.raises(ConflictError, match="already ended"):
+        worker.cancel(running.id)
+    with pytest.raises(NotFoundError):
+        worker.cancel("0" * 32)
 
 
 def test_the_job_queue_is_bounded(store):

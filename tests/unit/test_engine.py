@@ -138,6 +138,27 @@ def test_statistics_pass_equals_full_forwards_and_stops_early(tiny):
         torch.testing.assert_close(stats[name].hessian.double(), 2 * x.T @ x / x.shape[0], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_a_prune_stopped_midway_restores_the_weights_and_writes_nothing(
+        isolated_cache, calibration_file, method):
+    # How a cancelled job ends: its progress callback raises at the second layer.
+    loaded = tiny_loaded("llama", layers=2)
+    dense = _dense_state(loaded.model)
+
+    class Stop(Exception):
+        pass
+
+    def progress(fraction, message):
+        if message.startswith("layer 2/"):
+            raise Stop
+
+    with pytest.raises(Stop):
+        create_variant(loaded, _config(method, calibration_file), progress=progress)
+    assert all(torch.equal(tensor, dense[name]) for name, tensor in loaded.model.state_dict().items())
+    assert list_variants() == [] and not any(isolated_cache.variants_dir.glob("*"))
+    assert create_variant(loaded, _config(method, calibration_file)).reused is False  # a new run works
+
+
 def test_layer_two_sees_pruned_layer_one(isolated_cache, calibration_file):
     loaded = tiny_loaded("llama", layers=2)
     result = create_variant(loaded, _config("wanda", calibration_file))

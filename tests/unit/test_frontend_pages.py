@@ -312,6 +312,21 @@ def test_jobs_page_creates_a_variant_and_shows_failures_with_their_message(dashb
     assert any("Prune job" in s.value for s in at.success), shown
 
 
+def test_jobs_page_cancels_a_waiting_job(dashboard, backend):
+    from backend.jobs import CANCELLED
+
+    store = backend["app"].state.api.jobs.store
+    waiting = store.create("prune", {"method": "wanda", "sparsity": "0.5", "calibration": "imdb"})
+    at = _open(dashboard(), "jobs")  # a row in the table, not in the worker's queue: it waits
+    _clean(at)
+    at.button(key=f"jobs_cancel_{waiting.id}").click().run()
+    _clean(at)
+    assert store.get(waiting.id).state == CANCELLED
+    assert not [b for b in at.button if b.key == f"jobs_cancel_{waiting.id}"]  # no longer active
+    done = _frame(at, "state", "job", "produced")
+    assert done.set_index("id").loc[waiting.id, "state"] == "cancelled"
+
+
 def test_jobs_page_shows_a_refused_request_as_the_backends_message(dashboard):
     at = _open(dashboard(), "jobs")
     at.text_input(key="jobs_sparsity").set_value("1.5")

@@ -57,7 +57,7 @@ async def read_job(job: ExistingJob) -> dict:
 )
 async def job_events(job: ExistingJob, state: State) -> AsyncIterable[JobInfo]:
     """Each event (type `job`) carries the whole job as JSON; the stream ends after the event
-    with a final state (succeeded, failed, interrupted)."""
+    with a final state (succeeded, failed, interrupted, cancelled)."""
     last_seen = None
     sequence = 0
     while True:
@@ -70,3 +70,16 @@ async def job_events(job: ExistingJob, state: State) -> AsyncIterable[JobInfo]:
             return
         await asyncio.sleep(EVENT_POLL_SECONDS)
         job = state.jobs.store.get(job.id)
+
+
+@router.post(
+    "/jobs/{job_id}/cancel",
+    response_model=JobInfo,
+    summary="Cancel a queued or running job",
+    responses={409: {"description": "The job has already ended."}},
+)
+async def cancel_job(job: ExistingJob, state: State) -> dict:
+    """A queued job is cancelled at once. A running job stops at its next progress step (a prune
+    after the layer it is on: the dense weights are restored and no variant is written); until
+    then it shows `running` with the message 'cancelling at the next step'."""
+    return state.jobs.cancel(job.id).to_json()
