@@ -61,8 +61,10 @@ class _StoreClosed(Exception):
     """The jobs database was closed (server shutdown) while a job thread still ran."""
 
 
-class _Cancelled(Exception):
-    """Raised from a running job's progress callback once the job was asked to stop."""
+class _Cancelled(BaseException):
+    """Raised from a running job's progress callback once the job was asked to stop. Not an
+    Exception, so that no ``except Exception`` in the job's own code can swallow it (cleanup in
+    ``finally`` blocks still runs)."""
 
 
 @dataclass
@@ -334,7 +336,12 @@ class JobWorker:
     def __init__(self, store: JobStore, *, queue_size: int = 16):
         self.store = store
         self._kinds: dict[str, JobKind] = {}
-        self._queue: queue.Queue[str | None] = queue.Queue(maxsize=queue_size)
+        # The bound is on jobs *queued in the store*: a job cancelled while it waits frees its
+        # place at once, though its id stays in this (unbounded) hand-over queue until skipped.
+        self.queue_size = queue_size
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._submit_lock = threading.Lock()  # the capacity check and the insert, together
+        self._cancel_lock = threading.Lock()  # cancel requests vs the end of the running job
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self.current_job_id: str | None = None
@@ -392,45 +399,39 @@ class JobWorker:
     def submit(self, kind: str, params: dict) -> Job:
         if kind not in self._kinds:
             raise UserError(f"unknown job kind {kind!r}")
-        if self._queue.full():
-            raise BusyError(
-                f"the job queue is full ({self._queue.maxsize} jobs waiting); try again later",
-                retry_after=self.retry_after(),
-                status_code=429,
-            )
-        job = self.store.create(kind, params)
-        try:
+        with self._submit_lock:
+            if self.queued_count() >= self.queue_size:
+                raise BusyError(
+                    f"the job queue is full ({self.queue_size} jobs waiting); try again later",
+                    retry_after=self.retry_after(),
+                    status_code=429,
+                )
+            job = self.store.create(kind, params)
             self._queue.put_nowait(job.id)
-        except queue.Full:  # lost a race with another submitter
-            self.store.finish(
-                job.id,
-                FAILED,
-                message="refused: the job queue was full",
-                error="the job queue was full",
-            )
-            raise BusyError(
-                "the job queue is full; try again later",
-                retry_after=self.retry_after(),
-                status_code=429,
-            ) from None
         return job
 
     def cancel(self, job_id: str) -> Job:
         """Cancel a job: at once if it is still queued; a running job stops at its next progress
-        report (a prune at the next layer; the dense weights are restored and nothing is
-        written). Cancelling a finished job is a ConflictError."""
+        report before completion (a prune at the next layer: the dense weights are restored and
+        nothing is written), and one that reports completion first ends normally. Cancelling a
+        job that has ended is a ConflictError."""
         job = self.store.get(job_id)  # NotFoundError
         if job.state == QUEUED and self.store.cancel_queued(job_id):
             return self.store.get(job_id)
-        job = self.store.get(job_id)
-        if job.state == RUNNING:
+        with self._cancel_lock:  # the running job cannot end between this check and the request
+            job = self.store.get(job_id)
+            if job.state != RUNNING:
+                raise ConflictError(
+                    f"job {job_id} has already ended ({job.state}); nothing to cancel"
+                )
             self._cancel_requested.add(job_id)
-            self.store.set_progress(job_id, job.progress, "cancelling at the next step")
-            return self.store.get(job_id)
-        raise ConflictError(f"job {job_id} has already ended ({job.state}); nothing to cancel")
+        message = "cancelling at the next step"
+        self.store.set_progress(job_id, job.progress, message)
+        job.message = message  # the job's own progress may overwrite the stored message meanwhile
+        return job
 
     def queued_count(self) -> int:
-        return self._queue.qsize()
+        return self.store.counts()[QUEUED]
 
     def retry_after(self) -> int:
         """Seconds until the queue has probably moved: the mean recent job time, 1 to 300."""
@@ -462,9 +463,9 @@ class JobWorker:
         last_write = [0.0, None]  # time, message
 
         def progress(fraction: float, message: str = "") -> None:
-            if job_id in self._cancel_requested:
-                raise _Cancelled
             fraction = min(1.0, max(0.0, float(fraction)))
+            if fraction < 1.0 and job_id in self._cancel_requested:  # done is done: not cancelled
+                raise _Cancelled
             message = _one_line(message, 200)
             now = time.monotonic()
             if message != last_write[1] or now - last_write[0] >= PROGRESS_WRITE_INTERVAL_S:
@@ -491,6 +492,7 @@ class JobWorker:
         else:
             self.store.finish(job_id, SUCCEEDED, message="done", result=result or {})
         finally:
-            self._cancel_requested.discard(job_id)
+            with self._cancel_lock:
+                self._cancel_requested.discard(job_id)
             self.current_job_id = None
             self._recent_seconds = [*self._recent_seconds[-7:], time.monotonic() - started]

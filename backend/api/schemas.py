@@ -182,7 +182,9 @@ class JobInfo(BaseModel):
     message: str = Field(description="What it is doing now, or how it ended.")
     params: dict[str, Any] = Field(description="The request that created it.")
     result: dict[str, Any] | None = Field(description="What it produced (succeeded jobs).")
-    error: str | None = Field(description="Why it failed or was interrupted, in one line.")
+    error: str | None = Field(
+        description="Why it failed, was interrupted or was cancelled, in one line."
+    )
     created_at: str = Field(description="UTC, ISO 8601.")
     started_at: str | None = Field(description="UTC, ISO 8601.")
     finished_at: str | None = Field(description="UTC, ISO 8601.")

@@ -125,12 +125,14 @@ def evaluate(
     settings: EvaluationSettings | None = None,
     bootstrap_iters: int = DEFAULT_BOOTSTRAP_ITERS,
     progress: Progress | None = None,
+    cache_settings=None,
 ) -> list[TaskResult]:
     """Results of ``loaded`` (or of its variant ``variant_id``) on ``tasks``, in the given order.
 
     Results already in the store are returned as they are; the others are computed with lm-eval
     and stored. ``limit`` takes the first N documents of each task's evaluation split, as
     lm-eval's ``--limit`` does. ``data_files`` maps a task to a local file that replaces its data.
+    ``cache_settings``: whose cache holds the variants and the results (default: the environment's).
     """
     from backend.pruning.variants import read_manifest, validate_variant_id, variant_applied
 
@@ -140,14 +142,14 @@ def evaluate(
     if batch_size < 1:
         raise UserError(f"batch size must be at least 1, got {batch_size}")
     report = progress or (lambda _fraction, _message: None)
-    store = store or ResultsStore.from_settings()
+    store = store or ResultsStore.from_settings(cache_settings)
 
     already_applied = loaded.extra.get("variant_id")  # a model from load_variant() is the variant
     if already_applied and variant_id not in (None, already_applied):
         raise UserError(f"this model already is variant {already_applied!r}; load the base model instead")
     variant_id = variant_id or already_applied
     if variant_id:
-        manifest = read_manifest(validate_variant_id(variant_id))
+        manifest = read_manifest(validate_variant_id(variant_id), cache_settings)
         if manifest.get("base_model") != loaded.name:
             raise UserError(f"variant {variant_id!r} was pruned from {manifest.get('base_model')!r}, "
                             f"not {loaded.name!r}")
@@ -172,7 +174,8 @@ def evaluate(
         task_objects = {name: prepared.load(name) for name in missing}  # data problems before compute
         from lm_eval.models.huggingface import HFLM
 
-        overlay = variant_applied(loaded, variant_id) if variant_id and not already_applied else nullcontext()
+        overlay = (variant_applied(loaded, variant_id, cache_settings) if variant_id and not already_applied
+                   else nullcontext())
         with overlay:
             lm = HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=batch_size)
             for done, name in enumerate(missing):

@@ -32,9 +32,13 @@ class EvaluationSettings(BaseSettings):
 
     @property
     def results_location(self) -> str:
+        return self.results_location_in(None)
+
+    def results_location_in(self, cache_settings) -> str:
+        """results_url, else results.db in the cache of ``cache_settings`` (default: the environment's)."""
         from backend.config import get_settings  # imports torch: only when needed
 
-        return self.results_url or str(get_settings().cache_dir / "results.db")
+        return self.results_url or str((cache_settings or get_settings()).cache_dir / "results.db")
 
 
 def evaluation_settings() -> EvaluationSettings:

@@ -171,10 +171,12 @@ class ResultsStore:
             conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
     @classmethod
-    def from_settings(cls) -> ResultsStore:
+    def from_settings(cls, cache_settings=None) -> ResultsStore:
+        """The store PRUNELENS_RESULTS_URL names, else results.db in ``cache_settings``' cache
+        (default: the environment's)."""
         from backend.evaluation.settings import evaluation_settings
 
-        return cls(evaluation_settings().results_location)
+        return cls(evaluation_settings().results_location_in(cache_settings))
 
     # ------------------------------------------------------------------ connections
 

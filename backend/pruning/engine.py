@@ -472,12 +472,11 @@ def create_variant(loaded, config: PruneConfig, *, progress: Progress | None = N
                 param = getattr(module, param_name)
                 full_name = f"{prefix}.{name}.{param_name}"
                 remember(full_name, param)  # before the first change to it
-                if full_name not in new_weights:  # updated weights are already zero where pruned
-                    with torch.no_grad():
-                        (weight_matrix(module) if param_name == "weight" else param).masked_fill_(mask, 0)
-                if full_name in new_weights:
+                if full_name in new_weights:  # updated weights, already zero where pruned
                     new_weights[full_name] = param.detach().to("cpu", copy=True)
                 else:
+                    with torch.no_grad():
+                        (weight_matrix(module) if param_name == "weight" else param).masked_fill_(mask, 0)
                     stored = in_module_layout(module, mask) if param_name == "weight" else mask
                     masks[full_name] = stored.cpu()
                 if param_name == "weight":

@@ -38,7 +38,7 @@ class HessianNotPositiveDefiniteError(UserError):
 class SparseGPTResult:
     weight: torch.Tensor  # [out, in], updated and pruned, in the input weight's dtype
     mask: torch.Tensor  # [out, in] bool, True = pruned (zero in ``weight``)
-    damp: float  # the dampening added to diag(H) that made the Cholesky factorisations succeed
+    damp: float  # the dampening added to diag(H) that made the Cholesky factorisation succeed
     retries: int  # how many times the dampening was multiplied by 10 before that
 
 
@@ -155,10 +155,9 @@ def sparsegpt_prune_together(
                 block_mask = torch.empty_like(block, dtype=torch.bool)
                 for quota, low, high in zip(quotas, bounds, bounds[1:], strict=False):
                     block_mask[:, low:high] = lowest_in_matrix(saliency[:, low:high], quota)
-            errors = _obs_block(block, factor, block_mask / factor_diag, None)
         else:
-            block_mask = torch.zeros_like(block, dtype=torch.bool)
-            errors = _obs_block(block, factor, None, (spec, block_mask, factor_diag))
+            block_mask = torch.zeros_like(block, dtype=torch.bool)  # chosen group by group below
+        errors = _obs_block(block, factor, block_mask, spec)
         block.mul_(~block_mask)  # zero the pruned weights (masked_fill_ is 5x slower on CPU)
         work_t[end:].addmm_(
             inverse_factor[start:end, end:].T, errors, alpha=-1.0
@@ -182,7 +181,9 @@ def sparsegpt_prune_together(
 SUB_BLOCK = 16  # columns solved one by one; the rest of the block waits for one matrix product
 
 
-def _obs_block(block: torch.Tensor, factor: torch.Tensor, error_scale, nm) -> torch.Tensor:
+def _obs_block(
+    block: torch.Tensor, factor: torch.Tensor, block_mask: torch.Tensor, spec: SparsitySpec
+) -> torch.Tensor:
     """The OBS column loop over one block, in place; returns the block's errors [block, out].
 
     Column c's error is (its pruned part) / U_cc, and every later column j loses U_cj times it.
@@ -191,17 +192,19 @@ def _obs_block(block: torch.Tensor, factor: torch.Tensor, error_scale, nm) -> to
     no per-column slicing, which cost more than the arithmetic), then gives its error; the rest
     of the block takes the sub-block's errors in one matrix product. The arithmetic is the
     reference's column-by-column update, reordered.
-    For N:M (``nm`` = (spec, block_mask, factor_diag)) each group of m columns gets its mask, from
-    the weights as updated so far, when the loop reaches it; block_mask is filled in place.
+    Unstructured: ``block_mask`` [block, out] is given. N:M: each group of m columns gets its
+    mask, from the weights as updated so far, when the loop reaches it (filled into block_mask).
     """
     size = block.shape[0]
+    nm = spec.kind == "nm"
+    factor_diag = torch.diagonal(factor).unsqueeze(1)  # [block, 1]
     errors = torch.zeros_like(block)  # [block, out]; rows not yet computed must read as zero
-    if error_scale is None:
-        error_scale = torch.zeros_like(block)
+    # error = w * mask / U_cc; for N:M filled group by group as the masks are chosen
+    error_scale = torch.zeros_like(block) if nm else block_mask / factor_diag
     block_rows, scale_rows, error_rows = block.unbind(0), error_scale.unbind(0), errors.unbind(0)
     # An N:M group is chosen from columns that have seen every earlier column's update, so it must
     # not straddle two sub-blocks.
-    step = SUB_BLOCK if nm is None else max(1, SUB_BLOCK // nm[0].m) * nm[0].m
+    step = max(1, SUB_BLOCK // spec.m) * spec.m if nm else SUB_BLOCK
     for sub_start in range(0, size, step):
         sub_end = min(sub_start + step, size)
         strict_upper = factor[sub_start:sub_end, sub_start:sub_end].triu(1)  # U_kc for k < c
@@ -209,8 +212,7 @@ def _obs_block(block: torch.Tensor, factor: torch.Tensor, error_scale, nm) -> to
         sub_errors = errors[sub_start:sub_end]  # [sub, out], filled row by row below
         sub_errors_t = sub_errors.T  # [out, sub]
         for offset, column in enumerate(range(sub_start, sub_end)):
-            if nm is not None and column % nm[0].m == 0:
-                spec, block_mask, factor_diag = nm
+            if nm and column % spec.m == 0:
                 group = slice(column, column + spec.m)
                 current = torch.addmm(  # the group's weights with this sub-block's updates so far
                     block[group],

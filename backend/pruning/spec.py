@@ -153,7 +153,9 @@ def lowest_k(metric: torch.Tensor, count: int) -> torch.Tensor:
         return torch.zeros_like(metric, dtype=torch.bool)
     if count >= size:
         return torch.ones_like(metric, dtype=torch.bool)
-    if metric.numel() == size >= SAMPLED_SELECTION_MIN:  # one long row: a whole matrix or block
+    if metric.numel() == size >= SAMPLED_SELECTION_MIN and metric.device.type == "cpu":
+        # One long row (a whole matrix or block) on CPU; a GPU's kthvalue is fast already and the
+        # sampled search would add host syncs.
         threshold = kth_smallest(metric.reshape(-1), count).reshape(*metric.shape[:-1], 1)
     else:
         threshold = torch.kthvalue(metric, count, dim=-1, keepdim=True).values  # [..., 1]

@@ -11,8 +11,9 @@ from __future__ import annotations
 import torch
 
 # The Hessian X^T X is symmetric: accumulating it by column blocks, only the blocks on and above the
-# diagonal, costs (k + 1) / 2k of the full product for k blocks (2/3 for SmolLM2's 1536 MLP
-# neurons) and stays one large matrix product per block. The lower blocks are mirrored on read.
+# diagonal, costs (k + 1) / 2k of the full product for k blocks (7/12 for SmolLM2's 1536 MLP
+# neurons in blocks of 256) and stays one large matrix product per block. The lower blocks are
+# mirrored on read.
 GRAM_BLOCK = 256
 
 

@@ -321,25 +321,39 @@ def test_nsa_refuses_a_variant_of_another_model(client):
     )
 
 
-def test_jobs_are_cancelled_over_http(client):
-    gate = client.app.state.api.gate
-    with gate.hold("the test"):  # the prune jobs wait for the compute lock, already running
-        first = client.post("/variants", json=SMALL_PRUNE).json()["job"]["id"]
-        second = client.post("/variants", json={**SMALL_PRUNE, "seed": 7}).json()["job"]["id"]
-        deadline = time.monotonic() + 5
-        while client.get(f"/jobs/{first}").json()["state"] != "running" and time.monotonic() < deadline:
-            time.sleep(0.01)
-        queued = client.post(f"/jobs/{second}/cancel")
-        assert queued.status_code == 200 and queued.json()["state"] == "cancelled"
-        running = client.post(f"/jobs/{first}/cancel")
-        assert running.status_code == 200, running.text
-        assert running.json()["state"] == "running" and "cancelling" in running.json()["message"]
+def test_jobs_are_cancelled_over_http(client, monkeypatch):
+    from backend.pruning import engine
+
+    model = client.app.state.api.pool.default.model
+    dense = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    after_first_layer, release = threading.Event(), threading.Event()
+    real_propagate = engine.propagate
+
+    def paused(*args, **kwargs):  # the job is mid-prune: layer 1 of 2 pruned, the next not yet
+        outputs = real_propagate(*args, **kwargs)
+        after_first_layer.set()
+        release.wait(10)
+        return outputs
+
+    monkeypatch.setattr(engine, "propagate", paused)
+    first = client.post("/variants", json=SMALL_PRUNE).json()["job"]["id"]
+    assert after_first_layer.wait(10)
+    second = client.post("/variants", json={**SMALL_PRUNE, "seed": 7}).json()["job"]["id"]
+    queued = client.post(f"/jobs/{second}/cancel")
+    assert queued.status_code == 200 and queued.json()["state"] == "cancelled"
+    running = client.post(f"/jobs/{first}/cancel")
+    assert running.status_code == 200, running.text
+    assert running.json()["state"] == "running" and "cancelling" in running.json()["message"]
+    release.set()
     ended = wait_for_job(client, first)
     assert (ended["state"], ended["error"]) == ("cancelled", "cancelled by a client")
+    assert wait_for_job(client, second)["state"] == "cancelled"  # it never ran
     assert client.get("/variants").json() == []
+    assert all(torch.equal(tensor, dense[name]) for name, tensor in model.state_dict().items())
     assert_json_error(client.post(f"/jobs/{first}/cancel"), 409, "already ended")
     assert_json_error(client.post(f"/jobs/{'0' * 32}/cancel"), 404, "unknown job")
     assert client.post("/jobs/..%2F..%2Fetc/cancel").status_code in (404, 422)
+    monkeypatch.setattr(engine, "propagate", real_propagate)
     assert prune(client)["state"] == "succeeded"  # the worker goes on
 
 
@@ -354,6 +368,13 @@ def test_variants_live_in_the_servers_cache_not_the_environments(make_client, is
     response = client.post("/nsa", json=body)
     assert response.status_code == 200, response.text
     assert [variant["id"] for variant in response.json()["result"]["variants"]] == [variant_id]
+    accepted = client.post("/evaluations", json={"variant": variant_id, "tasks": ["sst2"], "limit": 2})
+    assert accepted.status_code == 202, accepted.text
+    evaluated = wait_for_job(client, accepted.json()["job"]["id"], timeout=120)
+    assert evaluated["state"] == "succeeded", evaluated
+    assert (own_cache / "results.db").is_file() and not (isolated_cache.cache_dir / "results.db").exists()
+    rows = client.get("/evaluations", params={"variant": variant_id}).json()
+    assert [(row["task"], row["n_examples"]) for row in rows] == [("sst2", 2)]
 
 
 def test_upload_of_each_format_gives_its_texts(client, monkeypatch):

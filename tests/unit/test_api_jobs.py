@@ -148,6 +148,8 @@ def test_the_job_queue_is_bounded(store):
         worker.submit("noop", {})
     assert refused.value.status_code == 429 and refused.value.retry_after >= 1
     assert [job.state for job in store.list()] == [QUEUED, QUEUED]  # the refused one left no row
+    worker.cancel(store.list()[0].id)  # a cancelled job frees its place at once
+    worker.submit("noop", {})
     with pytest.raises(UserError):
         worker.submit("unknown-kind", {})
 

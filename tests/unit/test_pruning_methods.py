@@ -205,6 +205,21 @@ def test_sampled_selection_equals_kthvalue(values):
         assert torch.equal(kth_smallest(values, k), torch.kthvalue(values, k).values), k
 
 
+def test_sampled_selection_takes_kthvalue_only_inside_the_bracket(monkeypatch):
+    values = torch.randn(100_003, generator=torch.Generator().manual_seed(3)).exp()
+    sizes = []
+    real = torch.kthvalue
+
+    def recording(tensor, *args, **kwargs):
+        sizes.append(tensor.numel())
+        return real(tensor, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "kthvalue", recording)
+    expected = real(values, 50_000).values
+    assert torch.equal(kth_smallest(values, 50_000), expected)
+    assert sizes and max(sizes) < values.numel() // 10  # the sample and the few inside the bracket
+
+
 def test_sampled_selection_recovers_when_the_sample_misleads(monkeypatch):
     values = torch.rand(SAMPLED_SELECTION_MIN * 2, generator=torch.Generator().manual_seed(4))
     ordered = torch.sort(values).values
@@ -524,7 +539,29 @@ def brute_force_sparsegpt(weight, hessian, spec, blocksize, percdamp=0.01):
     ids=["0.5-one-block", "0.37-blocks", "2:4", "4:8"],
 )
 def test_sparsegpt_equals_brute_force_obs(spec, blocksize):
-    weight, inputs = random_layer(6, 40, tokens=200, seed=6)
+    _check_sparsegpt_against_brute_force(spec, blocksize, columns=40)
+
+
+@pytest.mark.parametrize(
+    "spec, blocksize, sub_block",
+    [
+        (SparsitySpec.unstructured(0.5), 40, 5),  # sub-blocks of 5 in blocks of 40
+        (SparsitySpec.nm(2, 4), 40, 16),  # 16-column sub-blocks, and a short last one
+        (SparsitySpec.nm(4, 8), 40, 16),
+        (SparsitySpec.nm(3, 6), 36, 16),  # m does not divide 16: sub-blocks of 12
+        (SparsitySpec.nm(2, 4), 12, 5),  # a sub-block rounded up to whole groups of m
+    ],
+    ids=["0.5-sub5", "2:4-sub16", "4:8-sub16", "3:6-sub12", "2:4-sub5"],
+)
+def test_sparsegpt_sub_blocks_equal_brute_force_obs(spec, blocksize, sub_block, monkeypatch):
+    from backend.pruning import sparsegpt as sparsegpt_module
+
+    monkeypatch.setattr(sparsegpt_module, "SUB_BLOCK", sub_block)
+    _check_sparsegpt_against_brute_force(spec, blocksize, columns=72 if spec.m == 6 else 40)
+
+
+def _check_sparsegpt_against_brute_force(spec, blocksize, columns):
+    weight, inputs = random_layer(6, columns, tokens=200, seed=6)
     hessian = statistics_of(inputs, hessian=True).hessian
     result = sparsegpt_prune(weight, hessian, spec, blocksize=blocksize)
     expected_weight, expected_mask = brute_force_sparsegpt(weight, hessian, spec, blocksize)
@@ -535,8 +572,8 @@ def test_sparsegpt_equals_brute_force_obs(spec, blocksize):
         assert_valid_nm(result.mask, spec.n, spec.m)
     else:  # exact per matrix, and each block within one weight of its share
         assert int(result.mask.sum()) == math.floor(spec.ratio * weight.numel() + 0.5)
-        for start in range(0, 40, blocksize):
-            share = spec.ratio * 6 * min(blocksize, 40 - start)
+        for start in range(0, columns, blocksize):
+            share = spec.ratio * 6 * min(blocksize, columns - start)
             assert abs(int(result.mask[:, start : start + blocksize].sum()) - share) <= 1
     assert result.retries == 0 and result.damp == pytest.approx(
         0.01 * float(torch.diagonal(hessian).mean())

@@ -23,7 +23,7 @@ def results_store(state: ApiState):
     if store is None:
         from backend.evaluation.store import ResultsStore
 
-        store = state.cache["results_store"] = ResultsStore.from_settings()
+        store = state.cache["results_store"] = ResultsStore.from_settings(state.settings)
     return store
 
 
@@ -90,6 +90,7 @@ def register_jobs(state: ApiState) -> None:
                 limit=params.get("limit"),
                 store=results_store(state),
                 progress=progress,
+                cache_settings=state.settings,
             )
         return {
             "results": [item.stored.to_json() for item in results],
