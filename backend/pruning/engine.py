@@ -24,6 +24,7 @@ from torch import nn
 
 import backend
 from backend.errors import UserError
+from backend.memory import keep_freed_memory
 from backend.models.adapters import in_module_layout, weight_matrix
 from backend.pruning.spec import SparsitySpec
 from backend.pruning.stats import InputStatistics
@@ -384,6 +385,7 @@ def create_variant(loaded, config: PruneConfig, *, progress: Progress | None = N
     from backend.data.windows import calibration_windows
 
     config.validate()
+    keep_freed_memory()  # reuse activation buffers across layers instead of re-faulting them
     report = progress or (lambda _fraction, _message: None)
     seqlen = min(config.seqlen, loaded.max_length)
     identity = variant_identity(loaded.name, config, seqlen)
