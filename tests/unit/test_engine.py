@@ -83,23 +83,31 @@ def test_nm_groups_valid_in_every_linear(tiny, isolated_cache, calibration_file)
                 assert torch.all((groups == 0).sum(dim=1) == 2)
 
 
-def _layer_input_norms(loaded, layer_index: int, windows: torch.Tensor) -> dict[str, torch.Tensor]:
-    """‖X_j‖₂ of every linear's input in one layer, from full forward passes of the model."""
+def _layer_inputs(loaded, layer_index: int, windows: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every linear's input in one layer, [tokens, in] in float64, from a full forward of the model."""
     layer = loaded.adapter.decoder_layers(loaded.model)[layer_index]
-    sums: dict[str, torch.Tensor] = {}
-    handles = []
-    for name, module in loaded.adapter.prunable_linears(layer).items():
-        def record(_m, args, name=name):
-            x = args[0].reshape(-1, args[0].shape[-1]).double()
-            sums[name] = sums.get(name, 0) + (x * x).sum(dim=0)
-        handles.append(module.register_forward_pre_hook(record))
+    inputs: dict[str, torch.Tensor] = {}
+
+    def recorder(name):
+        def record(_module, args):  # returns None: a pre-hook's return value would replace args
+            inputs[name] = args[0].reshape(-1, args[0].shape[-1]).double()
+        return record
+
+    handles = [module.register_forward_pre_hook(recorder(name))
+               for name, module in loaded.adapter.prunable_linears(layer).items()]
     try:
         with torch.no_grad():
             loaded.model(input_ids=windows, use_cache=False)
     finally:
         for handle in handles:
             handle.remove()
-    return {name: total.sqrt().float() for name, total in sums.items()}
+    return inputs
+
+
+def _layer_input_norms(loaded, layer_index: int, windows: torch.Tensor) -> dict[str, torch.Tensor]:
+    """‖X_j‖₂ of every linear's input in one layer, from full forward passes of the model."""
+    return {name: x.pow(2).sum(dim=0).sqrt().float()
+            for name, x in _layer_inputs(loaded, layer_index, windows).items()}
 
 
 def test_statistics_pass_equals_full_forwards_and_stops_early(tiny):
@@ -119,21 +127,9 @@ def test_statistics_pass_equals_full_forwards_and_stops_early(tiny):
     finally:
         handle.remove()
     assert last_calls == [] and set(stats) == set(linears)
-    inputs: dict[str, torch.Tensor] = {}
-    def recorder(name):
-        def record(_module, args):  # returns None: a pre-hook's return value would replace args
-            inputs[name] = args[0].reshape(-1, args[0].shape[-1])
-        return record
-
-    handles = [module.register_forward_pre_hook(recorder(name)) for name, module in linears.items()]
-    try:
-        with torch.no_grad():
-            tiny.model(input_ids=windows, use_cache=False)
-    finally:
-        for handle in handles:
-            handle.remove()
+    inputs = _layer_inputs(tiny, 0, windows)
+    assert set(inputs) == set(linears)
     for name, x in inputs.items():
-        x = x.double()
         torch.testing.assert_close(stats[name].act_norm.double(), x.pow(2).sum(0).sqrt(), rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(stats[name].hessian.double(), 2 * x.T @ x / x.shape[0], rtol=1e-4, atol=1e-6)
 
