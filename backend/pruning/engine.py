@@ -26,6 +26,7 @@ import backend
 from backend.errors import UserError
 from backend.memory import keep_freed_memory
 from backend.models.adapters import in_module_layout, weight_matrix
+from backend.models.hooks import StopForward, call_until_stopped, pre_hooks
 from backend.pruning.spec import SparsitySpec
 from backend.pruning.stats import InputStatistics
 from backend.pruning.variants import read_manifest, variant_exists, write_variant
@@ -158,10 +159,6 @@ def variant_id_for(identity: dict, config: PruneConfig) -> str:
 # ----------------------------------------------------------------------------- layer inputs
 
 
-class _StopForward(Exception):
-    """Raised by the last recorder: everything after the decoder stack is not needed."""
-
-
 @dataclass
 class LayerCall:
     """The arguments one decoder layer receives for one batch of windows (besides its input)."""
@@ -170,45 +167,68 @@ class LayerCall:
     kwargs: dict
 
 
+def _recorded_calls(model: nn.Module, layers: nn.ModuleList, input_ids: torch.Tensor,
+                    last: int) -> tuple[torch.Tensor, list[LayerCall]]:
+    """One forward of ``input_ids`` ([batch, tokens]) stopped at layer ``last``: the hidden states
+    entering layer 0 ([batch, tokens, hidden]) and the call arguments of layers 0..last."""
+    hidden_in: list[torch.Tensor] = []
+    calls: list[LayerCall] = []
+
+    def recorder_for(index: int):
+        def record(_layer, args: tuple, kwargs: dict) -> None:
+            rest = dict(kwargs)
+            hidden = args[0] if args else rest.pop("hidden_states")
+            if index == 0:
+                hidden_in.append(hidden.detach())
+            calls.append(LayerCall(tuple(args[1:]), rest))
+            if index == last:
+                raise StopForward
+
+        return record
+
+    with pre_hooks({layers[index]: recorder_for(index) for index in range(last + 1)}, with_kwargs=True):
+        call_until_stopped(model, input_ids=input_ids, use_cache=False)
+    return hidden_in[0], calls
+
+
+def _same_arguments(first, second) -> bool:
+    """Equal call arguments: tensors by value, containers element by element, the rest by ==."""
+    if isinstance(first, torch.Tensor) or isinstance(second, torch.Tensor):
+        return (first is second or (isinstance(first, torch.Tensor) and isinstance(second, torch.Tensor)
+                and first.shape == second.shape and first.dtype == second.dtype
+                and torch.equal(first, second)))
+    if isinstance(first, (tuple, list)) and isinstance(second, (tuple, list)):
+        return len(first) == len(second) and all(map(_same_arguments, first, second))
+    if isinstance(first, dict) and isinstance(second, dict):
+        return first.keys() == second.keys() and all(_same_arguments(first[k], second[k]) for k in first)
+    if isinstance(first, LayerCall) and isinstance(second, LayerCall):
+        return _same_arguments(first.args, second.args) and _same_arguments(first.kwargs, second.kwargs)
+    try:
+        return bool(first is second or first == second)
+    except (TypeError, ValueError, RuntimeError):  # no usable ==: not provably the same
+        return False
+
+
 def capture_decoder_inputs(model: nn.Module, layers: nn.ModuleList, batches: list[torch.Tensor],
                            store_device: torch.device) -> tuple[list[torch.Tensor], list[list[LayerCall]]]:
     """Hidden states entering layer 0 per batch, and each layer's own call arguments per batch.
 
-    Every decoder layer's forward is swapped for a recorder that keeps its arguments (masks and
-    rotary embeddings can differ per layer, e.g. Gemma's sliding-window layers) and passes the
-    hidden state through unchanged, so this costs the embeddings only.
+    Masks and rotary embeddings can differ per layer (Gemma's sliding-window layers), so each
+    layer's arguments are recorded by forward-pre-hooks. Every batch runs to layer 0 only (the
+    embeddings' cost). One window of the first batch is then run through every layer: where all
+    layers receive what layer 0 receives (LLaMA, OPT, GPT-2 ...), each batch's layer-0
+    arguments serve every layer; otherwise each batch is run through the dense layers once to
+    record its own per-layer arguments.
     """
     hidden_inputs: list[torch.Tensor] = []
     calls: list[list[LayerCall]] = []
-    current: list[LayerCall] = []
-
-    def recorder_for(index: int):
-        def record(*args, **kwargs):
-            hidden = args[0] if args else kwargs.pop("hidden_states")
-            rest = args[1:] if args else ()
-            if index == 0:
-                hidden_inputs.append(hidden.detach().to(store_device))
-            kwargs.pop("hidden_states", None)
-            current.append(LayerCall(rest, kwargs))
-            if index == len(layers) - 1:
-                raise _StopForward
-            return hidden
-
-        return record
-
-    for index, layer in enumerate(layers):
-        layer.forward = recorder_for(index)
-    try:
-        for input_ids in batches:
-            current = []
-            try:
-                model(input_ids=input_ids, use_cache=False)
-            except _StopForward:
-                pass
-            calls.append(current)
-    finally:
-        for layer in layers:
-            del layer.forward  # back to the class's forward
+    _, probe_calls = _recorded_calls(model, layers, batches[0][:1], len(layers) - 1)
+    uniform = all(_same_arguments(call, probe_calls[0]) for call in probe_calls[1:])
+    for input_ids in batches:
+        last = 0 if uniform else len(layers) - 1
+        hidden, batch_calls = _recorded_calls(model, layers, input_ids, last)
+        hidden_inputs.append(hidden.to(store_device))
+        calls.append(batch_calls * len(layers) if uniform else batch_calls)
     return hidden_inputs, calls
 
 
@@ -217,10 +237,6 @@ def _layer_output(output) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- statistics
-
-
-class _StatisticsComplete(Exception):
-    """Raised by the last linear's hook: what the layer computes after that is not needed."""
 
 
 def collect_statistics(layer: nn.Module, linears: dict[str, nn.Module], hidden: list[torch.Tensor],
@@ -257,25 +273,19 @@ def collect_statistics(layer: nn.Module, linears: dict[str, nn.Module], hidden: 
                     )
                 statistics[name].update(x)
             waiting.discard(name)
-            if not waiting:
-                raise _StatisticsComplete
+            if not waiting:  # what the layer computes after this linear is not needed
+                raise StopForward
 
         return accumulate
 
-    handles = [module.register_forward_pre_hook(hook_for(name)) for name, module in linears.items()]
     try:
-        with torch.no_grad():
+        with torch.no_grad(), pre_hooks({module: hook_for(name) for name, module in linears.items()}):
             for batch_hidden, call in zip(hidden, calls, strict=True):
                 seen.clear()
                 waiting.update(linears)
-                try:
-                    layer(batch_hidden.to(device), *call.args, **call.kwargs)
-                except _StatisticsComplete:
-                    pass
+                call_until_stopped(layer, batch_hidden.to(device), *call.args, **call.kwargs)
     finally:
         seen.clear()
-        for handle in handles:
-            handle.remove()
     return {name: statistics[leader] for name, leader in leader_of.items()}
 
 
