@@ -10,7 +10,7 @@ from transformers import Gemma2Config, Gemma2ForCausalLM
 from backend.errors import UserError
 from backend.models.adapters import adapter_for, weight_matrix
 from backend.models.hooks import StopForward, call_until_stopped, neuron_hooks, pre_hooks
-from backend.pruning.engine import _same_arguments, capture_decoder_inputs
+from backend.pruning.layers import capture_decoder_inputs, same_arguments
 from tests.unit.test_capture import _hand_neurons, _mlp_entry
 
 
@@ -135,5 +135,5 @@ def test_each_layer_gets_its_own_arguments_where_they_differ():
         assert torch.equal(hidden[batch], recorded[0][0])
         for index in range(len(layers)):
             expected = {k: v for k, v in recorded[index][1].items() if k != "hidden_states"}
-            assert _same_arguments(calls[batch][index].kwargs, expected), (batch, index)
-        assert not _same_arguments(calls[batch][0].kwargs, calls[batch][1].kwargs)
+            assert same_arguments(calls[batch][index].kwargs, expected), (batch, index)
+        assert not same_arguments(calls[batch][0].kwargs, calls[batch][1].kwargs)
