@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from backend.cli import main
-from backend.data import sources
+from backend.data import hub_sets, sources
 from backend.data.sources import (
     HubFile,
     hub_file_url,
@@ -172,10 +172,10 @@ def test_labelled_examples_errors_are_one_line():
 
 def test_hub_file_url_points_at_the_right_repository_revision_and_file():
     assert (
-        hub_file_url(sources._C4_TRAIN)
+        hub_file_url(hub_sets.C4_TRAIN)
         == "hf://datasets/allenai/c4/en/c4-train.00000-of-01024.json.gz"
     )
-    assert hub_file_url(sources._PTB_TEST) == (
+    assert hub_file_url(hub_sets.PTB_TEST) == (
         "hf://datasets/ptb-text-only/ptb_text_only@refs%2Fconvert%2Fparquet"
         "/penn_treebank/test/0000.parquet"
     )
@@ -191,7 +191,7 @@ def local_hub(tmp_path, monkeypatch):
 
     root = tmp_path / "hub"
     monkeypatch.setattr(
-        sources, "hub_file_url", lambda hub_file: str(root / hub_file.repo_id / hub_file.path)
+        hub_sets, "hub_file_url", lambda hub_file: str(root / hub_file.repo_id / hub_file.path)
     )
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets-cache")
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
