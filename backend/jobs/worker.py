@@ -199,17 +199,19 @@ class JobWorker:
         if not self.store.mark_running(job_id):  # cancelled while it waited in the queue
             return
         self.current_job_id = job_id
-        last_write = [0.0, None]  # time, message
+        last_write_time = 0.0  # when progress was last written, and its message
+        last_message: str | None = None
 
         def progress(fraction: float, message: str = "") -> None:
+            nonlocal last_write_time, last_message
             fraction = min(1.0, max(0.0, float(fraction)))
             if fraction < 1.0 and job_id in self._cancel_requested:  # done is done: not cancelled
                 raise _Cancelled
             message = _one_line(message, 200)
             now = time.monotonic()
-            if message != last_write[1] or now - last_write[0] >= PROGRESS_WRITE_INTERVAL_S:
+            if message != last_message or now - last_write_time >= PROGRESS_WRITE_INTERVAL_S:
                 self.store.set_progress(job_id, fraction, message)
-                last_write[0], last_write[1] = now, message
+                last_write_time, last_message = now, message
 
         started = time.monotonic()
         try:

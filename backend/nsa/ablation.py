@@ -11,13 +11,16 @@ forward-pre-hook, so the shared model's weights are never touched.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Self
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Self
 
 import torch
 
 from backend.nsa.probe import encode_probe, label_log_probs, margin
 from backend.nsa.tasks import TaskSpec
+
+if TYPE_CHECKING:
+    from backend.models.loader import LoadedModel
 
 DEFAULT_DRAWS = 5
 
@@ -30,8 +33,9 @@ class NeuronAblation:
     neurons and each random draw then run as one batched forward pass.
     """
 
-    def __init__(self, model, adapter, neurons: dict[int, Sequence[int]] | Sequence[dict[int, Sequence[int]]]) -> None:
-        rows = [neurons] if isinstance(neurons, dict) else list(neurons)
+    def __init__(self, model, adapter,
+                 neurons: Mapping[int, Sequence[int]] | Sequence[Mapping[int, Sequence[int]]]) -> None:
+        rows = [neurons] if isinstance(neurons, Mapping) else list(neurons)
         width = adapter.neuron_count(model)
         layers = adapter.decoder_layers(model)
         self._masks: dict[torch.nn.Module, torch.Tensor] = {}
@@ -40,7 +44,7 @@ class NeuronAblation:
             for r, row in enumerate(rows):
                 mask[r, list(row.get(layer, ()))] = True
             self._masks[adapter.neuron_module(layers[layer])] = mask
-        self._handles = []
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     @staticmethod
     def _zeroing_hook(mask: torch.Tensor):
@@ -69,7 +73,7 @@ class NeuronAblation:
 
 
 def random_control_sets(
-    selected: dict[int, Sequence[int]], neurons_per_layer: int, draws: int, seed: int = 0
+    selected: Mapping[int, Sequence[int]], neurons_per_layer: int, draws: int, seed: int = 0
 ) -> list[dict[int, list[int]]]:
     """``draws`` random neuron sets: per layer as many as selected there, none of the selected."""
     generator = torch.Generator().manual_seed(seed)
@@ -97,9 +101,9 @@ def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
 
 @torch.inference_mode()
 def ablation_check(
-    loaded,
+    loaded: LoadedModel,
     texts: Sequence[str],
-    selected: dict[int, Sequence[int]],
+    selected: Mapping[int, Sequence[int]],
     task: TaskSpec,
     *,
     labels: Sequence[int | None] | None = None,
@@ -116,7 +120,7 @@ def ablation_check(
     controls = random_control_sets(selected, neurons_per_layer, draws, seed)
     model = loaded.model
     # Batch row 0: intact; row 1: the NSA neurons zeroed; rows 2..: one random draw each.
-    conditions = [{}, dict(selected), *controls]
+    conditions: list[Mapping[int, Sequence[int]]] = [{}, dict(selected), *controls]
     rows = []
     for text, gold in zip(texts, labels, strict=True):
         probe = encode_probe(loaded.tokenizer, text, task, loaded.max_length)

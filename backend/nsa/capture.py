@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 import torch
 from torch import nn
 
 from backend.errors import UserError
 from backend.models.adapters import ArchitectureAdapter
+
+if TYPE_CHECKING:
+    from backend.models.loader import LoadedModel
 
 
 class NeuronCapture:
@@ -130,7 +133,7 @@ def encode_text(tokenizer, text: str, max_tokens: int) -> EncodedText:
 
 
 @torch.inference_mode()
-def capture_text(loaded, text: str, layers: Sequence[int] | None = None) -> TextActivations:
+def capture_text(loaded: LoadedModel, text: str, layers: Sequence[int] | None = None) -> TextActivations:
     """Run ``text`` through the model once and return its neuron activations per layer."""
     encoded = encode_text(loaded.tokenizer, text, loaded.max_length)
     input_ids = torch.tensor([encoded.input_ids], device=loaded.device)

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -29,6 +30,9 @@ from backend.models.adapters import in_module_layout, weight_matrix
 from backend.pruning.spec import SparsitySpec
 from backend.pruning.stats import InputStatistics
 from backend.pruning.variants import read_manifest, variant_exists, write_variant
+
+if TYPE_CHECKING:
+    from backend.models.loader import LoadedModel
 
 ENGINE_VERSION = 1  # part of every variant id: bump when the engine's results change
 Progress = Callable[[float, str], None]
@@ -375,7 +379,7 @@ def _module_names(model: nn.Module) -> dict[int, str]:
     return {id(module): name for name, module in model.named_modules()}
 
 
-def create_variant(loaded, config: PruneConfig, *, progress: Progress | None = None,
+def create_variant(loaded: LoadedModel, config: PruneConfig, *, progress: Progress | None = None,
                    settings=None) -> VariantResult:
     """Prune ``loaded`` with ``config``, write the variant, restore the dense weights.
 
@@ -458,18 +462,18 @@ def create_variant(loaded, config: PruneConfig, *, progress: Progress | None = N
             else:
                 for group in input_groups(linears, stats):
                     for name in group:  # before any pruner sees it
-                        remember(f"{prefix}.{name}.weight", linears[name].weight)
+                        remember(f"{prefix}.{name}.weight", linears[name].weight)  # type: ignore[arg-type]
                     weights = [weight_matrix(linears[name]) for name in group]  # [out, in] views
                     outcomes = LINEAR_PRUNERS[config.method](weights, stats.get(group[0]), config)
                     for name, weight, outcome in zip(group, weights, outcomes, strict=True):
                         if outcome.new_weight is not None:
                             with torch.no_grad():
                                 weight.copy_(outcome.new_weight)
-                            new_weights[f"{prefix}.{name}.weight"] = linears[name].weight.detach()
+                            new_weights[f"{prefix}.{name}.weight"] = linears[name].weight.detach()  # type: ignore[operator]
                         if outcome.info:
                             notes[f"{prefix}.{name}"] = outcome.info
                         changes.append((name, linears[name], "weight", outcome.mask))
-            stats = None  # free Hessians before the next layer
+            del stats  # free Hessians before the next layer
             for name, module, param_name, mask in changes:
                 param = getattr(module, param_name)
                 full_name = f"{prefix}.{name}.{param_name}"
