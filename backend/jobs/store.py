@@ -6,15 +6,16 @@ started it and its state survives a restart (see ``backend.jobs.worker`` for who
 
 from __future__ import annotations
 
+import builtins
 import json
-import sqlite3
 import threading
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from backend.errors import NotFoundError, UserError
+from backend.errors import NotFoundError
+from backend.shared_sqlite import open_shared_database
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, INTERRUPTED, CANCELLED = (
     "queued",
@@ -126,17 +127,7 @@ class JobStore:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = sqlite3.connect(
-                self.path, timeout=10.0, isolation_level=None, check_same_thread=False
-            )
-            self._conn.execute("PRAGMA journal_mode = WAL")
-            self._conn.execute("PRAGMA synchronous = NORMAL")
-            for statement in _SCHEMA:
-                self._conn.execute(statement)
-        except (OSError, sqlite3.DatabaseError) as exc:
-            raise UserError(f"jobs database {self.path}: {exc}") from exc
+        self._conn = open_shared_database(self.path, _SCHEMA, "jobs")
         self._lock = threading.Lock()
         self._closed = False
 
@@ -276,7 +267,7 @@ class JobStore:
             ),
         )
 
-    def unfinished(self) -> list[Job]:
+    def unfinished(self) -> builtins.list[Job]:  # builtins: `list` here is the method above
         rows = self._execute(
             f"SELECT {_COLUMNS} FROM jobs WHERE state IN (?, ?) ORDER BY rowid", (QUEUED, RUNNING)
         )

@@ -353,30 +353,6 @@ def test_an_edited_file_is_read_again(tmp_path):
     assert load_documents(f"file:{path}") == ["after, longer"]
 
 
-@pytest.mark.parametrize(
-    ("filename", "content", "expected"),
-    [
-        ("missing.txt", None, "no such file"),
-        ("table.csv", "id,body\n1,hello\n", "'text' (columns found: id, body)"),
-        ("latin1.txt", "caf\xe9".encode("latin-1"), "not UTF-8 text (invalid byte at offset 3)"),
-        ("empty.txt", b"", "no text"),
-        ("blank.jsonl", b"\n \n", "no text"),
-        ("broken.jsonl", b'{"text": "ok"}\n{"text": \n', "line 2 is not valid JSON"),
-        ("notext.jsonl", b'{"body": "x"}\n', 'line 1 has no string field "text"'),
-        ("data.parquet", b"PAR1", "unsupported file type '.parquet'"),
-    ],
-)
-def test_file_source_errors_are_one_line(tmp_path, filename, content, expected):
-    path = tmp_path / filename
-    if content is not None:
-        path.write_bytes(content.encode() if isinstance(content, str) else content)
-    with pytest.raises(UserError) as error:
-        load_documents(f"file:{path}")
-    assert expected in _one_line(error)
-    if content is None:
-        assert isinstance(error.value, NotFoundError)
-
-
 def test_file_prefix_needs_a_file_path(tmp_path):
     with pytest.raises(UserError) as error:
         load_documents("file:")

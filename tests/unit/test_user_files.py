@@ -1,5 +1,6 @@
 """One reader for a user's text file: the CLI (`attribute --file`), the API upload and `file:`
-calibration get the same records from the same file, and the same one-line errors."""
+calibration get the same records from the same file, and the same one-line errors (this file
+holds the user-file error cases of the data tests too)."""
 
 from __future__ import annotations
 
@@ -81,7 +82,9 @@ def test_label_text_is_read_as_the_label_and_records_are_fresh_copies(tmp_path):
     [
         ("table.csv", b"id,body\n1,hello\n", "'text' (columns found: id, body)"),
         ("latin1.txt", "caf\xe9".encode("latin-1"), "not UTF-8 text (invalid byte at offset 3)"),
+        ("empty.txt", b"", "no text in the file"),
         ("blank.txt", b"\n \n\t\n", "no text in the file"),
+        ("blank.jsonl", b"\n \n", "no text in the file"),
         ("broken.jsonl", b'{"text": "ok"}\n{"text": \n', "line 2 is not valid JSON"),
         ("notext.jsonl", b'{"body": "x"}\n', 'line 1 has no string field "text"'),
         ("badlabel.jsonl", b'{"text": "x", "label": [1]}\n', 'line 1 field "label" must be'),
@@ -108,8 +111,7 @@ def test_bad_files_are_the_same_one_line_error_on_every_path(tmp_path, filename,
         assert len(set(messages)) == 1, messages
 
 
-def test_a_missing_file_is_not_found(tmp_path):
-    with pytest.raises(NotFoundError, match="no such file"):
-        read_user_file(tmp_path / "absent.txt")
-    with pytest.raises(NotFoundError, match="no such file"):
-        file_inputs(str(tmp_path / "absent.txt"))
+def test_a_missing_file_is_not_found_on_every_path(tmp_path):
+    for read in (read_user_file, file_inputs, lambda path: load_documents(f"file:{path}")):
+        with pytest.raises(NotFoundError, match="no such file"):
+            read(str(tmp_path / "absent.txt"))
