@@ -43,8 +43,10 @@ test-e2e: $(STAMP)
 bench: $(STAMP)
 	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
+# ruff on everything; mypy on backend/ and frontend/ (its settings: [tool.mypy] in pyproject.toml)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check backend frontend tests bench
+	$(VENV)/bin/mypy
 
 clean-venv:
 	rm -rf $(VENV)

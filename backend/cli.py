@@ -11,7 +11,7 @@ import json
 import os
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from backend.errors import UserError
@@ -59,6 +59,16 @@ def write_json_atomic(path: str | Path, payload: dict) -> None:
     write_text_atomic(path, json.dumps(payload))
 
 
+def print_listing(rows: list[dict], as_json: bool, lines: Callable[[list[dict]], Iterable[str]]) -> int:
+    """A listing command's output: the rows as JSON (``--json``) or the table ``lines`` writes."""
+    if as_json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for line in lines(rows):
+            print(line)
+    return 0
+
+
 def parse_int_list(text: str, what: str) -> list[int]:
     try:
         return [int(part) for part in text.split(",") if part.strip()]
@@ -76,15 +86,13 @@ def _models(parser: argparse.ArgumentParser):
     def run(args) -> int:
         from backend.models.loader import list_models
 
-        rows = list_models()
-        if args.json:
-            print(json.dumps(rows, indent=2))
-            return 0
-        for row in rows:
-            state = "ready" if row["converted"] else "converted on first use"
-            marker = " (default)" if row["default"] else ""
-            print(f"{row['name']}{marker}\t{row['source']}\t{state}")
-        return 0
+        def lines(rows: list[dict]) -> Iterator[str]:
+            for row in rows:
+                state = "ready" if row["converted"] else "converted on first use"
+                marker = " (default)" if row["default"] else ""
+                yield f"{row['name']}{marker}\t{row['source']}\t{state}"
+
+        return print_listing(list_models(), args.json, lines)
 
     return run
 
@@ -146,9 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from backend.memory import keep_freed_memory
+    from backend.process_setup import configure_process
 
-    keep_freed_memory()  # process-wide (glibc allocator), so set here at process start, never in library calls
+    configure_process()
     _quiet_library_progress()
     _one_line_warnings()
     try:

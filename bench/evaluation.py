@@ -100,4 +100,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    from backend.process_setup import configure_process
+
+    configure_process()  # a benchmark is a process start, like the CLI
     sys.exit(main())

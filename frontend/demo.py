@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -147,9 +148,9 @@ class DemoPreparation:
             label = (f"{number}/{len(prunes)} prune {request['method']} {request['sparsity']} "
                      f"\u00b7 {request['calibration']}")
             self.say(f"[demo] {label} \u2026")
-            job = self._submit(label, lambda r=request: self.api.create_variant(r))
+            job = self._submit(label, partial(self.api.create_variant, request))
             if job is not None:
-                variant_id = (job.get("result") or {}).get("variant_id")
+                variant_id = str((job.get("result") or {}).get("variant_id"))
                 self.variant_ids.setdefault(request["method"], []).append(variant_id)
                 self.say(f"[demo] {label}: variant {variant_id}")
 
@@ -163,7 +164,7 @@ class DemoPreparation:
             label = (f"{number}/{len(evaluations)} evaluate {request['variant'] or 'dense'} on "
                      f"{', '.join(request['tasks'])} (limit {request['limit']})")
             self.say(f"[demo] {label} \u2026")
-            if self._submit(label, lambda r=request: self.api.create_evaluation(r)) is not None:
+            if self._submit(label, partial(self.api.create_evaluation, request)) is not None:
                 self.say(f"[demo] {label}: done")
         self.say("[demo] preparation finished" + (f" with {len(self.failures)} problem(s)" if self.failures else ""))
         return self.failures

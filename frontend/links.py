@@ -65,7 +65,7 @@ class ViewState:
 
     @classmethod
     def from_params(cls, params: Mapping) -> ViewState:
-        values = {}
+        values: dict[str, object] = {}
         for spec in fields(cls):
             raw = params.get(spec.name)
             if spec.name == "variants":
@@ -74,7 +74,7 @@ class ViewState:
                 values[spec.name] = _int(raw)
             else:
                 values[spec.name] = _first(raw)
-        return cls(**values)
+        return cls(**values)  # type: ignore[arg-type]  # each field got its own parser's type
 
     def to_params(self) -> dict[str, str]:
         params = {}

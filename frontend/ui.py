@@ -91,6 +91,15 @@ def pick(label: str, options: list, preferred: Any = None, *, key: str, format_f
     return container.selectbox(label, options, index=index, key=key, format_func=format_func, help=help)
 
 
+def pick_model(api: BackendClient, preferred: str | None = None, *, key: str, container=st) -> str | None:
+    """The model selectbox: the server's models, starting on ``preferred`` (from the URL) if it
+    is one of them, else on the server's default model."""
+    models = fetch(api.models, what="models") or []
+    names = [row["name"] for row in models]
+    default = next((row["name"] for row in models if row.get("default")), names[0] if names else None)
+    return pick("Model", names, preferred or default, key=key, container=container)
+
+
 @st.cache_data(show_spinner=False, max_entries=64)
 def _cached_nsa_result(base_url: str, client_id: int, result_id: str) -> dict:
     return client().nsa_result(result_id)

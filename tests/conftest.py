@@ -22,6 +22,9 @@ from transformers import (
 from backend.config import Settings, get_settings
 from backend.models.adapters import adapter_for
 from backend.models.loader import LoadedModel
+from backend.process_setup import configure_process
+
+configure_process()  # the test session is a process start, like the CLI's
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The embedded model is converted once into the repository's own cache and reused by every run.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import logging
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -29,11 +30,14 @@ from backend.config import Settings
 from backend.errors import UserError
 from backend.jobs import BusyError
 
+if TYPE_CHECKING:
+    from backend.models.loader import LoadedModel
+
 log = logging.getLogger("prunelens.api")
 
 OPEN_PATHS = frozenset({"/health"})
 # Documented on every operation, so /docs shows what each error looks like.
-ERROR_RESPONSES = {
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description}
     for status, description in (
         (400, "Bad input (a message says what to fix)."),
@@ -51,7 +55,7 @@ ERROR_RESPONSES = {
 def _error(
     status: int, detail: str, *, headers: dict | None = None, errors: list | None = None
 ) -> JSONResponse:
-    body = {"detail": detail}
+    body: dict[str, Any] = {"detail": detail}
     if errors is not None:
         body["errors"] = errors
     return JSONResponse(body, status_code=status, headers=headers)
@@ -206,11 +210,11 @@ def _customise_openapi(app: FastAPI, *, bearer: bool) -> None:
         app.openapi_schema = schema
         return schema
 
-    app.openapi = openapi
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented override
 
 
 def create_app(
-    settings: Settings | None = None, *, loaded=None, load_default: bool = True
+    settings: Settings | None = None, *, loaded: LoadedModel | None = None, load_default: bool = True
 ) -> FastAPI:
     """The API application.
 

@@ -15,14 +15,18 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from backend.errors import NotFoundError, UserError
+
+if TYPE_CHECKING:
+    from backend.models.loader import LoadedModel
 
 # A hub id: owner/name, no dot segments, no scheme, no backslashes.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9_.-]{1,96}$")
 
 
-def model_bytes(loaded) -> int:
+def model_bytes(loaded: LoadedModel) -> int:
     model = loaded.model
     return sum(p.numel() * p.element_size() for p in model.parameters()) + sum(
         b.numel() * b.element_size() for b in model.buffers()
@@ -36,7 +40,7 @@ class ModelPool:
         self.settings = settings
         self.budget_bytes = budget_bytes
         self._default = default
-        self._others: OrderedDict[str, object] = OrderedDict()
+        self._others: OrderedDict[str, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
         self._loader = loader
 
@@ -46,7 +50,7 @@ class ModelPool:
     def default(self):
         return self._default
 
-    def set_default(self, loaded) -> None:
+    def set_default(self, loaded: LoadedModel) -> None:
         self._default = loaded
 
     @property

@@ -11,14 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import sqlite3
 import threading
 from collections import OrderedDict
 from datetime import UTC, datetime
 from pathlib import Path
 
 import backend
-from backend.errors import NotFoundError, UserError
+from backend.errors import NotFoundError
+from backend.shared_sqlite import open_shared_database
 
 _SCHEMA = """CREATE TABLE IF NOT EXISTS nsa_results (
     id TEXT PRIMARY KEY,
@@ -55,16 +55,7 @@ def finite_json(value):
 class NsaResultStore:
     def __init__(self, path: str | Path, *, memory_entries: int = 256):
         self.path = Path(path)
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = sqlite3.connect(
-                self.path, timeout=10.0, isolation_level=None, check_same_thread=False
-            )
-            self._conn.execute("PRAGMA journal_mode = WAL")
-            self._conn.execute("PRAGMA synchronous = NORMAL")
-            self._conn.execute(_SCHEMA)
-        except (OSError, sqlite3.DatabaseError) as exc:
-            raise UserError(f"NSA results database {self.path}: {exc}") from exc
+        self._conn = open_shared_database(self.path, [_SCHEMA], "NSA results")
         self._lock = threading.Lock()
         self._recent: OrderedDict[str, bytes] = OrderedDict()
         self._memory_entries = memory_entries

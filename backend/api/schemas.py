@@ -355,6 +355,10 @@ class EvaluationResult(BaseModel):
         description="lm-eval's result dict: 'acc,none', 'acc_stderr,none', ..."
     )
     created_at: str = Field(description="UTC, ISO 8601.")
+    code_version: str = Field(description="Evaluation code that computed it (a source hash).")
+    stale: bool = Field(
+        description="Computed by other evaluation code than the server's: not a current number."
+    )
 
 
 class TableRow(BaseModel):

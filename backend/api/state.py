@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 
@@ -12,6 +12,9 @@ from backend.api.model_pool import ModelPool
 from backend.api.nsa_results import NsaResultStore
 from backend.api.settings import ApiSettings
 from backend.jobs import JobStore, JobWorker
+
+if TYPE_CHECKING:
+    from backend.models.loader import LoadedModel
 
 
 @dataclass
@@ -25,7 +28,7 @@ class ApiState:
     cache: dict = field(default_factory=dict)  # per-server memos: variant listing, results store
 
     @classmethod
-    def build(cls, settings: ApiSettings, *, loaded=None) -> ApiState:
+    def build(cls, settings: ApiSettings, *, loaded: LoadedModel | None = None) -> ApiState:
         pool = ModelPool(settings, default=loaded, budget_bytes=settings.api_model_memory_mb << 20)
         gate = ComputeGate(
             max_waiting=settings.api_queue_size, wait_seconds=settings.api_wait_seconds

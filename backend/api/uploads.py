@@ -1,9 +1,10 @@
 """Texts from an uploaded file (.txt, .csv, .jsonl), read by the same readers as ``file:PATH`` sets.
 
-The bytes go to a private temporary folder and through ``backend.data.sources.load_documents``,
-so an upload and a file named on the command line are split into texts the same way: .txt on
-blank lines (one paragraph = one text), .csv from its ``text`` column, .jsonl from each line's
-``"text"`` field. Error messages name the uploaded file, not the temporary path.
+The bytes go to a private temporary folder and through ``backend.data.user_files.read_user_file``,
+the reader of ``prunelens attribute --file`` and ``file:PATH`` calibration, so the same file gives
+the same texts everywhere: .txt on blank lines (one paragraph = one text), .csv from its ``text``
+column, .jsonl from each line's ``"text"`` field. Error messages name the uploaded file, not the
+temporary path.
 """
 
 from __future__ import annotations
@@ -38,15 +39,13 @@ def texts_from_upload(filename: str | None, raw: bytes, *, max_texts: int) -> li
         raise UserError(
             f"{name}: unsupported file type {suffix or '(none)'!r}; upload .txt, .csv or .jsonl"
         )
-    if not raw.strip():
-        raise UserError(f"{name}: the file is empty")
-    from backend.data.sources import FILE_PREFIX, load_documents
+    from backend.data.user_files import read_user_file
 
     with tempfile.TemporaryDirectory(prefix="prunelens-upload-") as folder:
         path = Path(folder) / f"upload{suffix}"
         path.write_bytes(raw)
         try:
-            texts = load_documents(f"{FILE_PREFIX}{path}")
+            texts = [record["text"] for record in read_user_file(path)]
         except UserError as exc:
             message = str(exc).replace(str(path.resolve()), name).replace(str(path), name)
             raise UserError(message) from None

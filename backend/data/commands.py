@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterator
 
-from backend.cli import command
+from backend.cli import command, print_listing
 
 
 @command("datasets", "list the named text sets for calibration, perplexity and NSA")
@@ -45,16 +46,13 @@ def _datasets(parser: argparse.ArgumentParser):
                 )
                 print(first[:500])
             return 0
-        rows = list_text_sets()
-        if args.json:
-            print(json.dumps(rows, indent=2))
-            return 0
-        for row in rows:
-            where = "offline" if row["offline"] else "hub"
-            labelled = (
-                f"\tlabelled: {','.join(row['labelled_splits'])}" if row["labelled_splits"] else ""
-            )
-            print(f"{row['name']}\t{where}\t{','.join(row['splits'])}{labelled}")
-        return 0
+        def lines(rows: list[dict]) -> Iterator[str]:
+            for row in rows:
+                where = "offline" if row["offline"] else "hub"
+                labelled = row["labelled_splits"]
+                labels = f"\tlabelled: {','.join(labelled)}" if labelled else ""
+                yield f"{row['name']}\t{where}\t{','.join(row['splits'])}{labels}"
+
+        return print_listing(list_text_sets(), args.json, lines)
 
     return run

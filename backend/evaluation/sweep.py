@@ -4,9 +4,8 @@ A cell = prune (an existing variant with the same configuration is reused) + eva
 (stored results are reused). Cells run in this process by default, or as Ray tasks (one GPU each
 when the cluster has GPUs). The store records each cell's outcome, so a sweep that was killed
 does only its missing cells when run again, and a failing cell is recorded with its error while
-the others go on. Results are written by whoever computes them, straight into the results
-store: on a multi-node cluster, point PRUNELENS_CACHE_DIR and PRUNELENS_RESULTS_URL at storage
-every node shares.
+the others go on. Results are written by whoever computes them, straight into the results store:
+on a multi-node cluster, point PRUNELENS_CACHE_DIR and PRUNELENS_RESULTS_URL at shared storage.
 """
 
 from __future__ import annotations
@@ -19,8 +18,12 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from backend.errors import UserError
+
+if TYPE_CHECKING:
+    from backend.models.loader import LoadedModel
 
 Progress = Callable[[float, str], None]
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -107,9 +110,7 @@ def _as_list(data: dict, key: str, default: tuple = ()) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def _positive_int(value, what: str, *, allow_none: bool = False) -> int | None:
-    if value is None and allow_none:
-        return None
+def _positive_int(value, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise UserError(f"sweep spec: {what} must be a positive integer, got {value!r}")
     return value
@@ -157,7 +158,7 @@ def parse_sweep_spec(data, default_name: str = "sweep") -> SweepSpec:
         name=name, models=tuple(dict.fromkeys(models)), tasks=tuple(tasks), methods=tuple(dict.fromkeys(methods)),
         calibrations=tuple(dict.fromkeys(calibrations)), sparsities=tuple(dict.fromkeys(sparsities)),
         seqlens=tuple(dict.fromkeys(seqlens)),
-        limit=_positive_int(data.get("limit"), "limit", allow_none=True),
+        limit=None if data.get("limit") is None else _positive_int(data["limit"], "limit"),
         nsamples=_positive_int(data.get("nsamples", 128), "nsamples"),
         seed=_nonnegative_int(data.get("seed", 0)),
         dense=dense,
@@ -190,9 +191,8 @@ def load_sweep_spec(path: str | Path) -> SweepSpec:
 
 
 def sweep_cells(spec: SweepSpec) -> list[SweepCell]:
-    """The grid, in a stable order. Structured methods (mi) pair only with 'neurons:' sparsities
-    and weight methods only with the others; methods without calibration data get one cell per
-    sparsity."""
+    """The grid, in a stable order. Structured methods (mi) pair only with 'neurons:' sparsities,
+    weight methods with the others; methods without calibration get one cell per sparsity."""
     cells: list[SweepCell] = []
     for model in spec.models:
         if spec.dense:
@@ -227,11 +227,12 @@ def _model_for(reference: str):
     return _MODEL_CACHE[reference]
 
 
-def prune_for_cell(loaded, cell: SweepCell, spec: SweepSpec) -> str:
+def prune_for_cell(loaded: LoadedModel, cell: SweepCell, spec: SweepSpec) -> str:
     """The prune step of a cell, as one call: the variant id (existing variants are reused)."""
     from backend.pruning.engine import PruneConfig, create_variant
     from backend.pruning.spec import SparsitySpec
 
+    assert cell.method is not None and cell.sparsity is not None, "a dense cell is not pruned"
     config = PruneConfig(
         method=cell.method,
         calibration=cell.calibration or spec.calibrations[0],  # ignored by methods without data
@@ -248,19 +249,12 @@ def _one_line(exc: BaseException) -> str:
     return text if isinstance(exc, UserError) else f"{exc.__class__.__name__}: {text}"
 
 
-def run_cell(cell: SweepCell, spec: SweepSpec, environment: dict[str, str] | None = None) -> CellOutcome:
+def run_cell(cell: SweepCell, spec: SweepSpec) -> CellOutcome:
     """Prune and evaluate one cell; any error becomes a failed outcome (never an exception).
-
-    ``environment`` (PRUNELENS_* settings) is applied first: Ray workers get the driver's cache
-    folder and results database this way.
-    """
-    from backend.config import get_settings
+    On Ray, the worker's environment (``_worker_environment``) names the cache and results."""
     from backend.evaluation.runner import evaluate
     from backend.evaluation.store import ResultsStore
 
-    if environment:
-        os.environ.update(environment)
-        get_settings.cache_clear()
     started = time.perf_counter()
     variant_id = None
     try:
@@ -293,7 +287,8 @@ def _cell_complete(store, spec: SweepSpec, cell: SweepCell, record: dict | None)
     variant_id = record["variant_id"] or DENSE
     limit = WHOLE_SPLIT if spec.limit is None else spec.limit
     stored = store.results(base_model=_base_name(cell.model), variant_id=variant_id)
-    have = {r.key.task for r in stored if (WHOLE_SPLIT if r.key.limit is None else r.key.limit) == limit}
+    have = {r.key.task for r in stored
+            if not r.stale and (WHOLE_SPLIT if r.key.limit is None else r.key.limit) == limit}
     return set(spec.tasks) <= have
 
 
@@ -308,12 +303,14 @@ def _base_name(reference: str) -> str:
 
 
 def _worker_environment() -> dict[str, str]:
-    """The driver's PRUNELENS_* settings, with its cache and results database made absolute."""
+    """backend.process_setup's settings and the driver's PRUNELENS_* ones, paths made absolute."""
     from backend.config import get_settings
     from backend.evaluation.settings import evaluation_settings
     from backend.evaluation.store import database_path
+    from backend.process_setup import PROCESS_ENVIRONMENT
 
-    environment = {key: value for key, value in os.environ.items() if key.startswith("PRUNELENS_")}
+    environment = {key: os.environ.get(key, value) for key, value in PROCESS_ENVIRONMENT.items()}
+    environment |= {key: value for key, value in os.environ.items() if key.startswith("PRUNELENS_")}
     environment["PRUNELENS_CACHE_DIR"] = str(get_settings().cache_dir.resolve())
     environment["PRUNELENS_RESULTS_URL"] = str(database_path(evaluation_settings().results_location).resolve())
     return environment
@@ -383,9 +380,12 @@ def _run_on_ray(cells: list[SweepCell], spec: SweepSpec, address: str, record: C
             raise UserError(f"cannot connect to Ray at {address!r}: {str(exc).splitlines()[0][:200]}") from exc
     try:
         gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-        remote_cell = ray.remote(run_cell).options(num_cpus=1, num_gpus=gpus, max_retries=0)
-        environment = _worker_environment()
-        pending = {remote_cell.remote(cell, spec, environment): cell for cell in cells}
+        # Workers start with the driver's settings in their environment (Ray's runtime_env).
+        remote_cell = ray.remote(run_cell).options(
+            num_cpus=1, num_gpus=gpus, max_retries=0,
+            runtime_env={"env_vars": _worker_environment()},
+        )
+        pending = {remote_cell.remote(cell, spec): cell for cell in cells}
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             cell = pending.pop(ready[0])

@@ -142,10 +142,13 @@ class Table:
 
 
 def latest_results(results: Iterable[StoredResult]) -> list[StoredResult]:
-    """One result per (model, variant, task): the one on the most examples, then the newest, so
-    a quick ``--limit`` run never dilutes a full one."""
+    """One current result per (model, variant, task): the one on the most examples, then the
+    newest, so a quick ``--limit`` run never dilutes a full one. Stale results (computed by other
+    evaluation code) are left out."""
     best: dict[tuple, StoredResult] = {}
     for result in results:
+        if result.stale:
+            continue
         slot = (result.key.base_model, result.key.variant_id, result.key.task)
         current = best.get(slot)
         if current is None or (result.n_examples, result.created_at) > (current.n_examples, current.created_at):

@@ -10,6 +10,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
@@ -28,7 +29,7 @@ class LoadedModel:
 
     name: str  # the reference the user gave, canonical for ids and the results store
     model: PreTrainedModel
-    tokenizer: object
+    tokenizer: Any  # a transformers tokenizer (PreTrainedTokenizerBase; its stubs are partial)
     adapter: ArchitectureAdapter
     source: str  # "embedded", "hub" or "local"
     load_seconds: float = 0.0
@@ -89,6 +90,7 @@ def load_model(
     started = time.perf_counter()
 
     if ref.kind == "embedded":
+        assert ref.path is not None, "an embedded reference always names its folder"
         if not is_converted(ref.path):
             convert_embedded(ref.path)
         location = str(ref.path)
@@ -123,7 +125,7 @@ def load_model(
             f"{ref.name}: could not load safetensors weights and tokenizer "
             f"({str(exc).splitlines()[0][:200]})"
         ) from exc
-    model.to(torch_device)
+    model.to(torch_device)  # type: ignore[arg-type]  # transformers' wrapper hides Module.to
     model.eval()
     adapter = adapter_for(model)
     if tokenizer.pad_token is None:

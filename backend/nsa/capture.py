@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 import torch
 from torch import nn
@@ -18,6 +18,9 @@ from torch import nn
 from backend.errors import UserError
 from backend.models.adapters import ArchitectureAdapter
 from backend.models.hooks import NeuronFn, checked_layers, neuron_hooks
+
+if TYPE_CHECKING:
+    from backend.models.loader import LoadedModel
 
 
 class NeuronCapture:
@@ -118,7 +121,7 @@ def encode_text(tokenizer, text: str, max_tokens: int) -> EncodedText:
 
 
 @torch.inference_mode()
-def capture_text(loaded, text: str, layers: Sequence[int] | None = None) -> TextActivations:
+def capture_text(loaded: LoadedModel, text: str, layers: Sequence[int] | None = None) -> TextActivations:
     """Run ``text`` through the model once and return its neuron activations per layer."""
     encoded = encode_text(loaded.tokenizer, text, loaded.max_length)
     input_ids = torch.tensor([encoded.input_ids], device=loaded.device)

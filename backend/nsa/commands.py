@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -11,29 +10,20 @@ from backend.cli import command, write_json_atomic
 from backend.errors import UserError
 
 
-def read_text_file(path: str) -> list[dict]:
-    """A ``.jsonl`` file holds one ``{"text", "label_text"?}`` per line; any other file is one text."""
-    source = Path(path)
-    if not source.is_file():
-        raise UserError(f"{path}: no such file")
-    try:
-        content = source.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read it as UTF-8 text") from exc
-    if source.suffix != ".jsonl":
-        return [{"text": content}]
-    rows = []
-    for number, line in enumerate(content.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path}:{number}: not valid JSON") from exc
-        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-            raise UserError(f"{path}:{number}: expected an object with a \"text\" string")
-        rows.append(row)
-    return rows
+def file_inputs(path: str) -> tuple[list[dict], list[list[str]] | None]:
+    """A user file's texts (with their labels as ``label_text``) and per-text words, if any.
+
+    Read by ``backend.data.user_files``, the reader of the API upload and ``file:`` calibration.
+    """
+    from backend.data.user_files import read_user_file
+
+    records = read_user_file(path)
+    texts = [
+        {"text": record["text"], **({"label_text": record["label"]} if "label" in record else {})}
+        for record in records
+    ]
+    has_words = any("words" in record for record in records)
+    return texts, [record.get("words", []) for record in records] if has_words else None
 
 
 def _summary(result: dict) -> str:
@@ -75,7 +65,8 @@ def _attribute(parser: argparse.ArgumentParser):
     parser.add_argument("--variants", default="", help="comma-separated variant ids to compare")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--text", help="the text to attribute")
-    source.add_argument("--file", help="a text file (one text) or .jsonl ({\"text\", \"label_text\"} per line)")
+    source.add_argument("--file", help=".txt (paragraphs split on blank lines), .jsonl (\"text\", "
+                        "\"label\"?, \"words\"?) or .csv (text, label?, words? columns)")
     source.add_argument("--dataset", help="labelled examples from a dataset, e.g. sst2")
     parser.add_argument("--n", type=int, default=10, help="examples to take with --dataset (default 10)")
     parser.add_argument("--seed", type=int, default=0, help="example sampling and random-neuron seed")
@@ -95,12 +86,13 @@ def _attribute(parser: argparse.ArgumentParser):
             raise UserError("--text is empty")
         if args.json_out and not Path(args.json_out).resolve().parent.is_dir():
             raise UserError(f"{Path(args.json_out).parent}: folder does not exist")
+        file_words = None
         if args.dataset:
             from backend.nsa.service import dataset_examples
 
             texts = dataset_examples(args.dataset, args.n, args.seed)
         elif args.file:
-            texts = read_text_file(args.file)
+            texts, file_words = file_inputs(args.file)
         else:
             texts = [args.text]
 
@@ -118,7 +110,7 @@ def _attribute(parser: argparse.ArgumentParser):
                 bar.update(round(100 * fraction) - bar.n)
 
             result = attribute(
-                loaded, texts, words=args.words, task=args.task, variants=variants, top_k=args.top_k,
+                loaded, texts, words=args.words or file_words, task=args.task, variants=variants, top_k=args.top_k,
                 ablate=args.ablate, explainer=explainer, activation=args.activation,
                 max_new_tokens=args.max_new_tokens, seed=args.seed, progress=progress,
             )

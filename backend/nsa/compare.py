@@ -21,10 +21,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from backend.nsa.scoring import LayerMass, Selection, activation_magnitude
+
+if TYPE_CHECKING:
+    from backend.models.loader import LoadedModel
 
 
 @dataclass
@@ -144,7 +148,7 @@ def aggregate_comparisons(per_text: Sequence[dict]) -> dict:
 # ----------------------------------------------------------------------------- weights
 
 
-def neuron_weight_slices(loaded, selection: Selection) -> list[dict[str, torch.Tensor]]:
+def neuron_weight_slices(loaded: LoadedModel, selection: Selection) -> list[dict[str, torch.Tensor]]:
     """Per selected neuron: its input-projection rows and output-projection column, cloned.
 
     ``{"inputs": [sum of input widths], "output": [output width]}`` (gate+up rows for

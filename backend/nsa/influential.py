@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -19,6 +20,9 @@ from backend.errors import UserError
 from backend.nsa.capture import EncodedText, encode_text
 from backend.nsa.probe import encode_probe, label_log_probs, margin
 from backend.nsa.tasks import TaskSpec
+
+if TYPE_CHECKING:
+    from backend.models.loader import LoadedModel
 
 FALLBACK_METHOD = "gradient_x_input"
 MAX_WORDS = 10  # more than this is not a selection any more
@@ -266,7 +270,7 @@ MIN_TEXT_TOKENS = 8  # below this much room for the text, step 1 is not worth as
 
 
 @torch.inference_mode()
-def generate_answer(loaded, text: str, task: TaskSpec, *, max_new_tokens: int = 48) -> str | None:
+def generate_answer(loaded: LoadedModel, text: str, task: TaskSpec, *, max_new_tokens: int = 48) -> str | None:
     """The model's greedy answer to the step-1 prompt (only the new tokens, decoded).
 
     A text too long for the prompt is cut from its end; None when the prompt itself leaves
@@ -285,7 +289,8 @@ def generate_answer(loaded, text: str, task: TaskSpec, *, max_new_tokens: int = 
     # The chat template already holds any special tokens; plain prompts get the usual ones.
     ids = tokenizer(prompt, add_special_tokens=not getattr(tokenizer, "chat_template", None))["input_ids"]
     input_ids = torch.tensor([ids], device=loaded.device)  # [1, prompt_tokens]
-    output = loaded.model.generate(
+    # generate() comes from GenerationMixin, which every *ForCausalLM class mixes in.
+    output = loaded.model.generate(  # type: ignore[operator]
         input_ids=input_ids,
         attention_mask=torch.ones_like(input_ids),
         max_new_tokens=max_new_tokens,
@@ -304,7 +309,7 @@ def fallback_word_count(candidates: int) -> int:
 
 
 def gradient_x_input_scores(
-    loaded, text: str, task: TaskSpec, label_index: int | None = None
+    loaded: LoadedModel, text: str, task: TaskSpec, label_index: int | None = None
 ) -> tuple[list[dict], int, list[float]]:
     """Gradient x input of the label's log-prob margin, summed per content word of ``text``.
 
@@ -347,12 +352,12 @@ def gradient_x_input_scores(
 
 
 def influential_words(
-    loaded,
+    loaded: LoadedModel,
     encoded: EncodedText,
     task: TaskSpec,
     *,
     user_words: list[str] | None = None,
-    explainer=None,
+    explainer: LoadedModel | None = None,
     max_new_tokens: int = 48,
     label_index: int | None = None,
 ) -> InfluentialWords:
@@ -362,7 +367,9 @@ def influential_words(
     the dense model itself; when nothing usable comes back, gradient x input chooses.
     """
     text = encoded.text
-    raw, rejected, missing, reason = None, [], [], "no usable words in the model's answer"
+    rejected: list[dict] = []
+    missing: list[str] = []
+    raw, reason = None, "no usable words in the model's answer"
     if user_words:
         located, missing = locate_words(user_words, text, encoded.offsets)
         if located:

@@ -22,12 +22,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from backend.errors import UserError
 from backend.models.hooks import StopForward, call_until_stopped
 from backend.nsa.capture import NeuronCapture
+
+if TYPE_CHECKING:
+    from backend.models.loader import LoadedModel
 
 ACTIVATION_MODES = ("abs", "positive")
 NEGLIGIBLE_FRACTION = 0.5
@@ -219,7 +223,7 @@ class LayerReducer(NeuronCapture):
 
         return record
 
-    def run(self, input_ids: torch.Tensor) -> dict[int, object]:
+    def run(self, input_ids: torch.Tensor) -> dict[int, Any]:  # layer -> what reduce returned
         """One forward pass of ``input_ids`` (``[1, tokens]``) up to the deepest requested layer."""
         self.results = {}
         with self:
@@ -242,7 +246,7 @@ class TextScores:
 
 @torch.inference_mode()
 def score_text(
-    loaded,
+    loaded: LoadedModel,
     input_ids: Sequence[int],
     influential: torch.Tensor,
     scored: torch.Tensor,
@@ -267,7 +271,7 @@ def score_text(
 
 @torch.inference_mode()
 def observe_text(
-    loaded,
+    loaded: LoadedModel,
     input_ids: Sequence[int],
     indices_by_layer: dict[int, list[int]],
     word_tokens: Sequence[Sequence[int]],

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -34,6 +35,9 @@ from backend.nsa.scoring import (
     select_neurons,
 )
 from backend.nsa.tasks import get_task
+
+if TYPE_CHECKING:
+    from backend.models.loader import LoadedModel
 
 Progress = Callable[[float, str], None]
 
@@ -79,7 +83,7 @@ def _normalise_words(words, count: int) -> list[list[str] | None]:
     return [[w.strip() for w in group if w.strip()] or None for group in words]
 
 
-def _manifests(loaded, variant_ids: Sequence[str], settings) -> list[dict]:
+def _manifests(loaded: LoadedModel, variant_ids: Sequence[str], settings) -> list[dict]:
     """Validate variant ids up front, before any slow work (NotFoundError when unknown)."""
     if not variant_ids:
         return []
@@ -99,7 +103,7 @@ def _report(progress: Progress | None, fraction: float, message: str) -> None:
         progress(min(max(fraction, 0.0), 1.0), message)
 
 
-def _dense_observation(loaded, record: TextRecord, scores: TextScores, selection: Selection,
+def _dense_observation(loaded: LoadedModel, record: TextRecord, scores: TextScores, selection: Selection,
                        mode: str) -> TextObservation:
     """Reuse the scoring pass's kept columns when they hold every selected neuron, else re-run."""
     by_layer = selection.indices_by_layer()
@@ -108,17 +112,15 @@ def _dense_observation(loaded, record: TextRecord, scores: TextScores, selection
         kept = scores.layers[layer]
         where = {int(c): pos for pos, c in enumerate(kept.candidates.tolist())}
         if not all(i in where for i in indices):
-            per_layer = None
+            per_layer = observe_text(loaded, record.encoded.input_ids, by_layer, record.word_tokens, mode)
             break
         columns = kept.candidate_activations[:, [where[i] for i in indices]]  # [tokens, n_layer]
         per_layer[layer] = (columns, kept.mass)
-    if per_layer is None:
-        per_layer = observe_text(loaded, record.encoded.input_ids, by_layer, record.word_tokens, mode)
     return assemble_observation(selection, per_layer)
 
 
 def attribute(
-    loaded,
+    loaded: LoadedModel,
     texts,
     *,
     words=None,
@@ -126,7 +128,7 @@ def attribute(
     variants: Sequence[str] = (),
     top_k: int = 20,
     ablate: bool = False,
-    explainer=None,
+    explainer: LoadedModel | None = None,
     activation: str = "abs",
     negligible_fraction: float = NEGLIGIBLE_FRACTION,
     max_new_tokens: int = 48,
@@ -246,7 +248,7 @@ def attribute(
 
 
 @torch.inference_mode()
-def plain_forward(loaded, text: str) -> None:
+def plain_forward(loaded: LoadedModel, text: str) -> None:
     """One forward pass without any hook: the unit NSA's cost is measured against (bench)."""
     enc = encode_for_attribution(loaded.tokenizer, text, loaded.max_length)
     loaded.model(input_ids=torch.tensor([enc.input_ids], device=loaded.device), use_cache=False)

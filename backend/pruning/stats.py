@@ -75,7 +75,7 @@ class InputStatistics:
             # batch; the entries stay O(x^2) however many tokens arrive, so float32 suffices.
             self._hessian.mul_(previous / total)
             self._add_upper_gram(batch, alpha=2.0 / total)
-        if self._mean is not None:
+        if self._mean is not None and self._centered_outer is not None:
             batch_mean = batch.mean(dim=0)  # [in]
             centered = batch - batch_mean
             delta = batch_mean - self._mean
@@ -86,13 +86,14 @@ class InputStatistics:
 
     def _add_upper_gram(self, batch: torch.Tensor, alpha: float) -> None:
         """H += alpha batch^T batch, computing only the column blocks on and above the diagonal."""
-        size = self.in_features
+        size, hessian = self.in_features, self._hessian
+        assert hessian is not None, "only called when the Hessian is collected"
         if size <= GRAM_BLOCK:
-            self._hessian.addmm_(batch.T, batch, alpha=alpha)
+            hessian.addmm_(batch.T, batch, alpha=alpha)
             return
         for start in range(0, size, GRAM_BLOCK):
             end = min(start + GRAM_BLOCK, size)
-            self._hessian[start:end, start:].addmm_(
+            hessian[start:end, start:].addmm_(
                 batch[:, start:end].T, batch[:, start:], alpha=alpha
             )
         self._hessian_lower_stale = True
@@ -101,6 +102,7 @@ class InputStatistics:
     def act_norm(self) -> torch.Tensor:
         """||X_j||_2 over all tokens seen: [in], float32."""
         if self._sum_squares is None:
+            assert self._hessian is not None, "one of the two is always collected"
             return (torch.diagonal(self._hessian) * (self.tokens / 2.0)).sqrt()
         return self._sum_squares.sqrt()
 

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,6 +26,9 @@ from safetensors.torch import load_file, save_file
 from backend.config import Settings, get_settings
 from backend.errors import NotFoundError, UserError
 from backend.storage import atomic_directory
+
+if TYPE_CHECKING:
+    from backend.models.loader import LoadedModel
 
 MANIFEST = "manifest.json"
 OVERLAY = "overlay.safetensors"
@@ -189,7 +193,7 @@ def apply_overlay(model: torch.nn.Module, variant_id: str, settings: Settings | 
 
 
 @contextmanager
-def variant_applied(loaded, variant_id: str, settings: Settings | None = None) -> Iterator:
+def variant_applied(loaded: LoadedModel, variant_id: str, settings: Settings | None = None) -> Iterator:
     """Temporarily turn ``loaded`` (a dense LoadedModel) into the variant; restores on exit."""
     manifest = read_manifest(variant_id, settings)
     if manifest.get("base_model") != loaded.name:

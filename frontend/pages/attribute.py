@@ -26,11 +26,8 @@ st.caption("Which words matter for the task, which neurons fire on them, and wha
 state = ui.view_state()
 api = ui.client()
 
-models = ui.fetch(api.models, what="models") or []
-names = [row["name"] for row in models]
-default_model = next((row["name"] for row in models if row.get("default")), names[0] if names else None)
 c1, c2, c3, c4 = st.columns([3, 2, 1, 1])
-model = ui.pick("Model", names, state.model or default_model, key="at_model", container=c1)
+model = ui.pick_model(api, state.model, key="at_model", container=c1)
 tasks = [row["name"] for row in ui.fetch(api.nsa_tasks, what="NSA tasks") or []] or ["sentiment"]
 task = c2.selectbox("Task type", tasks, key="at_task")
 top_k = c3.number_input("Top-k neurons", min_value=1, max_value=500, value=20, key="at_top_k")

@@ -27,11 +27,8 @@ st.caption("Variants that differ only in their calibration set, in columns: the 
 state = ui.view_state()
 api = ui.client()
 
-models = ui.fetch(api.models, what="models") or []
-names = [row["name"] for row in models]
-default_model = next((row["name"] for row in models if row.get("default")), names[0] if names else None)
 c1, c2, c3 = st.columns([2, 1, 2])
-model = ui.pick("Model", names, state.model or default_model, key="cal_model", container=c1)
+model = ui.pick_model(api, state.model, key="cal_model", container=c1)
 variants = (ui.fetch(api.variants, base=model, what="variants") or []) if model else []
 groups = jobs_view.calibration_groups(variants)
 if not groups:
@@ -76,7 +73,7 @@ previews = {row["id"]: row["preview"] for row in summaries}
 if st.session_state.get("cal_result") not in result_ids:
     st.session_state["cal_result"] = result_ids[0]
 result_id = st.selectbox("Text (stored NSA result)", result_ids, key="cal_result",
-                         format_func=lambda rid: f"{nsa_view.text_preview(previews.get(rid, rid), 70)} \u00b7 {rid}")
+                         format_func=lambda rid: f"{nsa_view.text_preview(str(previews.get(rid, rid)), 70)} \u00b7 {rid}")
 envelope, result = ui.checked_nsa_result(result_id)
 present = [vid for vid in ids if vid in nsa_view.variant_labels(result)]
 keys = nsa_view.neuron_keys(result)

@@ -23,11 +23,8 @@ st.caption("Which neurons fire on a text's influential words, and what pruning l
 state = ui.view_state()
 api = ui.client()
 
-models = ui.fetch(api.models, what="models") or []
-names = [row["name"] for row in models]
-default_model = next((row["name"] for row in models if row.get("default")), names[0] if names else None)
 left, right = st.columns([2, 3])
-model = ui.pick("Model", names, state.model or default_model, key="ex_model", container=left)
+model = ui.pick_model(api, state.model, key="ex_model", container=left)
 if model is None:
     st.info("The backend lists no model.")
     st.stop()
@@ -120,7 +117,7 @@ if st.session_state.get("ex_layer") not in layers:
     st.session_state["ex_layer"] = state.layer if state.layer in layers else keys[0][0]
 
 c1, c2, c3, c4 = st.columns([3, 3, 1, 1])
-shown_variants = c1.multiselect("Variants", list(labels), key="ex_variant_pick", format_func=labels.get)
+shown_variants = c1.multiselect("Variants", list(labels), key="ex_variant_pick", format_func=labels.__getitem__)
 text_index = c2.selectbox("Text", range(len(texts)), key="ex_text",
                           format_func=lambda i: f"{i}: {nsa_view.text_preview(texts[i]['text'], 50)}")
 layer = c3.selectbox("Layer", layers, key="ex_layer")
@@ -157,8 +154,8 @@ if not drops.empty and len(drops.columns) > 1:
 
 st.subheader("Where activation was lost")
 if labels:
-    overview_variant = st.selectbox("Variant", list(labels), format_func=labels.get, key="ex_overview")
-    points = nsa_view.loss_points(result, overview_variant)
+    overview_variant = st.selectbox("Variant", list(labels), format_func=labels.__getitem__, key="ex_overview")
+    points = nsa_view.loss_points(result, str(overview_variant))
     size = result.get("model", {})
     st.plotly_chart(figures.activation_loss_figure(points, layers=size.get("layers"),
                                                    neurons_per_layer=size.get("neurons_per_layer")),

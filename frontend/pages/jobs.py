@@ -18,10 +18,7 @@ SHOWN_FAILURES = 10
 st.title("Variants & jobs")
 api = ui.client()
 
-models = ui.fetch(api.models, what="models") or []
-names = [row["name"] for row in models]
-default_model = next((row["name"] for row in models if row.get("default")), names[0] if names else None)
-model = ui.pick("Model", names, default_model, key="jobs_model")
+model = ui.pick_model(api, key="jobs_model")
 calibration_sets = [row["name"] for row in (ui.fetch(api.calibration_sets, what="calibration sets") or [])
                     if not row["name"].startswith("file:")]
 tasks = ui.fetch(api.tasks, what="tasks") or []

@@ -74,11 +74,14 @@ def accuracy_by_sparsity(evaluations: Sequence[dict], tasks: Sequence[dict],
     """Mean accuracy per (category, task, sparsity label) over methods and calibration sets.
 
     ``evaluations``: rows of ``GET /evaluations`` (``variant`` None for dense); ``tasks``: rows of
-    ``GET /tasks`` (name, category_title). Rows without the metric are left out, never taken as 0.
+    ``GET /tasks`` (name, category_title). Rows without the metric are left out, never taken as 0,
+    and so are stale rows (computed by other evaluation code than the server's).
     """
     category = {t["name"]: t.get("category_title") or t.get("category") or "other" for t in tasks}
     rows = []
     for row in evaluations:
+        if row.get("stale"):
+            continue
         value = (row.get("metrics") or {}).get(metric)
         if not isinstance(value, int | float):
             continue

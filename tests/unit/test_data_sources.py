@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from backend.cli import main
-from backend.data import sources
+from backend.data import hub_sets, sources
 from backend.data.sources import (
     HubFile,
     hub_file_url,
@@ -172,10 +172,10 @@ def test_labelled_examples_errors_are_one_line():
 
 def test_hub_file_url_points_at_the_right_repository_revision_and_file():
     assert (
-        hub_file_url(sources._C4_TRAIN)
+        hub_file_url(hub_sets.C4_TRAIN)
         == "hf://datasets/allenai/c4/en/c4-train.00000-of-01024.json.gz"
     )
-    assert hub_file_url(sources._PTB_TEST) == (
+    assert hub_file_url(hub_sets.PTB_TEST) == (
         "hf://datasets/ptb-text-only/ptb_text_only@refs%2Fconvert%2Fparquet"
         "/penn_treebank/test/0000.parquet"
     )
@@ -191,7 +191,7 @@ def local_hub(tmp_path, monkeypatch):
 
     root = tmp_path / "hub"
     monkeypatch.setattr(
-        sources, "hub_file_url", lambda hub_file: str(root / hub_file.repo_id / hub_file.path)
+        hub_sets, "hub_file_url", lambda hub_file: str(root / hub_file.repo_id / hub_file.path)
     )
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets-cache")
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
@@ -351,30 +351,6 @@ def test_an_edited_file_is_read_again(tmp_path):
     path.write_text("after, longer", encoding="utf-8")
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))
     assert load_documents(f"file:{path}") == ["after, longer"]
-
-
-@pytest.mark.parametrize(
-    ("filename", "content", "expected"),
-    [
-        ("missing.txt", None, "no such file"),
-        ("table.csv", "id,body\n1,hello\n", "'text' (columns found: id, body)"),
-        ("latin1.txt", "caf\xe9".encode("latin-1"), "not UTF-8 text (invalid byte at offset 3)"),
-        ("empty.txt", b"", "no text"),
-        ("blank.jsonl", b"\n \n", "no text"),
-        ("broken.jsonl", b'{"text": "ok"}\n{"text": \n', "line 2 is not valid JSON"),
-        ("notext.jsonl", b'{"body": "x"}\n', 'line 1 has no string field "text"'),
-        ("data.parquet", b"PAR1", "unsupported file type '.parquet'"),
-    ],
-)
-def test_file_source_errors_are_one_line(tmp_path, filename, content, expected):
-    path = tmp_path / filename
-    if content is not None:
-        path.write_bytes(content.encode() if isinstance(content, str) else content)
-    with pytest.raises(UserError) as error:
-        load_documents(f"file:{path}")
-    assert expected in _one_line(error)
-    if content is None:
-        assert isinstance(error.value, NotFoundError)
 
 
 def test_file_prefix_needs_a_file_path(tmp_path):

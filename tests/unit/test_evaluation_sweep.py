@@ -99,8 +99,8 @@ def test_local_sweep_failing_cell_and_kill_and_resume(isolated_cache, tiny_model
 
     computed_cells = []
     real_run_cell = sweep_module.run_cell
-    monkeypatch.setattr(sweep_module, "run_cell", lambda cell, s, env=None: computed_cells.append(cell.key)
-                        or real_run_cell(cell, s, env))
+    monkeypatch.setattr(sweep_module, "run_cell", lambda cell, s: computed_cells.append(cell.key)
+                        or real_run_cell(cell, s))
     report = run_sweep(spec)
     assert report.skipped == 2 and len(report.outcomes) == 4
     assert computed_cells[0].startswith(f"{model}|wanda|")  # only the missing cells ran

@@ -312,7 +312,8 @@ def test_accuracy_by_sparsity_averages_over_methods_and_puts_dense_at_zero():
     rows = [_evaluation("sst2", None, 0.8), _evaluation("sst2", "v1", 0.6, sparsity="0.5"),
             _evaluation("sst2", "v2", 0.7, sparsity="0.5"), _evaluation("sst2", "v3", 0.5, sparsity="2:4"),
             _evaluation("copa", "v1", 0.55, sparsity="0.5"),
-            {**_evaluation("copa", None, 0.0), "metrics": {}}]  # no metric: left out, not a zero
+            {**_evaluation("copa", None, 0.0), "metrics": {}},  # no metric: left out, not a zero
+            {**_evaluation("sst2", "v1", 0.1, sparsity="0.5"), "stale": True}]  # other code: left out
     tasks = [{"name": "sst2", "category_title": "Sentiment"}, {"name": "copa", "category_title": "Reasoning"}]
     frame = figures.accuracy_by_sparsity(rows, tasks)
     sst2 = frame[frame["task"] == "sst2"].set_index("sparsity")["accuracy"]

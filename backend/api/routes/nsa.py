@@ -8,7 +8,7 @@ returns a stored result as the bytes that were stored.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import APIRouter, File, Form, Path, Query, UploadFile
 from fastapi.responses import Response
@@ -28,13 +28,16 @@ from backend.api.state import ApiState, State
 from backend.api.uploads import UploadTooLargeError, display_name, texts_from_upload
 from backend.errors import UserError
 
+if TYPE_CHECKING:
+    from backend.models.loader import LoadedModel
+
 JSON = "application/json"
 MULTIPART_OVERHEAD = (
     64 << 10
 )  # form fields and part headers around the file (see app.BodyLimitMiddleware)
 
 
-def run_attribution(loaded, request: dict, settings) -> dict:
+def run_attribution(loaded: LoadedModel, request: dict, settings) -> dict:
     """The NSA service on a normalised request (the one seam tests may replace); variants are
     read from the server's cache (``settings``), not the environment's default."""
     from backend.nsa.service import attribute

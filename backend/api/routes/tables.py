@@ -24,7 +24,7 @@ KINDS_HELP = "; ".join(f"{name}: {kind.description}" for name, kind in TABLE_KIN
 )
 def read_table(
     state: State,
-    kind: Annotated[TableKindName, Path(description=KINDS_HELP)],
+    kind: Annotated[TableKindName, Path(description=KINDS_HELP)],  # type: ignore[valid-type]
     metric: Annotated[
         str, Query(min_length=1, max_length=64, description="lm-eval metric key.")
     ] = "acc,none",
