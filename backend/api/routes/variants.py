@@ -6,7 +6,7 @@ mtime moves whenever a variant is renamed into place or deleted), so polling cli
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 from starlette.concurrency import run_in_threadpool
@@ -23,9 +23,6 @@ from backend.api.schemas import (
 from backend.api.state import ApiState, State
 from backend.errors import UserError
 from backend.jobs import Job
-
-if TYPE_CHECKING:
-    from backend.models.loader import LoadedModel
 
 router = APIRouter(tags=["variants"])
 
