@@ -4,6 +4,10 @@ The model is evaluated in memory: ``HFLM(pretrained=loaded.model, tokenizer=...)
 already-loaded model, and a variant is swapped in place with ``variant_applied`` (no checkpoint is
 written). Scores are lm-eval's own: ``simple_evaluate`` with its defaults, one task at a time so
 that each finished task is stored before the next one starts. Stored results are reused.
+
+``limit`` N scores a seeded random sample of N examples (lm-eval's ``samples=`` argument), so the
+dense model and every variant evaluated with the same seed see the same examples, and each
+example's score is stored with the result (``log_samples``) to compare them pair by pair.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ DEFAULT_BATCH_SIZE = 16
 # lm-eval's default of 100000 took 14 minutes for MRPC's f1 on 2 CPU cores; 0 would drop every
 # stderr, acc's included.
 DEFAULT_BOOTSTRAP_ITERS = 1000
+DEFAULT_SAMPLE_SEED = 1234  # which examples --limit takes; the same for every model by default
 
 
 def harness_version() -> str:
@@ -99,13 +104,41 @@ def _harness_environment():
                 os.environ["DISABLE_MULTIPROC"] = previous_multiproc
 
 
-def run_harness(lm, task, manager, limit: int | None, bootstrap_iters: int = DEFAULT_BOOTSTRAP_ITERS) -> dict:
-    """lm-eval's ``simple_evaluate`` on one loaded Task: its full output dict."""
+def sample_indices(n_docs: int, limit: int, seed: int) -> list[int]:
+    """``limit`` distinct doc indices of an evaluation split of ``n_docs``, drawn with ``seed``,
+    sorted: the same (n_docs, limit, seed) always gives the same examples."""
+    import numpy as np
+
+    chosen = np.random.default_rng(seed).choice(n_docs, size=min(limit, n_docs), replace=False)
+    return sorted(int(index) for index in chosen)
+
+
+def example_outcomes(samples: list[dict]) -> dict[str, dict[int, float]]:
+    """lm-eval's logged samples of one task -> ``{metric: {doc id: score}}`` for the metrics scored
+    per example as a number (acc, acc_norm; not f1/mcc, whose per-example entries are pairs)."""
+    outcomes: dict[str, dict[int, float]] = {}
+    for sample in samples:
+        if sample.get("filter", "none") != "none":
+            continue
+        for metric in sample.get("metrics", []):
+            value = sample.get(metric)
+            if isinstance(value, int | float):
+                outcomes.setdefault(metric, {})[int(sample["doc_id"])] = float(value)
+    return outcomes
+
+
+def run_harness(lm, task, manager, limit: int | None, bootstrap_iters: int = DEFAULT_BOOTSTRAP_ITERS,
+                sample_seed: int = DEFAULT_SAMPLE_SEED) -> dict:
+    """lm-eval's ``simple_evaluate`` on one loaded Task, on ``limit`` examples drawn with
+    ``sample_seed`` (None: all): its full output dict, with the per-example ``samples``."""
     import lm_eval
 
+    samples = None
+    if limit is not None:
+        samples = {task.task_name: sample_indices(len(task.eval_docs), limit, sample_seed)}
     with _harness_environment():
         output = lm_eval.simple_evaluate(
-            model=lm, tasks=[task], task_manager=manager, limit=limit, log_samples=False,
+            model=lm, tasks=[task], task_manager=manager, samples=samples, log_samples=True,
             bootstrap_iters=bootstrap_iters,
         )
     if output is None:  # only non-zero ranks of a distributed run get None
@@ -126,12 +159,13 @@ def evaluate(
     bootstrap_iters: int = DEFAULT_BOOTSTRAP_ITERS,
     progress: Progress | None = None,
     cache_settings=None,
+    sample_seed: int = DEFAULT_SAMPLE_SEED,
 ) -> list[TaskResult]:
     """Results of ``loaded`` (or of its variant ``variant_id``) on ``tasks``, in the given order.
 
     Results already in the store are returned as they are; the others are computed with lm-eval
-    and stored. ``limit`` takes the first N documents of each task's evaluation split, as
-    lm-eval's ``--limit`` does. ``data_files`` maps a task to a local file that replaces its data.
+    and stored. ``limit`` takes N documents of each task's evaluation split at random, drawn with
+    ``sample_seed`` (the same seed gives the same documents to every model). ``data_files`` maps a task to a local file that replaces its data.
     ``cache_settings``: whose cache holds the variants and the results (default: the environment's).
     """
     from backend.pruning.variants import read_manifest, validate_variant_id, variant_applied
@@ -139,6 +173,8 @@ def evaluate(
     names = parse_task_names(tasks)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise UserError(f"limit must be a positive number of examples, got {limit!r}")
+    if isinstance(sample_seed, bool) or not isinstance(sample_seed, int) or sample_seed < 0:
+        raise UserError(f"sample seed must be a non-negative integer, got {sample_seed!r}")
     if batch_size < 1:
         raise UserError(f"batch size must be at least 1, got {batch_size}")
     report = progress or (lambda _fraction, _message: None)
@@ -157,7 +193,8 @@ def evaluate(
 
     sources = choose_sources(names, data_files=data_files, settings=settings)
     version = harness_version()
-    keys = {name: ResultKey(loaded.name, variant_id or DENSE, name, limit, sources[name].identity, version)
+    keys = {name: ResultKey(loaded.name, variant_id or DENSE, name, limit, sources[name].identity, version,
+                            sample_seed)
             for name in names}
     results: dict[str, TaskResult] = {}
     for name in names:
@@ -181,7 +218,8 @@ def evaluate(
             for done, name in enumerate(missing):
                 report(done / len(missing), f"evaluating {name} ({done + 1}/{len(missing)})")
                 started = time.perf_counter()
-                output = run_harness(lm, task_objects[name], prepared.manager, limit, bootstrap_iters)
+                output = run_harness(lm, task_objects[name], prepared.manager, limit, bootstrap_iters,
+                                     sample_seed)
                 stored = store.put(
                     keys[name],
                     n_examples=int(output["n-samples"][name]["effective"]),
@@ -189,6 +227,7 @@ def evaluate(
                     task_version=output.get("versions", {}).get(name),
                     task_config=output.get("configs", {}).get(name),
                     seconds=time.perf_counter() - started,
+                    outcomes=example_outcomes(output.get("samples", {}).get(name, [])),
                 )
                 results[name] = TaskResult(name, stored, reused=False)
     report(1.0, "done")
