@@ -49,7 +49,11 @@ def _evaluate(parser: argparse.ArgumentParser):
     parser.add_argument("--tasks", required=True,
                         help="comma-separated task names, a category (sentiment, qa, similarity, "
                              "reasoning), 'offline' or 'all' (see `prunelens tasks`)")
-    parser.add_argument("--limit", type=int, default=None, help="first N examples of each task")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="N examples of each task, drawn at random with --sample-seed")
+    parser.add_argument("--sample-seed", type=int, default=None,
+                        help="which examples --limit draws (default 1234; the same for every model, "
+                             "so dense and variants pair up)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--data", action="append", metavar="TASK=PATH",
                         help="read a task's evaluation split from a local file (repeatable); "
@@ -64,6 +68,8 @@ def _evaluate(parser: argparse.ArgumentParser):
         choose_sources(names, data_files=data_files)  # bad tasks or files before loading a model
         if args.limit is not None and args.limit < 1:
             raise UserError("--limit must be at least 1")
+        if args.sample_seed is not None and args.sample_seed < 0:
+            raise UserError("--sample-seed must be 0 or more")
         model = args.model
         if args.variant:
             from backend.pruning.variants import read_manifest, validate_variant_id
@@ -73,12 +79,13 @@ def _evaluate(parser: argparse.ArgumentParser):
                 raise UserError(f"variant {args.variant} belongs to {manifest['base_model']}, not {model}")
             model = manifest["base_model"]
 
-        from backend.evaluation.runner import evaluate
+        from backend.evaluation.runner import DEFAULT_SAMPLE_SEED, evaluate
         from backend.models.loader import load_model
 
         loaded = load_model(model)
+        seed = DEFAULT_SAMPLE_SEED if args.sample_seed is None else args.sample_seed
         results = evaluate(loaded, names, variant_id=args.variant, limit=args.limit,
-                           batch_size=args.batch_size, data_files=data_files)
+                           batch_size=args.batch_size, data_files=data_files, sample_seed=seed)
         if args.json:
             print(json.dumps([r.stored.to_json() | {"reused": r.reused} for r in results], indent=2))
         else:
@@ -115,9 +122,10 @@ def _table(parser: argparse.ArgumentParser):
                 model = parse_model_ref(model).name
             except UserError:
                 pass  # a model of another machine's store: match the name as given
-        table = build_table(args.kind, ResultsStore.from_settings().results(), metric=args.metric,
+        store = ResultsStore.from_settings()
+        table = build_table(args.kind, store.results(), metric=args.metric,
                             model=model, task=args.task, method=args.method, calibration=args.calibration,
-                            sparsity=args.sparsity, seqlen=args.seqlen)
+                            sparsity=args.sparsity, seqlen=args.seqlen, outcomes=store.outcomes)
         if not table.rows:
             print(f"no stored results for table {args.kind} with these filters "
                   f"(run `prunelens evaluate` or `prunelens sweep` first)", file=sys.stderr)

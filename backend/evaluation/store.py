@@ -48,9 +48,9 @@ CREATE TABLE IF NOT EXISTS results (
     sample_seed INTEGER NOT NULL DEFAULT -1,
     UNIQUE (base_model, variant_id, task, limit_n, sample_seed, data_source, harness_version)
 )"""
-_SCHEMA = """
+_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-{results_table};
+{_RESULTS_TABLE};
 CREATE TABLE IF NOT EXISTS example_outcomes (
     result_id INTEGER PRIMARY KEY REFERENCES results (id),
     outcomes TEXT NOT NULL
@@ -76,7 +76,7 @@ CREATE TABLE IF NOT EXISTS sweep_cells (
     updated_at TEXT NOT NULL,
     PRIMARY KEY (sweep, cell)
 );
-""".format(results_table=_RESULTS_TABLE)
+"""
 
 
 def database_path(location: str | Path) -> Path:
