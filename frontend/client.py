@@ -163,6 +163,11 @@ class BackendClient:
         """Stored lm-eval results; filters: base_model, variant ('dense' or an id), task."""
         return self._request("GET", "/evaluations", params=self._params(filters))
 
+    def compare(self, base_model: str, variant: str, metric: str = "acc,none") -> list[dict]:
+        """A variant against the dense model per task: intervals and the paired difference."""
+        return self._request("GET", "/evaluations/compare",
+                             params={"base_model": base_model, "variant": variant, "metric": metric})
+
     def table(self, kind: str, **params) -> dict:
         return self._request("GET", f"/tables/{_segment(kind)}", params=self._params(params))
 
