@@ -31,6 +31,7 @@ from backend.evaluation.registry import (
 )
 from backend.evaluation.settings import EvaluationSettings
 from backend.evaluation.store import DENSE, ResultKey, ResultsStore, StoredResult
+from backend.evaluation.uncertainty import normal_interval
 
 Progress = Callable[[float, str], None]
 DEFAULT_BATCH_SIZE = 16
@@ -52,14 +53,19 @@ class TaskResult:
     reused: bool
 
     def summary_line(self) -> str:
-        """``sst2  acc,none=0.6250 ± 0.0776  n=40  packaged  (stored)`` - every metric of the task."""
+        """``sst2  acc,none=0.6250 ± 0.0776 (95% 0.4729..0.7771)  n=40  packaged  (stored)`` - every
+        metric of the task with lm-eval's stderr and the 95% interval it gives."""
         parts = []
         for name, value in self.stored.metrics.items():
             metric, _, _filter = name.partition(",")
             if not _filter or metric.endswith("_stderr") or not isinstance(value, (int, float)):
                 continue
             stderr = self.stored.stderr(name)
-            parts.append(f"{name}={value:.4f}" + (f" ± {stderr:.4f}" if stderr is not None else ""))
+            interval = ""
+            if stderr is not None:
+                low, high = normal_interval(value, stderr)
+                interval = f" ± {stderr:.4f} (95% {low:.4f}..{high:.4f})"
+            parts.append(f"{name}={value:.4f}{interval}")
         state = "stored earlier" if self.reused else f"{self.stored.seconds or 0:.1f}s"
         return (f"{self.task}\t{'  '.join(parts)}\tn={self.stored.n_examples}\t"
                 f"{self.stored.key.data_source}\t({state})")
