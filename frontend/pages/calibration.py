@@ -12,8 +12,9 @@ from __future__ import annotations
 import streamlit as st
 
 from frontend import ui
+from frontend.client import BackendError
 from frontend.links import ViewState
-from frontend.views import jobs_view, nsa_view, tables
+from frontend.views import advice_view, jobs_view, nsa_view, tables
 from frontend.views.heatmap import styled_fragment
 
 MAX_VARIANTS = 8
@@ -33,6 +34,19 @@ names = [row["name"] for row in models]
 default_model = next((row["name"] for row in models if row.get("default")), names[0] if names else None)
 c1, c2, c3 = st.columns([2, 1, 2])
 model = ui.pick("Model", names, state.model or default_model, key="cal_model", container=c1)
+with st.expander("Which calibration set for a task? (advice before pruning)"):
+    advice_task = st.text_input("Task", value="sst2", key="cal_advice_task", max_chars=64)
+    try:
+        advice = api.calibration_advice(advice_task.strip(), model) if model and advice_task.strip() else None
+    except BackendError as exc:
+        advice = None
+        st.info(str(exc))
+    if advice:
+        st.caption(f"Proxy: {advice['proxy']}. Higher agreement ranks first.")
+        st.dataframe(advice_view.advice_frame(advice), hide_index=True, key="cal_advice_table")
+        for line in advice_view.validation_lines(advice):
+            st.caption(line)
+        st.markdown(f"**{advice['reading']}**")
 variants = (ui.fetch(api.variants, base=model, what="variants") or []) if model else []
 groups = jobs_view.calibration_groups(variants)
 if not groups:
