@@ -16,7 +16,6 @@ from backend.api.settings import ApiSettings
 from backend.cli import main
 from backend.data.windows import calibration_windows
 from backend.evaluation.store import ResultsStore
-from backend.models.adapters import weight_matrix
 from backend.pruning.advice import (
     AdviceSettings,
     calibration_advice,

@@ -384,3 +384,25 @@ def test_an_unexpected_backend_answer_is_a_message_not_a_traceback():
         assert len(at.error) == 1 and "internal error" in at.error[0].value
     finally:
         ui.use_client(None)
+
+
+def test_calibration_page_shows_the_stored_advice_and_says_when_it_does_not_predict(dashboard, backend):
+    from backend.pruning.advice import reading, save_advice
+
+    validation = {"dense": {"accuracy": 0.75, "interval": [0.55, 0.95], "n_examples": 20}, "limit": 20,
+                  "sample_seed": 1234, "all_sets": {"rho": -0.2, "p_value": 0.68, "n": 6},
+                  "without_task_set": {"rho": -0.1, "p_value": 0.92, "n": 5}}
+    ranking = [{"calibration": name, "score": score, "rank": rank, "accuracy": 0.6, "interval": [0.4, 0.8],
+                "n_examples": 20} for rank, (name, score) in enumerate(
+                    [("sst2", 0.9), ("imdb", 0.8), ("rte", 0.7), ("boolq", 0.65), ("lambada", 0.6),
+                     ("arc_easy", 0.55)], start=1)]
+    save_advice({"model": "tiny-llama", "task": "sst2", "task_text": "sst2", "proxy": "Wanda 0.5 mask agreement",
+                 "ranking": ranking, "validation": validation, "reading": reading(validation)},
+                backend["app"].state.api.settings)
+    at = _open(dashboard(), "calibration", result=backend["nsa"]["id"])
+    _clean(at)
+    table = next(e.value for e in at.dataframe if "mask agreement" in e.value.columns)
+    assert list(table["calibration set"]) == ["sst2", "imdb", "rte", "boolq", "lambada", "arc_easy"]
+    assert table["95% CI"].iloc[0] == "[0.400, 0.800]"
+    shown = " ".join(m.value for m in at.markdown) + " ".join(c.value for c in at.caption)
+    assert "does NOT predict" in shown and "rho (all sets, n=6): -0.20" in shown
