@@ -323,6 +323,10 @@ def test_accuracy_by_sparsity_averages_over_methods_and_puts_dense_at_zero():
     frame = figures.accuracy_by_sparsity(rows, tasks)
     sst2 = frame[frame["task"] == "sst2"].set_index("sparsity")["accuracy"]
     assert sst2["dense"] == 0.8 and sst2["0.5"] == pytest.approx(0.65) and sst2["2:4"] == 0.5
+    assert math.isnan(frame["half_width"].iloc[0])  # no stderr, no error bar
+    rows = [{**row, "metrics": {**row["metrics"], "acc_stderr,none": 0.05}} for row in rows[:3]]
+    with_bars = figures.accuracy_by_sparsity(rows, tasks).set_index("sparsity")["half_width"]
+    assert with_bars["0.5"] == pytest.approx(1.959964 * 0.05)
     assert len(frame[frame["task"] == "copa"]) == 1
     figure = figures.accuracy_sparsity_figure(frame)
     names = [trace.name for trace in figure.data]
