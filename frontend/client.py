@@ -163,6 +163,15 @@ class BackendClient:
         """Stored lm-eval results; filters: base_model, variant ('dense' or an id), task."""
         return self._request("GET", "/evaluations", params=self._params(filters))
 
+    def compare(self, base_model: str, variant: str, metric: str = "acc,none") -> list[dict]:
+        """A variant against the dense model per task: intervals and the paired difference."""
+        return self._request("GET", "/evaluations/compare",
+                             params={"base_model": base_model, "variant": variant, "metric": metric})
+
+    def calibration_advice(self, task: str, model: str | None = None) -> dict:
+        """Calibration sets ranked for ``task`` by the proxy, with its validation (404: none stored)."""
+        return self._request("GET", "/calibration-advice", params=self._params({"task": task, "model": model}))
+
     def table(self, kind: str, **params) -> dict:
         return self._request("GET", f"/tables/{_segment(kind)}", params=self._params(params))
 

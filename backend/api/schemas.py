@@ -332,7 +332,13 @@ class EvaluationRequest(Strict):
         default=None,
         ge=1,
         le=1_000_000,
-        description="Examples per task (omitted: the whole split).",
+        description="Examples per task, drawn at random with sample_seed (omitted: the whole split).",
+    )
+    sample_seed: int = Field(
+        default=1234,
+        ge=0,
+        le=2**32 - 1,
+        description="Which examples `limit` draws; the same seed gives dense and variants the same ones.",
     )
 
     @field_validator("tasks")
@@ -350,14 +356,56 @@ class EvaluationResult(BaseModel):
     variant_id: str | None = Field(description="Variant evaluated (null: the dense model).")
     task: str = Field(description="Task name.")
     limit: int | None = Field(description="Examples limit (null: whole split).")
+    sample_seed: int | None = Field(
+        default=None,
+        description="Seed of the random `limit` examples (null: whole split; -2: first rows).",
+    )
     n_examples: int = Field(description="Examples scored.")
     metrics: dict[str, Any] = Field(
         description="lm-eval's result dict: 'acc,none', 'acc_stderr,none', ..."
+    )
+    intervals: dict[str, list[float]] = Field(
+        default_factory=dict,
+        description="95% interval per metric with a stderr: value ± 1.96·stderr.",
     )
     created_at: str = Field(description="UTC, ISO 8601.")
     code_version: str = Field(description="Evaluation code that computed it (a source hash).")
     stale: bool = Field(
         description="Computed by other evaluation code than the server's: not a current number."
+    )
+
+
+class PairedDifference(BaseModel):
+    n_examples: int = Field(description="Examples paired.")
+    difference: float = Field(description="Variant minus dense (fraction).")
+    low: float = Field(description="Paired bootstrap 95% interval, lower end.")
+    high: float = Field(description="Paired bootstrap 95% interval, upper end.")
+    p_value: float = Field(
+        description="Exact McNemar (one variant) or sign-flip permutation p-value."
+    )
+    test: str = Field(description="Which test gave the p-value.")
+    worse: int | None = Field(
+        description="Examples right for dense, wrong for the variant (McNemar)."
+    )
+    better: int | None = Field(
+        description="Examples wrong for dense, right for the variant (McNemar)."
+    )
+    distinguishable: bool = Field(description="False when the interval contains 0.")
+    verdict: str = Field(description="'not distinguishable', 'lower' or 'higher'.")
+
+
+class DenseComparison(BaseModel):
+    task: str = Field(description="Task name.")
+    limit: int | None = Field(description="Examples limit (null: whole split).")
+    sample_seed: int | None = Field(description="Seed of the random examples.")
+    n_examples: int = Field(description="Examples the variant was scored on.")
+    metric: str = Field(description="The lm-eval metric.")
+    variant: float = Field(description="The variant's value.")
+    variant_interval: list[float] | None = Field(description="Its 95% interval.")
+    dense: float | None = Field(description="The dense model's value on the same examples.")
+    dense_interval: list[float] | None = Field(description="Its 95% interval.")
+    difference: PairedDifference | None = Field(
+        description="Paired difference; null without per-example scores for both."
     )
 
 
@@ -367,6 +415,14 @@ class TableRow(BaseModel):
         description="Mean metric per column; null where no result exists."
     )
     counts: list[int] = Field(description="Number of results averaged in each cell.")
+    intervals: list[list[float] | None] = Field(
+        default_factory=list,
+        description="95% interval per cell: mean ± 1.96·(mean stderr of its results); null: none.",
+    )
+    differences: list[PairedDifference | None] = Field(
+        default_factory=list,
+        description="Per cell, its paired difference to the dense model on the same examples.",
+    )
 
 
 class ResultsTable(BaseModel):

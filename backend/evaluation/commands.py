@@ -1,9 +1,10 @@
-"""CLI commands for evaluation: ``prunelens tasks | evaluate | table | sweep``."""
+"""CLI commands for evaluation: ``prunelens tasks | evaluate | table | sweep | calibration-advice``."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Iterator
 
@@ -48,7 +49,11 @@ def _evaluate(parser: argparse.ArgumentParser):
     parser.add_argument("--tasks", required=True,
                         help="comma-separated task names, a category (sentiment, qa, similarity, "
                              "reasoning), 'offline' or 'all' (see `prunelens tasks`)")
-    parser.add_argument("--limit", type=int, default=None, help="first N examples of each task")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="N examples of each task, drawn at random with --sample-seed")
+    parser.add_argument("--sample-seed", type=int, default=None,
+                        help="which examples --limit draws (default 1234; the same for every model, "
+                             "so dense and variants pair up)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--data", action="append", metavar="TASK=PATH",
                         help="read a task's evaluation split from a local file (repeatable); "
@@ -63,6 +68,8 @@ def _evaluate(parser: argparse.ArgumentParser):
         choose_sources(names, data_files=data_files)  # bad tasks or files before loading a model
         if args.limit is not None and args.limit < 1:
             raise UserError("--limit must be at least 1")
+        if args.sample_seed is not None and args.sample_seed < 0:
+            raise UserError("--sample-seed must be 0 or more")
         model = args.model
         if args.variant:
             from backend.pruning.variants import read_manifest, validate_variant_id
@@ -72,12 +79,13 @@ def _evaluate(parser: argparse.ArgumentParser):
                 raise UserError(f"variant {args.variant} belongs to {manifest['base_model']}, not {model}")
             model = manifest["base_model"]
 
-        from backend.evaluation.runner import evaluate
+        from backend.evaluation.runner import DEFAULT_SAMPLE_SEED, evaluate
         from backend.models.loader import load_model
 
         loaded = load_model(model)
+        seed = DEFAULT_SAMPLE_SEED if args.sample_seed is None else args.sample_seed
         results = evaluate(loaded, names, variant_id=args.variant, limit=args.limit,
-                           batch_size=args.batch_size, data_files=data_files)
+                           batch_size=args.batch_size, data_files=data_files, sample_seed=seed)
         if args.json:
             print(json.dumps([r.stored.to_json() | {"reused": r.reused} for r in results], indent=2))
         else:
@@ -114,9 +122,10 @@ def _table(parser: argparse.ArgumentParser):
                 model = parse_model_ref(model).name
             except UserError:
                 pass  # a model of another machine's store: match the name as given
-        table = build_table(args.kind, ResultsStore.from_settings().results(), metric=args.metric,
+        store = ResultsStore.from_settings()
+        table = build_table(args.kind, store.results(), metric=args.metric,
                             model=model, task=args.task, method=args.method, calibration=args.calibration,
-                            sparsity=args.sparsity, seqlen=args.seqlen)
+                            sparsity=args.sparsity, seqlen=args.seqlen, outcomes=store.outcomes)
         if not table.rows:
             print(f"no stored results for table {args.kind} with these filters "
                   f"(run `prunelens evaluate` or `prunelens sweep` first)", file=sys.stderr)
@@ -155,5 +164,57 @@ def _sweep(parser: argparse.ArgumentParser):
             for outcome in report.failed:
                 print(f"failed\t{outcome.cell}\t{outcome.error}")
         return 1 if report.failed else 0
+
+    return run
+
+
+@command("calibration-advice", "rank calibration sets for a task by a cheap proxy; --validate measures it")
+def _calibration_advice(parser: argparse.ArgumentParser):
+    parser.add_argument("--task", required=True, help="an evaluation task (e.g. sst2)")
+    parser.add_argument("--model", default=None, help="embedded name, hub id or local directory")
+    parser.add_argument("--sets", default=None, help="comma-separated calibration sets (default: all offline)")
+    parser.add_argument("--task-text", default=None,
+                        help="text set (or file:PATH) standing for the task's inputs (default: the set "
+                             "named like the task)")
+    parser.add_argument("--sparsity", default="0.5")
+    parser.add_argument("--nsamples", type=int, default=16)
+    parser.add_argument("--seqlen", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--validate", action="store_true",
+                        help="prune with Wanda on every set, evaluate on the task and correlate")
+    parser.add_argument("--limit", type=int, default=200, help="examples per evaluation with --validate")
+    parser.add_argument("--json", action="store_true", help="print the advice as JSON")
+
+    def run(args) -> int:
+        from backend.pruning.advice import (
+            AdviceSettings,
+            calibration_advice,
+            check_request,
+            save_advice,
+        )
+
+        sets = [name.strip() for name in args.sets.split(",") if name.strip()] if args.sets else None
+        task_text, sets = check_request(args.task, sets, args.task_text, args.sparsity, args.nsamples,
+                                        args.seqlen)
+        if args.limit < 1:
+            raise UserError("--limit must be at least 1")
+        from backend.models.loader import load_model
+
+        loaded = load_model(args.model)
+        settings = AdviceSettings(args.task, task_text, args.sparsity, args.nsamples, args.seqlen, args.seed)
+        payload = calibration_advice(loaded, settings, sets, validate=args.validate, limit=args.limit)
+        save_advice(payload)
+        if args.json:
+            print(json.dumps(payload, indent=2))
+            return 0
+        print(f"{payload['proxy']}; best first:")
+        for row in payload["ranking"]:
+            measured = ""
+            if "accuracy" in row:
+                low, high = row["interval"] or (math.nan, math.nan)
+                measured = f"\t{args.task} acc {row['accuracy']:.3f} [{low:.3f}, {high:.3f}]"
+            print(f"{row['rank']}\t{row['calibration']}\tagreement {row['score']:.4f}{measured}")
+        print(payload["reading"])
+        return 0
 
     return run

@@ -5,6 +5,10 @@ already-loaded model, and a variant is swapped in place with ``variant_applied``
 written). Scores are lm-eval's own: its public ``evaluate`` with ``simple_evaluate``'s defaults
 (see ``run_harness``), one task at a time so that each finished task is stored before the next one
 starts. Stored results are reused.
+
+``limit`` N scores a seeded random sample of N examples (lm-eval's ``samples=`` argument), so the
+dense model and every variant evaluated with the same seed see the same examples, and each
+example's score is stored with the result (``log_samples``) to compare them pair by pair.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from backend.evaluation.registry import (
 )
 from backend.evaluation.settings import EvaluationSettings
 from backend.evaluation.store import DENSE, ResultKey, ResultsStore, StoredResult
+from backend.evaluation.uncertainty import normal_interval
 
 if TYPE_CHECKING:
     from backend.models.loader import LoadedModel
@@ -37,6 +42,7 @@ DEFAULT_BATCH_SIZE = 16
 # lm-eval's default of 100000 took 14 minutes for MRPC's f1 on 2 CPU cores; 0 would drop every
 # stderr, acc's included.
 DEFAULT_BOOTSTRAP_ITERS = 1000
+DEFAULT_SAMPLE_SEED = 1234  # which examples --limit takes; the same for every model by default
 
 
 def harness_version() -> str:
@@ -50,14 +56,19 @@ class TaskResult:
     reused: bool
 
     def summary_line(self) -> str:
-        """``sst2  acc,none=0.6250 ± 0.0776  n=40  packaged  (stored)`` - every metric of the task."""
+        """``sst2  acc,none=0.6250 ± 0.0776 (95% 0.4729..0.7771)  n=40  packaged  (stored)`` - every
+        metric of the task with lm-eval's stderr and the 95% interval it gives."""
         parts = []
         for name, value in self.stored.metrics.items():
             metric, _, _filter = name.partition(",")
             if not _filter or metric.endswith("_stderr") or not isinstance(value, (int, float)):
                 continue
             stderr = self.stored.stderr(name)
-            parts.append(f"{name}={value:.4f}" + (f" ± {stderr:.4f}" if stderr is not None else ""))
+            interval = ""
+            if stderr is not None:
+                low, high = normal_interval(value, stderr)
+                interval = f" ± {stderr:.4f} (95% {low:.4f}..{high:.4f})"
+            parts.append(f"{name}={value:.4f}{interval}")
         state = "stored earlier" if self.reused else f"{self.stored.seconds or 0:.1f}s"
         return (f"{self.task}\t{'  '.join(parts)}\tn={self.stored.n_examples}\t"
                 f"{self.stored.key.data_source}\t({state})")
@@ -66,20 +77,49 @@ class TaskResult:
 _HARNESS_LOCK = threading.Lock()  # one lm-eval run at a time per process (logger levels, warnings)
 
 
-def run_harness(lm, task, manager, limit: int | None, bootstrap_iters: int = DEFAULT_BOOTSTRAP_ITERS) -> dict:
-    """lm-eval's ``evaluate`` on one loaded Task, prepared as ``simple_evaluate`` prepares it.
+def sample_indices(n_docs: int, limit: int, seed: int) -> list[int]:
+    """``limit`` distinct doc indices of an evaluation split of ``n_docs``, drawn with ``seed``,
+    sorted: the same (n_docs, limit, seed) always gives the same examples."""
+    import numpy as np
+
+    chosen = np.random.default_rng(seed).choice(n_docs, size=min(limit, n_docs), replace=False)
+    return sorted(int(index) for index in chosen)
+
+
+def example_outcomes(samples: list[dict]) -> dict[str, dict[int, float]]:
+    """lm-eval's logged samples of one task -> ``{metric: {doc id: score}}`` for the metrics scored
+    per example as a number (acc, acc_norm; not f1/mcc, whose per-example entries are pairs)."""
+    outcomes: dict[str, dict[int, float]] = {}
+    for sample in samples:
+        if sample.get("filter", "none") != "none":
+            continue
+        for metric in sample.get("metrics", []):
+            value = sample.get(metric)
+            if isinstance(value, int | float):
+                outcomes.setdefault(metric, {})[int(sample["doc_id"])] = float(value)
+    return outcomes
+
+
+def run_harness(lm, task, manager, limit: int | None, bootstrap_iters: int = DEFAULT_BOOTSTRAP_ITERS,
+                sample_seed: int = DEFAULT_SAMPLE_SEED) -> dict:
+    """lm-eval's ``evaluate`` on one loaded Task, prepared as ``simple_evaluate`` prepares it, on
+    ``limit`` examples drawn with ``sample_seed`` (None: all): its full output dict, with the
+    per-example ``samples``.
 
     ``simple_evaluate`` would also collect ``pip list``, GPU details and ``git describe`` for its
     output's header (1-3 s per call on 2 CPU cores, for a report we do not keep), so this calls
     the public ``lm_eval.evaluator.evaluate`` it wraps, after the same task preparation: a
     num_fewshot of 0 where the task sets none, and the few-shot sampler's seed. Global RNGs are
-    not reseeded: loglikelihood scoring of the first ``limit`` documents draws no random numbers,
-    and lm-eval's bootstrap seeds its own ``random.Random`` per chunk. Bootstrap runs in this
-    process when DISABLE_MULTIPROC is set, which ``backend.process_setup`` does at process start.
+    not reseeded: loglikelihood scoring draws no random numbers, and lm-eval's bootstrap seeds its
+    own ``random.Random`` per chunk. Bootstrap runs in this process when DISABLE_MULTIPROC is set,
+    which ``backend.process_setup`` does at process start.
     """
     from lm_eval.defaults import DEFAULT_OTHER_SEED
     from lm_eval.evaluator import evaluate as lm_eval_evaluate
 
+    samples = None
+    if limit is not None:
+        samples = {task.task_name: sample_indices(len(task.eval_docs), limit, sample_seed)}
     with _HARNESS_LOCK, quiet_lm_eval_logs(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", module="sklearn")  # f1 of a one-class sample
         task_dict = manager.load([task])
@@ -87,7 +127,7 @@ def run_harness(lm, task, manager, limit: int | None, bootstrap_iters: int = DEF
             if task_object.get_config("num_fewshot") is None:
                 task_object.set_config(key="num_fewshot", value=0)
             task_object.set_fewshot_seed(seed=DEFAULT_OTHER_SEED)
-        output = lm_eval_evaluate(lm=lm, task_dict=task_dict, limit=limit, log_samples=False,
+        output = lm_eval_evaluate(lm=lm, task_dict=task_dict, samples=samples, log_samples=True,
                                   bootstrap_iters=bootstrap_iters)
     if output is None:  # only non-zero ranks of a distributed run get None
         raise UserError("lm-eval returned no results (distributed run on a non-zero rank?)")
@@ -107,12 +147,13 @@ def evaluate(
     bootstrap_iters: int = DEFAULT_BOOTSTRAP_ITERS,
     progress: Progress | None = None,
     cache_settings=None,
+    sample_seed: int = DEFAULT_SAMPLE_SEED,
 ) -> list[TaskResult]:
     """Results of ``loaded`` (or of its variant ``variant_id``) on ``tasks``, in the given order.
 
     Results already in the store are returned as they are; the others are computed with lm-eval
-    and stored. ``limit`` takes the first N documents of each task's evaluation split, as
-    lm-eval's ``--limit`` does. ``data_files`` maps a task to a local file that replaces its data.
+    and stored. ``limit`` takes N documents of each task's evaluation split at random, drawn with
+    ``sample_seed`` (the same seed gives the same documents to every model). ``data_files`` maps a task to a local file that replaces its data.
     ``cache_settings``: whose cache holds the variants and the results (default: the environment's).
     """
     from backend.pruning.variants import read_manifest, validate_variant_id, variant_applied
@@ -120,6 +161,8 @@ def evaluate(
     names = parse_task_names(tasks)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise UserError(f"limit must be a positive number of examples, got {limit!r}")
+    if isinstance(sample_seed, bool) or not isinstance(sample_seed, int) or sample_seed < 0:
+        raise UserError(f"sample seed must be a non-negative integer, got {sample_seed!r}")
     if batch_size < 1:
         raise UserError(f"batch size must be at least 1, got {batch_size}")
     report = progress or (lambda _fraction, _message: None)
@@ -138,7 +181,8 @@ def evaluate(
 
     sources = choose_sources(names, data_files=data_files, settings=settings)
     version = harness_version()
-    keys = {name: ResultKey(loaded.name, variant_id or DENSE, name, limit, sources[name].identity, version)
+    keys = {name: ResultKey(loaded.name, variant_id or DENSE, name, limit, sources[name].identity, version,
+                            sample_seed)
             for name in names}
     results: dict[str, TaskResult] = {}
     for name in names:
@@ -162,7 +206,8 @@ def evaluate(
             for done, name in enumerate(missing):
                 report(done / len(missing), f"evaluating {name} ({done + 1}/{len(missing)})")
                 started = time.perf_counter()
-                output = run_harness(lm, task_objects[name], prepared.manager, limit, bootstrap_iters)
+                output = run_harness(lm, task_objects[name], prepared.manager, limit, bootstrap_iters,
+                                     sample_seed)
                 stored = store.put(
                     keys[name],
                     n_examples=int(output["n-samples"][name]["effective"]),
@@ -170,6 +215,7 @@ def evaluate(
                     task_version=output.get("versions", {}).get(name),
                     task_config=output.get("configs", {}).get(name),
                     seconds=time.perf_counter() - started,
+                    outcomes=example_outcomes(output.get("samples", {}).get(name, [])),
                 )
                 results[name] = TaskResult(name, stored, reused=False)
     report(1.0, "done")

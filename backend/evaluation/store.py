@@ -1,10 +1,12 @@
 """The results store: lm-eval results in one SQLite file, with the manifests of the variants they
 measure and the outcome of every sweep cell.
 
-A result is keyed by (base model, variant, task, limit, data source, harness version, code
-version) and keeps lm-eval's own result dict (``{"acc,none": 0.61, "acc_stderr,none": 0.02, ...}``).
-A stored result of the current code is reused, never recomputed; one stored by other code
-(``code_version.py``) is listed with ``stale: true``, left out of tables and computed again. Several writers at once (processes, Ray workers on a shared disk)
+A result is keyed by (base model, variant, task, limit, sample seed, data source, harness
+version, code version) and keeps lm-eval's own result dict (``{"acc,none": 0.61,
+"acc_stderr,none": 0.02, ...}``) and, in ``example_outcomes``, each example's score (doc id -> 0/1),
+so that two results on the same examples can be compared pair by pair. A stored result of the
+current code is reused, never recomputed; one stored by other code (``code_version.py``) is listed
+with ``stale: true``, left out of tables and computed again. Several writers at once (processes, Ray workers on a shared disk)
 are safe: WAL journal, a busy timeout, and every write is one short IMMEDIATE transaction; when
 two writers insert the same key the first row stays (both computed the same thing).
 """
@@ -23,13 +25,15 @@ from pathlib import Path
 from backend.errors import UserError
 from backend.evaluation.code_version import evaluation_code_version
 
-SCHEMA_VERSION = 2  # 2: results.code_version, part of the unique key
+SCHEMA_VERSION = 3  # 2: results.sample_seed and example_outcomes; 3: results.code_version
 DENSE = ""  # variant_id of the dense (unpruned) model
 WHOLE_SPLIT = -1  # the stored limit of a run without --limit (NULLs would never be equal in a key)
+# The stored sample seed of a run on the whole split, and of a schema-1 run on the first N rows
+# (kept and shown, never reused for a seeded sample).
+NO_SAMPLE, FIRST_ROWS = -1, -2
 BUSY_TIMEOUT_S = 120.0
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+_RESULTS_TABLE = """
 CREATE TABLE IF NOT EXISTS results (
     id INTEGER PRIMARY KEY,
     base_model TEXT NOT NULL,
@@ -45,7 +49,15 @@ CREATE TABLE IF NOT EXISTS results (
     task_config TEXT,
     seconds REAL,
     created_at TEXT NOT NULL,
-    UNIQUE (base_model, variant_id, task, limit_n, data_source, harness_version, code_version)
+    sample_seed INTEGER NOT NULL DEFAULT -1,
+    UNIQUE (base_model, variant_id, task, limit_n, sample_seed, data_source, harness_version, code_version)
+)"""
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+{_RESULTS_TABLE};
+CREATE TABLE IF NOT EXISTS example_outcomes (
+    result_id INTEGER PRIMARY KEY REFERENCES results (id),
+    outcomes TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS variants (
     variant_id TEXT PRIMARY KEY,
@@ -97,12 +109,14 @@ class ResultKey:
     limit: int | None  # None: the whole split
     data_source: str  # "packaged", "hub" or "file:<content hash>"
     harness_version: str
+    sample_seed: int | None = None  # which random `limit` examples; None: whole split (or FIRST_ROWS)
     # The evaluation code that computed it (default: this code); see backend/evaluation/code_version.py.
     code_version: str = field(default_factory=evaluation_code_version)
 
     def row(self) -> tuple:
         limit = WHOLE_SPLIT if self.limit is None else int(self.limit)
-        return (self.base_model, self.variant_id, self.task, limit, self.data_source,
+        seed = NO_SAMPLE if self.limit is None or self.sample_seed is None else int(self.sample_seed)
+        return (self.base_model, self.variant_id, self.task, limit, seed, self.data_source,
                 self.harness_version, self.code_version)
 
 
@@ -131,17 +145,21 @@ class StoredResult:
         return float(value) if isinstance(value, (int, float)) else None
 
     def to_json(self) -> dict:
+        from backend.evaluation.uncertainty import metric_intervals
+
         return {
             "base_model": self.key.base_model,
             "variant_id": self.key.variant_id or None,
             "task": self.key.task,
             "limit": self.key.limit,
+            "sample_seed": self.key.sample_seed,
             "data_source": self.key.data_source,
             "harness_version": self.key.harness_version,
             "code_version": self.key.code_version,
             "stale": self.stale,
             "n_examples": self.n_examples,
             "metrics": self.metrics,
+            "intervals": metric_intervals(self.metrics),
             "task_version": self.task_version,
             "seconds": self.seconds,
             "created_at": self.created_at,
@@ -150,17 +168,18 @@ class StoredResult:
 
 
 _RESULT_COLUMNS = (
-    "r.base_model, r.variant_id, r.task, r.limit_n, r.data_source, r.harness_version, r.code_version, "
-    "r.n_examples, "
+    "r.base_model, r.variant_id, r.task, r.limit_n, r.sample_seed, r.data_source, r.harness_version, "
+    "r.code_version, r.n_examples, "
     "r.metrics, r.task_version, r.seconds, r.created_at, "
     "v.method, v.calibration, v.sparsity, v.seqlen, v.nsamples, v.seed"
 )
 
 
 def _result_from_row(row: tuple) -> StoredResult:
-    (base, variant_id, task, limit, source, harness, code, n_examples, metrics, task_version, seconds,
-     created_at, method, calibration, sparsity, seqlen, nsamples, seed) = row
-    key = ResultKey(base, variant_id, task, None if limit == WHOLE_SPLIT else limit, source, harness, code)
+    (base, variant_id, task, limit, sample_seed, source, harness, code, n_examples, metrics, task_version,
+     seconds, created_at, method, calibration, sparsity, seqlen, nsamples, seed) = row
+    key = ResultKey(base, variant_id, task, None if limit == WHOLE_SPLIT else limit, source, harness,
+                    None if sample_seed == NO_SAMPLE else sample_seed, code)
     variant = None
     if variant_id != DENSE:
         variant = {"method": method, "calibration": calibration, "sparsity": sparsity,
@@ -169,16 +188,25 @@ def _result_from_row(row: tuple) -> StoredResult:
 
 
 def _upgrade_results_table(conn: sqlite3.Connection) -> None:
-    """A version-1 results table gains code_version (in its unique key); its rows get "" and
-    so read as stale: nothing says which code computed them."""
+    """Older results tables are rebuilt with today's key. One without sample_seed scored the first
+    N rows, so its limited runs get FIRST_ROWS and are never taken for a seeded sample; one
+    without code_version gets "" and so reads as stale: nothing says which code computed it."""
     columns = [row[1] for row in conn.execute("PRAGMA table_info(results)")]
-    if not columns or "code_version" in columns:
+    if not columns or {"sample_seed", "code_version"} <= set(columns):
         return
-    conn.execute("ALTER TABLE results RENAME TO results_v1")
-    conn.execute(_SCHEMA.split(";")[1])  # CREATE TABLE results (...)
+    conn.execute("ALTER TABLE results RENAME TO results_old")
+    conn.execute(_RESULTS_TABLE)
     kept = ", ".join(columns)
-    conn.execute(f"INSERT INTO results ({kept}, code_version) SELECT {kept}, '' FROM results_v1")
-    conn.execute("DROP TABLE results_v1")
+    added, values = [], []
+    if "sample_seed" not in columns:
+        added.append("sample_seed")
+        values.append(f"CASE WHEN limit_n = {WHOLE_SPLIT} THEN {NO_SAMPLE} ELSE {FIRST_ROWS} END")
+    if "code_version" not in columns:
+        added.append("code_version")
+        values.append("''")
+    conn.execute(f"INSERT INTO results ({kept}, {', '.join(added)}) "
+                 f"SELECT {kept}, {', '.join(values)} FROM results_old")
+    conn.execute("DROP TABLE results_old")
 
 
 class ResultsStore:
@@ -255,28 +283,47 @@ class ResultsStore:
         with self._reader() as conn:
             row = conn.execute(
                 f"SELECT {_RESULT_COLUMNS} FROM results r LEFT JOIN variants v USING (variant_id) "
-                "WHERE r.base_model=? AND r.variant_id=? AND r.task=? AND r.limit_n=? "
+                "WHERE r.base_model=? AND r.variant_id=? AND r.task=? AND r.limit_n=? AND r.sample_seed=? "
                 "AND r.data_source=? AND r.harness_version=? AND r.code_version=?",
                 key.row(),
             ).fetchone()
         return _result_from_row(row) if row else None
 
     def put(self, key: ResultKey, *, n_examples: int, metrics: dict, task_version: str | None = None,
-            task_config: dict | None = None, seconds: float | None = None) -> StoredResult:
-        """Store a result; if the key is already there (another writer won), keep and return that one."""
+            task_config: dict | None = None, seconds: float | None = None,
+            outcomes: dict[str, dict[int, float]] | None = None) -> StoredResult:
+        """Store a result (and its per-example ``outcomes``: metric -> {doc id: score}); if the key
+        is already there (another writer won), keep and return that one."""
         with self._transaction() as conn:
-            conn.execute(
-                "INSERT INTO results (base_model, variant_id, task, limit_n, data_source, harness_version, "
-                "code_version, n_examples, metrics, task_version, task_config, seconds, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            inserted = conn.execute(
+                "INSERT INTO results (base_model, variant_id, task, limit_n, sample_seed, data_source, "
+                "harness_version, code_version, n_examples, metrics, task_version, task_config, seconds, "
+                "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id",
                 (*key.row(), int(n_examples), json.dumps(metrics, default=str),
                  None if task_version is None else str(task_version),
                  json.dumps(task_config, default=str) if task_config is not None else None,
                  seconds, now_iso()),
-            )
+            ).fetchone()
+            if inserted and outcomes:
+                conn.execute("INSERT INTO example_outcomes VALUES (?, ?)", (inserted[0], json.dumps(outcomes)))
         stored = self.get(key)
         assert stored is not None
         return stored
+
+    def outcomes(self, key: ResultKey) -> dict[str, dict[int, float]] | None:
+        """Per-example scores of a stored result: ``{"acc": {doc id: 0.0 | 1.0, ...}, ...}``
+        (None: stored without them)."""
+        with self._reader() as conn:
+            row = conn.execute(
+                "SELECT o.outcomes FROM example_outcomes o JOIN results r ON r.id = o.result_id "
+                "WHERE r.base_model=? AND r.variant_id=? AND r.task=? AND r.limit_n=? AND r.sample_seed=? "
+                "AND r.data_source=? AND r.harness_version=? AND r.code_version=?",
+                key.row(),
+            ).fetchone()
+        if row is None:
+            return None
+        return {metric: {int(doc): score for doc, score in scores.items()}
+                for metric, scores in json.loads(row[0]).items()}
 
     def record_variant(self, manifest: dict) -> None:
         """Keep the fields of a variant's manifest that tables group by (the variant may live on

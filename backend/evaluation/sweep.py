@@ -282,13 +282,13 @@ def _cell_complete(store, spec: SweepSpec, cell: SweepCell, record: dict | None)
     """Done in an earlier run, and every task of the spec still has a result with its limit."""
     if not record or record["status"] != "done":
         return False
-    from backend.evaluation.store import DENSE, WHOLE_SPLIT
+    from backend.evaluation.runner import DEFAULT_SAMPLE_SEED
+    from backend.evaluation.store import DENSE, ResultKey
 
     variant_id = record["variant_id"] or DENSE
-    limit = WHOLE_SPLIT if spec.limit is None else spec.limit
+    wanted = ResultKey("", "", "", spec.limit, "", "", DEFAULT_SAMPLE_SEED).row()[3:5]  # (limit, seed)
     stored = store.results(base_model=_base_name(cell.model), variant_id=variant_id)
-    have = {r.key.task for r in stored
-            if not r.stale and (WHOLE_SPLIT if r.key.limit is None else r.key.limit) == limit}
+    have = {r.key.task for r in stored if not r.stale and r.key.row()[3:5] == wanted}
     return set(spec.tasks) <= have
 
 

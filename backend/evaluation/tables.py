@@ -5,6 +5,11 @@ fall in a cell; whatever is neither a row, a column nor a filter is averaged ove
 model's results have method, calibration, sparsity and seqlen ``dense``, so they show up as their
 own column (or row). A cell without results is missing - shown as ``—`` / an empty CSV field,
 never as zero.
+
+Each cell carries a 95% interval: mean ± z·(mean of the results' lm-eval stderrs), which bounds the
+stderr of a mean of correlated accuracies from above (exact for one result). Given the results'
+per-example scores, each variant cell also carries its paired difference to the dense model on the
+same examples (see backend.evaluation.paired), "not distinguishable" when its interval holds 0.
 """
 
 from __future__ import annotations
@@ -17,8 +22,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from backend.errors import UserError
+from backend.evaluation.paired import Outcomes, difference_to_dense
 from backend.evaluation.registry import CATEGORIES, TASKS
 from backend.evaluation.store import StoredResult
+from backend.evaluation.uncertainty import NOT_DISTINGUISHABLE, PairedDifference, normal_interval
 
 DENSE_LABEL = "dense"
 MISSING_MARKDOWN = "—"
@@ -104,29 +111,58 @@ class Table:
     rows: list[tuple[str, list[float | None]]]  # (row label, one value per column; None = missing)
     counts: list[list[int]]  # results averaged in each cell
     filters: dict
+    intervals: list[list[tuple[float, float] | None]]  # 95% interval per cell (None: no stderr)
+    differences: list[list[PairedDifference | None]]  # paired difference to dense per cell
+
+    def _grid(self, title: str, cell: Callable[[int, int], str]) -> list[str]:
+        lines = [title, "", "| " + " | ".join([self.row_header, *self.columns]) + " |",
+                 "|" + "|".join(["---"] + ["---:"] * len(self.columns)) + "|"]
+        for row, (label, _values) in enumerate(self.rows):
+            lines.append("| " + " | ".join([label, *(cell(row, column) for column in range(len(self.columns)))])
+                         + " |")
+        return lines
 
     def to_markdown(self, *, percent: bool = True) -> str:
-        def cell(value: float | None) -> str:
+        scale = 100.0 if percent else 1.0
+        digits = 2 if percent else 4
+
+        def cell(row: int, column: int) -> str:
+            value, interval = self.rows[row][1][column], self.intervals[row][column]
             if value is None:
                 return MISSING_MARKDOWN
-            return f"{value * 100:.2f}" if percent else f"{value:.4f}"
+            text = f"{value * scale:.{digits}f}"
+            if interval is not None:
+                text += f" [{interval[0] * scale:.{digits}f}, {interval[1] * scale:.{digits}f}]"
+            return text
 
-        title = f"{self.kind}: mean {self.metric}" + (" (%)" if percent else "")
+        def difference(row: int, column: int) -> str:
+            found = self.differences[row][column]
+            return MISSING_MARKDOWN if found is None else found.describe(scale)
+
+        title = f"{self.kind}: mean {self.metric}" + (" (%)" if percent else "") + ", 95% interval"
         filters = ", ".join(f"{key}={value}" for key, value in self.filters.items() if value is not None)
-        lines = [f"**{title}**" + (f" — {filters}" if filters else ""), ""]
-        header = [self.row_header, *self.columns]
-        lines.append("| " + " | ".join(header) + " |")
-        lines.append("|" + "|".join(["---"] + ["---:"] * len(self.columns)) + "|")
-        for label, values in self.rows:
-            lines.append("| " + " | ".join([label, *(cell(v) for v in values)]) + " |")
+        lines = self._grid(f"**{title}**" + (f" — {filters}" if filters else ""), cell)
+        if any(found for row in self.differences for found in row):
+            lines += [""] + self._grid(
+                "**Difference to dense on the same examples: paired 95% bootstrap interval, p-value "
+                f"(McNemar for one variant); '{NOT_DISTINGUISHABLE}' when the interval holds 0**", difference)
         return "\n".join(lines) + "\n"
 
     def to_csv(self) -> str:
+        """One column per table column, then per column its interval and paired difference to dense."""
+        extras = ("low", "high", "diff to dense", "diff low", "diff high", "diff p", "diff verdict")
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow([self.row_header, *self.columns])
-        for label, values in self.rows:
-            writer.writerow([label, *("" if v is None else repr(v) for v in values)])
+        writer.writerow([self.row_header, *self.columns,
+                         *(f"{column} {extra}" for column in self.columns for extra in extras)])
+        for row, (label, values) in enumerate(self.rows):
+            details = []
+            for interval, found in zip(self.intervals[row], self.differences[row], strict=True):
+                details += list(interval) if interval else ["", ""]
+                details += ([found.difference, found.low, found.high, found.p_value, found.verdict] if found
+                            else [""] * 5)
+            writer.writerow([label, *("" if v is None else repr(v) for v in values),
+                             *("" if v == "" else (v if isinstance(v, str) else repr(float(v))) for v in details)])
         return buffer.getvalue()
 
     def to_json(self) -> dict:
@@ -135,8 +171,11 @@ class Table:
             "metric": self.metric,
             "row_header": self.row_header,
             "columns": self.columns,
-            "rows": [{"label": label, "values": values, "counts": counts}
-                     for (label, values), counts in zip(self.rows, self.counts, strict=True)],
+            "rows": [{"label": label, "values": values, "counts": counts,
+                      "intervals": [list(interval) if interval else None for interval in intervals],
+                      "differences": [found.to_json() if found else None for found in differences]}
+                     for (label, values), counts, intervals, differences
+                     in zip(self.rows, self.counts, self.intervals, self.differences, strict=True)],
             "filters": self.filters,
         }
 
@@ -167,8 +206,10 @@ def build_table(
     calibration: str | None = None,
     sparsity: str | None = None,
     seqlen: str | int | None = None,
+    outcomes: Outcomes | None = None,
 ) -> Table:
-    """The table ``kind`` (see TABLE_KINDS) from stored results, after the given filters."""
+    """The table ``kind`` (see TABLE_KINDS) from stored results, after the given filters.
+    ``outcomes`` (a store's ``outcomes``) gives the per-example scores for paired differences."""
     if kind not in TABLE_KINDS:
         raise UserError(f"unknown table {kind!r}; choose from {', '.join(TABLE_KINDS)}")
     spec = TABLE_KINDS[kind]
@@ -179,8 +220,7 @@ def build_table(
     filters = {"model": model, "task": task, "method": method, "calibration": calibration,
                "sparsity": sparsity, "seqlen": None if seqlen is None else str(seqlen)}
 
-    sums: dict[tuple[str, str], float] = defaultdict(float)
-    counts: dict[tuple[str, str], int] = defaultdict(int)
+    cells: dict[tuple[str, str], list[StoredResult]] = defaultdict(list)
     for result in latest_results(results):
         if any(value is not None and _dimension_value(result, dimension) != value
                for dimension, value in filters.items()):
@@ -189,12 +229,28 @@ def build_table(
         row, column = _dimension_value(result, spec.rows), _dimension_value(result, spec.columns)
         if value is None or math.isnan(value) or row is None or column is None:
             continue
-        sums[row, column] += value
-        counts[row, column] += 1
+        cells[row, column].append(result)
 
-    row_labels = sorted({row for row, _ in counts}, key=_SORT_KEYS[spec.rows])
-    column_labels = sorted({column for _, column in counts}, key=_SORT_KEYS[spec.columns])
-    rows = [(label, [sums[label, column] / counts[label, column] if counts.get((label, column)) else None
-                     for column in column_labels]) for label in row_labels]
-    cell_counts = [[counts.get((label, column), 0) for column in column_labels] for label in row_labels]
-    return Table(kind, metric, spec.rows, column_labels, rows, cell_counts, filters)
+    row_labels = sorted({row for row, _ in cells}, key=_SORT_KEYS[spec.rows])
+    column_labels = sorted({column for _, column in cells}, key=_SORT_KEYS[spec.columns])
+    grid = [[cells.get((label, column), []) for column in column_labels] for label in row_labels]
+    rows = [(label, [_mean([r.metric(metric) for r in cell]) for cell in line])
+            for label, line in zip(row_labels, grid, strict=True)]
+    intervals = [[_cell_interval(cell, metric) for cell in line] for line in grid]
+    differences = [[difference_to_dense(cell, outcomes, metric) if outcomes and cell else None for cell in line]
+                   for line in grid]
+    cell_counts = [[len(cell) for cell in line] for line in grid]
+    return Table(kind, metric, spec.rows, column_labels, rows, cell_counts, filters, intervals, differences)
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _cell_interval(cell: list[StoredResult], metric: str) -> tuple[float, float] | None:
+    """mean ± z·mean(stderr): the stderr of a mean of k accuracies is at most the mean of their
+    stderrs whatever their correlation (results on the same examples are correlated)."""
+    stderrs = [result.stderr(metric) for result in cell]
+    if not cell or any(stderr is None or math.isnan(stderr) for stderr in stderrs):
+        return None
+    return normal_interval(_mean([result.metric(metric) for result in cell]), _mean(stderrs))

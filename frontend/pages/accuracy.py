@@ -50,8 +50,15 @@ if payload is not None:
         st.info("No stored evaluation fills this table yet: evaluate variants on **Variants & jobs**.")
     else:
         st.dataframe(tables.style_accuracy(frame), hide_index=True, key="acc_table")
-        st.download_button("Download CSV", tables.csv_text(frame), file_name=f"prunelens-{kind}.csv",
-                           mime="text/csv", key="acc_csv")
+        st.caption("95% interval of each cell: mean \u00b1 1.96 \u00d7 the mean lm-eval stderr of its results "
+                   "(exact for one result, an upper bound for a mean of several).")
+        st.dataframe(tables.interval_frame(payload), hide_index=True, key="acc_intervals")
+        st.markdown("**Difference to dense on the same examples** (paired bootstrap 95% interval; exact "
+                    "McNemar p for one variant, sign-flip permutation p for a mean of several; "
+                    "'not distinguishable' when the interval contains 0)")
+        st.dataframe(tables.difference_frame(payload), hide_index=True, key="acc_differences")
+        st.download_button("Download CSV", tables.csv_text(tables.long_frame(payload)),
+                           file_name=f"prunelens-{kind}.csv", mime="text/csv", key="acc_csv")
         with st.expander("How many stored results each cell averages"):
             st.dataframe(tables.cell_counts(payload), hide_index=True, key="acc_counts")
 

@@ -1,8 +1,9 @@
 """Calibration side by side: fix model, method and sparsity; one column per calibration set.
 
 Each column shows the same neuron on the same text (dense row + that variant, one colour scale
-fixed by the dense model), the per-word drops, and the accuracy per task with its difference to
-the dense model. The text comes from a stored NSA result that compares these variants, or is
+fixed by the dense model), the per-word drops, and the accuracy per task with its 95% interval and
+its paired difference to the dense model on the same examples ("not distinguishable" when the
+difference's interval contains 0). The text comes from a stored NSA result that compares these variants, or is
 attributed now.
 """
 
@@ -11,8 +12,9 @@ from __future__ import annotations
 import streamlit as st
 
 from frontend import ui
+from frontend.client import BackendError
 from frontend.links import ViewState
-from frontend.views import jobs_view, nsa_view, tables
+from frontend.views import advice_view, jobs_view, nsa_view, tables
 from frontend.views.heatmap import styled_fragment
 
 MAX_VARIANTS = 8
@@ -29,6 +31,19 @@ api = ui.client()
 
 c1, c2, c3 = st.columns([2, 1, 2])
 model = ui.pick_model(api, state.model, key="cal_model", container=c1)
+with st.expander("Which calibration set for a task? (advice before pruning)"):
+    advice_task = st.text_input("Task", value="sst2", key="cal_advice_task", max_chars=64)
+    try:
+        advice = api.calibration_advice(advice_task.strip(), model) if model and advice_task.strip() else None
+    except BackendError as exc:
+        advice = None
+        st.info(str(exc))
+    if advice:
+        st.caption(f"Proxy: {advice['proxy']}. Higher agreement ranks first.")
+        st.dataframe(advice_view.advice_frame(advice), hide_index=True, key="cal_advice_table")
+        for line in advice_view.validation_lines(advice):
+            st.caption(line)
+        st.markdown(f"**{advice['reading']}**")
 variants = (ui.fetch(api.variants, base=model, what="variants") or []) if model else []
 groups = jobs_view.calibration_groups(variants)
 if not groups:
@@ -94,7 +109,6 @@ text_index = c2.selectbox("Text of the result", range(len(texts)), key="cal_text
 ui.publish(ViewState(model=model, method=method, sparsity=group_key[1], result=result_id, text=text_index,
                      layer=neuron[0], neuron=neuron[1]))
 
-evaluations = ui.fetch(api.evaluations, base_model=model, what="evaluations") or []
 drops = nsa_view.word_drops(result, text_index)
 labels = nsa_view.variant_labels(result)
 for variant, column in zip(columns, st.columns(len(columns)), strict=True):
@@ -117,9 +131,12 @@ for variant, column in zip(columns, st.columns(len(columns)), strict=True):
                          hide_index=True, key=f"cal_drops_{variant['id']}",
                          column_config={c: st.column_config.NumberColumn(format="percent")
                                         for c in ("drop", "all-neuron baseline")})
-        accuracy = tables.accuracy_vs_dense(evaluations, [(variant["id"], "accuracy")])
+        comparison = ui.fetch(api.compare, model, variant["id"], what="accuracy against dense") or []
+        accuracy = tables.comparison_frame(comparison)
         if accuracy.empty:
             st.caption("No evaluation stored for this variant yet.")
         else:
             st.dataframe(tables.style_accuracy(accuracy, ["dense", "accuracy"], ["\u0394 accuracy"]),
                          hide_index=True, key=f"cal_acc_{variant['id']}")
+            st.caption("95% intervals from lm-eval's stderr; \u0394 paired on the same examples: bootstrap "
+                       "interval, exact McNemar p. 'not distinguishable': the interval contains 0.")

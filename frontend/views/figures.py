@@ -7,12 +7,15 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
+
+Z95 = 1.959963984540054  # standard normal 97.5% quantile: a 95% interval is value ± Z95·stderr
 
 # Drop 1 = silenced (red), 0 = untouched (white), negative = fires harder (blue).
 DROP_COLORSCALE = [[0.0, "rgb(33,102,172)"], [0.5, "rgb(255,255,255)"], [1.0, "rgb(178,24,43)"]]
@@ -71,7 +74,9 @@ def sparsity_value(label) -> tuple[float, bool]:
 
 def accuracy_by_sparsity(evaluations: Sequence[dict], tasks: Sequence[dict],
                          metric: str = "acc,none") -> pd.DataFrame:
-    """Mean accuracy per (category, task, sparsity label) over methods and calibration sets.
+    """Mean accuracy per (category, task, sparsity label) over methods and calibration sets, and
+    the half-width of its 95% interval, 1.96 x the mean lm-eval stderr (the tables' rule; NaN
+    where a result has no stderr).
 
     ``evaluations``: rows of ``GET /evaluations`` (``variant`` None for dense); ``tasks``: rows of
     ``GET /tasks`` (name, category_title). Rows without the metric are left out, never taken as 0,
@@ -88,14 +93,19 @@ def accuracy_by_sparsity(evaluations: Sequence[dict], tasks: Sequence[dict],
         variant = row.get("variant") or {}
         label = DENSE_LABEL if not row.get("variant_id") else str(variant.get("sparsity"))
         fraction, structured = sparsity_value(label)
+        name, _, filter_name = metric.partition(",")
+        stderr = (row.get("metrics") or {}).get(f"{name}_stderr,{filter_name}")
         rows.append({"category": category.get(row["task"], "other"), "task": row["task"],
                      "sparsity": label, "fraction": fraction, "structured": structured,
-                     "accuracy": float(value)})
-    frame = pd.DataFrame(rows, columns=["category", "task", "sparsity", "fraction", "structured", "accuracy"])
+                     "accuracy": float(value),
+                     "half_width": Z95 * float(stderr) if isinstance(stderr, int | float) else math.nan})
+    frame = pd.DataFrame(rows, columns=["category", "task", "sparsity", "fraction", "structured", "accuracy",
+                                        "half_width"])
     if frame.empty:
         return frame
-    return (frame.groupby(["category", "task", "sparsity", "fraction", "structured"], as_index=False)["accuracy"]
-            .mean().sort_values(["category", "task", "fraction", "structured"], ignore_index=True))
+    return (frame.groupby(["category", "task", "sparsity", "fraction", "structured"], as_index=False)
+            [["accuracy", "half_width"]].agg(lambda column: column.mean(skipna=False))
+            .sort_values(["category", "task", "fraction", "structured"], ignore_index=True))
 
 
 def accuracy_sparsity_figure(frame: pd.DataFrame) -> go.Figure:
@@ -112,6 +122,7 @@ def accuracy_sparsity_figure(frame: pd.DataFrame) -> go.Figure:
         for task, rows in in_category.groupby("task"):
             lines = rows[~rows["structured"]].sort_values("fraction")
             figure.add_trace(go.Scatter(x=lines["fraction"], y=lines["accuracy"], mode="lines+markers",
+                                        error_y={"type": "data", "array": lines["half_width"]},
                                         name=task, legendgroup=task, line={"color": colors[task]},
                                         hovertemplate=f"{task}<br>sparsity %{{x:.0%}}<br>acc %{{y:.3f}}"),
                              row=1, col=column)
@@ -119,6 +130,7 @@ def accuracy_sparsity_figure(frame: pd.DataFrame) -> go.Figure:
             if not patterns.empty:
                 figure.add_trace(go.Scatter(
                     x=patterns["fraction"], y=patterns["accuracy"], mode="markers", name=f"{task} N:M",
+                    error_y={"type": "data", "array": patterns["half_width"]},
                     legendgroup=task, marker={"symbol": "diamond", "size": 10, "color": colors[task]},
                     text=patterns["sparsity"], hovertemplate=f"{task} %{{text}}<br>acc %{{y:.3f}}"),
                     row=1, col=column)

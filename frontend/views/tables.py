@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import math
-from collections import Counter
 from collections.abc import Sequence
 
 import pandas as pd
@@ -105,34 +104,73 @@ def _metric(row: dict, metric: str) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-def accuracy_vs_dense(evaluations: Sequence[dict], variants: Sequence[tuple[str, str]],
-                      metric: str = "acc,none") -> pd.DataFrame:
-    """Per task: the dense accuracy, then per variant ``(id, label)`` its accuracy and Δ to dense.
+def interval_text(interval: Sequence[float] | None) -> str:
+    """``[0.541, 0.684]``; empty when there is none."""
+    return "" if not interval else f"[{interval[0]:.3f}, {interval[1]:.3f}]"
 
-    Dense and variant are only compared at the same example limit: per task the limit with the
-    most stored rows among these models is used (ties: the larger limit; None = whole split).
-    """
-    wanted = {vid for vid, _ in variants}
-    relevant = [r for r in evaluations if (r.get("variant_id") or None) in wanted | {None}
-                and _metric(r, metric) is not None]
-    tasks = sorted({r["task"] for r in relevant})
-    rows = []
-    for task in tasks:
-        in_task = [r for r in relevant if r["task"] == task]
-        counts = Counter(r.get("limit") for r in in_task)
-        limit = max(counts, key=lambda lim: (counts[lim], math.inf if lim is None else lim))
-        at_limit = {(r.get("variant_id") or None): _metric(r, metric) for r in in_task if r.get("limit") == limit}
-        dense = at_limit.get(None)
-        row = {"task": task, "limit": "all" if limit is None else limit, "dense": dense}
-        for vid, label in variants:
-            value = at_limit.get(vid)
-            row[label] = value
-            row[f"\u0394 {label}"] = None if value is None or dense is None else value - dense
-        rows.append(row)
-    columns = ["task", "limit", "dense"]
-    for _, label in variants:
-        columns += [label, f"\u0394 {label}"]
-    frame = pd.DataFrame(rows, columns=columns)
-    for column in columns[2:]:
+
+def difference_text(difference: dict | None) -> str:
+    """``-0.031 [-0.062, +0.001] p=0.081 · not distinguishable``; empty when not paired."""
+    if not difference:
+        return ""
+    return (f"{difference['difference']:+.3f} [{difference['low']:+.3f}, {difference['high']:+.3f}] "
+            f"p={difference['p_value']:.3g} \u00b7 {difference['verdict']}")
+
+
+def _cell_frame(payload: dict, field: str, text) -> pd.DataFrame:
+    header = payload.get("row_header") or "row"
+    columns = [str(column) for column in payload.get("columns", [])]
+    records = [[row["label"], *(text(cell) for cell in (row.get(field) or [None] * len(columns)))]
+               for row in payload.get("rows", [])]
+    return pd.DataFrame(records, columns=[header, *columns])
+
+
+def interval_frame(payload: dict) -> pd.DataFrame:
+    """Each cell's 95% interval as text (same shape as ``table_frame``)."""
+    return _cell_frame(payload, "intervals", interval_text)
+
+
+def difference_frame(payload: dict) -> pd.DataFrame:
+    """Each cell's paired difference to dense as text (same shape as ``table_frame``)."""
+    return _cell_frame(payload, "differences", difference_text)
+
+
+def long_frame(payload: dict) -> pd.DataFrame:
+    """One line per cell with its value, interval and paired difference to dense: the CSV download."""
+    records = []
+    for row in payload.get("rows", []):
+        cells = zip(payload.get("columns", []), row["values"], row.get("counts") or [],
+                    row.get("intervals") or [], row.get("differences") or [], strict=False)
+        for column, value, count, interval, difference in cells:
+            if value is None:
+                continue
+            difference = difference or {}
+            records.append({payload.get("row_header") or "row": row["label"], "column": column, "value": value,
+                            "low": (interval or [None, None])[0], "high": (interval or [None, None])[1],
+                            "results": count, "diff to dense": difference.get("difference"),
+                            "diff low": difference.get("low"), "diff high": difference.get("high"),
+                            "diff p": difference.get("p_value"), "diff test": difference.get("test"),
+                            "diff verdict": difference.get("verdict")})
+    return pd.DataFrame(records)
+
+
+def comparison_frame(rows: Sequence[dict], label: str = "accuracy") -> pd.DataFrame:
+    """``GET /evaluations/compare`` rows as a table: per task the dense value and the variant's
+    (``label``), each with its 95% interval, and their paired difference on the same examples."""
+    records = []
+    for row in rows:
+        difference = row.get("difference") or {}
+        records.append({
+            "task": row["task"], "examples": row["n_examples"], "dense": row.get("dense"),
+            "dense 95% CI": interval_text(row.get("dense_interval")), label: row["variant"],
+            f"{label} 95% CI": interval_text(row.get("variant_interval")),
+            f"\u0394 {label}": difference.get("difference"),
+            "\u0394 95% CI (paired)": interval_text([difference["low"], difference["high"]]) if difference else "",
+            "p": difference.get("p_value"), "verdict": difference.get("verdict", "not paired"),
+        })
+    columns = ["task", "examples", "dense", "dense 95% CI", label, f"{label} 95% CI", f"\u0394 {label}",
+               "\u0394 95% CI (paired)", "p", "verdict"]
+    frame = pd.DataFrame(records, columns=columns)
+    for column in ("dense", label, f"\u0394 {label}", "p"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(float)  # None -> NaN
     return frame

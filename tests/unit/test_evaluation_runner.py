@@ -39,13 +39,21 @@ def _loglikelihood(loaded, context: str, continuation: str) -> float:
     return sum(float(logprobs[position - 1, whole[position]]) for position in range(context_len, len(whole)))
 
 
-def _hand_sst2_accuracy(loaded, limit: int) -> tuple[float, float]:
-    rows = datasets.load_from_disk(str(TASKS["sst2"].packaged.path())).select(range(limit))
-    correct = []
-    for row in rows:
+def _hand_sst2_correct(loaded, limit: int) -> dict[int, float]:
+    """doc id -> 1.0 where the higher-likelihood answer is the label, on the examples that
+    ``limit`` with the default seed draws from the 872 validation rows."""
+    rows = datasets.load_from_disk(str(TASKS["sst2"].packaged.path()))
+    correct = {}
+    for index in runner.sample_indices(len(rows), limit, runner.DEFAULT_SAMPLE_SEED):
+        row = rows[index]
         context = SST2_PROMPT.format(row["sentence"])
         scores = [_loglikelihood(loaded, context, " " + choice) for choice in ("negative", "positive")]
-        correct.append(float(max(range(2), key=scores.__getitem__) == row["label"]))
+        correct[index] = float(max(range(2), key=scores.__getitem__) == row["label"])
+    return correct
+
+
+def _hand_sst2_accuracy(loaded, limit: int) -> tuple[float, float]:
+    correct = list(_hand_sst2_correct(loaded, limit).values())
     mean = sum(correct) / limit
     stderr = math.sqrt(sum((c - mean) ** 2 for c in correct) / (limit - 1)) / math.sqrt(limit)
     return mean, stderr
@@ -61,6 +69,22 @@ def test_stored_accuracy_equals_hand_computed_loglikelihood_choice(store, family
     assert result.stored.metric("acc,none") == pytest.approx(accuracy, abs=1e-12)
     assert result.stored.stderr("acc,none") == pytest.approx(stderr, rel=1e-9)
     assert store.get(result.stored.key).metrics == result.stored.metrics
+    assert store.outcomes(result.stored.key)["acc"] == _hand_sst2_correct(loaded, limit)
+
+
+def test_limit_takes_a_seeded_random_sample_shared_by_dense_and_variants(store):
+    first, again = runner.sample_indices(872, 20, 7), runner.sample_indices(872, 20, 7)
+    assert first == again and len(set(first)) == 20 and first != list(range(20))
+    assert runner.sample_indices(872, 20, 8) != first and runner.sample_indices(5, 20, 7) == list(range(5))
+    loaded = tiny_loaded("llama", seed=2)
+    [dense] = evaluate(loaded, "sst2", limit=6, store=store, sample_seed=7)
+    [other_seed] = evaluate(loaded, "sst2", limit=6, store=store, sample_seed=8)
+    assert not other_seed.reused  # another seed is another result
+    ids = set(store.outcomes(dense.stored.key)["acc"])
+    assert ids == set(runner.sample_indices(872, 6, 7))
+    assert set(store.outcomes(other_seed.stored.key)["acc"]) == set(runner.sample_indices(872, 6, 8))
+    with pytest.raises(UserError, match="sample seed"):
+        evaluate(loaded, "sst2", limit=6, store=store, sample_seed=-1)
 
 
 def test_stored_results_are_reused_never_recomputed(store, monkeypatch):
@@ -85,11 +109,11 @@ def test_a_failing_task_keeps_the_finished_ones_and_a_rerun_does_the_rest(store,
     real = runner.run_harness
     calls = []
 
-    def fail_on_second(lm, task, manager, limit, bootstrap_iters):
+    def fail_on_second(lm, task, manager, limit, bootstrap_iters, sample_seed):
         calls.append(task.task_name)
         if len(calls) == 2:
             raise RuntimeError("out of memory")
-        return real(lm, task, manager, limit, bootstrap_iters)
+        return real(lm, task, manager, limit, bootstrap_iters, sample_seed)
 
     monkeypatch.setattr(runner, "run_harness", fail_on_second)
     with pytest.raises(RuntimeError):
@@ -116,6 +140,8 @@ def test_variant_is_evaluated_in_memory_and_the_dense_weights_return(store):
         accuracy, _ = _hand_sst2_accuracy(loaded, 8)
     assert result.stored.metric() == pytest.approx(accuracy, abs=1e-12)
     assert result.stored.key.variant_id == "toy-variant"
+    [dense] = evaluate(loaded, "sst2", limit=8, store=store)  # same seed and limit: same examples
+    assert set(store.outcomes(dense.stored.key)["acc"]) == set(store.outcomes(result.stored.key)["acc"])
     assert store.results(variant_id="toy-variant")[0].variant["method"] == "magnitude"
 
 

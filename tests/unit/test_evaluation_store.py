@@ -106,3 +106,29 @@ def test_sweep_cells_upsert(tmp_path):
     assert list(cells) == ["m|dense"]
     assert cells["m|dense"]["status"] == "done" and cells["m|dense"]["error"] is None
     assert cells["m|dense"]["detail"] == {"computed": 2}
+
+
+def test_a_schema_1_store_is_upgraded_and_its_first_rows_runs_are_not_taken_for_samples(tmp_path):
+    path = tmp_path / "results.db"
+    with sqlite3.connect(path) as conn:  # the schema-1 results table, one limited and one whole run
+        conn.execute("CREATE TABLE results (id INTEGER PRIMARY KEY, base_model TEXT NOT NULL, variant_id TEXT "
+                     "NOT NULL, task TEXT NOT NULL, limit_n INTEGER NOT NULL, data_source TEXT NOT NULL, "
+                     "harness_version TEXT NOT NULL, n_examples INTEGER NOT NULL, metrics TEXT NOT NULL, "
+                     "task_version TEXT, task_config TEXT, seconds REAL, created_at TEXT NOT NULL, UNIQUE "
+                     "(base_model, variant_id, task, limit_n, data_source, harness_version))")
+        for limit in (40, -1):
+            conn.execute("INSERT INTO results (base_model, variant_id, task, limit_n, data_source, harness_version, "
+                         "n_examples, metrics, created_at) VALUES ('tiny', '', 'sst2', ?, 'packaged', '0.4.13', 40, "
+                         "'{\"acc,none\": 0.5}', 'then')", (limit,))
+    store = ResultsStore(path)
+    assert store.count() == 2
+    assert store.get(_key(limit=None)).metric() == 0.5  # the whole split is the whole split
+    assert store.get(_key()) is None  # limit 40 with the default seed: not the first 40 rows
+    [first_rows] = [r for r in store.results() if r.key.limit == 40]
+    assert first_rows.key.sample_seed == -2
+    store.put(ResultKey("tiny", DENSE, "sst2", 40, "packaged", "0.4.13", 1234), n_examples=40,
+              metrics=METRICS, outcomes={"acc": {3: 1.0, 9: 0.0}})
+    assert store.count() == 3
+    assert store.outcomes(ResultKey("tiny", DENSE, "sst2", 40, "packaged", "0.4.13", 1234)) == {
+        "acc": {3: 1.0, 9: 0.0}}
+    assert ResultsStore(path).count() == 3  # reopening upgrades nothing twice

@@ -12,6 +12,7 @@ from backend.cli import main
 from backend.errors import UserError
 from backend.evaluation.store import DENSE, ResultKey, ResultsStore
 from backend.evaluation.tables import MISSING_MARKDOWN, build_table, latest_results
+from backend.evaluation.uncertainty import Z95
 
 # (variant id, method, calibration, sparsity, seqlen)
 VARIANTS = [
@@ -94,14 +95,19 @@ def test_markdown_and_csv_show_missing_cells_as_missing(filled_store):
     rte_line = next(line for line in markdown.splitlines() if line.startswith("| rte "))
     assert rte_line.split("|")[2].strip() == MISSING_MARKDOWN and "40.00" in rte_line
     rows = list(csv.reader(io.StringIO(table.to_csv())))
-    assert rows[0] == ["task", "dense", "c4", "sst2"]
+    assert rows[0][:4] == ["task", "dense", "c4", "sst2"]
+    assert rows[0][4:11] == ["dense low", "dense high", "dense diff to dense", "dense diff low",
+                             "dense diff high", "dense diff p", "dense diff verdict"]
     rte = next(row for row in rows if row[0] == "rte")
     assert rte[1] == "" and rte[3] == "" and float(rte[2]) == pytest.approx(0.40)
+    c4_low = rows[0].index("c4 low")
+    assert float(rte[c4_low]) == pytest.approx(0.40 - Z95 * 0.05)  # one result: lm-eval's stderr
+    assert float(rte[c4_low + 1]) == pytest.approx(0.40 + Z95 * 0.05)
 
 
 def test_cli_table(filled_store, capsys, tmp_path):
     assert main(["table", "task-calibration", "--model", "m1", "--format", "csv"]) == 0
-    assert capsys.readouterr().out.splitlines()[0] == "task,dense,c4,sst2"
+    assert capsys.readouterr().out.splitlines()[0].startswith("task,dense,c4,sst2,dense low,")
     target = tmp_path / "table.json"
     assert main(["table", "method-calibration", "--model", "m1", "--format", "json", "--output", str(target)]) == 0
     payload = json.loads(target.read_text())

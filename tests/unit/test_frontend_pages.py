@@ -55,12 +55,19 @@ def backend(tmp_path_factory):
                 variants[calibration] = events[-1]["result"]["variant_id"]
             envelope = api.nsa({"text": TEXT, "variants": list(variants.values()), "top_k": 6})
             store = ResultsStore.from_settings()
-            accuracies = {None: 0.75, variants["sst2"]: 0.70, variants["lambada"]: 0.62}
-            for variant_id, accuracy in accuracies.items():
+            # Per-example scores on the same 20 examples: dense right on 15; the sst2 variant loses one
+            # of them (not distinguishable), the lambada one loses 9 (lower).
+            correct = {None: [1] * 15 + [0] * 5, variants["sst2"]: [0] + [1] * 14 + [0] * 5,
+                       variants["lambada"]: [0] * 9 + [1] * 6 + [0] * 5}
+            accuracies = {variant_id: sum(scores) / 20 for variant_id, scores in correct.items()}
+            for variant_id, scores in correct.items():
                 if variant_id is not None:
                     store.record_variant(api.variant(variant_id))
-                store.put(ResultKey("tiny-llama", variant_id or "", "sst2", 20, "packaged", "test"),
-                          n_examples=20, metrics={"acc,none": accuracy, "acc_stderr,none": 0.1})
+                accuracy = accuracies[variant_id]
+                store.put(ResultKey("tiny-llama", variant_id or "", "sst2", 20, "packaged", "test", 1),
+                          n_examples=20, outcomes={"acc": dict(enumerate(map(float, scores)))},
+                          metrics={"acc,none": accuracy,
+                                   "acc_stderr,none": (accuracy * (1 - accuracy) / 19) ** 0.5})
             yield {"api": api, "app": app, "variants": variants, "nsa": envelope, "accuracies": accuracies}
         get_settings.cache_clear()
 
@@ -263,6 +270,11 @@ def test_calibration_puts_variants_that_differ_only_in_calibration_in_columns(da
         row = table.set_index("task").loc["sst2"]
         assert row["dense"] == accuracies[None] and row["accuracy"] == accuracies[variant_id]
         assert row["\u0394 accuracy"] == pytest.approx(accuracies[variant_id] - accuracies[None])
+        half_width = 1.96 * (accuracies[variant_id] * (1 - accuracies[variant_id]) / 19) ** 0.5
+        assert row["accuracy 95% CI"] == (f"[{accuracies[variant_id] - half_width:.3f}, "
+                                          f"{accuracies[variant_id] + half_width:.3f}]")
+        assert row["verdict"] == {"sst2": "not distinguishable", "lambada": "lower"}[calibration]
+    assert any("not distinguishable" in caption.value for caption in at.caption)
     # Each column draws the same neuron: dense + its own variant, on the dense model's scale.
     assert _html(at).count("<table") >= 2
 
@@ -279,6 +291,12 @@ def test_accuracy_page_draws_the_stored_results(dashboard, backend):
     for calibration, variant_id in backend["variants"].items():
         assert table.loc["sst2", calibration] == pytest.approx(backend["accuracies"][variant_id])
     assert len(at.get("download_button")) == 1
+    intervals = at.dataframe[1].value.set_index("task")  # after the table: intervals, then differences
+    assert intervals.loc["sst2", "dense"].startswith("[0.5")  # 0.75 ± 1.96·0.0993
+    differences = at.dataframe[2].value.set_index("task")
+    assert differences.loc["sst2", "dense"] == ""  # the reference
+    assert differences.loc["sst2", "sst2"].endswith("not distinguishable")
+    assert differences.loc["sst2", "lambada"].endswith("lower")
     lines = at.get("plotly_chart")
     assert len(lines) == 1  # accuracy vs sparsity
 
@@ -366,3 +384,25 @@ def test_an_unexpected_backend_answer_is_a_message_not_a_traceback():
         assert len(at.error) == 1 and "internal error" in at.error[0].value
     finally:
         ui.use_client(None)
+
+
+def test_calibration_page_shows_the_stored_advice_and_says_when_it_does_not_predict(dashboard, backend):
+    from backend.pruning.advice import reading, save_advice
+
+    validation = {"dense": {"accuracy": 0.75, "interval": [0.55, 0.95], "n_examples": 20}, "limit": 20,
+                  "sample_seed": 1234, "all_sets": {"rho": -0.2, "p_value": 0.68, "n": 6},
+                  "without_task_set": {"rho": -0.1, "p_value": 0.92, "n": 5}}
+    ranking = [{"calibration": name, "score": score, "rank": rank, "accuracy": 0.6, "interval": [0.4, 0.8],
+                "n_examples": 20} for rank, (name, score) in enumerate(
+                    [("sst2", 0.9), ("imdb", 0.8), ("rte", 0.7), ("boolq", 0.65), ("lambada", 0.6),
+                     ("arc_easy", 0.55)], start=1)]
+    save_advice({"model": "tiny-llama", "task": "sst2", "task_text": "sst2", "proxy": "Wanda 0.5 mask agreement",
+                 "ranking": ranking, "validation": validation, "reading": reading(validation)},
+                backend["app"].state.api.settings)
+    at = _open(dashboard(), "calibration", result=backend["nsa"]["id"])
+    _clean(at)
+    table = next(e.value for e in at.dataframe if "mask agreement" in e.value.columns)
+    assert list(table["calibration set"]) == ["sst2", "imdb", "rte", "boolq", "lambada", "arc_easy"]
+    assert table["95% CI"].iloc[0] == "[0.400, 0.800]"
+    shown = " ".join(m.value for m in at.markdown) + " ".join(c.value for c in at.caption)
+    assert "does NOT predict" in shown and "rho (all sets, n=6): -0.20" in shown

@@ -264,15 +264,18 @@ def _evaluation(task, variant_id, acc, limit=50, sparsity=None):
             "variant": None if variant_id is None else {"method": "wanda", "sparsity": sparsity}}
 
 
-def test_accuracy_vs_dense_compares_at_the_same_limit_and_keeps_missing_cells_missing():
-    rows = [_evaluation("sst2", None, 0.80), _evaluation("sst2", "v1", 0.70), _evaluation("sst2", "v2", 0.85),
-            _evaluation("sst2", None, 0.60, limit=10),  # another limit: never compared with limit-50 rows
-            _evaluation("rte", None, 0.55), _evaluation("rte", "v1", 0.50)]
-    frame = tables.accuracy_vs_dense(rows, [("v1", "A"), ("v2", "B")])
-    sst2 = frame.set_index("task").loc["sst2"]
-    assert sst2["dense"] == 0.80 and sst2["\u0394 A"] == pytest.approx(-0.10) and sst2["\u0394 B"] == pytest.approx(0.05)
-    rte = frame.set_index("task").loc["rte"]
-    assert rte["\u0394 A"] == pytest.approx(-0.05) and math.isnan(rte["B"]) and math.isnan(rte["\u0394 B"])
+def test_comparison_frame_shows_intervals_and_says_not_distinguishable():
+    difference = {"difference": -0.05, "low": -0.15, "high": 0.05, "p_value": 0.375, "verdict": "not distinguishable"}
+    rows = [{"task": "sst2", "n_examples": 20, "variant": 0.70, "variant_interval": [0.49, 0.91], "dense": 0.75,
+             "dense_interval": [0.55, 0.95], "difference": difference},
+            {"task": "rte", "n_examples": 20, "variant": 0.5, "variant_interval": None, "dense": None,
+             "dense_interval": None, "difference": None}]
+    frame = tables.comparison_frame(rows).set_index("task")
+    assert frame.loc["sst2", "accuracy 95% CI"] == "[0.490, 0.910]"
+    assert frame.loc["sst2", "\u0394 accuracy"] == -0.05 and frame.loc["sst2", "verdict"] == "not distinguishable"
+    assert frame.loc["sst2", "\u0394 95% CI (paired)"] == "[-0.150, 0.050]"
+    assert math.isnan(frame.loc["rte", "dense"]) and frame.loc["rte", "verdict"] == "not paired"
+    assert tables.difference_text(difference) == "-0.050 [-0.150, +0.050] p=0.375 \u00b7 not distinguishable"
 
 
 def test_accuracy_colours_rise_with_the_value_and_skip_missing_cells():
@@ -306,6 +309,9 @@ def test_table_frame_reads_the_backends_table_with_missing_cells_missing():
     assert frame.loc["rte", "sst2"] == 0.5
     assert math.isnan(frame.loc["rte", "c4"]) and math.isnan(frame.loc["sst2", "sst2"])  # missing, not 0
     assert tables.cell_counts(payload).set_index(payload["row_header"]).loc["sst2", "c4"] == 2
+    assert tables.interval_frame(payload).set_index(payload["row_header"]).loc["sst2", "c4"] == ""  # no stderr
+    long = tables.long_frame(payload)
+    assert len(long) == 2 and set(long["column"]) == {"c4", "sst2"}  # missing cells have no line
 
 
 def test_accuracy_by_sparsity_averages_over_methods_and_puts_dense_at_zero():
@@ -318,6 +324,10 @@ def test_accuracy_by_sparsity_averages_over_methods_and_puts_dense_at_zero():
     frame = figures.accuracy_by_sparsity(rows, tasks)
     sst2 = frame[frame["task"] == "sst2"].set_index("sparsity")["accuracy"]
     assert sst2["dense"] == 0.8 and sst2["0.5"] == pytest.approx(0.65) and sst2["2:4"] == 0.5
+    assert math.isnan(frame["half_width"].iloc[0])  # no stderr, no error bar
+    rows = [{**row, "metrics": {**row["metrics"], "acc_stderr,none": 0.05}} for row in rows[:3]]
+    with_bars = figures.accuracy_by_sparsity(rows, tasks).set_index("sparsity")["half_width"]
+    assert with_bars["0.5"] == pytest.approx(1.959964 * 0.05)
     assert len(frame[frame["task"] == "copa"]) == 1
     figure = figures.accuracy_sparsity_figure(frame)
     names = [trace.name for trace in figure.data]

@@ -6,7 +6,8 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from backend.api.schemas import CalibrationSet
-from backend.errors import UserError
+from backend.api.state import State
+from backend.errors import NotFoundError, UserError
 
 router = APIRouter(tags=["calibration"])
 
@@ -41,3 +42,25 @@ async def list_samples(
         labelled = ", ".join(name for name, found in splits.items() if found)
         raise UserError(f"{dataset!r} has no labelled examples; these do: {labelled}")
     return labelled_examples(dataset, n, seed, split=splits[dataset][0])
+
+
+@router.get("/calibration-advice", summary="Calibration sets ranked for a task, and the ranking's validation")
+def read_calibration_advice(
+    state: State,
+    task: str = Query(max_length=64, pattern=r"^[a-z0-9_]+$", description="An evaluation task, e.g. sst2."),
+    model: str | None = Query(default=None, max_length=300, description="Base model; default: the server's."),
+) -> dict:
+    """The advice `prunelens calibration-advice --task TASK [--validate]` stored: ``ranking``
+    (set, proxy score, rank, and with validation the measured accuracy and its 95% interval),
+    ``validation`` (Spearman rho and exact p over all sets and without the task's own set) and
+    ``reading``, the sentence to show next to it."""
+    from backend.evaluation.registry import get_task
+    from backend.pruning.advice import load_advice
+
+    get_task(task)  # unknown task -> 400
+    name = state.pool.allowed_reference(model)
+    advice = load_advice(name, task, state.settings)
+    if advice is None:
+        raise NotFoundError(f"no calibration advice for {task} on {name} yet: run "
+                            f"`prunelens calibration-advice --task {task} --validate`")
+    return advice

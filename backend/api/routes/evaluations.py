@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from backend.api.routes.variants import job_accepted
-from backend.api.schemas import EvaluationRequest, EvaluationResult, JobAccepted
+from backend.api.schemas import DenseComparison, EvaluationRequest, EvaluationResult, JobAccepted
 from backend.api.state import ApiState, State
 from backend.errors import UserError
 from backend.jobs import Job
@@ -50,6 +50,24 @@ def list_evaluations(
     return [row.to_json() for row in rows]
 
 
+@router.get(
+    "/evaluations/compare",
+    response_model=list[DenseComparison],
+    summary="A variant against the dense model on the same examples: intervals and paired test",
+)
+def compare_evaluations(
+    state: State,
+    base_model: Annotated[str, Query(min_length=1, max_length=300, description="The dense model.")],
+    variant: Annotated[str, Query(min_length=1, max_length=128, description="A variant id.")],
+    metric: Annotated[
+        str, Query(min_length=1, max_length=64, description="lm-eval metric key.")
+    ] = "acc,none",
+) -> list[dict]:
+    from backend.evaluation.paired import compare_to_dense
+
+    return compare_to_dense(results_store(state), base_model, variant, metric)
+
+
 @router.post(
     "/evaluations",
     status_code=202,
@@ -70,14 +88,21 @@ def create_evaluation_job(body: EvaluationRequest, state: State) -> JobAccepted:
                 f"not {model!r}"
             )
     job = state.jobs.submit(
-        "evaluate", {"model": model, "variant": body.variant, "tasks": tasks, "limit": body.limit}
+        "evaluate",
+        {
+            "model": model,
+            "variant": body.variant,
+            "tasks": tasks,
+            "limit": body.limit,
+            "sample_seed": body.sample_seed,
+        },
     )
     return job_accepted(job)
 
 
 def register_jobs(state: ApiState) -> None:
     def run_evaluation(job: Job, progress) -> dict:
-        from backend.evaluation.runner import evaluate
+        from backend.evaluation.runner import DEFAULT_SAMPLE_SEED, evaluate
 
         params = job.params
         with state.gate.hold(f"evaluation job {job.id[:8]}", bounded=False):
@@ -88,6 +113,7 @@ def register_jobs(state: ApiState) -> None:
                 params["tasks"],
                 variant_id=params.get("variant"),
                 limit=params.get("limit"),
+                sample_seed=params.get("sample_seed", DEFAULT_SAMPLE_SEED),
                 store=results_store(state),
                 progress=progress,
                 cache_settings=state.settings,

@@ -48,7 +48,8 @@ def read_table(
         str | None, Query(max_length=16, description="Only this calibration sequence length.")
     ] = None,
 ) -> dict:
-    results = results_store(state).results(base_model=model, task=task)
+    store = results_store(state)
+    results = store.results(base_model=model, task=task)
     table = build_table(
         kind,
         results,
@@ -59,5 +60,6 @@ def read_table(
         calibration=calibration,
         sparsity=sparsity,
         seqlen=seqlen,
+        outcomes=store.outcomes,
     )
     return table.to_json()
