@@ -53,3 +53,17 @@ def texts_from_upload(filename: str | None, raw: bytes, *, max_texts: int) -> li
     if len(texts) > max_texts:
         raise UserError(f"{name}: {len(texts)} texts; NSA takes at most {max_texts} at once")
     return texts
+
+
+def words_from_jsonl_upload(filename: str | None, raw: bytes, count: int) -> list[list[str]] | None:
+    """Per-text influential words of an uploaded .jsonl (``"words"`` on its lines), aligned with
+    ``texts_from_upload``'s texts; None when the file is not .jsonl or no line carries words."""
+    name = display_name(filename)
+    if Path(name).suffix.lower() != ".jsonl":
+        return None
+    from backend.nsa.inputs import jsonl_records
+
+    rows = [row for row in jsonl_records(raw.decode("utf-8"), name) if row["text"].strip()]
+    if len(rows) != count or all(row.get("words") is None for row in rows):
+        return None
+    return [list(row.get("words") or []) for row in rows]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -23,18 +22,9 @@ def read_text_file(path: str) -> list[dict]:
         raise UserError(f"{path}: cannot read it as UTF-8 text") from exc
     if source.suffix != ".jsonl":
         return [{"text": content}]
-    rows = []
-    for number, line in enumerate(content.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path}:{number}: not valid JSON") from exc
-        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-            raise UserError(f"{path}:{number}: expected an object with a \"text\" string")
-        rows.append(row)
-    return rows
+    from backend.nsa.inputs import jsonl_records
+
+    return jsonl_records(content, path)
 
 
 def _summary(result: dict) -> str:

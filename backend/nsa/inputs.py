@@ -12,6 +12,9 @@ word is seen like any other. Tokenizers that already add a BOS are left as they 
 
 from __future__ import annotations
 
+import json
+
+from backend.errors import UserError
 from backend.nsa.capture import EncodedText, encode_text
 
 
@@ -40,3 +43,26 @@ def encode_for_attribution(tokenizer, text: str, max_tokens: int) -> EncodedText
         offsets=[(0, 0), *encoded.offsets],
         truncated=encoded.truncated,
     )
+
+
+def jsonl_records(content: str, name: str) -> list[dict]:
+    """NSA's ``.jsonl`` input: one ``{"text", "label_text"?, "words"?}`` object per non-blank line.
+
+    ``words`` (a list of strings) are that text's own influential words. The CLI's ``--file``
+    and the HTTP upload read .jsonl with this one parser.
+    """
+    rows = []
+    for number, line in enumerate(content.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{name}:{number}: not valid JSON") from exc
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            raise UserError(f"{name}:{number}: expected an object with a \"text\" string")
+        words = row.get("words")
+        if words is not None and not (isinstance(words, list) and all(isinstance(w, str) for w in words)):
+            raise UserError(f"{name}:{number}: \"words\" must be a list of strings")
+        rows.append(row)
+    return rows
