@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from scipy import stats as scipy_stats
 
+from backend.errors import UserError
 from backend.nsa.matched_null import (
     DEFAULT_LEVEL_BINS,
     DEFAULT_NULL_DRAWS,
@@ -106,8 +107,17 @@ def make_plan(dense: Sequence[StateSums], per_text_scores: Sequence[dict[int, to
     def null_for(ids: torch.Tensor, texts: Sequence[int], salt: int) -> torch.Tensor | None:
         if not options.null_draws:
             return None
-        return matched_null_sets(_levels(dense, texts), ids, draws=options.null_draws, bins=options.level_bins,
-                                 seed=options.seed * 1000 + salt)
+        # A selection crowding one (layer, level bin) cell (small models, large top-k) gets
+        # coarser bins: halve until every cell has enough unselected neurons; none at all when
+        # even one bin per layer is too few (the selection holds over half of a layer).
+        bins = options.level_bins
+        while bins >= 1:
+            try:
+                return matched_null_sets(_levels(dense, texts), ids, draws=options.null_draws, bins=bins,
+                                         seed=options.seed * 1000 + salt)
+            except UserError:
+                bins //= 2
+        return None
 
     plan = Plan(selected=selected, null=null_for(selected, everything, 0))
     if not options.split:

@@ -149,11 +149,12 @@ if result.get("ablation"):
         st.json(result["ablation"], expanded=False)
 
 d1, d2, d3, d4 = st.columns(4)
+if result.get("comparison"):  # intervals exist only where variants were compared
+    d4.download_button("Statistics (CSV)", nsa_stats.statistics_csv(result),
+                       file_name=f"nsa-{result_id}-stats.csv", mime="text/csv", key="at_dl_stats")
 d1.download_button("Result (JSON)", json.dumps(result, indent=1), file_name=f"nsa-{result_id}.json",
                    mime="application/json", key="at_dl_json")
 d2.download_button("Neurons (CSV)", nsa_view.result_csv(result), file_name=f"nsa-{result_id}.csv",
                    mime="text/csv", key="at_dl_csv")
-d4.download_button("Statistics (CSV)", nsa_stats.statistics_csv(result), file_name=f"nsa-{result_id}-stats.csv",
-                   mime="text/csv", key="at_dl_stats")
 d3.download_button("Heatmaps (HTML)", nsa_view.result_heatmap_document(result),
                    file_name=f"nsa-{result_id}.html", mime="text/html", key="at_dl_html")

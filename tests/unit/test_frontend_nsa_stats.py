@@ -85,5 +85,6 @@ def test_attribute_shows_the_headline_intervals_and_the_word_check(dashboard, ba
     at = _open(dashboard(), "attribute", result=backend["nsa"]["id"])
     _clean(at)
     _check_headline(at, backend["nsa"]["result"])
+    assert "at_dl_stats" in [button.key for button in at.get("download_button")]
     words = _frame(at, "margin change", "no effect")
     assert words["word"].tolist() == [w for group in TEXT_WORDS for w in group]

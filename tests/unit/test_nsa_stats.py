@@ -174,3 +174,18 @@ def test_specificity_separates_word_neurons_from_everywhere_neurons():
     assert rows[1]["percentile"] == 100.0 and rows[1]["z"] > 10
     assert rows[0]["z"] < 3 and rows[0]["percentile"] < 97.5  # not specific: inside its null
     assert rows == specificity(columns, [influential] * 6, [scored] * 6, eligible, draws=300, seed=0)
+
+
+def test_a_selection_crowding_one_level_bin_gets_coarser_bins():
+    # The 20 strongest neurons of layer 0 fill its top level bin (16 of 128 neurons with 8 bins,
+    # 32 with 4): the null falls back to 2 bins, still matched in layer and never drawing them.
+    dense, _ = _world(seed=1)
+    levels = dense[0].total[0]
+    top = torch.sort(levels, descending=True).indices[:20]
+    scores = [{layer: torch.zeros(NEURONS) for layer in range(LAYERS)} for _ in dense]
+    for text in scores:
+        text[0][top] = torch.linspace(1.0, 0.5, 20)
+    plan = make_plan(dense[:1], scores[:1], select_neurons(scores[:1], 20), 20, StatsOptions(null_draws=30))
+    assert plan.null is not None and plan.null.shape == (30, 20)
+    assert bool((plan.null // NEURONS == 0).all())
+    assert not set(plan.null.reshape(-1).tolist()) & set(top.tolist())
