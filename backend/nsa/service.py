@@ -179,8 +179,8 @@ def attribute(
     if null_draws < 0 or resamples < 0:
         raise UserError("--null-draws and --resamples must be >= 0")
     options = StatsOptions(split=split, null_draws=null_draws, resamples=resamples, seed=seed)
-    statistics_on = bool(split or null_draws or resamples)
     manifests = _manifests(loaded, variants, settings)
+    statistics_on = bool(manifests) and bool(split or null_draws or resamples)  # figures of variants only
     layer_count = len(loaded.adapter.decoder_layers(loaded.model))
     neuron_count = loaded.adapter.neuron_count(loaded.model)
     if not 1 <= top_k <= layer_count * neuron_count:
