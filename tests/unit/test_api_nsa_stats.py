@@ -59,7 +59,7 @@ def test_per_text_words_and_split_over_json_and_upload(client, monkeypatch):  # 
     response = client.post("/nsa/upload", files={"file": ("texts.jsonl", jsonl.encode())}, data={"top_k": "3"})
     assert response.status_code == 200, response.text
     assert calls[-1]["words"] == TEXT_WORDS and "split" not in calls[-1]
-    assert response.json()["result"]["statistics"]["folds"] is not None  # 4 texts: cross-fitted
+    assert response.json()["result"]["settings"]["split"] is True  # the default: cross-fitted
 
     bad = client.post("/nsa", json={"texts": TEXTS, "text_words": TEXT_WORDS[:2]})
     assert bad.status_code == 422 and "one list per text" in bad.text
