@@ -5,6 +5,10 @@ and 3 with the influential words given, so without generation) / the time of 4 p
 passes of the same text (dense + 3 variants: the passes NSA cannot avoid). Runs interleaved,
 median of several. Goal <= 1.2 on CPU. Step-1 generation on the same text is timed apart.
 
+statistics: the cost of NSA's statistics (2-fold cross-fitting, 200 matched-null draws, 1000
+bootstrap resamples, specificity) on 10 SST-2 sentences and the 3 variants: NSA time with them
+/ without them, goal <= 1.3 on CPU; also the held-out and in-sample excess of each variant.
+
 quality: step 1 on real SST-2 sentences. Share of texts where the model's answer gave usable
 words, why candidates were rejected, and whether the words carry sentiment: each word's
 |log-odds| of appearing in positive vs negative reviews, from the 33k IMDB + Rotten Tomatoes
@@ -42,6 +46,9 @@ from backend.nsa.service import attribute, plain_forward
 from backend.nsa.tasks import get_task
 
 GOAL = 1.2
+STATISTICS_GOAL = 1.3
+STATISTICS_OFF = {"split": False, "null_draws": 0, "resamples": 0, "word_check": False}
+STATISTICS_ON = {"split": True, "null_draws": 200, "resamples": 1000, "word_check": False}
 _WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
 
 
@@ -90,8 +97,8 @@ def bench_speed(loaded, args) -> None:
         ranked, _, _ = gradient_x_input_scores(loaded, text, task)
         words = [row["word"] for row in ranked[: fallback_word_count(len(ranked))]]
 
-    def nsa() -> None:
-        attribute(loaded, [text], words=words, variants=variants, top_k=20)
+    def nsa() -> None:  # steps 2+3 only: the statistics and the step-1 check are timed by bench_statistics
+        attribute(loaded, [text], words=words, variants=variants, top_k=20, **STATISTICS_OFF)
 
     def four_forwards() -> None:
         for _ in range(1 + len(variants)):
@@ -107,7 +114,7 @@ def bench_speed(loaded, args) -> None:
         clock = time.perf_counter()
         nsa()
         nsa_times.append(time.perf_counter() - clock)
-    result = attribute(loaded, [text], words=words, variants=variants, top_k=20)
+    result = attribute(loaded, [text], words=words, variants=variants, top_k=20, **STATISTICS_OFF)
 
     ratio = statistics.median(nsa_times) / statistics.median(plain_times)
     print(f"speed: {tokens} tokens, {len(variants)} variants, top-k 20, {args.runs} runs, device {loaded.device}")
@@ -120,6 +127,53 @@ def bench_speed(loaded, args) -> None:
     print(f"  selected neurons in layers {layers} (variant passes stop after layer {layers[-1]})")
     print(f"  step 1 generation ({args.max_new_tokens} new tokens): {generation:.2f} s, "
           f"words {words}")
+
+
+def bench_statistics(loaded, args) -> None:
+    """The cost of the statistics: NSA on 10 SST-2 sentences and the variants with cross-fitting,
+    200 matched-null draws and 1000 bootstrap resamples, against the same NSA without them."""
+    variants = ensure_variants(loaded, [v for v in args.variants.split(",") if v])
+    task = get_task("sentiment")
+    rows = labelled_examples("sst2", 10, seed=args.seed)
+    texts = []
+    for row in rows:  # the words of each text fixed up front (gradient x input): no generation timed
+        ranked, _, _ = gradient_x_input_scores(loaded, row["text"], task)
+        texts.append({"text": row["text"], "words": [r["word"] for r in ranked[: fallback_word_count(len(ranked))]]})
+
+    def run(options: dict) -> dict:
+        return attribute(loaded, texts, variants=variants, top_k=20, seed=args.seed, **options)
+
+    run(STATISTICS_OFF)  # warm-up
+    plain, full = [], []
+    for _ in range(args.runs):
+        clock = time.perf_counter()
+        run(STATISTICS_OFF)
+        plain.append(time.perf_counter() - clock)
+        clock = time.perf_counter()
+        result = run(STATISTICS_ON)
+        full.append(time.perf_counter() - clock)
+    checked = attribute(loaded, texts, variants=[], top_k=20, split=False, null_draws=0, resamples=0)
+    check_time = checked["timings"]["step1_words"]  # words given: step 1 is locating them + the check
+    ratio = statistics.median(full) / statistics.median(plain)
+    print(f"statistics: {len(texts)} SST-2 texts, {len(variants)} variants, top-k 20, {args.runs} runs, "
+          f"device {loaded.device}")
+    print(f"  NSA without statistics  median {statistics.median(plain):7.2f} s")
+    print(f"  NSA with statistics     median {statistics.median(full):7.2f} s  (200 null draws, 1000 resamples, "
+          f"2-fold cross-fitting; statistics part of the last run {result['timings']['statistics']:.2f} s)")
+    print(f"  ratio with / without = {ratio:.3f}  (goal <= {STATISTICS_GOAL:.1f}) "
+          f"{'OK' if ratio <= STATISTICS_GOAL else 'ABOVE GOAL'}")
+    print(f"  step-1 occlusion check of every word (not in the ratio): {check_time:.2f} s for {len(texts)} texts")
+    for block in result["comparison"]:
+        held, inside = block["statistics"]["held_out"], block["statistics"]["in_sample"]
+        print(f"  {block['variant']}: held-out excess {_figure(held['excess_drop'])} ({held['verdict']}, "
+              f"null percentile {held['null']['percentile']:.0f}, p {held['null']['p_value']:.3f}); "
+              f"in-sample {_figure(inside['excess_drop'])} (null percentile {inside['null']['percentile']:.0f})")
+
+
+def _figure(value: dict) -> str:
+    if value["low"] is None:
+        return f"{100 * value['mean']:+.1f}%"
+    return f"{100 * value['mean']:+.1f}% [{100 * value['low']:+.1f}, {100 * value['high']:+.1f}]"
 
 
 def review_lexicon() -> dict[str, float]:
@@ -192,6 +246,7 @@ def main() -> int:
     parser.add_argument("--variants", default="", help="comma-separated ids (default: create 3)")
     parser.add_argument("--quality", type=int, default=20, help="SST-2 sentences for step 1 (0: skip)")
     parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--skip-statistics", action="store_true")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
@@ -202,6 +257,8 @@ def main() -> int:
     with torch.inference_mode(False):
         if not args.skip_speed:
             bench_speed(loaded, args)
+        if not args.skip_statistics:
+            bench_statistics(loaded, args)
         if args.quality:
             bench_quality(loaded, args)
     return 0

@@ -1,8 +1,11 @@
 """Stored NSA results, so a view can be shared by id: SQLite on disk, recent ones in memory.
 
 A result's id is a hash of the request that produced it (model, texts, words, task, variants,
-top-k, ablation, backend version): the same request finds the stored result instead of
-computing it again, and an id names one result forever. Results are kept as serialized JSON
+top-k, ablation) and of the NSA code version, a hash of the source of every module of
+``backend.nsa`` (the code that computes a result): the same request on the same code finds the
+stored result instead of computing it again, a code change gives new ids (old results are
+never served as current), and an id names one result forever; reading an old id by hand says
+it is stale. Results are kept as serialized JSON
 bytes, ready to send, so a cached read costs a dictionary lookup.
 """
 
@@ -14,9 +17,9 @@ import math
 import threading
 from collections import OrderedDict
 from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
 
-import backend
 from backend.errors import NotFoundError
 from backend.shared_sqlite import open_shared_database
 
@@ -33,12 +36,30 @@ _SCHEMA = """CREATE TABLE IF NOT EXISTS nsa_results (
 PREVIEW_CHARS = 120
 
 
+@cache
+def nsa_code_version() -> str:
+    """16 hex digits of the SHA-256 of the source of every ``backend/nsa/*.py`` (name and bytes)."""
+    digest = hashlib.sha256()
+    for path in sorted((Path(__file__).resolve().parents[1] / "nsa").glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
 def request_id(request: dict) -> str:
-    """Stable id of an NSA request: 20 hex digits of the SHA-256 of its canonical JSON."""
+    """Stable id of an NSA request on this code: 20 hex digits of the SHA-256 of its canonical JSON."""
     canonical = json.dumps(
-        {**request, "backend": backend.__version__}, sort_keys=True, ensure_ascii=True
+        {**request, "nsa_code": nsa_code_version()}, sort_keys=True, ensure_ascii=True
     )
     return hashlib.sha256(canonical.encode()).hexdigest()[:20]
+
+
+def marked_if_stale(body: bytes) -> bytes:
+    """A stored body as served by id: one computed by other NSA code gets ``"stale": true``."""
+    if f'"code_version":"{nsa_code_version()}"'.encode() in body[:400]:
+        return body
+    payload = json.loads(body)
+    payload["stale"] = True
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 def finite_json(value):
@@ -98,6 +119,7 @@ class NsaResultStore:
             {
                 "id": result_id,
                 "created_at": created_at,
+                "code_version": nsa_code_version(),
                 "request": request,
                 "result": finite_json(result),
             },

@@ -263,6 +263,15 @@ class NsaRequest(Strict):
     ablate: bool = Field(
         default=False, description="Also zero the top neurons and measure the label margin change."
     )
+    text_words: list[list[str]] | None = Field(
+        default=None,
+        max_length=MAX_NSA_TEXTS,
+        description="Influential words per text, aligned with `texts` (instead of `words`).",
+    )
+    split: bool = Field(
+        default=True,
+        description="Cross-fitted held-out figures (with >= 4 texts); false: in-sample only.",
+    )
 
     @field_validator("texts")
     @classmethod
@@ -290,15 +299,29 @@ class NsaRequest(Strict):
             raise ValueError("give exactly one of `text` or `texts`")
         if self.text is not None and not self.text.strip():
             raise ValueError("text is empty")
+        if self.text_words is not None and (
+            self.words is not None or len(self.text_words) != len(self.all_texts())
+        ):
+            raise ValueError("`text_words` needs one list per text, and no `words`")
         return self
 
     def all_texts(self) -> list[str]:
         return [self.text] if self.text is not None else list(self.texts or [])
 
+    def all_words(self) -> list[str] | list[list[str]] | None:
+        """One list for every text (`words`) or one per text (`text_words`)."""
+        return self.words if self.text_words is None else self.text_words
+
 
 class NsaStored(BaseModel):
     id: str = Field(description="Result id: GET /nsa/{id} returns this again (share a view by id).")
     created_at: str = Field(description="When it was computed (UTC, ISO 8601).")
+    code_version: str | None = Field(
+        default=None, description="Hash of the NSA code that computed it (part of the id)."
+    )
+    stale: bool = Field(
+        default=False, description="Computed by other NSA code than the server's: not current."
+    )
     request: dict[str, Any] = Field(description="The normalised request that produced it.")
     result: dict[str, Any] = Field(description="The NSA result JSON (schema in docs/nsa.md).")
 

@@ -32,7 +32,8 @@ def display_name(filename: str | None) -> str:
     return _UNPRINTABLE.sub("_", base)[:100] or "upload"
 
 
-def texts_from_upload(filename: str | None, raw: bytes, *, max_texts: int) -> list[str]:
+def records_from_upload(filename: str | None, raw: bytes, *, max_texts: int) -> list[dict]:
+    """The file's ``{text, label?, words?}`` records, read by ``read_user_file``."""
     name = display_name(filename)
     suffix = Path(name).suffix.lower()
     if suffix not in UPLOAD_SUFFIXES:
@@ -45,10 +46,22 @@ def texts_from_upload(filename: str | None, raw: bytes, *, max_texts: int) -> li
         path = Path(folder) / f"upload{suffix}"
         path.write_bytes(raw)
         try:
-            texts = [record["text"] for record in read_user_file(path)]
+            records = read_user_file(path)
         except UserError as exc:
             message = str(exc).replace(str(path.resolve()), name).replace(str(path), name)
             raise UserError(message) from None
-    if len(texts) > max_texts:
-        raise UserError(f"{name}: {len(texts)} texts; NSA takes at most {max_texts} at once")
-    return texts
+    if len(records) > max_texts:
+        raise UserError(f"{name}: {len(records)} texts; NSA takes at most {max_texts} at once")
+    return records
+
+
+def texts_from_upload(filename: str | None, raw: bytes, *, max_texts: int) -> list[str]:
+    return [record["text"] for record in records_from_upload(filename, raw, max_texts=max_texts)]
+
+
+def words_from_records(records: list[dict]) -> list[list[str]] | None:
+    """Per-text influential words (``words`` of .jsonl lines or .csv rows), aligned with the
+    records' texts; None when no record carries words."""
+    if not any("words" in record for record in records):
+        return None
+    return [list(record.get("words", [])) for record in records]

@@ -42,6 +42,7 @@ def _summary(result: dict) -> str:
             f"baseline all neurons {_pct(agg['baseline_all_neurons'])}, "
             f"non-influential tokens {_pct(agg['baseline_non_influential'])}"
         )
+        lines.extend(_statistics_lines(block.get("statistics")))
     if result["ablation"]:
         agg = result["ablation"]["aggregate"]
         lines.append(
@@ -49,6 +50,32 @@ def _summary(result: dict) -> str:
             f"{_num(agg['random_effect_mean'])} ± {_num(agg['random_effect_std'])} (random)"
         )
     return "\n".join(lines)
+
+
+def _statistics_lines(statistics: dict | None) -> list[str]:
+    """Held-out first (the headline), then in-sample, each excess with its interval and null."""
+    if not statistics:
+        return []
+    lines = []
+    for key, label in (("held_out", "held-out"), ("in_sample", "in-sample")):
+        summary = statistics.get(key)
+        if summary is None:
+            continue
+        excess = summary["excess_drop"]
+        null = summary["null"]
+        chance = "" if null is None else (f"; matched null {_pct(null['mean'])} [{_pct(null['low'])}, "
+                                          f"{_pct(null['high'])}], percentile {null['percentile']:.0f}, "
+                                          f"p = {null['p_value']:.3f}")
+        lines.append(f"  {label} excess drop {_interval(excess)} ({summary['verdict']}){chance}")
+    if statistics.get("held_out_note"):
+        lines.append(f"  {statistics['held_out_note']}")
+    return lines
+
+
+def _interval(figure: dict) -> str:
+    if figure["low"] is None:
+        return _pct(figure["mean"])
+    return f"{_pct(figure['mean'])} [95% CI {_pct(figure['low'])}, {_pct(figure['high'])}]"
 
 
 def _pct(value) -> str:
@@ -79,6 +106,12 @@ def _attribute(parser: argparse.ArgumentParser):
     parser.add_argument("--activation", default="abs", choices=("abs", "positive"),
                         help="A = |a| (default) or max(a, 0)")
     parser.add_argument("--max-new-tokens", type=int, default=48, help="step-1 generation length")
+    parser.add_argument("--no-split", dest="split", action="store_false",
+                        help="no cross-fitting: only in-sample figures (default: held-out with >= 4 texts)")
+    parser.add_argument("--null-draws", type=int, default=200,
+                        help="matched-null neuron sets and specificity permutations (default 200, 0: off)")
+    parser.add_argument("--resamples", type=int, default=1000,
+                        help="bootstrap resamples for the 95%% intervals (default 1000, 0: off)")
     parser.add_argument("--json", dest="json_out", default=None, help="write the result JSON here")
 
     def run(args) -> int:
@@ -113,6 +146,7 @@ def _attribute(parser: argparse.ArgumentParser):
                 loaded, texts, words=args.words or file_words, task=args.task, variants=variants, top_k=args.top_k,
                 ablate=args.ablate, explainer=explainer, activation=args.activation,
                 max_new_tokens=args.max_new_tokens, seed=args.seed, progress=progress,
+                split=args.split, null_draws=args.null_draws, resamples=args.resamples,
             )
         for warning in result["warnings"]:
             print(f"warning: {warning}", file=sys.stderr)

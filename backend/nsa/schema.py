@@ -1,35 +1,19 @@
-"""The NSA result: its JSON schema (pydantic, versioned) and the pure function that builds it.
+"""The NSA result's JSON schema (pydantic, versioned): the one declaration of its shape.
 
-The API returns this object and the frontend draws it, so it describes itself: which model
-and variants, the texts with tokens and offsets, where the influential words came from,
-the selected neurons, per-variant drops next to their baselines, heatmap payloads and the
-ablation check. ``build_result`` needs no model: everything it reads is already reduced.
+The API returns this object, the CLI writes it and the dashboard draws it, and all three
+validate against ``NsaResult``; ``backend.nsa.assemble`` builds it. It describes itself:
+which model and variants, the texts with tokens and offsets, where the influential words
+came from and whether removing them moves the label, the selected neurons with their
+specificity, per-variant drops next to their baselines with in-sample and held-out
+intervals and the matched null, heatmap payloads and the ablation check.
 Bump ``SCHEMA_VERSION`` (major for removals/renames, minor for additions) with any change.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
-
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from backend.nsa.capture import EncodedText
-from backend.nsa.compare import (
-    TextObservation,
-    aggregate_comparisons,
-    compare_text,
-    heatmap,
-    mean_or_none,
-    word_activations,
-)
-from backend.nsa.influential import InfluentialWords
-from backend.nsa.scoring import Selection, activation_magnitude
-from backend.nsa.tasks import TaskSpec
-
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 RESULT_KIND = "prunelens.nsa"
 
 Drop = float | None  # None where the dense activation it divides by is 0
@@ -59,6 +43,10 @@ class WordInfo(_Strict):
     word: str = Field(description="as it first appears in the text")
     spans: list[list[int]] = Field(description="[start, end) character spans of each occurrence")
     tokens: list[int] = Field(description="indices of the tokens covering the occurrences")
+    margin_change: float | None = Field(None, description="step-1 check: label margin (nats) with the text "
+                                        "minus the margin with this word removed; None when not checked")
+    no_effect: bool | None = Field(None, description="removing the word moves the margin by less than "
+                                   "the check's threshold: flagged, kept")
 
 
 class InfluentialInfo(_Strict):
@@ -96,6 +84,14 @@ class NeuronVariantInfo(_Strict):
                                               "fraction (all), inputs (gate/up or fc1 rows), output (column)")
 
 
+class Specificity(_Strict):
+    score: float = Field(description="the neuron's score on the influential tokens (mean over texts)")
+    null_mean: float = Field(description="mean score on random token sets of the same size, same texts")
+    null_std: float
+    z: float | None = Field(description="(score - null_mean) / null_std; None when the null has no spread")
+    percentile: float = Field(description="share of the null below the score, in percent")
+
+
 class NeuronInfo(_Strict):
     rank: int
     layer: int
@@ -104,6 +100,8 @@ class NeuronInfo(_Strict):
     text_scores: list[float]
     attributed_words: list[AttributedWord] = Field(description="influential words, strongest first")
     variants: dict[str, NeuronVariantInfo] = Field(description="per variant, means over texts")
+    specificity: Specificity | None = Field(None, description="permutation null of the score (specificity "
+                                            "to the words, not to every token)")
 
 
 class LayerTop(_Strict):
@@ -136,10 +134,57 @@ class TextComparison(_Strict):
     neurons: list[NeuronTextDrop]
 
 
+class Interval(_Strict):
+    mean: float | None = Field(description="mean over texts (texts where the figure is defined)")
+    low: float | None = Field(description="bootstrap (BCa, over texts) lower bound; None with < 2 texts")
+    high: float | None
+    n: int = Field(description="texts the mean is over")
+
+
+class NullSummary(_Strict):
+    draws: int = Field(description="random neuron sets matched in layer and dense activation level")
+    mean: float = Field(description="their mean excess drop")
+    low: float = Field(description="central interval of the null, same confidence as the intervals")
+    high: float
+    percentile: float = Field(description="where the observed excess drop sits in the null (percent)")
+    p_value: float = Field(description="(1 + #null >= observed) / (1 + draws), one-sided")
+
+
+class FigureSummary(_Strict):
+    drop_influential: Interval
+    baseline_all_neurons: Interval
+    baseline_non_influential: Interval
+    excess_drop: Interval
+    verdict: str | None = Field(description="'not distinguishable from the baseline' when the excess "
+                                "interval contains 0")
+    null: NullSummary | None
+
+
+class WordStatistics(_Strict):
+    word: str
+    texts: list[int] = Field(description="texts where it is an influential word")
+    drop: Interval
+    baseline_all_neurons: Interval
+    excess_drop: Interval
+    verdict: str | None
+
+
+class VariantStatistics(_Strict):
+    in_sample: FigureSummary = Field(description="neurons selected and measured on the same texts")
+    held_out: FigureSummary | None = Field(description="cross-fitted: selected on one fold, measured on "
+                                           "the other, both ways")
+    held_out_note: str | None = Field(description="why there is no held-out figure")
+    per_text: dict[str, dict[str, list[float | None]]] = Field(description="{in_sample, held_out?}: "
+                                                               "figure -> value per text")
+    words: dict[str, list[WordStatistics] | None] = Field(description="{in_sample, held_out}")
+
+
 class VariantComparison(_Strict):
     variant: str
-    aggregate: dict[str, Drop] = Field(description="mean over texts of the text-level figures")
+    aggregate: dict[str, Drop] = Field(description="mean over texts of the text-level figures (in-sample)")
     texts: list[TextComparison]
+    statistics: VariantStatistics | None = Field(None, description="intervals, held-out and null; None "
+                                                 "when the statistics were turned off")
 
 
 class HeatmapNeuron(_Strict):
@@ -170,163 +215,10 @@ class NsaResult(_Strict):
     comparison: list[VariantComparison]
     heatmaps: list[Heatmap]
     ablation: dict | None
+    statistics: dict | None = Field(None, description="how the statistics were computed: split, folds, "
+                                    "seed, draws, resamples, confidence")
     warnings: list[str]
     timings: dict[str, float]
-
-
-# ----------------------------------------------------------------------------- building
-
-
-@dataclass
-class TextRecord:
-    """One text after step 1 and the dense pass."""
-
-    encoded: EncodedText
-    influential: InfluentialWords
-    label: str | None = None
-    eligible_neurons: int = 0
-
-    @property
-    def scored(self) -> torch.Tensor:
-        """``[tokens]`` True on real tokens (special tokens have an empty character span)."""
-        return torch.tensor([end > start for start, end in self.encoded.offsets], dtype=torch.bool)
-
-    @property
-    def influential_mask(self) -> torch.Tensor:
-        return self.influential.token_mask(len(self.encoded.input_ids)) & self.scored
-
-    @property
-    def word_tokens(self) -> list[list[int]]:
-        return [location.token_indices for location in self.influential.words]
-
-
-@dataclass
-class VariantRecord:
-    """One variant's observations: per text, and the weights its mask removed per neuron."""
-
-    info: dict  # VariantInfo fields
-    observations: list[TextObservation]  # per text
-    weights_removed: list[dict]  # per selected neuron
-
-
-def variant_info(manifest: dict) -> dict:
-    """The manifest summary shown with every result."""
-    achieved = manifest.get("achieved_sparsity")
-    overall = achieved.get("overall") if isinstance(achieved, dict) else achieved
-    return {
-        "id": manifest["id"],
-        "base_model": manifest.get("base_model"),
-        "method": manifest.get("method"),
-        "calibration": manifest.get("calibration"),
-        "sparsity": None if manifest.get("sparsity") is None else str(manifest.get("sparsity")),
-        "achieved_sparsity": overall,
-    }
-
-
-def build_result(
-    *,
-    model: dict,
-    task: TaskSpec,
-    settings: dict,
-    texts: Sequence[TextRecord],
-    selection: Selection,
-    dense: Sequence[TextObservation],
-    variants: Sequence[VariantRecord] = (),
-    ablation: dict | None = None,
-    warnings: Sequence[str] = (),
-    timings: dict | None = None,
-) -> dict:
-    """The whole NSA result as a JSON-ready dict (validates against ``NsaResult``)."""
-    mode = settings.get("activation", "abs")
-    comparisons: dict[str, list[dict]] = {}
-    for record in variants:
-        comparisons[record.info["id"]] = [
-            compare_text(dense[i], record.observations[i], selection, text.influential_mask, text.scored,
-                         text.word_tokens, mode)
-            for i, text in enumerate(texts)
-        ]
-
-    neurons = []
-    word_strengths = [word_activations(activation_magnitude(dense[i].activations, mode), text.word_tokens)
-                      for i, text in enumerate(texts)]  # per text: [words, selected]
-    for k, neuron in enumerate(selection.neurons):
-        attributed: list[dict[str, Any]] = [
-            {"text": i, "word": location.word, "activation": float(word_strengths[i][w, k])}
-            for i, text in enumerate(texts) for w, location in enumerate(text.influential.words)
-        ]
-        attributed.sort(key=lambda row: (-row["activation"], row["text"]))
-        per_variant = {}
-        for record in variants:
-            rows = [comparison["neurons"][k] for comparison in comparisons[record.info["id"]]]
-            per_variant[record.info["id"]] = {
-                "drop_influential": mean_or_none([r["drop_influential"] for r in rows]),
-                "drop_non_influential": mean_or_none([r["drop_non_influential"] for r in rows]),
-                "layer_baseline": mean_or_none([r["layer_baseline"] for r in rows]),
-                "weights_removed": record.weights_removed[k],
-            }
-        neurons.append({
-            "rank": k + 1, "layer": neuron.layer, "index": neuron.index, "score": neuron.score,
-            "text_scores": neuron.text_scores, "attributed_words": attributed, "variants": per_variant,
-        })
-
-    comparison = []
-    for record in variants:
-        vid = record.info["id"]
-        per_text = comparisons[vid]
-        comparison.append({
-            "variant": vid,
-            "aggregate": aggregate_comparisons(per_text),
-            "texts": [
-                {
-                    "text": i,
-                    **{key: row[key] for key in ("drop_influential", "baseline_all_neurons",
-                                                 "baseline_non_influential", "excess_drop")},
-                    "words": [{"word": location.word, **row["words"][w]}
-                              for w, location in enumerate(texts[i].influential.words)],
-                    "neurons": [{"layer": n.layer, "index": n.index, **row["neurons"][k]}
-                                for k, n in enumerate(selection.neurons)],
-                }
-                for i, row in enumerate(per_text)
-            ],
-        })
-
-    heatmaps = []
-    for i, text in enumerate(texts):
-        payload = heatmap(text.encoded.tokens, text.encoded.offsets, selection, dense[i],
-                          {record.info["id"]: record.observations[i] for record in variants}, text.scored)
-        heatmaps.append({"text": i, **payload})
-
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "kind": RESULT_KIND,
-        "model": model,
-        "task": task.name,
-        "settings": settings,
-        "variants": [record.info for record in variants],
-        "texts": [
-            {
-                "index": i,
-                "text": text.encoded.text,
-                "tokens": text.encoded.tokens,
-                "offsets": [list(span) for span in text.encoded.offsets],
-                "truncated": text.encoded.truncated,
-                "label": text.label,
-                "influential": text.influential.to_json(),
-                "eligible_neurons": text.eligible_neurons,
-            }
-            for i, text in enumerate(texts)
-        ],
-        "neurons": neurons,
-        "per_layer_top": [
-            {"layer": layer, "neurons": [{"index": index, "score": score} for index, score in top]}
-            for layer, top in sorted(selection.per_layer.items())
-        ],
-        "comparison": comparison,
-        "heatmaps": heatmaps,
-        "ablation": ablation,
-        "warnings": list(warnings),
-        "timings": dict(timings or {}),
-    }
 
 
 def validate_result(payload: dict) -> NsaResult:

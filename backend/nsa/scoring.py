@@ -65,6 +65,12 @@ def neuron_scores(
     influential = influential.to(magnitude.device) & scored
     total = magnitude[scored].sum(0)  # [neurons]
     on_influential = magnitude[influential].sum(0)  # [neurons]
+    return scores_from_totals(on_influential, total, negligible_fraction)
+
+
+def scores_from_totals(on_influential: torch.Tensor, total: torch.Tensor,
+                       negligible_fraction: float = NEGLIGIBLE_FRACTION) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scores, eligible)`` ``[neurons]`` from each neuron's A on the influential tokens and in total."""
     bar = negligible_fraction * total.median()
     eligible = (total > 0) & (total >= bar)
     scores = torch.where(eligible, on_influential / total.clamp_min(torch.finfo(total.dtype).tiny), 0.0)
@@ -154,6 +160,28 @@ def layer_mass(magnitude: torch.Tensor, word_tokens: Sequence[Sequence[int]]) ->
 
 
 @dataclass
+class LayerSums:
+    """One layer on one text: ``on``, ``off`` are ``[neurons]``, ``words`` is ``[words, neurons]``."""
+
+    on: torch.Tensor
+    off: torch.Tensor
+    words: torch.Tensor
+
+
+def layer_sums(magnitude: torch.Tensor, influential: torch.Tensor, scored: torch.Tensor,
+               word_tokens: Sequence[Sequence[int]]) -> LayerSums:
+    """magnitude ``[tokens, neurons]`` A values; influential, scored ``[tokens]`` bool."""
+    influential = influential.to(magnitude.device) & scored.to(magnitude.device)
+    other = ~influential & scored.to(magnitude.device)
+    if word_tokens:
+        words = torch.stack([magnitude[list(tokens)].amax(0) if tokens else magnitude.new_zeros(magnitude.shape[1])
+                             for tokens in word_tokens])
+    else:
+        words = magnitude.new_zeros((0, magnitude.shape[1]))
+    return LayerSums(on=magnitude[influential].sum(0).cpu(), off=magnitude[other].sum(0).cpu(), words=words.cpu())
+
+
+@dataclass
 class LayerScores:
     """What the dense scoring pass keeps of one layer on one text."""
 
@@ -162,6 +190,7 @@ class LayerScores:
     candidates: torch.Tensor  # [k] the layer's best neuron indices on this text
     candidate_activations: torch.Tensor  # [tokens, k] their signed activations
     mass: LayerMass
+    sums: LayerSums | None = None  # every neuron's masses, for the statistics (``backend.nsa.sums``)
 
 
 def score_layer(
@@ -173,6 +202,7 @@ def score_layer(
     keep: int,
     mode: str = "abs",
     negligible_fraction: float = NEGLIGIBLE_FRACTION,
+    with_sums: bool = False,
 ) -> LayerScores:
     """Reduce one layer's ``[tokens, neurons]`` signed activations to what NSA needs."""
     neurons = neurons.float()
@@ -185,6 +215,7 @@ def score_layer(
         candidates=candidates.cpu(),
         candidate_activations=neurons[:, candidates].cpu(),
         mass=layer_mass(magnitude, word_tokens),
+        sums=layer_sums(magnitude, influential, scored, word_tokens) if with_sums else None,
     )
 
 
@@ -255,6 +286,7 @@ def score_text(
     keep: int,
     mode: str = "abs",
     negligible_fraction: float = NEGLIGIBLE_FRACTION,
+    with_sums: bool = False,
 ) -> TextScores:
     """One forward pass of the dense model, scoring every neuron of every layer on the fly."""
     device = loaded.device
@@ -262,7 +294,7 @@ def score_text(
 
     def reduce(_layer: int, neurons: torch.Tensor) -> LayerScores:
         return score_layer(neurons, influential, scored, word_tokens, keep=keep, mode=mode,
-                           negligible_fraction=negligible_fraction)
+                           negligible_fraction=negligible_fraction, with_sums=with_sums)
 
     reducer = LayerReducer(loaded.model, loaded.adapter, None, reduce)
     results = reducer.run(torch.tensor([list(input_ids)], device=device))

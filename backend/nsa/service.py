@@ -2,8 +2,9 @@
 
 ``attribute`` runs step 1 (influential words), step 2 (one streamed dense pass per text),
 step 3 (one pass per text and variant, the variant swapped into the loaded model in place)
-and, if asked, the ablation check, then assembles the versioned result with
-``schema.build_result``.
+and, if asked, the ablation check; then the statistics (cross-fitted selection, bootstrap
+intervals, matched null, specificity: ``backend.nsa.stats``) and the versioned result
+(``assemble.build_result``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 
 from backend.errors import UserError
 from backend.nsa.ablation import DEFAULT_DRAWS, ablation_check
+from backend.nsa.assemble import TextRecord, VariantRecord, build_result, variant_info
 from backend.nsa.compare import (
     TextObservation,
     assemble_observation,
@@ -24,17 +26,27 @@ from backend.nsa.compare import (
 )
 from backend.nsa.influential import find_word_spans, influential_words
 from backend.nsa.inputs import encode_for_attribution
-from backend.nsa.schema import TextRecord, VariantRecord, build_result, variant_info
+from backend.nsa.matched_null import DEFAULT_NULL_DRAWS
 from backend.nsa.scoring import (
     ACTIVATION_MODES,
     NEGLIGIBLE_FRACTION,
     Selection,
     TextScores,
+    activation_magnitude,
     observe_text,
     score_text,
     select_neurons,
 )
+from backend.nsa.stats import (
+    DEFAULT_RESAMPLES,
+    StatsOptions,
+    make_plan,
+    specificity,
+    variant_statistics,
+)
+from backend.nsa.sums import StateSums, observe_with_sums
 from backend.nsa.tasks import get_task
+from backend.nsa.word_check import occlusion_check
 
 if TYPE_CHECKING:
     from backend.models.loader import LoadedModel
@@ -67,10 +79,18 @@ def _normalise_texts(texts) -> list[dict]:
     return rows
 
 
-def _normalise_words(words, count: int) -> list[list[str] | None]:
-    """None, one list for every text, or one list per text -> one (optional) list per text."""
+def _normalise_words(words, rows: list[dict]) -> list[list[str] | None]:
+    """None, one list for every text, or one list per text -> one (optional) list per text.
+
+    Without ``words``, each text's own ``"words"`` (from a .jsonl line) are used.
+    """
+    count = len(rows)
     if words is None:
-        return [None] * count
+        own = [row.get("words") for row in rows]
+        for i, group in enumerate(own):
+            if group is not None and not (isinstance(group, list) and all(isinstance(w, str) for w in group)):
+                raise UserError(f"text {i}: \"words\" must be a list of strings")
+        return [[w.strip() for w in group if w.strip()] or None if group else None for group in own]
     if isinstance(words, str):
         words = [w for w in words.split(",")]
     if all(isinstance(w, str) for w in words):
@@ -136,6 +156,10 @@ def attribute(
     seed: int = 0,
     progress: Progress | None = None,
     settings=None,
+    split: bool = True,
+    null_draws: int = DEFAULT_NULL_DRAWS,
+    resamples: int = DEFAULT_RESAMPLES,
+    word_check: bool = True,
 ) -> dict:
     """Run NSA on ``texts`` (strings, or dicts with "text" and optionally "label_text").
 
@@ -143,15 +167,22 @@ def attribute(
     text) instead of asking the model. ``variants``: ids of pruned variants of ``loaded``.
     ``explainer``: another LoadedModel that answers step 1. Returns the result dict
     described by ``backend.nsa.schema.NsaResult``. ``settings``: where variants live
-    (default: the environment's settings).
+    (default: the environment's settings). ``split``: cross-fitted held-out figures (>= 4
+    texts); ``null_draws``: matched-null sets (and specificity permutations); ``resamples``:
+    bootstrap resamples for the intervals; all three off = the bare drops, as before.
+    ``word_check``: the step-1 occlusion check of every word.
     """
     started = time.perf_counter()
     spec = get_task(task)
     if activation not in ACTIVATION_MODES:
         raise UserError(f"unknown activation mode {activation!r}: use {' or '.join(ACTIVATION_MODES)}")
     rows = _normalise_texts(texts)
-    word_lists = _normalise_words(words, len(rows))
+    word_lists = _normalise_words(words, rows)
+    if null_draws < 0 or resamples < 0:
+        raise UserError("--null-draws and --resamples must be >= 0")
+    options = StatsOptions(split=split, null_draws=null_draws, resamples=resamples, seed=seed)
     manifests = _manifests(loaded, variants, settings)
+    statistics_on = bool(manifests) and bool(split or null_draws or resamples)  # figures of variants only
     layer_count = len(loaded.adapter.decoder_layers(loaded.model))
     neuron_count = loaded.adapter.neuron_count(loaded.model)
     if not 1 <= top_k <= layer_count * neuron_count:
@@ -180,7 +211,8 @@ def attribute(
             warnings.append(f"text {i}: not in the text, ignored: {', '.join(found.missing)}")
         if found.source.startswith("fallback"):
             warnings.append(f"text {i}: {found.note}")
-        records.append(TextRecord(enc, found, label=None if label is None else str(label)))
+        checks = occlusion_check(loaded, enc.text, found.words, spec, spec.label_index(label)) if word_check else None
+        records.append(TextRecord(enc, found, label=None if label is None else str(label), word_checks=checks))
     timings["step1_words"] = time.perf_counter() - clock
 
     # Step 2 ---------------------------------------------------------------------------------
@@ -190,13 +222,25 @@ def attribute(
         _report(progress, 0.3 + 0.2 * i / len(records), f"scoring neurons on text {i + 1}/{len(records)}")
         scores = score_text(loaded, record.encoded.input_ids, record.influential_mask, record.scored,
                             record.word_tokens, keep=top_k, mode=activation,
-                            negligible_fraction=negligible_fraction)
+                            negligible_fraction=negligible_fraction, with_sums=statistics_on)
         record.eligible_neurons = sum(layer.eligible for layer in scores.layers.values())
         text_scores.append(scores)
     selection = select_neurons([s.scores() for s in text_scores], top_k)
     dense = [_dense_observation(loaded, record, scores, selection, activation)
              for record, scores in zip(records, text_scores, strict=True)]
     timings["step2_scoring"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    plan, dense_sums, neuron_specificity = None, None, None
+    if statistics_on:
+        dense_sums = [_state_sums(scores.layers, layer_count, neuron_count, record)
+                      for scores, record in zip(text_scores, records, strict=True)]
+        plan = make_plan(dense_sums, [s.scores() for s in text_scores], selection, top_k, options)
+    if null_draws:
+        neuron_specificity = specificity(
+            [activation_magnitude(obs.activations, activation) for obs in dense],
+            [r.influential_mask for r in records], [r.scored for r in records],
+            torch.tensor([n.text_scores for n in selection.neurons]).T > 0, draws=null_draws, seed=seed)
+    timings["statistics"] = time.perf_counter() - clock
 
     # Step 3 ---------------------------------------------------------------------------------
     clock = time.perf_counter()
@@ -209,13 +253,26 @@ def attribute(
         for v, manifest in enumerate(manifests):
             _report(progress, 0.5 + 0.3 * v / len(manifests), f"variant {manifest['id']}")
             with variant_applied(loaded, manifest["id"], settings):
-                observations = [
-                    assemble_observation(selection, observe_text(loaded, record.encoded.input_ids, by_layer,
-                                                                 record.word_tokens, activation))
-                    for record in records
-                ]
+                if plan is None:
+                    observations = [
+                        assemble_observation(selection, observe_text(loaded, record.encoded.input_ids, by_layer,
+                                                                     record.word_tokens, activation))
+                        for record in records
+                    ]
+                else:
+                    observations, variant_sums = [], []
+                    for record in records:
+                        observed, sums = observe_with_sums(
+                            loaded, record.encoded.input_ids, by_layer, plan.layers(neuron_count),
+                            record.influential_mask, record.scored, record.word_tokens, activation)
+                        observations.append(assemble_observation(selection, observed))
+                        variant_sums.append(_state_sums(sums, layer_count, neuron_count, record))
                 removed = weights_removed(dense_slices, neuron_weight_slices(loaded, selection))
-            variant_records.append(VariantRecord(variant_info(manifest), observations, removed))
+            stats_clock = time.perf_counter()
+            statistics = None if plan is None else variant_statistics(
+                plan, dense_sums, variant_sums, [[w.word for w in r.influential.words] for r in records], options)
+            timings["statistics"] += time.perf_counter() - stats_clock
+            variant_records.append(VariantRecord(variant_info(manifest), observations, removed, statistics))
     timings["step3_variants"] = time.perf_counter() - clock
 
     ablation = None
@@ -237,14 +294,29 @@ def attribute(
         "max_new_tokens": max_new_tokens,
         "explainer": getattr(explainer, "name", None),
         "long_texts": "truncated to the model's context",
+        "split": split,
+        "null_draws": null_draws,
+        "bootstrap_resamples": resamples,
+        "word_check": word_check,
+    }
+    statistics_settings = None if plan is None else {
+        "confidence": options.confidence, "seed": seed, "interval": "BCa bootstrap over texts (scipy.stats.bootstrap)",
+        "null": f"{null_draws} random neuron sets, same layers and {options.level_bins} per-layer level bins",
+        "folds": [fold.select_on for fold in plan.folds] or None, "held_out_note": plan.held_out_note,
     }
     model_info = {"name": loaded.name, "family": loaded.adapter.family, "layers": layer_count,
                   "neurons_per_layer": neuron_count}
     result = build_result(model=model_info, task=spec, settings=reported_settings, texts=records, selection=selection,
                           dense=dense, variants=variant_records, ablation=ablation, warnings=warnings,
-                          timings=timings)
+                          timings=timings, specificity=neuron_specificity, statistics=statistics_settings)
     _report(progress, 1.0, "done")
     return result
+
+
+def _state_sums(per_layer: dict, layer_count: int, neuron_count: int, record: TextRecord) -> StateSums:
+    """``{layer: LayerScores or LayerSums}`` of one text -> its ``StateSums``."""
+    sums = {layer: getattr(item, "sums", item) for layer, item in per_layer.items()}
+    return StateSums.from_layers(sums, layer_count, neuron_count, len(record.word_tokens))
 
 
 @torch.inference_mode()

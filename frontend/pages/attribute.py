@@ -13,7 +13,7 @@ import streamlit as st
 
 from frontend import ui
 from frontend.links import ViewState
-from frontend.views import nsa_view
+from frontend.views import nsa_stats, nsa_view
 from frontend.views.heatmap import styled_fragment
 
 UPLOAD_TYPES = ["txt", "csv", "jsonl"]
@@ -22,7 +22,7 @@ MAX_VARIANTS = 8
 st.title("Attribute your text")
 st.caption("Which words matter for the task, which neurons fire on them, and what pruning left of those "
            "neurons. Upload .txt (one text per blank-line-separated paragraph), .csv (a `text` column) "
-           "or .jsonl (a `text` field).")
+           "or .jsonl (a `text` field, and optionally that text's own influential `words`).")
 state = ui.view_state()
 api = ui.client()
 
@@ -49,7 +49,11 @@ if mode == "Paste text":
 else:
     uploaded = st.file_uploader("Text file", type=UPLOAD_TYPES, key="at_file")
 
-common = {"model": model, "task": task, "variants": chosen_variants, "top_k": int(top_k), "ablate": ablate}
+split = st.checkbox("Held-out figures (cross-fitting)", value=True, key="at_split",
+                    help="With 4 or more texts, neurons are selected on one half of the texts and measured on the "
+                         "other (both ways): the headline figure is not inflated by the selection")
+common = {"model": model, "task": task, "variants": chosen_variants, "top_k": int(top_k), "ablate": ablate,
+          "split": split}
 if st.button("Run NSA", type="primary", key="at_run"):
     with st.spinner("Running NSA…"):
         if uploaded is not None:
@@ -110,7 +114,7 @@ if st.button("Rerun with these words", key="at_rerun"):
             "model": result["model"]["name"], "texts": [t["text"] for t in texts], "words": words,
             "task": result.get("task", task), "variants": [v["id"] for v in result.get("variants", [])],
             "top_k": int(result.get("settings", {}).get("top_k", top_k)),
-            "ablate": bool(request.get("ablate", False)),
+            "ablate": bool(request.get("ablate", False)), "split": bool(request.get("split", True)),
         }
         with st.spinner("Running NSA with your words…"):
             rerun = ui.fetch(api.nsa, rerun_request, what="NSA")
@@ -130,11 +134,21 @@ if keys:
         st.html(styled_fragment(fragment))
     st.dataframe(nsa_view.neuron_table(result), hide_index=True, key="at_neurons")
 
+if result.get("comparison"):
+    st.markdown("**What pruning did to these neurons**, beyond their layers, with 95% intervals")
+    for line in nsa_stats.headline_lines(result):
+        st.markdown(line)
+    st.dataframe(nsa_stats.statistics_table(result), hide_index=True, key="at_statistics", column_config={
+        c: st.column_config.NumberColumn(format="percent") for c in ("mean", "95% low", "95% high")})
+
 if result.get("ablation"):
     with st.expander("Ablation check"):
         st.json(result["ablation"], expanded=False)
 
-d1, d2, d3 = st.columns(3)
+d1, d2, d3, d4 = st.columns(4)
+if result.get("comparison"):  # intervals exist only where variants were compared
+    d4.download_button("Statistics (CSV)", nsa_stats.statistics_csv(result),
+                       file_name=f"nsa-{result_id}-stats.csv", mime="text/csv", key="at_dl_stats")
 d1.download_button("Result (JSON)", json.dumps(result, indent=1), file_name=f"nsa-{result_id}.json",
                    mime="application/json", key="at_dl_json")
 d2.download_button("Neurons (CSV)", nsa_view.result_csv(result), file_name=f"nsa-{result_id}.csv",

@@ -12,7 +12,7 @@ import streamlit as st
 
 from frontend import ui
 from frontend.links import ViewState, share_url
-from frontend.views import figures, nsa_view
+from frontend.views import figures, nsa_stats, nsa_view
 from frontend.views.heatmap import styled_fragment
 
 MAX_VARIANTS = 8
@@ -160,14 +160,23 @@ if labels:
     st.plotly_chart(figures.activation_loss_figure(points, layers=size.get("layers"),
                                                    neurons_per_layer=size.get("neurons_per_layer")),
                     key="ex_overview_chart")
-    summary = nsa_view.variant_summary(result)
-    st.dataframe(summary.drop(columns=["id"]), hide_index=True, column_config={
-        c: st.column_config.NumberColumn(format="percent") for c in summary.columns if c not in ("variant", "id")})
+    for line in nsa_stats.headline_lines(result):
+        st.markdown(line)
+    with st.expander("All figures with 95% intervals (held-out and in-sample) and per word"):
+        statistics = nsa_stats.statistics_table(result)
+        st.dataframe(statistics, hide_index=True, key="ex_statistics", column_config={
+            c: st.column_config.NumberColumn(format="percent") for c in ("mean", "95% low", "95% high")})
+        st.dataframe(nsa_stats.word_statistics_table(result), hide_index=True, key="ex_word_statistics")
 else:
     st.caption("This result compares no pruned variant: run NSA with variants to see drops.")
 
 st.subheader("Top NSA neurons")
 table = nsa_view.neuron_table(result)
+sort_by = st.radio("Sort by", ["rank", "specificity z"], horizontal=True, key="ex_sort",
+                   help="specificity z: the score against random token sets of the same size in the same "
+                        "texts; low = the neuron fires on everything, not on these words")
+if sort_by != "rank":
+    table = table.sort_values(sort_by, ascending=False, na_position="last", kind="stable")
 st.session_state["ex_table_keys"] = list(zip(table["layer"], table["neuron"], strict=True))
 
 

@@ -116,8 +116,10 @@ def _top_words(neuron: dict, limit: int = 4) -> str:
 
 
 def neuron_table(result: dict) -> pd.DataFrame:
-    """One row per selected neuron: rank, layer, neuron, score, words, then per variant its drop
-    on the influential tokens, the layer's baseline drop and the share of weights removed."""
+    """One row per selected neuron: rank, layer, neuron, score, words, its specificity to the words
+    (z-score and percentile of the score among random token sets of the same size), then per
+    variant its drop on the influential tokens, the layer's baseline drop and the share of
+    weights removed."""
     labels = variant_labels(result)
     records = []
     for neuron in sorted(result.get("neurons", []), key=lambda n: n["rank"]):
@@ -127,6 +129,8 @@ def neuron_table(result: dict) -> pd.DataFrame:
             "neuron": neuron["index"],
             "score": neuron["score"],
             "words": _top_words(neuron),
+            "specificity z": (neuron.get("specificity") or {}).get("z"),
+            "specificity percentile": (neuron.get("specificity") or {}).get("percentile"),
         }
         for vid, label in labels.items():
             info = neuron.get("variants", {}).get(vid)
@@ -135,7 +139,7 @@ def neuron_table(result: dict) -> pd.DataFrame:
             removed = None if info is None else info.get("weights_removed", {}).get("fraction")
             row[f"weights removed · {label}"] = removed
         records.append(row)
-    columns = ["rank", "layer", "neuron", "score", "words"]
+    columns = ["rank", "layer", "neuron", "score", "words", "specificity z", "specificity percentile"]
     for label in labels.values():
         columns += [f"drop · {label}", f"layer baseline · {label}", f"weights removed · {label}"]
     return pd.DataFrame.from_records(records, columns=columns)
@@ -205,8 +209,11 @@ def influential_words_table(result: dict) -> pd.DataFrame:
                 "source": influential.get("source"),
                 "occurrences": len(word.get("spans", [])),
                 "tokens": len(word.get("tokens", [])),
+                "margin change": word.get("margin_change"),
+                "no effect": word.get("no_effect"),
             })
-    return pd.DataFrame(rows, columns=["text", "word", "source", "occurrences", "tokens"])
+    return pd.DataFrame(rows, columns=["text", "word", "source", "occurrences", "tokens", "margin change",
+                                       "no effect"])
 
 
 def words_of_text(result: dict, text_index: int) -> list[str]:

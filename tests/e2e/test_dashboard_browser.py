@@ -23,6 +23,26 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 ARTIFACTS = REPO / "test-artifacts"
 TEXT = "The plot was painfully slow, but the acting was beautiful."
 UPLOAD = "A warm, funny and moving film.\n\nDull, lifeless and far too long.\n"
+# Four texts with their own words: the result is cross-fitted (held-out figures).
+MORE_TEXTS = ["A warm, funny and moving film.", "Dull, lifeless and far too long.",
+              "An honest and beautiful story, quietly told."]
+TEXT_WORDS = [["painfully", "beautiful"], ["warm", "funny"], ["Dull", "lifeless"], ["honest", "beautiful"]]
+
+
+def _untouched_variant(cache) -> str:
+    """A variant with nothing pruned (written into the server's cache): its excess drop is 0, so the
+    dashboard must call it not distinguishable from the baseline."""
+    import torch
+
+    from backend.config import Settings
+    from backend.models.embedded import EMBEDDED_NAME
+    from backend.pruning.variants import write_variant
+
+    write_variant("untouched", {"base_model": EMBEDDED_NAME, "method": "none", "calibration": None, "sparsity": "0",
+                                "achieved_sparsity": {"overall": 0.0, "per_linear": {}}},
+                  masks={"model.layers.0.mlp.up_proj.weight": torch.zeros(1536, 576, dtype=torch.bool)},
+                  settings=Settings(cache_dir=cache))
+    return "untouched"
 
 
 def _requirements() -> str | None:
@@ -47,7 +67,9 @@ def test_shared_explorer_link_and_uploaded_attribution_in_chromium(tmp_path, emb
     def phase(name: str) -> None:
         print(f"[e2e] {time.monotonic() - started:6.1f} s  {name}", flush=True)
 
-    with running_servers(isolated_cache(tmp_path), ARTIFACTS / "e2e-logs") as (api, dashboard):
+    cache = isolated_cache(tmp_path)
+    untouched = _untouched_variant(cache)
+    with running_servers(cache, ARTIFACTS / "e2e-logs") as (api, dashboard):
         phase("backend and dashboard up")
         # A real variant (magnitude: no calibration pass, seconds on CPU) and a stored NSA result to
         # share (the user's words: no generation needed).
@@ -56,7 +78,8 @@ def test_shared_explorer_link_and_uploaded_attribution_in_chromium(tmp_path, emb
         assert job["state"] == "succeeded", job
         variant = job["result"]["variant_id"]
         phase(f"variant {variant} pruned")
-        envelope = api.nsa({"text": TEXT, "words": ["painfully", "beautiful"], "variants": [variant], "top_k": 5})
+        envelope = api.nsa({"texts": [TEXT, *MORE_TEXTS], "text_words": TEXT_WORDS, "variants": [variant, untouched],
+                            "top_k": 5})
         result = envelope["result"]
         top = min(result["neurons"], key=lambda n: n["rank"])
         phase("NSA result stored")
@@ -84,6 +107,11 @@ def test_shared_explorer_link_and_uploaded_attribution_in_chromium(tmp_path, emb
                 hover = heatmap.locator("tr").nth(1).locator("td").nth(1).get_attribute("title")
                 assert "magnitude 0.5" in hover and "dense" in hover and "drop" in hover  # exact value + drop
                 expect(page.get_by_text(f"layer {top['layer']}, neuron {top['index']}").first).to_be_visible()
+                # The held-out headline with its interval; the untouched variant's excess is labelled.
+                expect(page.get_by_text("held-out excess drop").first).to_be_visible(timeout=30_000)
+                expect(page.get_by_text("not distinguishable from the baseline").first).to_be_visible()
+                expect(page.get_by_text("In-sample (neurons selected and measured on the same texts").first
+                       ).to_be_visible()
                 page.screenshot(path=str(ARTIFACTS / "e2e-explorer.png"), full_page=True)
                 phase("explorer opened from the shared link")
 

@@ -7,16 +7,11 @@ import json
 import pytest
 import torch
 
+from backend.nsa.assemble import TextRecord, VariantRecord, build_result
 from backend.nsa.capture import EncodedText
 from backend.nsa.compare import TextObservation, compare_text, heatmap, weights_removed
 from backend.nsa.influential import InfluentialWords, WordLocation
-from backend.nsa.schema import (
-    SCHEMA_VERSION,
-    TextRecord,
-    VariantRecord,
-    build_result,
-    validate_result,
-)
+from backend.nsa.schema import SCHEMA_VERSION, validate_result
 from backend.nsa.scoring import LayerMass, SelectedNeuron, Selection
 from backend.nsa.tasks import get_task
 

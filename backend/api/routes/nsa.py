@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 from fastapi import APIRouter, File, Form, Path, Query, UploadFile
 from fastapi.responses import Response
 
-from backend.api.nsa_results import request_id
+from backend.api.nsa_results import marked_if_stale, request_id
 from backend.api.schemas import (
     MAX_NSA_TEXTS,
     MAX_VARIANTS,
@@ -25,7 +25,12 @@ from backend.api.schemas import (
     NsaSummary,
 )
 from backend.api.state import ApiState, State
-from backend.api.uploads import UploadTooLargeError, display_name, texts_from_upload
+from backend.api.uploads import (
+    UploadTooLargeError,
+    display_name,
+    records_from_upload,
+    words_from_records,
+)
 from backend.errors import UserError
 
 if TYPE_CHECKING:
@@ -50,6 +55,7 @@ def run_attribution(loaded: LoadedModel, request: dict, settings) -> dict:
         variants=tuple(request["variants"]),
         top_k=request["top_k"],
         ablate=request["ablate"],
+        split=request.get("split", True),
         settings=settings,
     )
 
@@ -59,11 +65,12 @@ def normalised_request(
     *,
     model: str | None,
     texts: list[str],
-    words: list[str] | None,
+    words: list[str] | list[list[str]] | None,
     task: str,
     variants: list[str],
     top_k: int,
     ablate: bool,
+    split: bool = True,
 ) -> dict:
     """Validate names and ids and put the request in the canonical form its result id hashes."""
     from backend.nsa.tasks import get_task
@@ -88,6 +95,8 @@ def normalised_request(
         "variants": chosen,
         "top_k": top_k,
         "ablate": ablate,
+        # Only when turned off, so that default requests keep their canonical form.
+        **({} if split else {"split": False}),
     }
 
 
@@ -148,11 +157,12 @@ def build_router(max_upload_bytes: int) -> APIRouter:
             state,
             model=body.model,
             texts=body.all_texts(),
-            words=body.words,
+            words=body.all_words(),
             task=body.task,
             variants=body.variants,
             top_k=body.top_k,
             ablate=body.ablate,
+            split=body.split,
         )
         return Response(attribute_or_reuse(state, request), media_type=JSON)
 
@@ -179,6 +189,9 @@ def build_router(max_upload_bytes: int) -> APIRouter:
         ] = None,
         top_k: Annotated[int, Form(ge=1, le=500, description="Neurons selected by score.")] = 20,
         ablate: Annotated[bool, Form(description="Also run the ablation check.")] = False,
+        split: Annotated[
+            bool, Form(description="Cross-fitted held-out figures (>= 4 texts).")
+        ] = True,
         model: Annotated[
             str | None, Form(max_length=300, description="Dense model; default: the server's.")
         ] = None,
@@ -189,16 +202,19 @@ def build_router(max_upload_bytes: int) -> APIRouter:
                 f"{display_name(file.filename)}: larger than the upload limit of "
                 f"{max_upload_bytes} bytes"
             )
-        texts = texts_from_upload(file.filename, raw, max_texts=MAX_NSA_TEXTS)
+        records = records_from_upload(file.filename, raw, max_texts=MAX_NSA_TEXTS)
+        texts = [record["text"] for record in records]
         request = normalised_request(
             state,
             model=model,
             texts=texts,
-            words=_comma_list(words, "words", MAX_WORDS) or None,
+            words=_comma_list(words, "words", MAX_WORDS)
+            or words_from_records(records),
             task=task,
             variants=_comma_list(variants, "variants", MAX_VARIANTS),
             top_k=top_k,
             ablate=ablate,
+            split=split,
         )
         return Response(attribute_or_reuse(state, request), media_type=JSON)
 
@@ -209,6 +225,8 @@ def build_router(max_upload_bytes: int) -> APIRouter:
         ],
         state: State,
     ) -> Response:
-        return Response(state.nsa_results.require_bytes(result_id), media_type=JSON)
+        return Response(
+            marked_if_stale(state.nsa_results.require_bytes(result_id)), media_type=JSON
+        )
 
     return router
