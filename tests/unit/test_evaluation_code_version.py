@@ -10,7 +10,7 @@ import pytest
 
 from backend.evaluation import code_version
 from backend.evaluation.code_version import EVALUATION_SOURCES, evaluation_code_version
-from backend.evaluation.runner import evaluate, harness_version
+from backend.evaluation.runner import DEFAULT_SAMPLE_SEED, evaluate, harness_version
 from backend.evaluation.store import DENSE, ResultKey, ResultsStore
 from backend.evaluation.tables import latest_results
 from tests.conftest import tiny_loaded
@@ -26,7 +26,8 @@ def store(isolated_cache, monkeypatch) -> ResultsStore:
 
 def test_a_result_from_other_code_is_stale_and_computed_again(store):
     loaded = tiny_loaded("llama", seed=2)
-    old = ResultKey(loaded.name, DENSE, "sst2", 6, "packaged", harness_version(), "0123456789ab")
+    old = ResultKey(loaded.name, DENSE, "sst2", 6, "packaged", harness_version(), DEFAULT_SAMPLE_SEED,
+                    code_version="0123456789ab")  # the same examples, other code
     store.put(old, n_examples=6, metrics=PLANTED)
     assert store.get(old).stale and store.get(old).to_json()["stale"] is True
 

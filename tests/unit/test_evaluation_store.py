@@ -108,7 +108,7 @@ def test_sweep_cells_upsert(tmp_path):
     assert cells["m|dense"]["detail"] == {"computed": 2}
 
 
-def test_a_schema_1_store_is_upgraded_and_its_first_rows_runs_are_not_taken_for_samples(tmp_path):
+def test_a_schema_1_store_is_upgraded_its_rows_stale_and_first_rows_runs_never_samples(tmp_path):
     path = tmp_path / "results.db"
     with sqlite3.connect(path) as conn:  # the schema-1 results table, one limited and one whole run
         conn.execute("CREATE TABLE results (id INTEGER PRIMARY KEY, base_model TEXT NOT NULL, variant_id TEXT "
@@ -122,10 +122,12 @@ def test_a_schema_1_store_is_upgraded_and_its_first_rows_runs_are_not_taken_for_
                          "'{\"acc,none\": 0.5}', 'then')", (limit,))
     store = ResultsStore(path)
     assert store.count() == 2
-    assert store.get(_key(limit=None)).metric() == 0.5  # the whole split is the whole split
-    assert store.get(_key()) is None  # limit 40 with the default seed: not the first 40 rows
-    [first_rows] = [r for r in store.results() if r.key.limit == 40]
-    assert first_rows.key.sample_seed == -2
+    # Nothing says which code computed schema-1 rows: kept and listed as stale, never served.
+    assert store.get(_key(limit=None)) is None and store.get(_key()) is None
+    old = {r.key.limit: r for r in store.results()}
+    assert all(r.stale and r.key.code_version == "" for r in old.values())
+    assert old[None].metric() == 0.5
+    assert old[40].key.sample_seed == -2  # the first 40 rows, never taken for a seeded sample
     store.put(ResultKey("tiny", DENSE, "sst2", 40, "packaged", "0.4.13", 1234), n_examples=40,
               metrics=METRICS, outcomes={"acc": {3: 1.0, 9: 0.0}})
     assert store.count() == 3
