@@ -8,6 +8,7 @@ next layer's inputs. All hooks go through ``backend.models.hooks``.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -67,26 +68,49 @@ def same_arguments(first, second) -> bool:
         return False
 
 
+# (model, tokens per window) -> whether every layer gets layer 0's arguments; found once per model.
+_SHARED_ARGUMENTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def layers_share_arguments(model: nn.Module, layers: nn.ModuleList, window: torch.Tensor) -> bool:
+    """Whether every decoder layer receives the call arguments layer 0 receives.
+
+    Hugging Face configs declare per-layer differences as ``layer_types`` (Gemma 2/3: sliding
+    vs global attention); where declared, that decides. Otherwise one window ([1, tokens]) is
+    run through the layers and their recorded arguments compared (once per model and length).
+    """
+    declared = getattr(getattr(model, "config", None), "layer_types", None)
+    if declared:
+        return len(set(declared)) == 1
+    verdicts = _SHARED_ARGUMENTS.setdefault(model, {})
+    if window.shape[-1] not in verdicts:
+        verdicts[window.shape[-1]] = probe_shared_arguments(model, layers, window)
+    return verdicts[window.shape[-1]]
+
+
+def probe_shared_arguments(model: nn.Module, layers: nn.ModuleList, window: torch.Tensor) -> bool:
+    """Run ``window`` ([1, tokens]) through the layers: do they all get layer 0's arguments?"""
+    _, calls = _recorded_calls(model, layers, window, len(layers) - 1)
+    return all(same_arguments(call, calls[0]) for call in calls[1:])
+
+
 def capture_decoder_inputs(model: nn.Module, layers: nn.ModuleList, batches: list[torch.Tensor],
                            store_device: torch.device) -> tuple[list[torch.Tensor], list[list[LayerCall]]]:
     """Hidden states entering layer 0 per batch, and each layer's own call arguments per batch.
 
     Masks and rotary embeddings can differ per layer (Gemma's sliding-window layers), so each
-    layer's arguments are recorded by forward-pre-hooks. Every batch runs to layer 0 only (the
-    embeddings' cost). One window of the first batch is then run through every layer: where all
-    layers receive what layer 0 receives (LLaMA, OPT, GPT-2 ...), each batch's layer-0
-    arguments serve every layer; otherwise each batch is run through the dense layers once to
-    record its own per-layer arguments.
+    layer's arguments are recorded by forward-pre-hooks. Where all layers receive what layer 0
+    receives (LLaMA, OPT, GPT-2 ...; ``layers_share_arguments``), every batch runs to layer 0
+    only (the embeddings' cost) and its layer-0 arguments serve every layer; otherwise each
+    batch is run through the dense layers once to record its own per-layer arguments.
     """
     hidden_inputs: list[torch.Tensor] = []
     calls: list[list[LayerCall]] = []
-    _, probe_calls = _recorded_calls(model, layers, batches[0][:1], len(layers) - 1)
-    uniform = all(same_arguments(call, probe_calls[0]) for call in probe_calls[1:])
+    shared = layers_share_arguments(model, layers, batches[0][:1])
     for input_ids in batches:
-        last = 0 if uniform else len(layers) - 1
-        hidden, batch_calls = _recorded_calls(model, layers, input_ids, last)
+        hidden, batch_calls = _recorded_calls(model, layers, input_ids, 0 if shared else len(layers) - 1)
         hidden_inputs.append(hidden.to(store_device))
-        calls.append(batch_calls * len(layers) if uniform else batch_calls)
+        calls.append(batch_calls * len(layers) if shared else batch_calls)
     return hidden_inputs, calls
 
 

@@ -10,7 +10,13 @@ from transformers import Gemma2Config, Gemma2ForCausalLM
 from backend.errors import UserError
 from backend.models.adapters import adapter_for, weight_matrix
 from backend.models.hooks import StopForward, call_until_stopped, neuron_hooks, pre_hooks
-from backend.pruning.layers import capture_decoder_inputs, same_arguments
+from backend.pruning.layers import (
+    capture_decoder_inputs,
+    layers_share_arguments,
+    probe_shared_arguments,
+    same_arguments,
+)
+from tests.conftest import build_tiny_model
 from tests.unit.test_capture import _hand_neurons, _mlp_entry
 
 
@@ -137,3 +143,8 @@ def test_each_layer_gets_its_own_arguments_where_they_differ():
             expected = {k: v for k, v in recorded[index][1].items() if k != "hidden_states"}
             assert same_arguments(calls[batch][index].kwargs, expected), (batch, index)
         assert not same_arguments(calls[batch][0].kwargs, calls[batch][1].kwargs)
+    # Where a config does not declare layer types, a one-window probe finds the difference itself.
+    assert not layers_share_arguments(model, layers, batches[0][:1])  # declared
+    assert not probe_shared_arguments(model, layers, batches[0][:1])  # found
+    llama = build_tiny_model("llama")
+    assert layers_share_arguments(llama, llama.model.layers, batches[0][:1])  # probed, undeclared
