@@ -214,7 +214,8 @@ def backend_command(port: int, log_level: str = "warning") -> list[str]:
 
 def dashboard_command(port: int) -> list[str]:
     return [sys.executable, "-m", "streamlit", "run", str(APP_PATH), "--server.address=127.0.0.1",
-            f"--server.port={port}", "--server.headless=true", "--browser.gatherUsageStats=false"]
+            f"--server.port={port}", "--server.headless=true", "--browser.gatherUsageStats=false",
+            "--client.toolbarMode=viewer"]  # no "Deploy" button
 
 
 def dashboard_env(backend_url: str) -> dict[str, str]:
