@@ -145,3 +145,40 @@ def test_cli_figure_bad_input(stored_result, tmp_path, capsys, argv, needle):
 def test_cli_figure_unknown_result(isolated_cache, tmp_path, capsys):
     assert main(["figure", "nosuchresult", "--neuron", "1:5", "--out", str(tmp_path / "f.pdf")]) == 2
     assert re.search(r"unknown NSA result 'nosuchresult'", capsys.readouterr().err)
+
+
+# ----------------------------------------------------------------------------- display helpers
+
+
+def test_drops_read_as_percentages_and_far_negative_ones_as_fires_more():
+    from frontend.views.display import format_drop, format_percent
+
+    assert format_drop(0.4931) == "49.3%"
+    assert format_drop(-0.25) == "-25.0%"
+    assert format_drop(-1.0) == "-100.0%"
+    assert format_drop(-4.9263) == "fires 5.9\u00d7 more"  # |pruned| / |dense| = 1 - drop
+    assert format_drop(None) == "" and format_drop(float("nan")) == ""
+    assert format_percent(0.5) == "50.0%"
+
+
+def test_readable_tables_have_no_raw_keys():
+    from frontend.views import nsa_view
+    from frontend.views.display import DROP_KEYS, readable_neuron_table, readable_table
+
+    summary = nsa_view.variant_summary(_nsa_result()).drop(columns=["id"])
+    shown = readable_table(summary, drops=DROP_KEYS, percents=["excess_drop"])
+    assert not {"drop_influential", "baseline_all_neurons", "excess_drop"} & set(shown.columns)
+    assert shown["drop on influential words (%)"].tolist() == ["40.0%", "20.0%"]
+    neurons = readable_neuron_table(nsa_view.neuron_table(_nsa_result()))
+    assert neurons["drop (%) · wanda 0.5 · c4"].tolist() == ["50.0%", ""]  # a missing drop stays blank
+    assert neurons["weights removed (%) · wanda 0.5 · sst2"].tolist() == ["40.0%", "50.0%"]
+
+
+def test_calibration_sets_offline_first_and_hub_ones_marked_or_withheld():
+    from frontend.views.display import calibration_choices
+
+    rows = [{"name": "c4", "offline": False, "available": False}, {"name": "lambada", "offline": True},
+            {"name": "wikitext2", "offline": False, "available": True}, {"name": "sst2", "offline": True}]
+    names, labels, unavailable = calibration_choices(rows)
+    assert names == ["lambada", "sst2", "wikitext2"] and unavailable == ["c4"]
+    assert labels["wikitext2"] == "wikitext2 (needs the model hub)" and labels["sst2"] == "sst2"
