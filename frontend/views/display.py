@@ -65,26 +65,18 @@ def format_drop(value, digits: int = 1) -> str:
     return text
 
 
-def format_drop_columns(frame: pd.DataFrame, columns: Iterable[str]) -> pd.DataFrame:
-    """A copy with ``columns`` (drops) as text (``format_drop``) and the others untouched."""
+def format_columns(frame: pd.DataFrame, columns: Iterable[str], formatter) -> pd.DataFrame:
+    """A copy with ``columns`` turned into text by ``formatter`` and the others untouched."""
     shown = frame.copy()
     for column in columns:
         if column in shown.columns:
-            shown[column] = [format_drop(value) for value in shown[column]]
-    return shown
-
-
-def format_percent_columns(frame: pd.DataFrame, columns: Iterable[str]) -> pd.DataFrame:
-    shown = frame.copy()
-    for column in columns:
-        if column in shown.columns:
-            shown[column] = [format_percent(value) for value in shown[column]]
+            shown[column] = [formatter(value) for value in shown[column]]
     return shown
 
 
 def readable_table(frame: pd.DataFrame, *, drops: Sequence[str] = (), percents: Sequence[str] = ()) -> pd.DataFrame:
-    """Drops and percentages formatted, then the columns renamed for people."""
-    return human_columns(format_percent_columns(format_drop_columns(frame, drops), percents))
+    """Drops (``format_drop``) and percentages formatted, then the columns renamed for people."""
+    return human_columns(format_columns(format_columns(frame, drops, format_drop), percents, format_percent))
 
 
 def readable_neuron_table(table: pd.DataFrame) -> pd.DataFrame:
