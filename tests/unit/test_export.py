@@ -230,3 +230,22 @@ def _logits_with_variant(loaded, variant_id: str) -> torch.Tensor:
 
     with variant_applied(loaded, variant_id):
         return _logits(loaded.model)
+
+
+def test_structured_variant_exports_full_shapes_with_zeroed_neurons(isolated_cache, tiny_model_dir,
+                                                                     calibration_file, tmp_path, capsys):
+    model_dir = tiny_model_dir("opt")
+    loaded = load_model(str(model_dir))
+    variant_id = create_variant(loaded, PruneConfig(method="mi", calibration=calibration_file,
+                                                    spec=SparsitySpec.neurons(0.25), nsamples=4,
+                                                    seqlen=32)).variant_id
+    out = tmp_path / "mi"
+    assert main(["export", variant_id, "--out", str(out)]) == 0
+    exported = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert exported.config.ffn_dim == 64  # not shrunk yet: see shrink_structured_if_available
+    for layer in exported.model.decoder.layers:
+        assert int((layer.fc2.weight == 0).all(dim=0).sum()) == 16  # 25 % of 64 neurons zeroed
+    assert torch.equal(_logits(exported), _logits(load_variant(str(model_dir.resolve()), variant_id).model.eval()))
+    assert "Structured variant" in (out / "README.md").read_text()
+    assert main(["export", variant_id, "--out", str(tmp_path / "ct"), "--format", "compressed-tensors"]) == 2
+    assert "structured" in capsys.readouterr().err

@@ -471,7 +471,8 @@ def test_the_dashboard_imports_neither_torch_nor_the_backend():
         "sys.meta_path.insert(0, Block())\n"
         "import frontend.client, frontend.links, frontend.ui, frontend.demo\n"
         "import frontend.views.heatmap, frontend.views.nsa_view, frontend.views.figures\n"
-        "import frontend.views.tables, frontend.views.jobs_view\n"
+        "import frontend.views.tables, frontend.views.jobs_view, frontend.views.display\n"
+        "import frontend.views.static_figures\n"
         "print('ok')\n"
     )
     done = subprocess.run([sys.executable, "-c", probe], check=False, cwd=REPO, capture_output=True, text=True, timeout=120)
