@@ -15,6 +15,7 @@ METHODS = ("wanda", "sparsegpt", "ria", "magnitude", "mi")
 REFRESH_S = 2.0
 SUBMITTED_KEY = "jobs_last_submitted"  # the last job this session queued
 SHOWN_FAILURES = 10
+DEFAULT_CALIBRATION = "lambada"  # general text that ships with the install (works offline)
 
 st.title("Variants & jobs")
 ui.how_to_read("jobs")
@@ -34,6 +35,8 @@ with prune_column, st.form("prune_form"):
     st.subheader("Prune")
     method = st.selectbox("Method", METHODS, key="jobs_method")
     calibration = st.selectbox("Calibration set", calibration_sets, key="jobs_calibration",
+                               index=calibration_sets.index(DEFAULT_CALIBRATION)
+                               if DEFAULT_CALIBRATION in calibration_sets else 0,
                                format_func=lambda name: calibration_labels.get(name, name),
                                help="Sets that ship with the install come first and work offline")
     if unreachable_sets:

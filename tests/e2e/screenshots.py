@@ -41,7 +41,9 @@ def shoot(dashboard: str, backend: str, target: Path) -> list[Path]:
             for name, url in pages.items():
                 page.goto(url)
                 page.get_by_test_id("stSidebarNav").wait_for(timeout=60_000)
-                page.wait_for_timeout(4_000)  # let the page's requests finish
+                page.wait_for_timeout(4_000)  # let the page's requests start
+                # The status widget ("Running… Stop") shows while the page script runs.
+                page.get_by_test_id("stStatusWidget").wait_for(state="detached", timeout=180_000)
                 if page.get_by_test_id("stPlotlyChart").count():
                     page.locator("[data-testid=stPlotlyChart] .main-svg").first.wait_for(timeout=30_000)
                 page.wait_for_timeout(2_000)
