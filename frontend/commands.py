@@ -38,6 +38,9 @@ def sentences(api, dataset: str, n: int, seed: int = 0) -> list[str]:
         return []
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def _interrupt(_signum, _frame) -> None:
     raise KeyboardInterrupt
 
@@ -75,8 +78,10 @@ def _demo(parser: argparse.ArgumentParser):
         plan = DemoPlan(model=args.model, general_calibration=args.general_calibration,
                         task_calibration=args.task_calibration, nsamples=args.nsamples, seqlen=args.seqlen,
                         tasks=tasks, limit=args.limit, nsa_texts=args.texts)
-        # `kill` and a closed terminal stop the servers too, not only Ctrl-C.
-        for stop_signal in (signal.SIGTERM, signal.SIGHUP):
+        # Our own handlers, not the inherited disposition: a parent that ignores SIGINT (nohup, a
+        # background job, a runner) would otherwise make Ctrl-C do nothing while both servers run.
+        # `kill` and a closed terminal stop the servers too.
+        for stop_signal in STOP_SIGNALS:
             signal.signal(stop_signal, _interrupt)
         cache_dir = Path(os.environ.get("PRUNELENS_CACHE_DIR", "models_cache"))
         servers = DemoServers(free_port(args.backend_port), free_port(args.port), cache_dir / "demo-logs")

@@ -215,7 +215,8 @@ def backend_command(port: int, log_level: str = "warning") -> list[str]:
 
 def dashboard_command(port: int) -> list[str]:
     return [sys.executable, "-m", "streamlit", "run", str(APP_PATH), "--server.address=127.0.0.1",
-            f"--server.port={port}", "--server.headless=true", "--browser.gatherUsageStats=false"]
+            f"--server.port={port}", "--server.headless=true", "--browser.gatherUsageStats=false",
+            "--client.toolbarMode=viewer"]  # no "Deploy" button
 
 
 def dashboard_env(backend_url: str) -> dict[str, str]:
@@ -225,16 +226,19 @@ def dashboard_env(backend_url: str) -> dict[str, str]:
             "PYTHONPATH": f"{root}{os.pathsep}{path}" if path else root}
 
 
-def stop(process: subprocess.Popen | None, timeout_s: float = 10.0) -> None:
-    """Terminate a server we started (SIGTERM, then SIGKILL after ``timeout_s``)."""
-    if process is None or process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout_s)
+def stop(processes: Sequence[subprocess.Popen | None], grace_s: float = 6.0) -> None:
+    """Terminate servers we started: SIGTERM to all at once, SIGKILL to any still running after
+    ``grace_s`` in total, so stopping both takes at most a few seconds more than ``grace_s``."""
+    running = [process for process in processes if process is not None and process.poll() is None]
+    for process in running:
+        process.terminate()
+    deadline = time.monotonic() + grace_s
+    for process in running:
+        try:
+            process.wait(max(deadline - time.monotonic(), 0.01))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5.0)
 
 
 def http_ok(url: str, timeout_s: float = 2.0) -> bool:
@@ -279,5 +283,4 @@ class DemoServers:
         return all(p is not None and p.poll() is None for p in (self.backend, self.dashboard))
 
     def stop(self) -> None:
-        stop(self.dashboard)
-        stop(self.backend)
+        stop([self.dashboard, self.backend])

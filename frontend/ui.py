@@ -124,3 +124,27 @@ def checked_nsa_result(result_id: str) -> tuple[dict, dict]:
         st.error(problem)
         st.stop()
     return envelope, envelope["result"]
+
+
+def how_to_read(page: str) -> None:
+    """The page's short "how to read this", folded under the title."""
+    from frontend.views.display import HOW_TO_READ
+
+    with st.expander("How to read this", icon=":material/help:"):
+        st.markdown(HOW_TO_READ[page])
+
+
+def figure_downloads(build: Callable[[], Any], name: str, *, key: str) -> None:
+    """SVG and PDF buttons for a matplotlib figure that is built only when one is clicked.
+
+    ``build`` returns the figure (``frontend.views.static_figures``); it runs off the page
+    script, on Streamlit's download thread, so drawing the page costs nothing.
+    """
+    from frontend.views.static_figures import FIGURE_FORMATS, MIME_TYPES, figure_bytes
+
+    columns = st.columns([1] * len(FIGURE_FORMATS) + [6])  # buttons side by side, at the left
+    for figure_format, column in zip(FIGURE_FORMATS, columns, strict=False):
+        column.download_button(f"{figure_format.upper()}", data=lambda f=figure_format: figure_bytes(build(), f),
+                               file_name=f"{name}.{figure_format}", mime=MIME_TYPES[figure_format],
+                               key=f"{key}_{figure_format}", on_click="ignore", icon=":material/download:",
+                               help=f"Download this figure as {figure_format.upper()} (vector, fonts embedded)")

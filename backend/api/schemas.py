@@ -76,6 +76,10 @@ class CalibrationSet(BaseModel):
     labelled_splits: list[str] = Field(
         description="Splits with labelled examples (for NSA samples)."
     )
+    available: bool = Field(
+        default=True,
+        description="Usable now: offline, or the model hub answered (checked at most once a minute).",
+    )
 
 
 class EvalTaskInfo(BaseModel):

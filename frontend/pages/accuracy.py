@@ -10,7 +10,7 @@ import streamlit as st
 
 from frontend import ui
 from frontend.links import ViewState
-from frontend.views import figures, tables
+from frontend.views import display, figures, static_figures, tables
 
 KINDS = {
     "task-calibration": "Task x calibration set (mean over methods and sparsities)",
@@ -23,6 +23,7 @@ KINDS = {
 METRICS = ("acc,none", "acc_norm,none", "f1,none", "mcc,none")
 
 st.title("Accuracy tables")
+ui.how_to_read("accuracy")
 state = ui.view_state()
 api = ui.client()
 
@@ -40,7 +41,7 @@ model = None if model_choice == "all models" else model_choice
 task = None
 if kind == "model-calibration":
     task = ui.pick("Task", task_names, state.task or "sst2", key="acc_task", container=c3)
-metric = c4.selectbox("Metric", METRICS, key="acc_metric")
+metric = c4.selectbox("Metric", METRICS, key="acc_metric", format_func=display.column_label)
 ui.publish(ViewState(kind=kind, model=model, task=task))
 
 payload = ui.fetch(api.table, kind, model=model, task=task, metric=metric, what=f"table {kind}")
@@ -69,4 +70,6 @@ if lines.empty:
     st.caption("No stored evaluation with this metric yet.")
 else:
     st.plotly_chart(figures.accuracy_sparsity_figure(lines), key="acc_lines")
+    ui.figure_downloads(lambda: static_figures.accuracy_sparsity_static(lines), "accuracy-vs-sparsity",
+                        key="acc_lines_figure")
     st.caption("Mean over methods and calibration sets; dense at 0 %. Diamonds: semi-structured N:M.")

@@ -13,7 +13,7 @@ import streamlit as st
 
 from frontend import ui
 from frontend.links import ViewState
-from frontend.views import nsa_stats, nsa_view
+from frontend.views import display, nsa_stats, nsa_view, static_figures
 from frontend.views.heatmap import styled_fragment
 
 UPLOAD_TYPES = ["txt", "csv", "jsonl"]
@@ -23,6 +23,7 @@ st.title("Attribute your text")
 st.caption("Which words matter for the task, which neurons fire on them, and what pruning left of those "
            "neurons. Upload .txt (one text per blank-line-separated paragraph), .csv (a `text` column) "
            "or .jsonl (a `text` field, and optionally that text's own influential `words`).")
+ui.how_to_read("attribute")
 state = ui.view_state()
 api = ui.client()
 
@@ -132,7 +133,10 @@ if keys:
     fragment = nsa_view.neuron_heatmap_html(result, text_pick, neuron_pick[0], neuron_pick[1])
     if fragment:
         st.html(styled_fragment(fragment))
-    st.dataframe(nsa_view.neuron_table(result), hide_index=True, key="at_neurons")
+    ui.figure_downloads(lambda: static_figures.neuron_heatmap_static(result, text_pick, *neuron_pick),
+                        f"heatmap-{result_id}-L{neuron_pick[0]}-N{neuron_pick[1]}-text{text_pick}",
+                        key="at_heatmap_figure")
+    st.dataframe(display.readable_neuron_table(nsa_view.neuron_table(result)), hide_index=True, key="at_neurons")
 
 if result.get("comparison"):
     st.markdown("**What pruning did to these neurons**, beyond their layers, with 95% intervals")

@@ -14,7 +14,7 @@ import streamlit as st
 from frontend import ui
 from frontend.client import BackendError
 from frontend.links import ViewState
-from frontend.views import advice_view, jobs_view, nsa_view, tables
+from frontend.views import advice_view, display, jobs_view, nsa_view, tables
 from frontend.views.heatmap import styled_fragment
 
 MAX_VARIANTS = 8
@@ -26,6 +26,7 @@ SAMPLE_TEXT = "It's a charming and often affecting journey, though the ending fe
 st.title("Calibration side by side")
 st.caption("Variants that differ only in their calibration set, in columns: the same neuron on the same "
            "text, the per-word drops, and accuracy per task next to the dense model.")
+ui.how_to_read("calibration")
 state = ui.view_state()
 api = ui.client()
 
@@ -126,11 +127,10 @@ for variant, column in zip(columns, st.columns(len(columns)), strict=True):
         label = labels[variant["id"]]
         wanted_columns = ["word", f"drop · {label}", f"baseline · {label}"]
         if not drops.empty and all(c in drops.columns for c in wanted_columns):
-            st.dataframe(drops[wanted_columns].rename(columns={wanted_columns[1]: "drop",
-                                                              wanted_columns[2]: "all-neuron baseline"}),
-                         hide_index=True, key=f"cal_drops_{variant['id']}",
-                         column_config={c: st.column_config.NumberColumn(format="percent")
-                                        for c in ("drop", "all-neuron baseline")})
+            shown = drops[wanted_columns].rename(columns={wanted_columns[1]: "drop (%)",
+                                                          wanted_columns[2]: "all-neuron baseline (%)"})
+            st.dataframe(display.readable_table(shown, drops=["drop (%)", "all-neuron baseline (%)"]),
+                         hide_index=True, key=f"cal_drops_{variant['id']}")
         comparison = ui.fetch(api.compare, model, variant["id"], what="accuracy against dense") or []
         accuracy = tables.comparison_frame(comparison)
         if accuracy.empty:

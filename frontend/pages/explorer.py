@@ -12,7 +12,7 @@ import streamlit as st
 
 from frontend import ui
 from frontend.links import ViewState, share_url
-from frontend.views import figures, nsa_stats, nsa_view
+from frontend.views import display, figures, nsa_stats, nsa_view, static_figures
 from frontend.views.heatmap import styled_fragment
 
 MAX_VARIANTS = 8
@@ -20,6 +20,7 @@ MAX_VARIANTS = 8
 st.title("Neuron explorer")
 st.caption("Which neurons fire on a text's influential words, and what pruning left of them. "
            "Colours: blue < 0 < red, one scale per neuron fixed by the dense model.")
+ui.how_to_read("explorer")
 state = ui.view_state()
 api = ui.client()
 
@@ -142,6 +143,9 @@ if fragment is None:
     st.warning(f"Neuron {layer}:{neuron} has no heatmap for text {text_index}.")
 else:
     st.html(styled_fragment(fragment))
+    ui.figure_downloads(lambda: static_figures.neuron_heatmap_static(result, text_index, layer, neuron,
+                                                                     shown_variants),
+                        f"heatmap-{result_id}-L{layer}-N{neuron}-text{text_index}", key="ex_heatmap_figure")
 if st.context.url:
     st.caption(f"Link to this view: `{share_url(st.context.url, 'explorer', view)}`")
 
@@ -149,8 +153,8 @@ drops = nsa_view.word_drops(result, text_index)
 if not drops.empty and len(drops.columns) > 1:
     with st.expander("Per-word drops (all selected neurons) next to the all-neuron baseline", expanded=False):
         st.plotly_chart(figures.word_drop_figure(drops), key="ex_word_drops")
-        st.dataframe(drops, hide_index=True, column_config={
-            c: st.column_config.NumberColumn(format="percent") for c in drops.columns if c != "word"})
+        st.dataframe(display.readable_table(drops, drops=[c for c in drops.columns if c != "word"]),
+                     hide_index=True)
 
 st.subheader("Where activation was lost")
 if labels:
@@ -160,6 +164,8 @@ if labels:
     st.plotly_chart(figures.activation_loss_figure(points, layers=size.get("layers"),
                                                    neurons_per_layer=size.get("neurons_per_layer")),
                     key="ex_overview_chart")
+    ui.figure_downloads(lambda: static_figures.activation_loss_for_variant(result, overview_variant),
+                        f"activation-lost-{result_id}-{overview_variant}", key="ex_overview_figure")
     for line in nsa_stats.headline_lines(result):
         st.markdown(line)
     with st.expander("All figures with 95% intervals (held-out and in-sample) and per word"):
@@ -187,7 +193,5 @@ def open_selected_row() -> None:
         st.session_state["ex_layer"], st.session_state["ex_neuron"] = int(layer_pick), int(neuron_pick)
 
 
-st.dataframe(table, hide_index=True, key="ex_table", on_select=open_selected_row, selection_mode="single-row",
-             column_config={c: st.column_config.NumberColumn(format="percent")
-                            for c in table.columns if "·" in c})
+st.dataframe(display.readable_neuron_table(table), hide_index=True, key="ex_table", on_select=open_selected_row, selection_mode="single-row")
 st.caption("Choose a row to open its heatmap above.")

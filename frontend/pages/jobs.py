@@ -5,22 +5,25 @@ The job list refreshes itself every two seconds while something is queued or run
 
 from __future__ import annotations
 
+import pandas as pd
 import streamlit as st
 
 from frontend import ui
-from frontend.views import jobs_view, nsa_view
+from frontend.views import display, jobs_view, nsa_view
 
 METHODS = ("wanda", "sparsegpt", "ria", "magnitude", "mi")
 REFRESH_S = 2.0
 SUBMITTED_KEY = "jobs_last_submitted"  # the last job this session queued
 SHOWN_FAILURES = 10
+DEFAULT_CALIBRATION = "lambada"  # general text that ships with the install (works offline)
 
 st.title("Variants & jobs")
+ui.how_to_read("jobs")
 api = ui.client()
 
 model = ui.pick_model(api, key="jobs_model")
-calibration_sets = [row["name"] for row in (ui.fetch(api.calibration_sets, what="calibration sets") or [])
-                    if not row["name"].startswith("file:")]
+calibration_sets, calibration_labels, unreachable_sets = display.calibration_choices(
+    ui.fetch(api.calibration_sets, what="calibration sets") or [])
 tasks = ui.fetch(api.tasks, what="tasks") or []
 variants = (ui.fetch(api.variants, base=model, what="variants") or []) if model else []
 
@@ -28,7 +31,13 @@ prune_column, evaluate_column = st.columns(2)
 with prune_column, st.form("prune_form"):
     st.subheader("Prune")
     method = st.selectbox("Method", METHODS, key="jobs_method")
-    calibration = st.selectbox("Calibration set", calibration_sets, key="jobs_calibration")
+    calibration = st.selectbox("Calibration set", calibration_sets, key="jobs_calibration",
+                               index=calibration_sets.index(DEFAULT_CALIBRATION)
+                               if DEFAULT_CALIBRATION in calibration_sets else 0,
+                               format_func=lambda name: calibration_labels.get(name, name),
+                               help="Sets that ship with the install come first and work offline")
+    if unreachable_sets:
+        st.caption("Not available now, the model hub cannot be reached: " + ", ".join(unreachable_sets))
     sparsity = st.text_input("Sparsity", value="0.5", key="jobs_sparsity",
                              help="0.5 = half of each layer's weights; 2:4 = keep 2 of every 4 consecutive "
                                   "weights; neurons:0.2 for mi")
@@ -107,7 +116,7 @@ job_list()
 
 st.subheader("Variants")
 if variants:
-    st.dataframe(variants, hide_index=True, key="jobs_variants", column_config={
-        "achieved_sparsity": st.column_config.NumberColumn(format="percent")})
+    st.dataframe(display.readable_table(pd.DataFrame(variants), percents=["achieved_sparsity"]),
+                 hide_index=True, key="jobs_variants")
 else:
     st.caption("No pruned variant of this model yet.")

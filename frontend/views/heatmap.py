@@ -37,6 +37,7 @@ HEATMAP_CSS = """
 .pl-heatmap td { white-space: pre; padding: 2px 1px; border-radius: 3px; text-align: center;
   min-width: 0.6em; cursor: default; }
 .pl-heatmap td.pl-over { outline: 1px dashed #222; }
+.pl-heatmap td.pl-special { background: #e6e6e6; color: #999; }
 .pl-legend { display: flex; align-items: center; gap: 8px; font-size: 12px; margin: 4px 0 10px 0;
   font-family: system-ui, sans-serif; color: #333; }
 .pl-legend .pl-bar { width: 220px; height: 12px; border: 1px solid #bbb; border-radius: 2px; }
@@ -97,7 +98,7 @@ def _hover(token: str, label: str, value: float, dense: float | None, scale: flo
     return " \u00b7 ".join(parts)
 
 
-def _lines(tokens: Sequence[str], width: int) -> list[range]:
+def token_lines(tokens: Sequence[str], width: int) -> list[range]:
     """Split token positions into consecutive runs of about ``width`` characters each, between
     words where possible (a token that continues a word may overrun the width a little)."""
     runs, start, used = [], 0, 0
@@ -133,12 +134,18 @@ def heatmap_html(
             raise ValueError(f"row {row.label!r} has {len(row.values)} values for {len(tokens)} tokens")
     dense = rows[reference].values
     out = ['<div class="pl-heatmap">']
-    for line in _lines(tokens, line_chars):
+    for line in token_lines(tokens, line_chars):
         out.append('<table class="pl-line">')
         for row_index, row in enumerate(rows):
             out.append(f'<tr><th title="{html.escape(row.label)}">{html.escape(row.label)}</th>')
             for position in line:
                 value = float(row.values[position])
+                if tokens[position] == "":
+                    # A start token covers no characters; its activation (often an outlier) is not
+                    # part of the text, so it is drawn grey rather than as a coloured cell.
+                    out.append(f'<td class="pl-special" title="start token (no text): {_format(value)}">'
+                               f"{display_token('')}</td>")
+                    continue
                 rgb = diverging_rgb(value, scale)
                 share = abs(value) / scale if scale > 0 else 0.0
                 text_color = "#fff" if share >= LIGHT_TEXT_FROM else "#111"

@@ -10,12 +10,23 @@ from __future__ import annotations
 
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from frontend.client import BackendClient
 from tests.e2e.servers import CHROMIUM_ARGS, REPO, chromium_path
 
 VIEWPORT = {"width": 1400, "height": 1500}
+
+
+def wait_until_drawn(page, timeout_s: float = 180.0) -> None:
+    """Until the page script has finished and nothing is a placeholder: no status widget
+    ("Running… Stop") and no skeletons, three checks in a row (a slow machine draws late)."""
+    quiet, deadline = 0, time.monotonic() + timeout_s
+    while quiet < 3 and time.monotonic() < deadline:
+        page.wait_for_timeout(1_000)
+        busy = page.get_by_test_id("stStatusWidget").count() + page.get_by_test_id("stSkeleton").count()
+        quiet = 0 if busy else quiet + 1
 
 
 def shoot(dashboard: str, backend: str, target: Path) -> list[Path]:
@@ -41,7 +52,7 @@ def shoot(dashboard: str, backend: str, target: Path) -> list[Path]:
             for name, url in pages.items():
                 page.goto(url)
                 page.get_by_test_id("stSidebarNav").wait_for(timeout=60_000)
-                page.wait_for_timeout(4_000)  # let the page's requests finish
+                wait_until_drawn(page)
                 if page.get_by_test_id("stPlotlyChart").count():
                     page.locator("[data-testid=stPlotlyChart] .main-svg").first.wait_for(timeout=30_000)
                 page.wait_for_timeout(2_000)

@@ -67,8 +67,7 @@ def running_servers(cache: Path, logs: Path):
             wait_until(lambda: http_ok(f"{dashboard_url}/_stcore/health"), 90, dashboard, "dashboard")
             yield api, dashboard_url
     finally:
-        stop(dashboard)
-        stop(backend)
+        stop([dashboard, backend])
 
 
 def wait_for_job(api: BackendClient, job_id: str, timeout_s: float = 300) -> dict:

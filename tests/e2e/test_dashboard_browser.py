@@ -115,6 +115,17 @@ def test_shared_explorer_link_and_uploaded_attribution_in_chromium(tmp_path, emb
                 page.screenshot(path=str(ARTIFACTS / "e2e-explorer.png"), full_page=True)
                 phase("explorer opened from the shared link")
 
+                # The heatmap as a PDF figure: a real download, whose first page renders with the
+                # neuron's title and coloured cells.
+                with page.expect_download(timeout=60_000) as download_info:
+                    page.get_by_role("button", name="PDF").first.click()
+                download = download_info.value
+                figure_path = tmp_path / download.suggested_filename
+                download.save_as(figure_path)
+                assert figure_path.suffix == ".pdf", figure_path
+                _check_pdf_figure(figure_path.read_bytes(), f"layer {top['layer']}, neuron {top['index']}")
+                phase(f"heatmap downloaded as {figure_path.name}")
+
                 page.goto(f"{dashboard}/attribute")
                 page.get_by_text("Upload a file").click()
                 upload = tmp_path / "reviews.txt"
@@ -131,3 +142,14 @@ def test_shared_explorer_link_and_uploaded_attribution_in_chromium(tmp_path, emb
             finally:
                 browser.close()
     assert time.monotonic() - started < 300
+
+
+def _check_pdf_figure(data: bytes, title: str) -> None:
+    import numpy as np
+    import pypdfium2
+
+    page = pypdfium2.PdfDocument(data)[0]
+    assert title in page.get_textpage().get_text_range()
+    pixels = np.asarray(page.render(scale=2).to_pil().convert("RGB"))
+    coloured = (pixels.max(axis=-1).astype(int) - pixels.min(axis=-1)) > 60  # saturated heatmap cells
+    assert coloured.mean() > 0.001

@@ -214,7 +214,8 @@ def test_attribute_runs_on_pasted_text_then_reruns_with_edited_words(dashboard, 
     first = at.session_state["at_result"]
     sources = set(_frame(at, "word", "source")["source"])
     assert sources and all(source == "model" or source.startswith("fallback:") for source in sources)
-    assert len(at.get("download_button")) == 3
+    labels = [button.proto.label for button in at.get("download_button")]
+    assert labels == ["SVG", "PDF", "Result (JSON)", "Neurons (CSV)", "Heatmaps (HTML)"]
     edit = next(widget for widget in at.text_input if widget.key.startswith("at_edit_"))
     edit.set_value("gripping, dull").run()
     at.button(key="at_rerun").click().run()
@@ -290,7 +291,8 @@ def test_accuracy_page_draws_the_stored_results(dashboard, backend):
     table = at.dataframe[0].value.set_index("task")
     for calibration, variant_id in backend["variants"].items():
         assert table.loc["sst2", calibration] == pytest.approx(backend["accuracies"][variant_id])
-    assert len(at.get("download_button")) == 1
+    downloads = [button.proto.label for button in at.get("download_button")]
+    assert downloads == ["Download CSV", "SVG", "PDF"]  # the table, then the plot as figures
     intervals = at.dataframe[1].value.set_index("task")  # after the table: intervals, then differences
     assert intervals.loc["sst2", "dense"].startswith("[0.5")  # 0.75 ± 1.96·0.0993
     differences = at.dataframe[2].value.set_index("task")
@@ -299,6 +301,7 @@ def test_accuracy_page_draws_the_stored_results(dashboard, backend):
     assert differences.loc["sst2", "lambada"].endswith("lower")
     lines = at.get("plotly_chart")
     assert len(lines) == 1  # accuracy vs sparsity
+    assert at.selectbox(key="acc_metric").options[0] == "accuracy (%)"  # not lm-eval's "acc,none"
 
 
 def test_accuracy_page_asks_for_the_task_of_a_per_task_table(dashboard, backend):
@@ -406,3 +409,39 @@ def test_calibration_page_shows_the_stored_advice_and_says_when_it_does_not_pred
     assert table["95% CI"].iloc[0] == "[0.400, 0.800]"
     shown = " ".join(m.value for m in at.markdown) + " ".join(c.value for c in at.caption)
     assert "does NOT predict" in shown and "rho (all sets, n=6): -0.20" in shown
+
+
+# --------------------------------------------------------------------------- polish
+
+
+@pytest.mark.parametrize("page", ["explorer", "attribute", "calibration", "accuracy", "jobs"])
+def test_every_page_says_how_to_read_it(dashboard, backend, page):
+    at = _open(dashboard(), page, result=backend["nsa"]["id"])
+    _clean(at)
+    assert [e.label for e in at.expander][:1] == ["How to read this"]
+
+
+def test_explorer_tables_use_human_names_and_formatted_drops(dashboard, backend):
+    at = _open(dashboard(), "explorer", result=backend["nsa"]["id"])
+    _clean(at)
+    raw = {"drop_influential", "baseline_all_neurons", "baseline_non_influential", "excess_drop"}
+    for element in at.dataframe:
+        assert not raw & set(element.value.columns), element.value.columns
+    assert [b.proto.label for b in at.get("download_button")][:4] == ["SVG", "PDF", "SVG", "PDF"]
+
+
+def test_jobs_page_offers_offline_sets_first_and_withholds_hub_ones_offline(dashboard, backend, monkeypatch):
+    from backend.api.routes import calibration
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the hub check answers "unreachable" at once
+    monkeypatch.setitem(calibration._HUB_CHECK, "at", -1e9)
+    at = _open(dashboard(), "jobs")
+    _clean(at)
+    rows = backend["api"].calibration_sets()
+    offline = [row["name"] for row in rows if row["offline"]]
+    hub_only = [row["name"] for row in rows if not row["offline"]]
+    assert "c4" in hub_only and all(not row["available"] for row in rows if not row["offline"])
+    options = at.selectbox(key="jobs_calibration").options
+    assert options == offline  # c4 and the other hub sets are not offered offline
+    assert at.selectbox(key="jobs_calibration").value == "lambada"  # offline general text
+    assert any("c4" in caption.value and "cannot be reached" in caption.value for caption in at.caption)

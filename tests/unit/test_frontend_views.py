@@ -98,9 +98,9 @@ def test_token_drop_is_relative_loss_of_magnitude():
 
 def test_heatmap_rows_are_aligned_token_by_token_and_coloured_on_the_dense_scale():
     tokens = ["", "The", " <b>movie</b>", " was", "\n", " slow"]
-    dense = [0.0, 1.0, -3.0, 0.5, 0.0, 2.0]
+    dense = [9.0, 1.0, -3.0, 0.5, 0.0, 2.0]  # the start token's outlier stays out of the colours
     pruned = [0.0, 0.25, -1.5, 0.5, 0.1, 6.0]
-    scale = max(abs(v) for v in dense)
+    scale = max(abs(v) for v in dense[1:])
     parser = _Cells()
     parser.feed(heatmap_html(tokens, [HeatmapRow("dense", dense), HeatmapRow("wanda 0.5", pruned)], scale,
                              line_chars=8))
@@ -113,6 +113,10 @@ def test_heatmap_rows_are_aligned_token_by_token_and_coloured_on_the_dense_scale
         seen_tokens += [c["text"] for c in dense_row["cells"]]
         for cell_dense, cell_pruned in zip(dense_row["cells"], pruned_row["cells"], strict=True):
             position = len(seen_tokens) - len(dense_row["cells"]) + dense_row["cells"].index(cell_dense)
+            if position == 0:  # the start token: grey, no colour, its value only in the hover
+                assert cell_dense.get("class") == "pl-special" and "style" not in cell_dense
+                assert "start token" in cell_dense["title"] and "+9" in cell_dense["title"]
+                continue
             assert _rgb_of(cell_dense["style"]) == diverging_rgb(dense[position], scale)
             assert _rgb_of(cell_pruned["style"]) == diverging_rgb(pruned[position], scale)
     assert seen_tokens == ["\u2205", "The", " <b>movie</b>", " was", "\u21b5", " slow"]
@@ -478,7 +482,8 @@ def test_the_dashboard_imports_neither_torch_nor_the_backend():
         "sys.meta_path.insert(0, Block())\n"
         "import frontend.client, frontend.links, frontend.ui, frontend.demo\n"
         "import frontend.views.heatmap, frontend.views.nsa_view, frontend.views.figures\n"
-        "import frontend.views.tables, frontend.views.jobs_view\n"
+        "import frontend.views.tables, frontend.views.jobs_view, frontend.views.display\n"
+        "import frontend.views.static_figures\n"
         "print('ok')\n"
     )
     done = subprocess.run([sys.executable, "-c", probe], check=False, cwd=REPO, capture_output=True, text=True, timeout=120)

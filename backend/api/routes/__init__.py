@@ -7,6 +7,7 @@ from fastapi import APIRouter
 from backend.api.routes import (
     calibration,
     evaluations,
+    export,
     health,
     jobs,
     models,
@@ -24,6 +25,7 @@ def build_routers(settings) -> list[APIRouter]:
         calibration.router,
         tasks.router,
         variants.router,
+        export.router,
         jobs.router,
         nsa.build_router(settings.api_max_upload_bytes),
         evaluations.router,

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 
 from backend.api.schemas import CalibrationSet
 from backend.api.state import State
@@ -19,7 +22,24 @@ async def list_calibration_sets() -> list[dict]:
     from backend.data.sources import FILE_PREFIX, list_text_sets
 
     # file:PATH reads the server's disk: offered on the command line, never over HTTP.
-    return [row for row in list_text_sets() if not row["name"].startswith(FILE_PREFIX)]
+    rows = [row for row in list_text_sets() if not row["name"].startswith(FILE_PREFIX)]
+    hub = await run_in_threadpool(hub_answers) if any(not row["offline"] for row in rows) else True
+    return [{**row, "available": bool(row["offline"] or hub)} for row in rows]
+
+
+_HUB_CHECK: dict[str, float | bool] = {"at": -1e9, "reachable": False}
+HUB_CHECK_EVERY_S = 60.0
+
+
+def hub_answers() -> bool:
+    """Whether the dataset hub answers, asked at most once a minute (an offline check may take
+    seconds, and the dashboard lists the sets on every page view)."""
+    from backend.evaluation.sources import hub_reachable
+
+    now = time.monotonic()
+    if now - float(_HUB_CHECK["at"]) > HUB_CHECK_EVERY_S:
+        _HUB_CHECK["reachable"], _HUB_CHECK["at"] = hub_reachable(), now
+    return bool(_HUB_CHECK["reachable"])
 
 
 class Sample(BaseModel):
