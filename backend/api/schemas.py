@@ -108,8 +108,14 @@ class PruneRequest(Strict):
     model: str | None = Field(
         default=None, description="Base model (a name from GET /models); default: the server's."
     )
-    method: Literal["magnitude", "wanda", "sparsegpt", "ria", "mi"] = Field(
-        description="magnitude | wanda | sparsegpt | ria | mi (structured: whole MLP neurons)."
+    method: Literal["magnitude", "wanda", "sparsegpt", "ria", "mi", "random-neurons",
+                    "magnitude-neurons", "flap", "structured-obs"] = Field(
+        description="magnitude | wanda | sparsegpt | ria; structured (whole MLP neurons, sparsity "
+                    "'neurons:r'): mi | random-neurons | magnitude-neurons | flap | structured-obs."
+    )
+    compensate: bool | None = Field(
+        default=None, description="Structured methods: fold removed neurons into the kept ones "
+                                  "(default: on for mi, structured-obs, flap)."
     )
     calibration: str = Field(
         default="c4",

@@ -10,6 +10,8 @@ from backend.cli import command
 from backend.errors import UserError
 
 METHOD_NAMES = ("magnitude", "wanda", "sparsegpt", "ria", "mi")
+# Structured: remove whole MLP neurons, take --neuron-ratio (see backend/pruning/structured.py).
+NEURON_METHOD_NAMES = ("mi", "random-neurons", "magnitude-neurons", "flap", "structured-obs")
 
 
 def tqdm_progress(total_label: str):
@@ -36,16 +38,17 @@ def spec_from_args(args):
         return SparsitySpec.parse(args.pattern)
     if args.neuron_ratio is not None:
         return SparsitySpec.parse(f"neurons:{args.neuron_ratio}")
-    if args.method == "mi":
-        raise UserError("method 'mi' needs --neuron-ratio")
+    if args.method in NEURON_METHOD_NAMES:
+        raise UserError(f"method {args.method!r} needs --neuron-ratio")
     return SparsitySpec.parse(args.sparsity if args.sparsity is not None else "0.5")
 
 
 @command("prune", "prune a model with a method and calibration set; prints the variant id")
 def _prune(parser: argparse.ArgumentParser):
     parser.add_argument("--model", default=None, help="embedded name, hub id or local directory")
-    parser.add_argument("--method", required=True, choices=METHOD_NAMES,
-                        help="magnitude | wanda | sparsegpt | ria | mi (structured MLP neurons)")
+    parser.add_argument("--method", required=True, choices=METHOD_NAMES + NEURON_METHOD_NAMES[1:],
+                        help="magnitude | wanda | sparsegpt | ria; structured MLP neurons: mi | "
+                             "random-neurons | magnitude-neurons | flap | structured-obs")
     parser.add_argument("--calibration", default="c4",
                         help="calibration set: c4, wikitext2, ptb, arc_challenge, arc_easy, boolq, rte, "
                              "sst2, wnli, lambada, imdb, or file:PATH (`prunelens datasets` says which "
@@ -55,7 +58,12 @@ def _prune(parser: argparse.ArgumentParser):
     parser.add_argument("--pattern", default=None,
                         help="N:M semi-structured, e.g. 2:4 = keep 2 of every 4 consecutive weights")
     parser.add_argument("--neuron-ratio", default=None,
-                        help="mi only: fraction of MLP neurons removed, 0 < r < 1")
+                        help="structured methods: fraction of MLP neurons removed, 0 < r < 1")
+    parser.add_argument("--compensation", choices=("on", "off"), default=None,
+                        help="structured: fold removed neurons into the kept ones (default: on for "
+                             "mi, structured-obs, flap)")
+    parser.add_argument("--mi-estimator", choices=("pairwise", "joint"), default="pairwise",
+                        help="mi: the paper's pairwise threshold rule, or joint Gaussian MI")
     parser.add_argument("--nsamples", type=int, default=128, help="calibration windows (default 128)")
     parser.add_argument("--seqlen", type=int, default=2048,
                         help="tokens per window, capped at the model's context (default 2048)")
@@ -74,7 +82,8 @@ def _prune(parser: argparse.ArgumentParser):
             method=args.method, calibration=args.calibration, spec=spec_from_args(args),
             nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed, alpha=args.alpha,
             channel_permutation=args.channel_permutation, blocksize=args.blocksize,
-            percdamp=args.percdamp,
+            percdamp=args.percdamp, mi_estimator=args.mi_estimator,
+            compensate=None if args.compensation is None else args.compensation == "on",
         )
         config.validate()  # before loading the model: bad input costs nothing
         from backend.models.loader import load_model

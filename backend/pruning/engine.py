@@ -44,6 +44,7 @@ class MethodInfo:
     options: tuple[str, ...] = ()
 
 
+_NEURON_OPTIONS = ("compensate", "neuron_damp")  # structured methods, see pruning/structured.py
 METHODS: dict[str, MethodInfo] = {
     info.name: info
     for info in (
@@ -53,8 +54,17 @@ METHODS: dict[str, MethodInfo] = {
                    needs_hessian=True, options=("blocksize", "percdamp")),
         MethodInfo("ria", "relative importance × ‖X_j‖₂^a (Zhang et al. 2024)",
                    options=("alpha", "channel_permutation")),
-        MethodInfo("mi", "remove MLP neurons redundant by mutual information (structured)",
-                   structured=True),
+        MethodInfo("mi", "remove MLP neurons redundant by pairwise mutual information (arXiv "
+                   "2406.00030), least-squares fold-in of the removed ones (structured)",
+                   structured=True, options=_NEURON_OPTIONS + ("mi_estimator", "mi_threshold")),
+        MethodInfo("random-neurons", "remove uniformly random MLP neurons (structured baseline)",
+                   structured=True, options=_NEURON_OPTIONS),
+        MethodInfo("magnitude-neurons", "remove MLP neurons with the smallest weight norm (structured)",
+                   needs_calibration=False, structured=True, options=_NEURON_OPTIONS),
+        MethodInfo("flap", "remove MLP neurons of least Var(h_j)·‖W_j‖², mean into the bias (An et al. 2024)",
+                   structured=True, options=_NEURON_OPTIONS),
+        MethodInfo("structured-obs", "greedy structured OBS on MLP neurons with fold-in (ZipLM/SlimGPT)",
+                   structured=True, options=_NEURON_OPTIONS),
     )
 }
 
@@ -74,6 +84,10 @@ class PruneConfig:
     blocksize: int = 128  # SparseGPT
     percdamp: float = 0.01  # SparseGPT
     batch_size: int | None = None  # windows per forward; does not change the result
+    compensate: bool | None = None  # structured: fold-in / bias; None = the method's default
+    neuron_damp: float = 0.01  # structured: relative ridge of the fold-in and OBS' H⁻¹
+    mi_estimator: str = "pairwise"  # mi: "pairwise" (the paper's rule) or "joint"
+    mi_threshold: float | None = None  # mi pairwise: starting threshold in nats (None: largest MI)
 
     @property
     def info(self) -> MethodInfo:
@@ -84,7 +98,7 @@ class PruneConfig:
             raise UserError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
         if self.info.structured != (self.spec.kind == "neurons"):
             raise UserError(
-                "method 'mi' takes --neuron-ratio" if self.info.structured
+                f"method {self.method!r} takes --neuron-ratio" if self.info.structured
                 else f"method {self.method!r} takes --sparsity or --pattern, not --neuron-ratio"
             )
         if self.info.needs_calibration and not self.calibration.startswith("file:"):
@@ -102,6 +116,10 @@ class PruneConfig:
             raise UserError("channel permutation applies to RIA with an N:M pattern only")
         if self.method == "ria" and self.alpha < 0:
             raise UserError(f"alpha must be >= 0, got {self.alpha}")
+        if self.info.structured and not 0 <= self.neuron_damp < 1:
+            raise UserError(f"neuron_damp must be in [0, 1), got {self.neuron_damp}")
+        if self.mi_estimator not in ("pairwise", "joint"):
+            raise UserError(f"mi_estimator must be pairwise or joint, got {self.mi_estimator!r}")
         if self.method == "sparsegpt" and (self.blocksize <= 0 or not 0 < self.percdamp < 1):
             raise UserError("sparsegpt needs blocksize > 0 and 0 < percdamp < 1")
 
@@ -440,7 +458,7 @@ def create_variant(loaded, config: PruneConfig, *, progress: Progress | None = N
                 raise UserError(f"layer {index} has no prunable linear layers")
 
             tick = time.perf_counter()
-            if config.info.structured:
+            if config.info.structured and config.info.needs_calibration:
                 stats_for = {adapter.mlp_output: linears[adapter.mlp_output]}
                 stats = collect_statistics(layer, stats_for, hidden, calls[index], device,
                                            hessian=False, covariance_of=frozenset(stats_for))
@@ -454,7 +472,17 @@ def create_variant(loaded, config: PruneConfig, *, progress: Progress | None = N
             tick = time.perf_counter()
             changes: list[tuple[str, nn.Module, str, torch.Tensor]] = []  # (linear, module, param, mask)
             if config.info.structured:
-                changes = neuron_masks(layer, adapter, stats[adapter.mlp_output], config)
+                from backend.pruning.structured import neuron_changes
+
+                changes, replacements = neuron_changes(layer, adapter, stats.get(adapter.mlp_output),
+                                                       config, index)
+                for name, param_name, value in replacements:  # compensation: new down weight/bias
+                    module = layer.get_submodule(name)
+                    param = getattr(module, param_name)
+                    remember(f"{prefix}.{name}.{param_name}", param)
+                    with torch.no_grad():
+                        (weight_matrix(module) if param_name == "weight" else param).copy_(value)
+                    new_weights[f"{prefix}.{name}.{param_name}"] = param.detach().to("cpu", copy=True)
             else:
                 for group in input_groups(linears, stats):
                     for name in group:  # before any pruner sees it
@@ -527,28 +555,6 @@ def create_variant(loaded, config: PruneConfig, *, progress: Progress | None = N
             for param, dense in originals.values():
                 param.copy_(dense.to(param.device))
     return VariantResult(variant_id, read_manifest(variant_id, settings), reused=False)
-
-
-def neuron_masks(layer, adapter, stats: InputStatistics, config: PruneConfig) -> list:
-    """MI: masks removing whole neurons: rows (and bias entries) of the MLP input projections,
-    columns of the output projection. Nothing is changed here; the engine applies them."""
-    from backend.pruning.mi_neurons import mi_neurons_to_remove
-
-    removed = mi_neurons_to_remove(stats.covariance, stats.mean, config.spec.ratio)
-    changes = []
-    for name in (*adapter.mlp_inputs, adapter.mlp_output):
-        module = layer.get_submodule(name)
-        mask = torch.zeros(weight_matrix(module).shape, dtype=torch.bool, device=module.weight.device)
-        if name == adapter.mlp_output:
-            mask[:, removed] = True
-        else:
-            mask[removed, :] = True
-            if getattr(module, "bias", None) is not None:
-                bias_mask = torch.zeros_like(module.bias, dtype=torch.bool)
-                bias_mask[removed] = True
-                changes.append((name, module, "bias", bias_mask))
-        changes.append((name, module, "weight", mask))
-    return changes
 
 
 def _versions() -> dict:

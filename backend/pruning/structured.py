@@ -55,13 +55,14 @@ def _compensates(method: str, options: NeuronOptions) -> bool:
 
 
 def prune_layer_neurons(method: str, down_weight: torch.Tensor, down_bias: torch.Tensor | None,
-                        input_weights: list[torch.Tensor], covariance: torch.Tensor,
-                        mean: torch.Tensor, tokens: int, ratio: float,
+                        input_weights: list[torch.Tensor], covariance: torch.Tensor | None,
+                        mean: torch.Tensor | None, tokens: int, ratio: float,
                         options: NeuronOptions = NeuronOptions()) -> NeuronPruning:
     """One layer's neuron pruning.
 
     down_weight [out, n], down_bias [out] or None, input_weights [[n, in], ...] (gate/up or fc1),
-    covariance [n, n] and mean [n] of the neurons over ``tokens`` calibration tokens.
+    covariance [n, n] and mean [n] of the neurons over ``tokens`` calibration tokens (None for
+    the data-free methods).
     """
     if method not in NEURON_METHODS:
         raise ValueError(f"unknown neuron method {method!r}; choose from {', '.join(NEURON_METHODS)}")
@@ -118,3 +119,52 @@ def _mi_selection(down_weight, covariance, mean, count, options: NeuronOptions) 
                                                      damp=options.damp, criterion="information")
         return order
     raise ValueError(f"unknown MI estimator {options.estimator!r}: use pairwise or joint")
+
+
+def options_from_config(config, layer_index: int) -> NeuronOptions:
+    """The engine's PruneConfig -> this layer's options (the random draw differs per layer)."""
+    return NeuronOptions(compensate=config.compensate, damp=config.neuron_damp,
+                         estimator=config.mi_estimator, threshold=config.mi_threshold,
+                         seed=config.seed * 100_003 + layer_index)
+
+
+def neuron_changes(layer, adapter, stats, config, layer_index: int) -> tuple[list, list]:
+    """What the engine applies to one decoder layer for a structured method.
+
+    Returns (changes, replacements): changes are (linear name, module, param name, bool mask)
+    removing whole neurons — rows (and bias entries) of the MLP input projections, columns of
+    the down projection; replacements are (linear name, param name, new value in [out, in]
+    layout) for the compensated down weight / bias. Nothing is modified here: the engine keeps
+    the dense copies before applying either.
+    """
+    from backend.models.adapters import weight_matrix
+
+    down = layer.get_submodule(adapter.mlp_output)
+    inputs = [weight_matrix(layer.get_submodule(name)) for name in adapter.mlp_inputs]
+    down_bias = getattr(down, "bias", None)
+    result = prune_layer_neurons(
+        config.method, weight_matrix(down), None if down_bias is None else down_bias.detach(), inputs,
+        *((stats.covariance, stats.mean, stats.tokens) if stats is not None else (None, None, 0)),
+        config.spec.ratio,
+        options_from_config(config, layer_index),
+    )
+    removed = result.removed.to(down.weight.device)
+    changes = []
+    for name in (*adapter.mlp_inputs, adapter.mlp_output):
+        module = layer.get_submodule(name)
+        mask = torch.zeros(weight_matrix(module).shape, dtype=torch.bool, device=module.weight.device)
+        if name == adapter.mlp_output:
+            mask[:, removed] = True
+        else:
+            mask[removed, :] = True
+            if getattr(module, "bias", None) is not None:
+                bias_mask = torch.zeros_like(module.bias, dtype=torch.bool)
+                bias_mask[removed] = True
+                changes.append((name, module, "bias", bias_mask))
+        changes.append((name, module, "weight", mask))
+    replacements = []
+    if result.down_weight is not None:
+        replacements.append((adapter.mlp_output, "weight", result.down_weight))
+    if result.down_bias is not None:
+        replacements.append((adapter.mlp_output, "bias", result.down_bias))
+    return changes, replacements

@@ -143,6 +143,7 @@ def prune_config(request: PruneRequest):
         channel_permutation=request.channel_permutation,
         blocksize=request.blocksize,
         percdamp=request.percdamp,
+        compensate=request.compensate,
     )
     config.validate()
     return config
