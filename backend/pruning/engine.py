@@ -58,7 +58,7 @@ METHODS: dict[str, MethodInfo] = {
                    "2406.00030), least-squares fold-in of the removed ones (structured)",
                    structured=True, options=_NEURON_OPTIONS + ("mi_estimator", "mi_threshold")),
         MethodInfo("random-neurons", "remove uniformly random MLP neurons (structured baseline)",
-                   structured=True, options=_NEURON_OPTIONS),
+                   needs_calibration=False, structured=True, options=_NEURON_OPTIONS),
         MethodInfo("magnitude-neurons", "remove MLP neurons with the smallest weight norm (structured)",
                    needs_calibration=False, structured=True, options=_NEURON_OPTIONS),
         MethodInfo("flap", "remove MLP neurons of least Var(h_j)·‖W_j‖², mean into the bias (An et al. 2024)",
@@ -116,6 +116,9 @@ class PruneConfig:
             raise UserError("channel permutation applies to RIA with an N:M pattern only")
         if self.method == "ria" and self.alpha < 0:
             raise UserError(f"alpha must be >= 0, got {self.alpha}")
+        if self.info.structured and self.compensate and not self.info.needs_calibration:
+            raise UserError(f"method {self.method!r} uses no calibration data, so it cannot "
+                            "compensate (the fold-in needs the neurons' statistics)")
         if self.info.structured and not 0 <= self.neuron_damp < 1:
             raise UserError(f"neuron_damp must be in [0, 1), got {self.neuron_damp}")
         if self.mi_estimator not in ("pairwise", "joint"):
@@ -157,7 +160,8 @@ def variant_identity(base: str, config: PruneConfig, seqlen: int) -> dict:
         "spec": asdict(config.spec),
         "nsamples": config.nsamples if uses_data else 0,
         "seqlen": seqlen if uses_data else 0,
-        "seed": config.seed if uses_data else 0,
+        # random-neurons draws its neurons from the seed even without calibration data
+        "seed": config.seed if uses_data or config.method == "random-neurons" else 0,
         "options": config.options(),
     }
 

@@ -111,3 +111,18 @@ def test_structured_methods_refuse_weight_sparsity():
     with pytest.raises(UserError, match="mi_estimator"):
         PruneConfig(method="mi", calibration="lambada", spec=SparsitySpec.neurons(0.2),
                     mi_estimator="kernel").validate()
+
+
+def test_random_neurons_seed_is_part_of_the_variant(isolated_cache, calibration_file):
+    loaded = tiny_loaded("llama")
+    ids, sets = [], []
+    for seed in (0, 1):
+        config = PruneConfig(method="random-neurons", calibration=calibration_file,
+                             spec=SparsitySpec.neurons(0.25), seed=seed)
+        result = create_variant(loaded, config)
+        ids.append(result.variant_id)
+        with variant_applied(loaded, result.variant_id):
+            sets.append(removed_neurons(loaded, loaded.adapter.decoder_layers(loaded.model)[0]))
+    assert ids[0] != ids[1] and not torch.equal(sets[0], sets[1])
+    with pytest.raises(UserError, match="cannot compensate"):
+        PruneConfig(method="random-neurons", spec=SparsitySpec.neurons(0.25), compensate=True).validate()
