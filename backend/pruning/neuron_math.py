@@ -129,44 +129,51 @@ def joint_gaussian_mi(covariance: torch.Tensor, damp: float = 1e-6) -> torch.Ten
 
 @torch.no_grad()
 def greedy_neuron_removal(weight: torch.Tensor, gram: torch.Tensor, count: int, *, damp: float,
-                          criterion: str = "obs") -> tuple[torch.Tensor, torch.Tensor]:
-    """Remove ``count`` neurons one at a time, updating ``(H + λI)⁻¹`` and the weights.
+                          criterion: str = "obs", block: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Remove ``count`` neurons ``block`` at a time, updating ``(H + λI)⁻¹`` and the weights.
 
-    criterion "obs" (ZipLM/SlimGPT): remove the neuron with the least error ‖W_j‖² / (H⁻¹)_jj,
+    criterion "obs" (ZipLM/SlimGPT): remove the neurons with the least error ‖W_j‖² / (H⁻¹)_jj,
     where W and H⁻¹ are those of the kept set after the removals so far. "information": remove the
-    most predictable neuron, the largest joint Gaussian MI with the kept ones (``gram`` must then
-    be the covariance: 1 - R²_j = 1 / (C_jj (C_S⁻¹)_jj)). After each removal W takes the OBS
-    update W -= W_j (H⁻¹)_j,: / (H⁻¹)_jj, i.e. the fold-in of neuron j, and H⁻¹ the rank-one
-    downdate that makes it the inverse over the remaining neurons.
+    most predictable neurons, the largest joint Gaussian MI with the kept ones (``gram`` must then
+    be the covariance: 1 - R²_j = 1 / (C_jj (C_S⁻¹)_jj)). After each round the removed set B is
+    folded in, W -= W_B ((H⁻¹)_BB)⁻¹ (H⁻¹)_B,:, and H⁻¹ takes the rank-|B| downdate that makes it
+    the inverse over the remaining neurons. ``block`` = 1 is the exact greedy; larger blocks
+    re-score every ``block`` removals (one matrix product per round instead of ``block`` passes
+    over the n x n inverse) and the final W is still exactly the fold-in of the removed set.
 
     weight [out, n], gram [n, n] -> (removal order LongTensor [count], folded weight [out, n]).
     """
     neurons = weight.shape[1]
     if not 0 <= count < neurons:
         raise ValueError(f"can remove 0 to {neurons - 1} of {neurons} neurons, not {count}")
+    if criterion not in ("obs", "information"):
+        raise ValueError(f"unknown criterion {criterion!r}")
     gram = gram.to(torch.float64)
     system = gram + ridge(gram, damp) * torch.eye(neurons, dtype=gram.dtype, device=gram.device)
     inverse = torch.linalg.inv(system)  # [n, n]
     work = weight.to(torch.float64).clone()  # [out, n]
     variance = torch.diagonal(system).clone()
     kept = torch.ones(neurons, dtype=torch.bool, device=weight.device)
-    order = []
-    for _ in range(count):
+    order: list[torch.Tensor] = []
+    done = 0
+    while done < count:
         pivot = torch.diagonal(inverse)
         if criterion == "obs":
             score = work.pow(2).sum(dim=0) / pivot
-        elif criterion == "information":
-            score = -(variance * pivot)  # 1 / (1 - R²) is largest for the most predictable
         else:
-            raise ValueError(f"unknown criterion {criterion!r}")
-        j = int(torch.argmin(torch.where(kept, score, float("inf"))))
-        order.append(j)
-        row = inverse[j] / inverse[j, j]  # [n]
-        work -= torch.outer(work[:, j], row)
-        inverse -= torch.outer(inverse[:, j], row)
-        kept[j] = False
-        inverse[j, :] = 0.0
-        inverse[:, j] = 0.0
-        inverse[j, j] = 1.0  # keeps the pivot positive; j is never chosen again
-        work[:, j] = 0.0
-    return torch.tensor(order, dtype=torch.long, device=weight.device), work.to(weight.dtype)
+            score = -(variance * pivot)  # 1 / (1 - R²) is largest for the most predictable
+        take = min(block, count - done)
+        chosen = torch.topk(torch.where(kept, score, float("inf")), take, largest=False).indices
+        chosen = chosen[torch.argsort(score[chosen], stable=True)]
+        rows = torch.linalg.solve(inverse[chosen][:, chosen], inverse[chosen])  # [take, n]
+        work -= work[:, chosen] @ rows
+        inverse -= inverse[:, chosen] @ rows
+        kept[chosen] = False
+        inverse[chosen, :] = 0.0
+        inverse[:, chosen] = 0.0
+        inverse[chosen, chosen] = 1.0  # keeps the pivots positive; never chosen again
+        work[:, chosen] = 0.0
+        order.append(chosen)
+        done += take
+    removal = torch.cat(order) if order else torch.zeros(0, dtype=torch.long, device=weight.device)
+    return removal.to(torch.long), work.to(weight.dtype)

@@ -175,3 +175,19 @@ def test_paper_threshold_rule_removes_one_of_each_redundant_pair_and_exact_count
                        mi_threshold_removal(stats.covariance, stats.mean, 6, seed=4))
     # a fixed high threshold admits only the two redundant pairs in its first pass
     assert set(mi_threshold_removal(stats.covariance, stats.mean, 2, threshold=1.0).tolist()) <= {2, 7, 4, 9}
+
+
+@pytest.mark.parametrize("criterion", ["obs", "information"])
+def test_blocked_greedy_folds_in_exactly_and_starts_with_the_best_block(criterion):
+    h = activations(tokens=500, neurons=16, seed=13)
+    gram = h.T @ h if criterion == "obs" else torch.cov(h.T, correction=0)
+    weight = torch.randn(6, 16, generator=torch.Generator().manual_seed(14), dtype=torch.float64)
+    order, folded = neuron_math.greedy_neuron_removal(weight, gram, 7, damp=0.01, criterion=criterion,
+                                                      block=3)
+    assert order.numel() == 7 and len(set(order.tolist())) == 7
+    assert torch.allclose(folded, neuron_math.fold_in(weight, gram, order, damp=0.01), atol=1e-9)
+    single, _ = neuron_math.greedy_neuron_removal(weight, gram, 1, damp=0.01, criterion=criterion)
+    assert int(order[0]) == int(single[0])
+    if criterion == "information":  # the first block: the three largest joint MI
+        mi = neuron_math.joint_gaussian_mi(gram, damp=0.01)
+        assert set(order[:3].tolist()) == set(torch.topk(mi, 3).indices.tolist())
