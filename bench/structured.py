@@ -6,9 +6,9 @@ disjoint split: backend/data/sources.py) with the project's perplexity function.
 ``random-neurons`` is what removing neurons costs by chance.
 
 Default (one-shot): the neuron statistics of every layer come from ONE forward pass of the dense
-model, and every method/ratio prunes all layers from them with the engine's own per-layer function
-(structured.neuron_changes); on a shared 2-core CPU the engine's layer-sequential run (each layer
-calibrated on the already-pruned earlier layers: ``--sequential``) costs ~7 minutes per cell.
+model, and every method/ratio prunes all layers from them with the engine's own per-layer call
+(method.prune on a LayerToPrune, applied by AppliedChanges); on a shared 2-core CPU the engine's layer-sequential run (each layer calibrated on the already-pruned earlier
+layers: ``--sequential``) cost ~7 minutes per cell.
 Prints a markdown table (perplexity; dense first). Run: python bench/structured.py
 """
 
@@ -31,7 +31,7 @@ CONFIGS = [  # the comparisons the table exists for come first
     ("structured-obs", "structured-obs", {}),
     ("mi (paper, no comp.)", "mi", {"compensate": False}),
     ("magnitude", "magnitude-neurons", {}),
-    ("mi (joint + comp.)", "mi", {"mi_estimator": "joint"}),
+    ("mi (joint + comp.)", "mi", {"estimator": "joint"}),
 ]
 
 
@@ -63,34 +63,25 @@ class OneShot:
             handle.remove()
 
     def pruned(self, config):
+        """A context in which every layer is pruned by ``config``'s method from the dense statistics."""
         import contextlib
 
-        import torch
+        from backend.pruning.engine import AppliedChanges
+        from backend.pruning.registry import LayerToPrune
 
-        from backend.models.adapters import weight_matrix
-        from backend.pruning.structured import neuron_changes
+        method, options, adapter = config.info, config.method_options, self.loaded.adapter
 
         @contextlib.contextmanager
         def applied():
-            saved = []
+            changes = AppliedChanges()
             try:
                 for index, (layer, stats) in enumerate(zip(self.layers, self.stats, strict=True)):
-                    changes, replacements = neuron_changes(layer, self.loaded.adapter, stats, config, index)
-                    with torch.no_grad():
-                        for name, param_name, value in replacements:
-                            module = layer.get_submodule(name)
-                            param = getattr(module, param_name)
-                            saved.append((param, param.detach().clone()))
-                            (weight_matrix(module) if param_name == "weight" else param).copy_(value)
-                        for _name, module, param_name, mask in changes:
-                            param = getattr(module, param_name)
-                            saved.append((param, param.detach().clone()))
-                            (weight_matrix(module) if param_name == "weight" else param).masked_fill_(mask, 0)
+                    linears = adapter.prunable_linears(layer)
+                    view = LayerToPrune(index, linears, {adapter.mlp_output: stats}, adapter)
+                    changes.apply(str(index), linears, method.prune(view, options, config.spec))
                 yield
             finally:
-                with torch.no_grad():
-                    for param, dense in reversed(saved):
-                        param.copy_(dense)
+                changes.restore()
 
         return applied()
 
@@ -118,7 +109,8 @@ def main() -> int:
     from backend.config import get_settings
     from backend.evaluation.perplexity import perplexity
     from backend.models.loader import load_model
-    from backend.pruning.engine import PruneConfig, create_variant
+    from backend.pruning.config import PruneConfig
+    from backend.pruning.engine import create_variant
     from backend.pruning.spec import SparsitySpec
     from backend.pruning.variants import variant_applied
 

@@ -27,9 +27,8 @@ from backend.storage import atomic_directory
 _WIDTH_ATTRIBUTE = {"llama": "intermediate_size", "opt": "ffn_dim", "gpt2": "n_inner"}
 
 
-def removed_neurons(loaded, layer) -> torch.Tensor:
+def removed_neurons(adapter, layer) -> torch.Tensor:
     """Bool [n]: neurons whose down column and input rows (and input biases) are all zero."""
-    adapter = loaded.adapter
     removed = (weight_matrix(layer.get_submodule(adapter.mlp_output)) == 0).all(dim=0)
     for name in adapter.mlp_inputs:
         module = layer.get_submodule(name)
@@ -39,10 +38,9 @@ def removed_neurons(loaded, layer) -> torch.Tensor:
     return removed
 
 
-def kept_neurons_per_layer(loaded) -> list[torch.Tensor]:
+def kept_neurons_per_layer(model, adapter) -> list[torch.Tensor]:
     """The neurons each layer keeps under the uniform rule (module docstring): LongTensor [kept]."""
-    layers = loaded.adapter.decoder_layers(loaded.model)
-    removed = [removed_neurons(loaded, layer).cpu() for layer in layers]
+    removed = [removed_neurons(adapter, layer).cpu() for layer in adapter.decoder_layers(model)]
     width = max(int((~mask).sum()) for mask in removed)
     kept = []
     for mask in removed:
@@ -68,6 +66,42 @@ def _slice_linear(module, keep: torch.Tensor, *, rows: bool) -> None:
 
 
 @torch.no_grad()
+def shrunk_model(model: torch.nn.Module, adapter=None) -> tuple[torch.nn.Module, dict]:
+    """A smaller copy of ``model`` (a structured variant already applied) without its removed neurons.
+
+    model: an HF causal LM whose removed neurons are zero (rows of the MLP input projections, and
+    their biases, and columns of the down projection); it is not changed. Returns (the copy, with
+    the reduced MLP width in its config, ready for ``save_pretrained``; {"intermediate_size",
+    "dense_size", "parameters", "dense_parameters"}). This is what an export of a structured
+    variant calls (backend/export: ``shrink_structured_if_available``).
+    """
+    import copy
+
+    from backend.models.adapters import adapter_for
+
+    adapter = adapter or adapter_for(model)
+    family = adapter.family
+    if family not in _WIDTH_ATTRIBUTE:
+        raise UserError(f"shrinking is not supported for the {family} family")
+    kept = kept_neurons_per_layer(model, adapter)
+    dense_parameters = sum(p.numel() for p in model.parameters())
+    dense_size = weight_matrix(adapter.neuron_module(adapter.decoder_layers(model)[0])).shape[1]
+    small = copy.deepcopy(model)
+    for layer, keep in zip(adapter.decoder_layers(small), kept, strict=True):
+        keep = keep.to(next(layer.parameters()).device)
+        for name in adapter.mlp_inputs:
+            _slice_linear(layer.get_submodule(name), keep, rows=True)
+        _slice_linear(layer.get_submodule(adapter.mlp_output), keep, rows=False)
+        mlp = layer.get_submodule(adapter.mlp_output.rsplit(".", 1)[0]) if "." in adapter.mlp_output else None
+        if mlp is not None and hasattr(mlp, "intermediate_size"):
+            mlp.intermediate_size = int(keep.numel())
+    width = int(kept[0].numel())
+    setattr(small.config, _WIDTH_ATTRIBUTE[family], width)
+    return small, {"intermediate_size": width, "dense_size": int(dense_size),
+                   "parameters": sum(p.numel() for p in small.parameters()),
+                   "dense_parameters": dense_parameters}
+
+
 def shrink_structured(loaded, variant_id: str, out_dir: str | Path, *, settings=None) -> dict:
     """Write the structured variant ``variant_id`` of ``loaded`` as a smaller model in ``out_dir``.
 
@@ -76,11 +110,9 @@ def shrink_structured(loaded, variant_id: str, out_dir: str | Path, *, settings=
     out_dir: a folder that must not exist yet (written atomically: staged, then renamed).
     The folder holds safetensors weights, config.json with the reduced MLP width and the
     tokenizer; ``AutoModelForCausalLM.from_pretrained(out_dir)`` computes the same logits as the
-    variant applied to the base model. Returns {"path", "intermediate_size", "dense_size",
-    "parameters", "dense_parameters"}. Raises UserError for a variant that is not structured.
+    variant applied to the base model. Returns shrunk_model's figures plus "path". Raises
+    UserError for a variant that is not structured or an existing ``out_dir``.
     """
-    import copy
-
     from backend.pruning.variants import read_manifest, variant_applied
 
     manifest = read_manifest(variant_id, settings)
@@ -90,28 +122,9 @@ def shrink_structured(loaded, variant_id: str, out_dir: str | Path, *, settings=
     target = Path(out_dir)
     if target.exists():
         raise UserError(f"{target} already exists; choose a new folder")
-    family = loaded.adapter.family
-    if family not in _WIDTH_ATTRIBUTE:
-        raise UserError(f"shrinking is not supported for the {family} family")
-    dense_parameters = sum(p.numel() for p in loaded.model.parameters())
     with variant_applied(loaded, variant_id, settings):
-        kept = kept_neurons_per_layer(loaded)
-        model = copy.deepcopy(loaded.model)  # the variant's weights, independent of the base
-    adapter = loaded.adapter
-    dense_size = weight_matrix(adapter.neuron_module(adapter.decoder_layers(model)[0])).shape[1]
-    for layer, keep in zip(adapter.decoder_layers(model), kept, strict=True):
-        keep = keep.to(next(layer.parameters()).device)
-        for name in adapter.mlp_inputs:
-            _slice_linear(layer.get_submodule(name), keep, rows=True)
-        _slice_linear(layer.get_submodule(adapter.mlp_output), keep, rows=False)
-        mlp = layer.get_submodule(adapter.mlp_output.rsplit(".", 1)[0]) if "." in adapter.mlp_output else None
-        if mlp is not None and hasattr(mlp, "intermediate_size"):
-            mlp.intermediate_size = int(keep.numel())
-    width = int(kept[0].numel())
-    setattr(model.config, _WIDTH_ATTRIBUTE[family], width)
+        small, info = shrunk_model(loaded.model, loaded.adapter)
     with atomic_directory(target) as staging:
-        model.save_pretrained(staging, safe_serialization=True)
+        small.save_pretrained(staging, safe_serialization=True)
         loaded.tokenizer.save_pretrained(staging)
-    return {"path": str(target), "intermediate_size": width, "dense_size": int(dense_size),
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "dense_parameters": dense_parameters}
+    return {"path": str(target), **info}

@@ -14,7 +14,9 @@ engine then zeroes the removed neurons' rows of the input projections and column
     mi                   the paper's pairwise-MI threshold rule (arXiv 2406.00030) or the joint
                          Gaussian MI; least-squares fold-in + mean correction on by default
 
-Compensation is neuron_math's fold-in (see there for the mean and the bias).
+Compensation is neuron_math's fold-in (see there for the mean and the bias). Each method is one
+registry module (random_neurons, magnitude_neurons, flap, structured_obs, mi) holding its options
+model and ``METHOD = neuron_method(...)``.
 """
 
 from __future__ import annotations
@@ -22,13 +24,31 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from pydantic import Field
 
 from backend.pruning import neuron_math
-from backend.pruning.spec import pruned_count
+from backend.pruning.registry import (
+    InputNeeds,
+    LayerToPrune,
+    MethodOptions,
+    Pruned,
+    PruningMethod,
+    neuron_removal,
+)
+from backend.pruning.spec import SparsitySpec, pruned_count
 
 NEURON_METHODS = ("random-neurons", "magnitude-neurons", "flap", "structured-obs", "mi")
 # Relative ridge of the fold-in and of OBS' H⁻¹ (λ = damp · mean diag H), as SparseGPT's percdamp.
 DEFAULT_DAMP = 0.01
+
+
+class CompensationOptions(MethodOptions):
+    """Options of the methods that can fold removed neurons into the kept ones."""
+
+    compensate: bool = Field(default=True, description="fold the removed neurons into the kept ones "
+                             "(least squares; the mean into the down bias where there is one)")
+    damp: float = Field(default=DEFAULT_DAMP, ge=0, lt=1,
+                        description="relative ridge λ = damp·mean(diag H) of the fold-in and of H⁻¹")
 
 
 @dataclass(frozen=True)
@@ -130,50 +150,38 @@ def _mi_selection(down_weight, covariance, mean, count, options: NeuronOptions) 
     raise ValueError(f"unknown MI estimator {options.estimator!r}: use pairwise or joint")
 
 
-def options_from_config(config, layer_index: int) -> NeuronOptions:
-    """The engine's PruneConfig -> this layer's options (the random draw differs per layer)."""
-    return NeuronOptions(compensate=config.compensate, damp=config.neuron_damp,
-                         estimator=config.mi_estimator, threshold=config.mi_threshold,
-                         seed=config.seed * 100_003 + layer_index)
+def neuron_method(method: str, description: str, options: type[MethodOptions], *,
+                  data: bool = True) -> PruningMethod:
+    """The registry entry of one of NEURON_METHODS (``data`` False: no calibration windows)."""
 
+    def prune(layer: LayerToPrune, chosen: MethodOptions, spec: SparsitySpec) -> list[Pruned]:
+        adapter = layer.adapter
+        stats = layer.statistics.get(adapter.mlp_output)
+        down = layer.linears[adapter.mlp_output]
+        bias = getattr(down, "bias", None)
+        seed = getattr(chosen, "draw_seed", getattr(chosen, "pair_seed", 0))
+        settings = NeuronOptions(
+            compensate=getattr(chosen, "compensate", False), damp=getattr(chosen, "damp", DEFAULT_DAMP),
+            estimator=getattr(chosen, "estimator", "pairwise"), threshold=getattr(chosen, "threshold", None),
+            seed=seed * 100_003 + layer.index,  # each layer its own draw
+            block=getattr(chosen, "block", None),
+        )
+        result = prune_layer_neurons(
+            method, layer.weight(adapter.mlp_output), None if bias is None else bias.detach(),
+            [layer.weight(name) for name in adapter.mlp_inputs],
+            *((stats.covariance, stats.mean, stats.tokens) if stats is not None else (None, None, 0)),
+            spec.ratio, settings,
+        )
+        changes = neuron_removal(layer, result.removed.to(down.weight.device))
+        for change in changes:
+            if change.linear == adapter.mlp_output and change.param == "weight":
+                change.new_value = result.down_weight  # None: only zeroed
+                change.info = result.info
+        if result.down_bias is not None:
+            changes.append(Pruned(adapter.mlp_output, torch.zeros_like(bias, dtype=torch.bool),
+                                  param="bias", new_value=result.down_bias))
+        return changes
 
-def neuron_changes(layer, adapter, stats, config, layer_index: int) -> tuple[list, list]:
-    """What the engine applies to one decoder layer for a structured method.
-
-    Returns (changes, replacements): changes are (linear name, module, param name, bool mask)
-    removing whole neurons — rows (and bias entries) of the MLP input projections, columns of
-    the down projection; replacements are (linear name, param name, new value in [out, in]
-    layout) for the compensated down weight / bias. Nothing is modified here: the engine keeps
-    the dense copies before applying either.
-    """
-    from backend.models.adapters import weight_matrix
-
-    down = layer.get_submodule(adapter.mlp_output)
-    inputs = [weight_matrix(layer.get_submodule(name)) for name in adapter.mlp_inputs]
-    down_bias = getattr(down, "bias", None)
-    result = prune_layer_neurons(
-        config.method, weight_matrix(down), None if down_bias is None else down_bias.detach(), inputs,
-        *((stats.covariance, stats.mean, stats.tokens) if stats is not None else (None, None, 0)),
-        config.spec.ratio,
-        options_from_config(config, layer_index),
-    )
-    removed = result.removed.to(down.weight.device)
-    changes = []
-    for name in (*adapter.mlp_inputs, adapter.mlp_output):
-        module = layer.get_submodule(name)
-        mask = torch.zeros(weight_matrix(module).shape, dtype=torch.bool, device=module.weight.device)
-        if name == adapter.mlp_output:
-            mask[:, removed] = True
-        else:
-            mask[removed, :] = True
-            if getattr(module, "bias", None) is not None:
-                bias_mask = torch.zeros_like(module.bias, dtype=torch.bool)
-                bias_mask[removed] = True
-                changes.append((name, module, "bias", bias_mask))
-        changes.append((name, module, "weight", mask))
-    replacements = []
-    if result.down_weight is not None:
-        replacements.append((adapter.mlp_output, "weight", result.down_weight))
-    if result.down_bias is not None:
-        replacements.append((adapter.mlp_output, "bias", result.down_bias))
-    return changes, replacements
+    return PruningMethod(name=method, description=description, prune=prune, options=options,
+                         needs=InputNeeds(linears="mlp_output", covariance=True) if data else None,
+                         structured=True)

@@ -8,7 +8,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from backend.errors import UserError
-from backend.pruning.engine import PruneConfig, create_variant
+from backend.pruning.config import PruneConfig
+from backend.pruning.engine import create_variant
 from backend.pruning.shrink import shrink_structured
 from backend.pruning.spec import SparsitySpec
 from backend.pruning.variants import variant_applied
@@ -63,3 +64,25 @@ def test_shrink_refuses_unstructured_variants_and_existing_folders(tiny, isolate
     (tmp_path / "taken").mkdir()
     with pytest.raises(UserError, match="already exists"):
         shrink_structured(tiny, structured, tmp_path / "taken")
+
+
+def test_layers_with_different_counts_are_padded_with_zero_neurons(tiny):
+    """The uniform rule: every layer keeps the largest kept count; padding neurons stay exactly 0."""
+    from backend.models.adapters import weight_matrix
+    from backend.pruning.shrink import shrunk_model
+
+    adapter = tiny.adapter
+    with torch.no_grad():
+        for layer, count in zip(adapter.decoder_layers(tiny.model), (10, 20), strict=True):
+            removed = torch.arange(3, 3 + count)
+            for name in adapter.mlp_inputs:
+                module = layer.get_submodule(name)
+                weight_matrix(module)[removed] = 0
+                if getattr(module, "bias", None) is not None:
+                    module.bias[removed] = 0
+            weight_matrix(layer.get_submodule(adapter.mlp_output))[:, removed] = 0
+    small, info = shrunk_model(tiny.model, adapter)
+    assert info["intermediate_size"] == 54  # 64 - 10: layer 1 keeps 10 of its removed neurons
+    input_ids = tiny.tokenizer(TINY_CORPUS[4], return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert (small(input_ids=input_ids).logits - tiny.model(input_ids=input_ids).logits).abs().max() < 1e-5
