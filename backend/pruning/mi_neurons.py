@@ -153,27 +153,32 @@ def mi_threshold_removal(
     live_ids = torch.nonzero(~constant).squeeze(1)
     information = gaussian_mutual_information(covariance[live_ids][:, live_ids]).cpu()  # [live, live]
     total = information.sum(dim=1).tolist()  # which member of a pair is the more redundant
-    upper = torch.triu(torch.ones_like(information, dtype=torch.bool), diagonal=1)
+    first_of, second_of = torch.triu_indices(live_ids.numel(), live_ids.numel(), offset=1)
+    values = information[first_of, second_of]  # [pairs], every unordered pair once
+    values, by_value = torch.sort(values, descending=True, stable=True)
+    first_of, second_of = first_of[by_value], second_of[by_value]
     kept = [True] * live_ids.numel()  # plain lists: the pair loop is Python
     live = live_ids.tolist()
     generator = torch.Generator().manual_seed(seed)
-    level = float(information.max()) if threshold is None else float(threshold)
-    ceiling = float("inf")  # pairs above this were visited in an earlier pass
-    positive = information[upper & (information > 0)]
+    level = float(values[0]) if threshold is None else float(threshold)
+    positive = values[values > 0]
     smallest_positive = float(positive.min()) if positive.numel() else 0.0
+    start = 0  # pairs before it (MI above the previous level) were visited in an earlier pass
+    ascending = -values  # searchsorted needs ascending order
     while len(removed) < count:
-        band = upper & (information > level) & (information <= ceiling)
-        pairs = torch.nonzero(band)  # [pairs, 2]
-        for first, second in pairs[torch.randperm(pairs.shape[0], generator=generator)].tolist():
+        end = int(torch.searchsorted(ascending, -level, right=False))  # pairs with MI > level
+        band = torch.arange(start, end)[torch.randperm(max(end - start, 0), generator=generator)]
+        for first, second in zip(first_of[band].tolist(), second_of[band].tolist(), strict=True):
             if kept[first] and kept[second]:
                 victim = first if total[first] >= total[second] else second
                 kept[victim] = False
                 removed.append(live[victim])
                 if len(removed) == count:
                     break
+        start = max(start, end)
         if level <= 0.0:
             break
-        ceiling, level = level, level * decay
+        level *= decay
         if level < smallest_positive:
             level = 0.0  # the last pass admits every remaining pair with MI > 0
     if len(removed) < count:  # independent leftovers: least variance first

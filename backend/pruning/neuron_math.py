@@ -55,9 +55,13 @@ def fold_in_coefficients(gram: torch.Tensor, removed: torch.Tensor, damp: float 
     gram = gram.to(torch.float64)
     system = gram[kept][:, kept]
     system = system + ridge(gram, damp) * torch.eye(kept.numel(), dtype=gram.dtype, device=gram.device)
-    # lstsq rather than solve: an exactly singular H_SS (duplicated or dead kept neurons, λ = 0)
-    # still has a least-squares answer.
-    return torch.linalg.lstsq(system, gram[kept][:, removed]).solution
+    right = gram[kept][:, removed]
+    factor, info = torch.linalg.cholesky_ex(system)
+    if int(info) == 0:
+        return torch.cholesky_solve(right, factor)
+    # An exactly singular H_SS (duplicated or dead kept neurons, λ = 0) still has a least-squares
+    # answer; lstsq is ~10x slower than the Cholesky solve, so only the fallback.
+    return torch.linalg.lstsq(system, right).solution
 
 
 def fold_in(weight: torch.Tensor, gram: torch.Tensor, removed: torch.Tensor,
