@@ -26,6 +26,8 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--seqlen", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: on a loaded shared CPU more threads mostly spin)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="prunelens-bench-shrink-"))
@@ -43,6 +45,7 @@ def main() -> int:
     from backend.pruning.shrink import shrink_structured
     from backend.pruning.spec import SparsitySpec
 
+    torch.set_num_threads(args.threads)
     get_settings.cache_clear()
     loaded = load_model("smollm2-135m-instruct")
     variant = create_variant(loaded, PruneConfig(method="random-neurons",
