@@ -34,6 +34,10 @@ PRODUCING_MODULES = (
     "backend.models.adapters",
     "backend.models.hooks",
     "backend.data.windows",
+    # the structured (neuron) methods' shared math, behind their registry entries
+    "backend.pruning.structured",
+    "backend.pruning.neuron_math",
+    "backend.pruning.mi_neurons",
 )
 
 

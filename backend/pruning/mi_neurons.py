@@ -29,8 +29,7 @@ from __future__ import annotations
 
 import torch
 
-from backend.pruning.registry import InputNeeds, LayerToPrune, Pruned, PruningMethod, neuron_removal
-from backend.pruning.spec import SparsitySpec, pruned_count
+from backend.pruning.spec import pruned_count
 
 # rho^2 is clipped below 1 so that exact duplicates get a large finite MI (about 8.4 nats).
 _MAX_SQUARED_CORRELATION = 1.0 - 1e-7
@@ -113,15 +112,77 @@ def mi_neurons_to_remove(
     return torch.sort(mi_removal_order(covariance, mean, count, min_variance=min_variance)).values
 
 
-def _prune_mi(layer: LayerToPrune, _options, spec: SparsitySpec) -> list[Pruned]:
-    stats = layer.statistics[layer.adapter.mlp_output]
-    return neuron_removal(layer, mi_neurons_to_remove(stats.covariance, stats.mean, spec.ratio))
+@torch.no_grad()
+def mi_threshold_removal(
+    covariance: torch.Tensor,
+    mean: torch.Tensor,
+    count: int,
+    *,
+    threshold: float | None = None,
+    decay: float = 0.9,
+    seed: int = 0,
+    min_variance: float = 1e-8,
+) -> torch.Tensor:
+    """The paper's rule: visit random pairs of kept neurons; if I(k; l) > Tr, remove one of them.
 
+    arXiv 2406.00030 draws random neuron pairs and prunes one neuron of each pair whose MI
+    exceeds a threshold Tr until the compression rate is met. Made exact and finite here: every
+    pair above Tr is visited once, in a seeded random order (a pair whose member is already gone
+    is skipped); when the pass ends short of ``count``, Tr is multiplied by ``decay`` and only the
+    newly admitted pairs are visited. Of a redundant pair the member with the larger total MI with
+    the other live neurons goes (the paper does not say which). ``threshold`` None starts at the
+    largest pairwise MI. Constant neurons go first (as in ``mi_removal_order``); if every
+    remaining pair has MI 0 the rest go by variance, lowest first.
 
-METHOD = PruningMethod(
-    name="mi",
-    description="remove MLP neurons redundant by mutual information (structured)",
-    prune=_prune_mi,
-    needs=InputNeeds(linears="mlp_output", covariance=True),
-    structured=True,
-)
+    covariance [n, n], mean [n] -> LongTensor [count], in removal order.
+    """
+    neurons = covariance.shape[0]
+    if not 0 <= count < neurons:
+        raise ValueError(f"can remove 0 to {neurons - 1} of {neurons} neurons, not {count}")
+    if not 0.0 < decay < 1.0:
+        raise ValueError(f"decay must be in (0, 1), got {decay}")
+    covariance, mean = covariance.detach().float().cpu(), mean.detach().float().cpu()
+    variance = torch.diagonal(covariance).detach().float().clamp_min(0)  # [n]
+    constant = variance <= min_variance * float(variance.mean())
+    constant_ids = torch.nonzero(constant).squeeze(1)
+    constant_ids = constant_ids[torch.sort(mean.detach().float()[constant_ids].abs(), stable=True).indices]
+    removed = constant_ids[:count].tolist()
+    if len(removed) == count:
+        return torch.tensor(removed, dtype=torch.long)
+
+    live_ids = torch.nonzero(~constant).squeeze(1)
+    information = gaussian_mutual_information(covariance[live_ids][:, live_ids]).cpu()  # [live, live]
+    total = information.sum(dim=1).tolist()  # which member of a pair is the more redundant
+    first_of, second_of = torch.triu_indices(live_ids.numel(), live_ids.numel(), offset=1)
+    values = information[first_of, second_of]  # [pairs], every unordered pair once
+    values, by_value = torch.sort(values, descending=True, stable=True)
+    first_of, second_of = first_of[by_value], second_of[by_value]
+    kept = [True] * live_ids.numel()  # plain lists: the pair loop is Python
+    live = live_ids.tolist()
+    generator = torch.Generator().manual_seed(seed)
+    level = float(values[0]) if threshold is None else float(threshold)
+    positive = values[values > 0]
+    smallest_positive = float(positive.min()) if positive.numel() else 0.0
+    start = 0  # pairs before it (MI above the previous level) were visited in an earlier pass
+    ascending = -values  # searchsorted needs ascending order
+    while len(removed) < count:
+        end = int(torch.searchsorted(ascending, -level, right=False))  # pairs with MI > level
+        band = torch.arange(start, end)[torch.randperm(max(end - start, 0), generator=generator)]
+        for first, second in zip(first_of[band].tolist(), second_of[band].tolist(), strict=True):
+            if kept[first] and kept[second]:
+                victim = first if total[first] >= total[second] else second
+                kept[victim] = False
+                removed.append(live[victim])
+                if len(removed) == count:
+                    break
+        start = max(start, end)
+        if level <= 0.0:
+            break
+        level *= decay
+        if level < smallest_positive:
+            level = 0.0  # the last pass admits every remaining pair with MI > 0
+    if len(removed) < count:  # independent leftovers: least variance first
+        rest = live_ids[torch.tensor(kept)]
+        rest = rest[torch.sort(variance[rest], stable=True).indices]
+        removed.extend(rest[: count - len(removed)].tolist())
+    return torch.tensor(removed, dtype=torch.long)

@@ -32,7 +32,11 @@ BUILTIN_METHOD_MODULES = (
     "backend.pruning.wanda",
     "backend.pruning.sparsegpt",
     "backend.pruning.ria",
-    "backend.pruning.mi_neurons",
+    "backend.pruning.mi",
+    "backend.pruning.random_neurons",
+    "backend.pruning.magnitude_neurons",
+    "backend.pruning.flap",
+    "backend.pruning.structured_obs",
 )
 
 

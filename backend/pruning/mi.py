@@ -1,0 +1,31 @@
+"""mi: remove MLP neurons redundant by mutual information (arXiv 2406.00030), compensated.
+
+Selection: the paper's pairwise-MI threshold rule (mi_neurons.mi_threshold_removal, Gaussian
+estimator) or the joint Gaussian MI of a neuron with all the others (``estimator="joint"``).
+Added to the paper: the least-squares fold-in of the removed neurons (on by default).
+docs/pruning-methods.md says what the paper specifies and what we added.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from backend.pruning.structured import CompensationOptions, neuron_method
+
+
+class MiOptions(CompensationOptions):
+    estimator: Literal["pairwise", "joint"] = Field(
+        default="pairwise", description="pairwise: the paper's threshold rule on pairwise Gaussian MI; "
+                                        "joint: -½log(1-R²_j) of a neuron with all kept ones")
+    threshold: float | None = Field(default=None, gt=0, le=100,
+                                    description="pairwise: starting threshold Tr in nats "
+                                                "(default: the largest pairwise MI)")
+    pair_seed: int = Field(default=0, ge=0, le=2**31 - 1, description="pairwise: order of the pair visits")
+    block: int | None = Field(default=None, ge=1, le=65536,
+                              description="joint: neurons removed per C⁻¹ update (default n/128)")
+
+
+METHOD = neuron_method("mi", "remove MLP neurons redundant by mutual information (arXiv 2406.00030), "
+                       "removed ones folded into the kept ones (structured)", MiOptions)
