@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from backend.api.paired_schemas import DenseComparison, PairedDifference  # noqa: F401 (re-exported)
+
 # Ids as they appear in URLs. Variant ids follow backend.pruning.variants.validate_variant_id.
 VARIANT_ID_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,127}$"
 JOB_ID_PATTERN = r"^[0-9a-f]{32}$"
@@ -399,40 +401,6 @@ class EvaluationResult(BaseModel):
     code_version: str = Field(description="Evaluation code that computed it (a source hash).")
     stale: bool = Field(
         description="Computed by other evaluation code than the server's: not a current number."
-    )
-
-
-class PairedDifference(BaseModel):
-    n_examples: int = Field(description="Examples paired.")
-    difference: float = Field(description="Variant minus dense (fraction).")
-    low: float = Field(description="Paired bootstrap 95% interval, lower end.")
-    high: float = Field(description="Paired bootstrap 95% interval, upper end.")
-    p_value: float = Field(
-        description="Exact McNemar (one variant) or sign-flip permutation p-value."
-    )
-    test: str = Field(description="Which test gave the p-value.")
-    worse: int | None = Field(
-        description="Examples right for dense, wrong for the variant (McNemar)."
-    )
-    better: int | None = Field(
-        description="Examples wrong for dense, right for the variant (McNemar)."
-    )
-    distinguishable: bool = Field(description="False when the interval contains 0.")
-    verdict: str = Field(description="'not distinguishable', 'lower' or 'higher'.")
-
-
-class DenseComparison(BaseModel):
-    task: str = Field(description="Task name.")
-    limit: int | None = Field(description="Examples limit (null: whole split).")
-    sample_seed: int | None = Field(description="Seed of the random examples.")
-    n_examples: int = Field(description="Examples the variant was scored on.")
-    metric: str = Field(description="The lm-eval metric.")
-    variant: float = Field(description="The variant's value.")
-    variant_interval: list[float] | None = Field(description="Its 95% interval.")
-    dense: float | None = Field(description="The dense model's value on the same examples.")
-    dense_interval: list[float] | None = Field(description="Its 95% interval.")
-    difference: PairedDifference | None = Field(
-        description="Paired difference; null without per-example scores for both."
     )
 
 
