@@ -54,7 +54,7 @@ def shoot(dashboard: str, backend: str, target: Path) -> list[Path]:
                 page.get_by_test_id("stSidebarNav").wait_for(timeout=60_000)
                 wait_until_drawn(page)
                 if page.get_by_test_id("stPlotlyChart").count():
-                    page.locator("[data-testid=stPlotlyChart] .main-svg").first.wait_for(timeout=30_000)
+                    page.locator("[data-testid=stPlotlyChart] .main-svg >> visible=true").first.wait_for(timeout=30_000)
                 page.wait_for_timeout(2_000)
                 path = target / f"{name}.png"
                 page.screenshot(path=str(path))
