@@ -41,15 +41,23 @@ class ExportResult:
 
 
 def shrink_structured_if_available(model: torch.nn.Module, manifest: dict) -> tuple[torch.nn.Module, bool]:
-    """The single call site for structured (neuron-removing) variants; returns (model, shrunk?).
+    """A structured (neuron-removing) variant as a smaller model; returns (model, shrunk?).
 
-    A structured variant zeroes whole MLP neurons. Until the `structured` work provides a
-    function that drops those neurons (smaller ``intermediate_size``), the export keeps the full
-    shapes with the zeroed neurons, which loads anywhere and gives the same logits. To wire it,
-    call that function here for ``manifest["spec"]["kind"] == "neurons"`` and return
-    ``(smaller_model, True)``; the writer saves whatever model this returns, config included.
+    The removed MLP neurons are sliced out (``backend.pruning.shrink.shrunk_model``: a smaller
+    copy with a reduced ``intermediate_size``; ``model`` itself is not changed). Families whose
+    config has no MLP width to reduce keep the full shapes with the zeroed neurons, which loads
+    anywhere and gives the same logits; other variants are returned as they are.
     """
-    return model, False
+    if (manifest.get("spec") or {}).get("kind") != "neurons":
+        return model, False
+    from backend.models.adapters import adapter_for
+    from backend.pruning.shrink import SHRINKABLE_FAMILIES, shrunk_model
+
+    adapter = adapter_for(model)
+    if adapter.family not in SHRINKABLE_FAMILIES:
+        return model, False
+    small, _sizes = shrunk_model(model, adapter)
+    return small, True
 
 
 def _pruned_linear_names(loaded) -> list[str]:
@@ -139,7 +147,10 @@ def export_variant(variant_id: str, out_dir: str | Path, *, export_format: str =
     with applied, atomic_directory(target) as staging:
         shrunk = _write_checkpoint(loaded, manifest, export_format, staging)
         note = None
-        if (manifest.get("spec") or {}).get("kind") == "neurons" and not shrunk:
+        if shrunk:
+            note = ("Structured variant: the removed MLP neurons are sliced out, so the MLP is "
+                    "narrower than the base model's (see intermediate size in config.json).")
+        elif (manifest.get("spec") or {}).get("kind") == "neurons":
             note = ("Structured variant: the removed MLP neurons are stored as zero rows/columns "
                     "at the full shapes (same outputs as a smaller model).")
         card = model_card(manifest, export_format, variant_results=variant_results,

@@ -25,6 +25,7 @@ from backend.storage import atomic_directory
 
 # config attribute holding the MLP width, per adapter family
 _WIDTH_ATTRIBUTE = {"llama": "intermediate_size", "opt": "ffn_dim", "gpt2": "n_inner"}
+SHRINKABLE_FAMILIES = frozenset(_WIDTH_ATTRIBUTE)
 
 
 def removed_neurons(adapter, layer) -> torch.Tensor:
