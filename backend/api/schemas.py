@@ -6,8 +6,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from backend.api.paired_schemas import DenseComparison, PairedDifference  # noqa: F401 (re-exported)
-
 # Ids as they appear in URLs. Variant ids follow backend.pruning.variants.validate_variant_id.
 VARIANT_ID_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,127}$"
 JOB_ID_PATTERN = r"^[0-9a-f]{32}$"
@@ -340,90 +338,3 @@ class NsaSummary(BaseModel):
     n_texts: int = Field(description="Number of texts.")
     preview: str = Field(description="The start of the first text.")
     variants: list[str] = Field(description="Variants compared.")
-
-
-# ----------------------------------------------------------------------------- evaluations
-
-
-class EvaluationRequest(Strict):
-    model: str | None = Field(default=None, description="Base model; default: the server's.")
-    variant: str | None = Field(
-        default=None,
-        pattern=VARIANT_ID_PATTERN,
-        description="A variant id of that model; omitted: the dense model.",
-    )
-    tasks: list[str] = Field(
-        min_length=1,
-        max_length=64,
-        description="Task names from GET /tasks (or 'offline', 'all', a category key).",
-    )
-    limit: int | None = Field(
-        default=None,
-        ge=1,
-        le=1_000_000,
-        description="Examples per task, drawn at random with sample_seed (omitted: the whole split).",
-    )
-    sample_seed: int = Field(
-        default=1234,
-        ge=0,
-        le=2**32 - 1,
-        description="Which examples `limit` draws; the same seed gives dense and variants the same ones.",
-    )
-
-    @field_validator("tasks")
-    @classmethod
-    def _tasks_not_blank(cls, tasks: list[str]) -> list[str]:
-        if any(not task.strip() or len(task) > 64 for task in tasks):
-            raise ValueError("task names must be non-empty strings of at most 64 characters")
-        return [task.strip() for task in tasks]
-
-
-class EvaluationResult(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    base_model: str = Field(description="Dense model.")
-    variant_id: str | None = Field(description="Variant evaluated (null: the dense model).")
-    task: str = Field(description="Task name.")
-    limit: int | None = Field(description="Examples limit (null: whole split).")
-    sample_seed: int | None = Field(
-        default=None,
-        description="Seed of the random `limit` examples (null: whole split; -2: first rows).",
-    )
-    n_examples: int = Field(description="Examples scored.")
-    metrics: dict[str, Any] = Field(
-        description="lm-eval's result dict: 'acc,none', 'acc_stderr,none', ..."
-    )
-    intervals: dict[str, list[float]] = Field(
-        default_factory=dict,
-        description="95% interval per metric with a stderr: value ± 1.96·stderr.",
-    )
-    created_at: str = Field(description="UTC, ISO 8601.")
-    code_version: str = Field(description="Evaluation code that computed it (a source hash).")
-    stale: bool = Field(
-        description="Computed by other evaluation code than the server's: not a current number."
-    )
-
-
-class TableRow(BaseModel):
-    label: str = Field(description="Row label (a task, model, method or category).")
-    values: list[float | None] = Field(
-        description="Mean metric per column; null where no result exists."
-    )
-    counts: list[int] = Field(description="Number of results averaged in each cell.")
-    intervals: list[list[float] | None] = Field(
-        default_factory=list,
-        description="95% interval per cell: mean ± 1.96·(mean stderr of its results); null: none.",
-    )
-    differences: list[PairedDifference | None] = Field(
-        default_factory=list,
-        description="Per cell, its paired difference to the dense model on the same examples.",
-    )
-
-
-class ResultsTable(BaseModel):
-    kind: str = Field(description="Which view.")
-    metric: str = Field(description="The lm-eval metric averaged.")
-    row_header: str = Field(description="What the rows are.")
-    columns: list[str] = Field(description="Column labels (calibration sets, sparsities, ...).")
-    rows: list[TableRow]
-    filters: dict[str, Any] = Field(description="Filters applied.")

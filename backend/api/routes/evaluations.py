@@ -6,8 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from backend.api.evaluation_schemas import DenseComparison, EvaluationRequest, EvaluationResult
 from backend.api.routes.variants import job_accepted
-from backend.api.schemas import DenseComparison, EvaluationRequest, EvaluationResult, JobAccepted
+from backend.api.schemas import JobAccepted
 from backend.api.state import ApiState, State
 from backend.errors import UserError
 from backend.jobs import Job

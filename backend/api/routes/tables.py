@@ -6,8 +6,8 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query
 
+from backend.api.evaluation_schemas import ResultsTable
 from backend.api.routes.evaluations import results_store
-from backend.api.schemas import ResultsTable
 from backend.api.state import State
 from backend.evaluation.tables import TABLE_KINDS, build_table
 
