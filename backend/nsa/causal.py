@@ -1,0 +1,171 @@
+"""Cross-fitted causal checks of an NSA selection: patching in each variant, ablation in the dense model.
+
+Neurons chosen for their score on some examples look special on those examples by construction,
+so they are tested on other ones: the labelled examples are split in two folds
+(``two_fold_split``), the neurons selected on one fold are patched and ablated on the other, and
+the per-example margins of both folds are pooled. Every comparison is against matched-random
+sets (``backend.nsa.matched_null``: same layers, same dense activation level on the selection
+fold), run in the same batched forward passes as the selected set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from backend.errors import UserError
+from backend.nsa.matched_null import DEFAULT_LEVEL_BINS, matched_null_sets
+from backend.nsa.patching import (
+    ALL_ROW,
+    FIRST_ABLATION_DRAW_ROW,
+    FIRST_DRAW_ROW,
+    SELECTED_ROW,
+    VARIANT_ROW,
+    ablated_log_probs,
+    condition_masks,
+    dense_run,
+    flat_to_rows,
+    patched_log_probs,
+)
+from backend.nsa.probe import ProbeEncoding, margin
+from backend.nsa.scoring import select_neurons
+from backend.nsa.verdict import ablation_reading, ablation_summary, patching_reading, recovery_summary
+
+CAUSAL_DRAWS = 20
+Progress = Callable[[float, str], None]
+# (name, apply): ``apply()`` is a context manager yielding the variant as a torch model.
+VariantSource = tuple[str, Callable[[], AbstractContextManager]]
+
+
+def two_fold_split(count: int, seed: int = 0) -> list[list[int]]:
+    """Example indices 0..count-1 in two seeded random folds of sizes floor/ceil(count/2)."""
+    if count < 2:
+        raise UserError("the cross-fitted check needs at least 2 labelled examples "
+                        "(neurons are selected on some and tested on others)")
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
+    half = count // 2
+    return [sorted(order[:half]), sorted(order[half:])]
+
+
+@dataclass
+class FoldSelection:
+    """Neurons selected on the other fold, tested on ``test`` (example indices)."""
+
+    test: list[int]
+    selected: torch.Tensor  # [k] flat ids layer * neurons_per_layer + index
+
+
+def crossfit_selections(per_text_scores: Sequence[dict[int, torch.Tensor]], top_k: int,
+                        neurons_per_layer: int, seed: int = 0) -> list[FoldSelection]:
+    """For each fold, the top-k neurons by NSA score on the *other* fold's texts."""
+    folds = two_fold_split(len(per_text_scores), seed)
+    plans = []
+    for test, other in ((folds[0], folds[1]), (folds[1], folds[0])):
+        selection = select_neurons([per_text_scores[i] for i in other], top_k)
+        flat = [n.layer * neurons_per_layer + n.index for n in selection.neurons]
+        plans.append(FoldSelection(test=test, selected=torch.tensor(flat, dtype=torch.long)))
+    return plans
+
+
+def _null_draws(levels: torch.Tensor, selected: torch.Tensor, draws: int, seed: int) -> tuple[torch.Tensor, int]:
+    """Matched draws with the most level bins that every (layer, bin) cell can fill."""
+    bins = DEFAULT_LEVEL_BINS
+    while True:
+        try:
+            return matched_null_sets(levels, selected, draws=draws, bins=bins, seed=seed), bins
+        except UserError:
+            if bins == 1:
+                raise
+            bins //= 2
+
+
+def _margins(log_probs: torch.Tensor, label: int) -> np.ndarray:
+    return margin(log_probs, label).double().numpy()  # [rows]
+
+
+def _report(progress: Progress | None, done: int, total: int, message: str) -> None:
+    if progress is not None:
+        progress(done / max(total, 1), message)
+
+
+@torch.inference_mode()
+def causal_check(model, adapter, probes: Sequence[ProbeEncoding], labels: Sequence[int],
+                 folds: Sequence[FoldSelection], *, variants: Sequence[VariantSource] = (),
+                 ablate: bool = True, draws: int = CAUSAL_DRAWS, seed: int = 0,
+                 progress: Progress | None = None) -> dict:
+    """Patch each fold's selection in every variant, and zero it in the dense ``model``.
+
+    ``labels[i]``: index of example i's label word (gold, or the dense prediction). Returns the
+    summaries of ``backend.nsa.verdict`` with their one-line readings.
+    """
+    if draws < 1:
+        raise UserError("draws must be at least 1")
+    width = adapter.neuron_count(model)
+    fold_of = {i: f for f, fold in enumerate(folds) for i in fold.test}
+    keep = {f: sorted({int(flat) // width for flat in fold.selected.tolist()}) for f, fold in enumerate(folds)}
+    total = len(probes) * (1 + int(ablate) + len(variants))
+    runs = []
+    for i, probe in enumerate(probes):
+        _report(progress, i, total, f"dense pass {i + 1}/{len(probes)}")
+        runs.append(dense_run(model, adapter, probe, labels[i], keep[fold_of[i]] if variants else []))
+    # Each fold's null is matched on the activation levels of the fold its neurons were chosen on.
+    null, bins = [], []
+    for f, fold in enumerate(folds):
+        chosen_on = [i for i in range(len(probes)) if fold_of[i] != f] or list(fold.test)
+        levels = torch.stack([runs[i].levels for i in chosen_on]).mean(0)  # [layers, neurons]
+        fold_draws, fold_bins = _null_draws(levels, fold.selected, draws, seed + f)
+        null.append(fold_draws)
+        bins.append(fold_bins)
+    order = [i for fold in folds for i in fold.test]  # examples in pooled order
+    done = len(probes)
+    dense_margins = np.array([float(margin(runs[i].log_probs, labels[i])) for i in order])
+
+    ablation = None
+    if ablate:
+        rows_by_fold = [flat_to_rows(fold.selected, null[f], width) for f, fold in enumerate(folds)]
+        margins = []
+        for i in order:
+            margins.append(_margins(ablated_log_probs(model, adapter, probes[i], rows_by_fold[fold_of[i]]), labels[i]))
+            done += 1
+            _report(progress, done, total, f"ablation {done - len(probes)}/{len(probes)}")
+        margins = np.stack(margins)  # [examples, rows]
+        ablation = ablation_summary(margins[:, 0], margins[:, 1], margins[:, FIRST_ABLATION_DRAW_ROW:], seed=seed)
+        ablation["reading"] = ablation_reading(ablation, _neurons(folds))
+
+    patching = []
+    masks = [condition_masks(fold.selected, null[f], width) for f, fold in enumerate(folds)]
+    for name, apply in variants:
+        margins = []
+        with apply() as variant_model:
+            for i in order:
+                log_probs = patched_log_probs(variant_model, adapter, runs[i], masks[fold_of[i]])
+                margins.append(_margins(log_probs, labels[i]))
+                done += 1
+                _report(progress, done, total, f"patching in {name}: example {len(margins)}/{len(order)}")
+        margins = np.stack(margins)  # [examples, rows]
+        summary = recovery_summary(dense_margins, margins[:, VARIANT_ROW], margins[:, SELECTED_ROW],
+                                   margins[:, ALL_ROW], margins[:, FIRST_DRAW_ROW:], seed=seed)
+        patching.append({"variant": name, **summary, "reading": patching_reading(summary, _neurons(folds))})
+
+    return {
+        "method": "cross-fitted: two folds; neurons selected on one fold are tested on the other, "
+                  "margins of both folds pooled",
+        "draws": draws,
+        "seed": seed,
+        "level_bins": bins,
+        "folds": [{"test_examples": fold.test,
+                   "neurons": [[int(flat) // width, int(flat) % width] for flat in fold.selected.tolist()]}
+                  for fold in folds],
+        "examples": [{"index": i, "label": int(labels[i]), "dense_margin": float(m)}
+                     for i, m in zip(order, dense_margins, strict=True)],
+        "ablation": ablation,
+        "patching": patching,
+    }
+
+
+def _neurons(folds: Sequence[FoldSelection]) -> int:
+    return max(int(fold.selected.numel()) for fold in folds)
