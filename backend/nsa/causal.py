@@ -33,7 +33,12 @@ from backend.nsa.patching import (
 )
 from backend.nsa.probe import ProbeEncoding, margin
 from backend.nsa.scoring import select_neurons
-from backend.nsa.verdict import ablation_reading, ablation_summary, patching_reading, recovery_summary
+from backend.nsa.verdict import (
+    ablation_reading,
+    ablation_summary,
+    patching_reading,
+    recovery_summary,
+)
 
 CAUSAL_DRAWS = 20
 Progress = Callable[[float, str], None]

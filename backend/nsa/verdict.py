@@ -64,7 +64,7 @@ def recovery_summary(dense: np.ndarray, variant: np.ndarray, selected: np.ndarra
     loss = dense - variant
     lost = loss > 0
     result = {
-        "examples": int(len(dense)),
+        "examples": len(dense),
         "examples_lost_margin": int(lost.sum()),
         "mean_margin": {"dense": float(dense.mean()), "variant": float(variant.mean()),
                         "patched": float(selected.mean()), "all_layers": float(all_layers.mean()),
@@ -115,7 +115,7 @@ def ablation_summary(intact: np.ndarray, ablated: np.ndarray, draws: np.ndarray,
     null = random_effect.mean(axis=0)  # [draws]: one mean effect per random set
     percentile, p_value = percentile_and_p_value(float(effect.mean()), torch.from_numpy(null))
     return {
-        "examples": int(len(intact)),
+        "examples": len(intact),
         "effect": {"value": float(effect.mean()), "interval": interval((effect,), _mean, seed)},
         "random_effect": {"value": float(null.mean()), "interval": interval((random_effect.mean(axis=1),), _mean, seed),
                           "null_range": [float(np.quantile(null, 0.025)), float(np.quantile(null, 0.975))]},

@@ -15,7 +15,12 @@ from backend.nsa.causal import FoldSelection, causal_check, crossfit_selections,
 from backend.nsa.patching import dense_run
 from backend.nsa.probe import encode_probe
 from backend.nsa.tasks import get_task
-from backend.nsa.verdict import ablation_reading, ablation_summary, patching_reading, recovery_summary
+from backend.nsa.verdict import (
+    ablation_reading,
+    ablation_summary,
+    patching_reading,
+    recovery_summary,
+)
 from tests.conftest import TINY_CORPUS, tiny_loaded
 
 SENTIMENT = get_task("sentiment")
