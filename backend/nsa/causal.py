@@ -104,8 +104,9 @@ def causal_check(model, adapter, probes: Sequence[ProbeEncoding], labels: Sequen
                  progress: Progress | None = None) -> dict:
     """Patch each fold's selection in every variant, and zero it in the dense ``model``.
 
-    ``labels[i]``: index of example i's label word (gold, or the dense prediction). Returns the
-    summaries of ``backend.nsa.verdict`` with their one-line readings.
+    ``labels[i]``: index of example i's gold label word, or None to use the dense model's
+    prediction (ablation only: patching measures what a variant lost against the truth).
+    Returns the summaries of ``backend.nsa.verdict`` with their one-line readings.
     """
     if draws < 1:
         raise UserError("draws must be at least 1")
@@ -117,6 +118,8 @@ def causal_check(model, adapter, probes: Sequence[ProbeEncoding], labels: Sequen
     for i, probe in enumerate(probes):
         _report(progress, i, total, f"dense pass {i + 1}/{len(probes)}")
         runs.append(dense_run(model, adapter, probe, labels[i], keep[fold_of[i]] if variants else []))
+    label_source = "gold" if all(label is not None for label in labels) else "dense prediction where missing"
+    labels = [int(run.log_probs.argmax()) if label is None else label for run, label in zip(runs, labels, strict=True)]
     # Each fold's null is matched on the activation levels of the fold its neurons were chosen on.
     null, bins = [], []
     for f, fold in enumerate(folds):
@@ -162,6 +165,7 @@ def causal_check(model, adapter, probes: Sequence[ProbeEncoding], labels: Sequen
         "draws": draws,
         "seed": seed,
         "level_bins": bins,
+        "label_source": label_source,
         "folds": [{"test_examples": fold.test,
                    "neurons": [[int(flat) // width, int(flat) % width] for flat in fold.selected.tolist()]}
                   for fold in folds],

@@ -90,14 +90,14 @@ class DenseRun:
     """One example through the dense model."""
 
     probe: ProbeEncoding
-    label: int  # index into the task's label words
+    label: int | None  # index into the task's label words (None: not known)
     log_probs: torch.Tensor  # [2] dense label log-probs
     neurons: dict[int, list[torch.Tensor]]  # layer -> one [tokens, neurons] per forward call
     levels: torch.Tensor  # [layers, neurons] sum over the prompt's tokens of |a| (dense)
 
 
 @torch.inference_mode()
-def dense_run(model, adapter, probe: ProbeEncoding, label: int, kept_layers: Sequence[int]) -> DenseRun:
+def dense_run(model, adapter, probe: ProbeEncoding, label: int | None, kept_layers: Sequence[int]) -> DenseRun:
     """The dense model on one probe: label log-probs, kept layers' neurons, every layer's levels."""
     with _CallRecorder(model, adapter, kept_layers) as recorder:
         log_probs = label_log_probs(model, probe)[0]

@@ -169,6 +169,7 @@ class NsaResult(_Strict):
     comparison: list[VariantComparison]
     heatmaps: list[Heatmap]
     ablation: dict | None
+    causal: dict | None = None  # backend.nsa.causal: cross-fitted patching and ablation with verdicts
     warnings: list[str]
     timings: dict[str, float]
 

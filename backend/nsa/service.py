@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 
 import torch
 
 from backend.errors import UserError
 from backend.nsa.ablation import DEFAULT_DRAWS, ablation_check
+from backend.nsa.causal import CAUSAL_DRAWS, causal_check, crossfit_selections
 from backend.nsa.compare import (
     TextObservation,
     assemble_observation,
@@ -23,6 +25,7 @@ from backend.nsa.compare import (
 )
 from backend.nsa.influential import find_word_spans, influential_words
 from backend.nsa.inputs import encode_for_attribution
+from backend.nsa.probe import encode_probe
 from backend.nsa.schema import TextRecord, VariantRecord, build_result, variant_info
 from backend.nsa.scoring import (
     ACTIVATION_MODES,
@@ -126,11 +129,13 @@ def attribute(
     variants: Sequence[str] = (),
     top_k: int = 20,
     ablate: bool = False,
+    patch: bool = False,
     explainer=None,
     activation: str = "abs",
     negligible_fraction: float = NEGLIGIBLE_FRACTION,
     max_new_tokens: int = 48,
     draws: int = DEFAULT_DRAWS,
+    causal_draws: int = CAUSAL_DRAWS,
     seed: int = 0,
     progress: Progress | None = None,
     settings=None,
@@ -139,7 +144,10 @@ def attribute(
 
     ``words``: influential words given by the user (one list for all texts, or one per
     text) instead of asking the model. ``variants``: ids of pruned variants of ``loaded``.
-    ``explainer``: another LoadedModel that answers step 1. Returns the result dict
+    ``patch``: the cross-fitted causal check (``backend.nsa.causal``) patches the selected
+    neurons in every variant (needs a gold label per text); ``ablate`` with two texts or more
+    adds its dense ablation against the matched null. ``explainer``: another LoadedModel that
+    answers step 1. Returns the result dict
     described by ``backend.nsa.schema.NsaResult``. ``settings``: where variants live
     (default: the environment's settings).
     """
@@ -150,6 +158,8 @@ def attribute(
     rows = _normalise_texts(texts)
     word_lists = _normalise_words(words, len(rows))
     manifests = _manifests(loaded, variants, settings)
+    if patch:
+        _check_patch_request(rows, spec, manifests)
     layer_count = len(loaded.adapter.decoder_layers(loaded.model))
     neuron_count = loaded.adapter.neuron_count(loaded.model)
     if not 1 <= top_k <= layer_count * neuron_count:
@@ -226,6 +236,14 @@ def attribute(
         )
         timings["ablation"] = time.perf_counter() - clock
 
+    causal = None
+    if patch or (ablate and len(records) >= 2):
+        clock = time.perf_counter()
+        causal = _causal_check(loaded, spec, records, text_scores, manifests if patch else [], top_k=top_k,
+                               ablate=ablate, draws=causal_draws, seed=seed, settings=settings,
+                               progress=lambda f, m: _report(progress, 0.9 + 0.1 * f, m))
+        timings["causal"] = time.perf_counter() - clock
+
     timings["total"] = time.perf_counter() - started
     reported_settings = {
         "top_k": top_k,
@@ -241,8 +259,41 @@ def attribute(
     result = build_result(model=model_info, task=spec, settings=reported_settings, texts=records, selection=selection,
                           dense=dense, variants=variant_records, ablation=ablation, warnings=warnings,
                           timings=timings)
+    result["causal"] = causal
     _report(progress, 1.0, "done")
     return result
+
+
+def _check_patch_request(rows: list[dict], spec, manifests: list[dict]) -> None:
+    """Patching compares a variant with the truth: it needs variants and a gold label per text."""
+    if not manifests:
+        raise UserError("patching needs at least one variant (--variants)")
+    if len(rows) < 2:
+        raise UserError("patching needs at least 2 labelled texts (neurons are selected on some, tested on others)")
+    unlabelled = [i for i, row in enumerate(rows) if spec.label_index(row.get("label_text")) is None]
+    if unlabelled:
+        raise UserError(f"patching needs a label for every text ({', '.join(w.strip() for w in spec.label_words)}); "
+                        f"{len(unlabelled)} text(s) have none, e.g. text {unlabelled[0]}")
+
+
+def _causal_check(loaded, spec, records, text_scores, manifests, *, top_k, ablate, draws, seed, settings,
+                  progress) -> dict:
+    """The cross-fitted causal check on the attributed texts: NSA's step-2 scores of one fold
+    select the neurons tested on the other."""
+    from backend.pruning.variants import variant_applied
+
+    @contextmanager
+    def applied(variant_id: str):
+        with variant_applied(loaded, variant_id, settings):
+            yield loaded.model
+
+    neuron_count = loaded.adapter.neuron_count(loaded.model)
+    folds = crossfit_selections([s.scores() for s in text_scores], top_k, neuron_count, seed)
+    probes = [encode_probe(loaded.tokenizer, r.encoded.text, spec, loaded.max_length) for r in records]
+    labels = [spec.label_index(r.label) for r in records]
+    variants = [(m["id"], lambda vid=m["id"]: applied(vid)) for m in manifests]
+    return causal_check(loaded.model, loaded.adapter, probes, labels, folds, variants=variants, ablate=ablate,
+                        draws=draws, seed=seed, progress=progress)
 
 
 @torch.inference_mode()

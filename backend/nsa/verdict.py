@@ -171,3 +171,39 @@ def ablation_reading(summary: dict, neurons: int) -> str:
     if summary["p_value"] <= SIGNIFICANCE:  # beyond the null, but not as a drop
         return sentence + f": no larger drop than random sets (p = {summary['p_value']:.3f})."
     return sentence + f": not distinguishable from random sets (p = {summary['p_value']:.2f})."
+
+
+def verdict_lines(causal: dict) -> list[str]:
+    """The readings of a causal check, one line each: every variant's patching, then the ablation."""
+    lines = [f"variant {block['variant']}: {block['reading']}" for block in causal.get("patching", [])]
+    if causal.get("ablation"):
+        lines.append(f"ablation: {causal['ablation']['reading']}")
+    return lines
+
+
+def verdict_rows(causal: dict) -> list[dict]:
+    """Flat rows (one per variant, then one for the ablation) for a CSV export of the verdict."""
+
+    def bounds(block: dict | None) -> tuple:
+        if not block:
+            return None, None, None
+        low, high = block["interval"] or (None, None)
+        return block["value"], low, high
+
+    rows = []
+    for block in causal.get("patching", []):
+        value, low, high = bounds(block["recovery"])
+        rand, rand_low, rand_high = bounds(block["random"])
+        rows.append({"check": "patching", "variant": block["variant"], "examples": block["examples"],
+                     "examples_lost_margin": block["examples_lost_margin"], "value": value, "low": low,
+                     "high": high, "random": rand, "random_low": rand_low, "random_high": rand_high,
+                     "p_value": block["p_value"], "reading": block["reading"]})
+    ablation = causal.get("ablation")
+    if ablation:
+        value, low, high = bounds(ablation["effect"])
+        rand, rand_low, rand_high = bounds(ablation["random_effect"])
+        rows.append({"check": "ablation", "variant": "", "examples": ablation["examples"],
+                     "examples_lost_margin": None, "value": value, "low": low, "high": high, "random": rand,
+                     "random_low": rand_low, "random_high": rand_high, "p_value": ablation["p_value"],
+                     "reading": ablation["reading"]})
+    return rows
