@@ -10,7 +10,10 @@ import pytest
 from backend.api.settings import ApiSettings
 from backend.cli import main
 from backend.jobs import JobStore
-from tests.unit.test_api import assert_json_error, make_client, prune, wait_for_job  # noqa: F401
+from tests.unit import test_api
+from tests.unit.test_api import assert_json_error, prune, wait_for_job
+
+make_client = test_api.make_client  # the app fixture, shared with the other API tests
 
 TEXTS = [
     "The film was painfully slow and dull.",
