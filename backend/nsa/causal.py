@@ -38,6 +38,7 @@ from backend.nsa.verdict import (
     ablation_summary,
     patching_reading,
     recovery_summary,
+    verdict_rows,
 )
 
 CAUSAL_DRAWS = 20
@@ -159,7 +160,7 @@ def causal_check(model, adapter, probes: Sequence[ProbeEncoding], labels: Sequen
                                    margins[:, ALL_ROW], margins[:, FIRST_DRAW_ROW:], seed=seed)
         patching.append({"variant": name, **summary, "reading": patching_reading(summary, _neurons(folds))})
 
-    return {
+    result = {
         "method": "cross-fitted: two folds; neurons selected on one fold are tested on the other, "
                   "margins of both folds pooled",
         "draws": draws,
@@ -174,6 +175,8 @@ def causal_check(model, adapter, probes: Sequence[ProbeEncoding], labels: Sequen
         "ablation": ablation,
         "patching": patching,
     }
+    result["verdict"] = verdict_rows(result)  # flat rows for CSV export and the dashboard's cards
+    return result
 
 
 def _neurons(folds: Sequence[FoldSelection]) -> int:

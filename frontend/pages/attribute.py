@@ -13,7 +13,7 @@ import streamlit as st
 
 from frontend import ui
 from frontend.links import ViewState
-from frontend.views import nsa_view
+from frontend.views import nsa_view, verdict_view
 from frontend.views.heatmap import styled_fragment
 
 UPLOAD_TYPES = ["txt", "csv", "jsonl"]
@@ -64,6 +64,9 @@ if st.button("Run NSA", type="primary", key="at_run"):
             envelope = None
     if envelope is not None:
         st.session_state["at_result"] = envelope["id"]
+finished_job_result = verdict_view.dataset_job(api, common, "at")
+if finished_job_result:
+    st.session_state["at_result"] = finished_job_result
 
 result_id = st.session_state.get("at_result") or state.result
 if not result_id:
@@ -133,6 +136,7 @@ if keys:
         st.html(styled_fragment(fragment))
     st.dataframe(nsa_view.neuron_table(result), hide_index=True, key="at_neurons")
 
+verdict_view.render(result, result_id, "at")
 if result.get("ablation"):
     with st.expander("Ablation check"):
         st.json(result["ablation"], expanded=False)

@@ -12,7 +12,7 @@ import streamlit as st
 
 from frontend import ui
 from frontend.links import ViewState, share_url
-from frontend.views import figures, nsa_view
+from frontend.views import figures, nsa_view, verdict_view
 from frontend.views.heatmap import styled_fragment
 
 MAX_VARIANTS = 8
@@ -168,6 +168,8 @@ if labels:
         c: st.column_config.NumberColumn(format="percent") for c in summary.columns if c not in ("variant", "id")})
 else:
     st.caption("This result compares no pruned variant: run NSA with variants to see drops.")
+
+verdict_view.render(result, result_id, "ex")
 
 st.subheader("Top NSA neurons")
 table = nsa_view.neuron_table(result)
