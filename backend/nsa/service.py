@@ -155,6 +155,8 @@ def attribute(
     spec = get_task(task)
     if activation not in ACTIVATION_MODES:
         raise UserError(f"unknown activation mode {activation!r}: use {' or '.join(ACTIVATION_MODES)}")
+    if max_new_tokens < 1:
+        raise UserError("--max-new-tokens must be at least 1")
     rows = _normalise_texts(texts)
     word_lists = _normalise_words(words, len(rows))
     manifests = _manifests(loaded, variants, settings)
