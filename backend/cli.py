@@ -146,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from backend.memory import keep_freed_memory
+
+    keep_freed_memory()  # process-wide (glibc allocator), so set here at process start, never in library calls
     _quiet_library_progress()
     _one_line_warnings()
     try:

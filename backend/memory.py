@@ -7,6 +7,10 @@ maps and zeroes page by page on first touch: about a million page faults and 15â
 time of a SmolLM2 prune on CPU (measured: 2.2 against 2.0 floor units for Wanda). Raising the
 two thresholds makes glibc keep and reuse those blocks. The cost: the process keeps its peak
 memory instead of returning it. Elsewhere (macOS, musl) this does nothing.
+
+It changes the whole process, so only entry points switch it on, at process start (the
+``prunelens`` CLI's ``main``, which also starts ``serve`` and ``demo``; bench scripts), never a
+library call.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ def atomic_directory(target: Path) -> Iterator[Path]:
     one is kept and the staging folder is discarded.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(target), dir=target.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; results are ordinary shared folders
     try:
         yield staging
@@ -32,3 +32,15 @@ def atomic_directory(target: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _staging_prefix(target: Path) -> str:
+    return f".{target.name}."
+
+
+def discard_staging(target: Path) -> None:
+    """Remove the staging folders of ``target`` that a process ended mid-write left behind
+    (a finished ``target`` is complete and stays)."""
+    if target.parent.is_dir():
+        for staging in target.parent.glob(f"{_staging_prefix(target)}*"):
+            shutil.rmtree(staging, ignore_errors=True)

@@ -26,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend.data.windows import calibration_windows
+from backend.memory import keep_freed_memory
 from backend.pruning.engine import (
     PruneConfig,
     capture_decoder_inputs,
@@ -142,6 +143,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--skip-cpu", action="store_true")
     args = parser.parse_args()
+    keep_freed_memory()  # as `prunelens` does at process start: the engine no longer switches it
     # Variants written by the benchmark go to a scratch cache, not the user's.
     os.environ.setdefault("PRUNELENS_CACHE_DIR", tempfile.mkdtemp(prefix="prunelens-bench-"))
     models = Path(os.environ["PRUNELENS_CACHE_DIR"]) / "models"

@@ -108,8 +108,10 @@ class PruneRequest(Strict):
     model: str | None = Field(
         default=None, description="Base model (a name from GET /models); default: the server's."
     )
-    method: Literal["magnitude", "wanda", "sparsegpt", "ria", "mi"] = Field(
-        description="magnitude | wanda | sparsegpt | ria | mi (structured: whole MLP neurons)."
+    method: str = Field(
+        min_length=1,
+        max_length=64,
+        description="A registered pruning method (GET /methods lists them with their options).",
     )
     calibration: str = Field(
         default="c4",
@@ -131,19 +133,41 @@ class PruneRequest(Strict):
         description="Tokens per window (capped at the model's context).",
     )
     seed: int = Field(default=0, ge=0, le=2**31 - 1, description="Seed of the window draw.")
-    alpha: float = Field(
-        default=0.5, ge=0, le=100, description="RIA: exponent of the activation norm."
+    options: dict[str, bool | int | float | str] = Field(
+        default_factory=dict,
+        max_length=32,
+        description="The method's options by name, e.g. {\"alpha\": 0.5} for ria; names, defaults "
+        "and bounds come from the method's options schema in GET /methods (omitted = default).",
     )
-    channel_permutation: bool = Field(
-        default=False, description="RIA with N:M: permute input channels first."
-    )
-    blocksize: int = Field(default=128, ge=1, le=65536, description="SparseGPT: columns per block.")
-    percdamp: float = Field(
-        default=0.01,
-        gt=0,
-        lt=1,
-        description="SparseGPT: dampening fraction of the Hessian diagonal.",
-    )
+
+    # Checked against the registry as it is at request time (methods may be registered later).
+    @field_validator("method")
+    @classmethod
+    def _registered_method(cls, value: str) -> str:
+        from backend.pruning.registry import methods
+
+        if value not in methods():
+            raise ValueError(f"unknown method {value!r}; GET /methods lists the registered ones")
+        return value
+
+    @model_validator(mode="after")
+    def _options_of_the_method(self) -> PruneRequest:
+        from backend.errors import UserError
+        from backend.pruning.registry import get_method
+
+        try:
+            get_method(self.method).parse_options(self.options)  # the one validation path of options
+        except UserError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+
+class MethodInfo(BaseModel):
+    name: str = Field(description="Method name, as in PruneRequest.method.")
+    description: str = Field(description="What it scores and where it comes from.")
+    structured: bool = Field(description="Removes whole MLP neurons (sparsity 'neurons:R').")
+    needs_calibration: bool = Field(description="Whether it uses calibration data.")
+    options: dict[str, Any] = Field(description="JSON schema of its options (defaults, bounds, help).")
 
 
 class VariantSummary(BaseModel):
@@ -163,6 +187,10 @@ class VariantSummary(BaseModel):
     seqlen: int | None = Field(default=None, description="Tokens per calibration window.")
     seed: int | None = Field(default=None, description="Seed of the calibration draw.")
     created_at: str | None = Field(default=None, description="When it was written (UTC, ISO 8601).")
+    stale: bool = Field(
+        default=False,
+        description="Written by other code than the server runs: kept, but a new prune recomputes it.",
+    )
 
 
 class DeletedVariant(BaseModel):

@@ -139,11 +139,11 @@ def parse_sweep_spec(data, default_name: str = "sweep") -> SweepSpec:
     if not methods and not dense:
         raise UserError("sweep spec: nothing to run (no methods and dense: false)")
     if methods:
-        from backend.pruning.engine import METHODS
+        from backend.pruning.registry import methods as registered
 
-        bad = [m for m in methods if m not in METHODS]
+        bad = [m for m in methods if m not in registered()]
         if bad:
-            raise UserError(f"sweep spec: unknown method(s) {', '.join(bad)}; choose from {', '.join(METHODS)}")
+            raise UserError(f"sweep spec: unknown method(s) {', '.join(bad)}; choose from {', '.join(registered())}")
     sparsities = [str(s).strip() for s in _as_list(data, "sparsities", ("0.5",))]
     if methods:
         from backend.pruning.spec import SparsitySpec
@@ -199,10 +199,10 @@ def sweep_cells(spec: SweepSpec) -> list[SweepCell]:
             cells.append(SweepCell(model))
         if not spec.methods:
             continue
-        from backend.pruning.engine import METHODS
+        from backend.pruning.registry import get_method
 
         for method in spec.methods:
-            info = METHODS[method]
+            info = get_method(method)
             sparsities = [s for s in spec.sparsities if s.startswith("neurons:") == info.structured]
             if info.needs_calibration:
                 grid = itertools.product(spec.calibrations, sparsities, spec.seqlens)

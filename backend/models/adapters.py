@@ -27,6 +27,9 @@ class ArchitectureAdapter:
     layer_paths: tuple[str, ...]  # candidate paths of the decoder-layer ModuleList, first match wins
     mlp_inputs: tuple[str, ...]  # projections whose output rows are the neurons
     mlp_output: str  # projection whose input is the neuron vector
+    # OPT reshapes hidden states to [batch*tokens, hidden] before its MLP, so its neuron tensor
+    # reaches the down projection 2-D; the decoder layer's input still has the [batch, tokens] shape.
+    mlp_flattens_tokens: bool = False
 
     def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
         for path in self.layer_paths:
@@ -45,6 +48,16 @@ class ArchitectureAdapter:
     def neuron_input_modules(self, layer: nn.Module) -> list[nn.Module]:
         return [layer.get_submodule(name) for name in self.mlp_inputs]
 
+    def batched_neurons(self, neurons: torch.Tensor, token_shape: torch.Size | None) -> torch.Tensor:
+        """The down projection's input as ``[batch, tokens, neurons]``, a view.
+
+        ``token_shape``: the ``[batch, tokens]`` of the decoder layer's input, needed (and
+        recorded by ``backend.models.hooks.neuron_hooks``) only where the MLP flattens tokens.
+        """
+        if self.mlp_flattens_tokens:
+            return neurons.reshape(*token_shape, neurons.shape[-1])
+        return neurons
+
     def neuron_count(self, model: nn.Module) -> int:
         """Neurons per layer (the MLP hidden size)."""
         return weight_matrix(self.neuron_module(self.decoder_layers(model)[0])).shape[1]
@@ -61,6 +74,7 @@ _OPT = ArchitectureAdapter(
     layer_paths=("model.decoder.layers",),
     mlp_inputs=("fc1",),
     mlp_output="fc2",
+    mlp_flattens_tokens=True,
 )
 _GPT2 = ArchitectureAdapter(
     family="gpt2",

@@ -4,18 +4,20 @@ For each text the dense model's label log-prob margin (label vs the other label 
 the task's probe) is measured intact, with the top NSA neurons zeroed, and with as many
 random neurons zeroed, drawn from the same layers in the same numbers (excluding the
 selected ones), over several draws. ``effect = margin_intact - margin_ablated``: positive
-when the neurons supported the label. Zeroing is done on the down projection's input by a
-forward-pre-hook, so the shared model's weights are never touched.
+when the neurons supported the label. Zeroing is done on the down projection's input by
+``neuron_hooks``, so the shared model's weights are never touched.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from contextlib import ExitStack
 from typing import Self
 
 import torch
 
+from backend.models.hooks import neuron_hooks
 from backend.nsa.probe import encode_probe, label_log_probs, margin
 from backend.nsa.tasks import TaskSpec
 
@@ -23,7 +25,7 @@ DEFAULT_DRAWS = 5
 
 
 class NeuronAblation:
-    """Context manager zeroing neurons in every forward pass, by down-projection pre-hooks.
+    """Context manager zeroing neurons in every forward pass, through ``neuron_hooks``.
 
     ``neurons`` is ``{layer: [indices]}`` applied to every batch row, or a list of such dicts,
     one per batch row (row r of the batch loses ``neurons[r]``): the intact model, the NSA
@@ -33,39 +35,30 @@ class NeuronAblation:
     def __init__(self, model, adapter, neurons: dict[int, Sequence[int]] | Sequence[dict[int, Sequence[int]]]) -> None:
         rows = [neurons] if isinstance(neurons, dict) else list(neurons)
         width = adapter.neuron_count(model)
-        layers = adapter.decoder_layers(model)
-        self._masks: dict[torch.nn.Module, torch.Tensor] = {}
+        self._model, self._adapter = model, adapter
+        self._masks: dict[int, torch.Tensor] = {}  # layer -> [rows, neurons], True = zeroed
         for layer in sorted({layer for row in rows for layer, indices in row.items() if indices}):
-            mask = torch.zeros(len(rows), width, dtype=torch.bool)  # [rows, neurons], True = zeroed
+            mask = torch.zeros(len(rows), width, dtype=torch.bool)
             for r, row in enumerate(rows):
                 mask[r, list(row.get(layer, ()))] = True
-            self._masks[adapter.neuron_module(layers[layer])] = mask
-        self._handles = []
+            self._masks[layer] = mask
+        self._hooks = ExitStack()
 
     @staticmethod
     def _zeroing_hook(mask: torch.Tensor):
-        def zero(_module, args: tuple):
-            neurons = args[0]  # [batch, tokens, neurons] (OPT: [batch*tokens, neurons])
+        def zero(neurons: torch.Tensor) -> torch.Tensor:  # [batch, tokens, neurons]
             # One mask row applies to the whole batch (it broadcasts); else one per batch row.
-            shaped = neurons.reshape(mask.shape[0], -1, neurons.shape[-1])
-            zeroed = shaped.masked_fill(mask.to(neurons.device)[:, None, :], 0)  # a copy: the input stays intact
-            return (zeroed.reshape(neurons.shape), *args[1:])
+            return neurons.masked_fill(mask.to(neurons.device)[:, None, :], 0)  # a copy: the input stays intact
 
         return zero
 
     def __enter__(self) -> Self:
-        try:
-            for module, mask in self._masks.items():
-                self._handles.append(module.register_forward_pre_hook(self._zeroing_hook(mask)))
-        except BaseException:
-            self.__exit__()
-            raise
+        functions = {layer: self._zeroing_hook(mask) for layer, mask in self._masks.items()}
+        self._hooks.enter_context(neuron_hooks(self._model, self._adapter, functions))
         return self
 
     def __exit__(self, *exc_info) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        self._hooks.close()
 
 
 def random_control_sets(

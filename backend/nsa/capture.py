@@ -1,13 +1,14 @@
 """Capture neuron activations: the input of each decoder layer's MLP output projection.
 
-``NeuronCapture`` is a context manager with forward-pre-hooks on the down projections. It
-never changes what the model computes (the hook returns nothing, so the input flows on
+``NeuronCapture`` is a context manager over ``backend.models.hooks.neuron_hooks``. It never
+changes what the model computes (its functions return nothing, so the input flows on
 untouched) and removes its hooks on exit, also when the forward pass raised.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Self
 
@@ -16,14 +17,13 @@ from torch import nn
 
 from backend.errors import UserError
 from backend.models.adapters import ArchitectureAdapter
+from backend.models.hooks import NeuronFn, checked_layers, neuron_hooks
 
 
 class NeuronCapture:
     """Records ``{layer: Tensor[batch, tokens, neurons]}`` for the requested layers.
 
-    Each forward pass overwrites the previous one's tensors. Some families (OPT) flatten
-    batch and tokens before the MLP, so a recorded tensor may be ``[batch*tokens, neurons]``:
-    read it through ``batched(layer, batch_size)``. ``to_cpu`` moves them off the
+    Each forward pass overwrites the previous one's tensors. ``to_cpu`` moves them off the
     accelerator as they are produced (for long texts on large models); by default they stay
     where the model is, which costs nothing on top of the forward pass: the tensor is the
     one the MLP already built, kept alive by reference, not copied.
@@ -37,24 +37,18 @@ class NeuronCapture:
         *,
         to_cpu: bool = False,
     ) -> None:
-        decoder_layers = adapter.decoder_layers(model)
-        count = len(decoder_layers)
-        wanted = list(range(count)) if layers is None else sorted(set(layers))
-        bad = [index for index in wanted if not 0 <= index < count]
-        if bad:
-            raise UserError(f"layer(s) {bad} out of range: this model has layers 0..{count - 1}")
-        self.layers = wanted
-        self._modules = {index: adapter.neuron_module(decoder_layers[index]) for index in wanted}
+        self.layers = checked_layers(model, adapter, layers)
+        self._model, self._adapter = model, adapter
         self._to_cpu = to_cpu
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._hooks = ExitStack()
         self.activations: dict[int, torch.Tensor] = {}
 
-    def hook_for(self, layer_index: int):
-        """The forward-pre-hook for one layer. Subclasses override it to reduce activations as
+    def hook_for(self, layer_index: int) -> NeuronFn:
+        """The neuron function for one layer. Subclasses override it to reduce activations as
         they are produced (see ``backend.nsa.scoring.LayerReducer``) instead of keeping them."""
 
-        def record(_module: nn.Module, args: tuple) -> None:
-            neurons = args[0].detach()  # [batch, tokens, neurons]
+        def record(neurons: torch.Tensor) -> None:  # [batch, tokens, neurons]
+            neurons = neurons.detach()
             self.activations[layer_index] = neurons.to("cpu", copy=True) if self._to_cpu else neurons
 
         return record
@@ -66,21 +60,15 @@ class NeuronCapture:
 
     def __enter__(self) -> Self:
         self.activations = {}
-        try:
-            for index, module in self._modules.items():
-                self._handles.append(module.register_forward_pre_hook(self.hook_for(index)))
-        except BaseException:
-            self.remove()
-            raise
+        functions = {index: self.hook_for(index) for index in self.layers}
+        self._hooks.enter_context(neuron_hooks(self._model, self._adapter, functions))
         return self
 
     def __exit__(self, *exc_info) -> None:
         self.remove()
 
     def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        self._hooks.close()
 
 
 @dataclass

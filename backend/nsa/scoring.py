@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from backend.errors import UserError
+from backend.models.hooks import StopForward, call_until_stopped
 from backend.nsa.capture import NeuronCapture
 
 ACTIVATION_MODES = ("abs", "positive")
@@ -192,10 +193,6 @@ def observe_layer(
     return columns, layer_mass(activation_magnitude(neurons, mode), word_tokens)
 
 
-class _EnoughLayers(Exception):
-    """Raised by the deepest hook: the rest of the forward pass (and the logits) is not needed."""
-
-
 class LayerReducer(NeuronCapture):
     """A ``NeuronCapture`` that reduces each layer as it is produced instead of keeping it.
 
@@ -215,11 +212,10 @@ class LayerReducer(NeuronCapture):
     def hook_for(self, layer_index: int):
         deepest = self.layers[-1]
 
-        def record(_module, args: tuple) -> None:
-            neurons = args[0].detach()  # [1, tokens, neurons] (OPT: [tokens, neurons])
-            self.results[layer_index] = self._reduce(layer_index, neurons.reshape(-1, neurons.shape[-1]))
+        def record(neurons: torch.Tensor) -> None:  # [1, tokens, neurons]
+            self.results[layer_index] = self._reduce(layer_index, neurons.detach()[0])
             if layer_index == deepest:
-                raise _EnoughLayers
+                raise StopForward  # the rest of the forward pass (and the logits) is not needed
 
         return record
 
@@ -227,10 +223,7 @@ class LayerReducer(NeuronCapture):
         """One forward pass of ``input_ids`` (``[1, tokens]``) up to the deepest requested layer."""
         self.results = {}
         with self:
-            try:
-                self._model(input_ids=input_ids, use_cache=False)
-            except _EnoughLayers:
-                pass
+            call_until_stopped(self._model, input_ids=input_ids, use_cache=False)
         missing = sorted(set(self.layers) - set(self.results))
         if missing:
             raise RuntimeError(f"the forward pass never reached layer(s) {missing}")

@@ -1,15 +1,19 @@
-"""CLI commands for pruning: ``prunelens prune | variants | perplexity``."""
+"""CLI commands for pruning: ``prunelens prune | methods | variants | perplexity``.
+
+The ``prune`` arguments for methods and their options are generated from the method registry
+(``backend.pruning.registry``): one ``--option`` per option name, validated by the method's
+options model.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import typing
 
 from backend.cli import command
 from backend.errors import UserError
-
-METHOD_NAMES = ("magnitude", "wanda", "sparsegpt", "ria", "mi")
 
 
 def tqdm_progress(total_label: str):
@@ -36,16 +40,54 @@ def spec_from_args(args):
         return SparsitySpec.parse(args.pattern)
     if args.neuron_ratio is not None:
         return SparsitySpec.parse(f"neurons:{args.neuron_ratio}")
-    if args.method == "mi":
-        raise UserError("method 'mi' needs --neuron-ratio")
+    from backend.pruning.registry import get_method
+
+    if get_method(args.method).structured:
+        raise UserError(f"method {args.method!r} needs --neuron-ratio")
     return SparsitySpec.parse(args.sparsity if args.sparsity is not None else "0.5")
+
+
+def add_option_arguments(parser: argparse.ArgumentParser) -> list[str]:
+    """One ``--name`` per option of the registered methods (methods sharing a name share it).
+
+    Defaults stay None, so an option not given takes the method's own default; the options
+    model checks values and bounds (``PruningMethod.parse_options``). Returns the option names.
+    """
+    from backend.pruning.registry import methods
+
+    takers: dict[str, list[tuple[str, object]]] = {}
+    for method in methods().values():
+        for name, info in method.options.model_fields.items():
+            takers.setdefault(name, []).append((method.name, info))
+    for name, entries in takers.items():
+        help_text = "; ".join(f"{method}: {info.description} (default {info.default})"
+                              for method, info in entries)
+        flag = "--" + name.replace("_", "-")
+        annotation = entries[0][1].annotation
+        if annotation is bool:
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None,
+                                help=help_text)
+        elif typing.get_origin(annotation) is typing.Literal:
+            parser.add_argument(flag, dest=name, choices=typing.get_args(annotation), default=None,
+                                help=help_text)
+        else:
+            parser.add_argument(flag, dest=name, type=annotation if annotation in (int, float) else str,
+                                default=None, help=help_text)
+    return list(takers)
+
+
+def options_from_args(args, option_names: list[str]) -> dict:
+    """The options given on the command line; one the method does not take is refused by it."""
+    return {name: getattr(args, name) for name in option_names if getattr(args, name) is not None}
 
 
 @command("prune", "prune a model with a method and calibration set; prints the variant id")
 def _prune(parser: argparse.ArgumentParser):
     parser.add_argument("--model", default=None, help="embedded name, hub id or local directory")
-    parser.add_argument("--method", required=True, choices=METHOD_NAMES,
-                        help="magnitude | wanda | sparsegpt | ria | mi (structured MLP neurons)")
+    from backend.pruning.registry import methods
+
+    parser.add_argument("--method", required=True, choices=list(methods()),
+                        help="; ".join(f"{m.name}: {m.description}" for m in methods().values()))
     parser.add_argument("--calibration", default="c4",
                         help="calibration set: c4, wikitext2, ptb, arc_challenge, arc_easy, boolq, rte, "
                              "sst2, wnli, lambada, imdb, or file:PATH (`prunelens datasets` says which "
@@ -55,16 +97,12 @@ def _prune(parser: argparse.ArgumentParser):
     parser.add_argument("--pattern", default=None,
                         help="N:M semi-structured, e.g. 2:4 = keep 2 of every 4 consecutive weights")
     parser.add_argument("--neuron-ratio", default=None,
-                        help="mi only: fraction of MLP neurons removed, 0 < r < 1")
+                        help="structured methods (mi): fraction of MLP neurons removed, 0 < r < 1")
     parser.add_argument("--nsamples", type=int, default=128, help="calibration windows (default 128)")
     parser.add_argument("--seqlen", type=int, default=2048,
                         help="tokens per window, capped at the model's context (default 2048)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the window draw (default 0)")
-    parser.add_argument("--alpha", type=float, default=0.5, help="ria: exponent of ‖X_j‖₂ (default 0.5)")
-    parser.add_argument("--channel-permutation", action="store_true",
-                        help="ria with N:M: reallocate input channels before choosing the mask")
-    parser.add_argument("--blocksize", type=int, default=128, help="sparsegpt: columns per block")
-    parser.add_argument("--percdamp", type=float, default=0.01, help="sparsegpt: dampening fraction")
+    option_names = add_option_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print the manifest as JSON")
 
     def run(args) -> int:
@@ -72,9 +110,8 @@ def _prune(parser: argparse.ArgumentParser):
 
         config = PruneConfig(
             method=args.method, calibration=args.calibration, spec=spec_from_args(args),
-            nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed, alpha=args.alpha,
-            channel_permutation=args.channel_permutation, blocksize=args.blocksize,
-            percdamp=args.percdamp,
+            nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed,
+            options=options_from_args(args, option_names),
         )
         config.validate()  # before loading the model: bad input costs nothing
         from backend.models.loader import load_model
@@ -99,6 +136,28 @@ def _prune(parser: argparse.ArgumentParser):
     return run
 
 
+@command("methods", "list the registered pruning methods and their options")
+def _methods(parser: argparse.ArgumentParser):
+    parser.add_argument("--json", action="store_true")
+
+    def run(args) -> int:
+        from backend.pruning.registry import methods
+
+        described = [method.describe() for method in methods().values()]
+        if args.json:
+            print(json.dumps(described, indent=2))
+            return 0
+        for method in described:
+            kind = "structured (neurons)" if method["structured"] else "weights"
+            print(f"{method['name']}\t{kind}\t{method['description']}")
+            for name, schema in method["options"].get("properties", {}).items():
+                print(f"    --{name.replace('_', '-')}\t{schema.get('description', '')} "
+                      f"(default {schema.get('default')})")
+        return 0
+
+    return run
+
+
 @command("variants", "list pruned variants")
 def _variants(parser: argparse.ArgumentParser):
     parser.add_argument("--base", default=None, help="only variants of this base model")
@@ -115,7 +174,8 @@ def _variants(parser: argparse.ArgumentParser):
             print("no variants yet: create one with `prunelens prune`")
         for row in rows:
             print(f"{row['id']}\t{row['base_model']}\t{row['method']}\t{row['calibration']}\t"
-                  f"{row['sparsity']}\tachieved {row['achieved_sparsity']['overall']:.4f}")
+                  f"{row['sparsity']}\tachieved {row['achieved_sparsity']['overall']:.4f}"
+                  f"{chr(9) + 'stale (other code version; a new prune recomputes)' if row['stale'] else ''}")
         return 0
 
     return run

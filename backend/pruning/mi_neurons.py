@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import torch
 
-from backend.pruning.spec import pruned_count
+from backend.pruning.registry import InputNeeds, LayerToPrune, Pruned, PruningMethod, neuron_removal
+from backend.pruning.spec import SparsitySpec, pruned_count
 
 # rho^2 is clipped below 1 so that exact duplicates get a large finite MI (about 8.4 nats).
 _MAX_SQUARED_CORRELATION = 1.0 - 1e-7
@@ -110,3 +111,17 @@ def mi_neurons_to_remove(
         raise ValueError(f"neuron ratio must be in [0, 1), got {ratio}")
     count = pruned_count(covariance.shape[0], ratio)
     return torch.sort(mi_removal_order(covariance, mean, count, min_variance=min_variance)).values
+
+
+def _prune_mi(layer: LayerToPrune, _options, spec: SparsitySpec) -> list[Pruned]:
+    stats = layer.statistics[layer.adapter.mlp_output]
+    return neuron_removal(layer, mi_neurons_to_remove(stats.covariance, stats.mean, spec.ratio))
+
+
+METHOD = PruningMethod(
+    name="mi",
+    description="remove MLP neurons redundant by mutual information (structured)",
+    prune=_prune_mi,
+    needs=InputNeeds(linears="mlp_output", covariance=True),
+    structured=True,
+)

@@ -23,8 +23,10 @@ improve: keeping the current assignment is one of the options).
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 
 from backend.errors import UserError
+from backend.pruning.registry import LayerToPrune, MethodOptions, Pruned, PruningMethod
 from backend.pruning.spec import (
     SparsitySpec,
     lowest_per_group,
@@ -163,3 +165,32 @@ def refine_permutation_by_assignment(
             ]
             block[:, slot] = reassigned  # view: writes into permutation
     return permutation
+
+
+class RiaOptions(MethodOptions):
+    alpha: float = Field(default=0.5, ge=0, le=100, description="exponent a of ‖X_j‖₂ in the score")
+    channel_permutation: bool = Field(
+        default=False, description="N:M only: reallocate input channels before choosing the mask")
+
+
+def _check_ria(options: RiaOptions, spec: SparsitySpec) -> None:
+    if options.channel_permutation and spec.kind != "nm":
+        raise UserError("channel permutation applies to RIA with an N:M pattern only")
+
+
+def _prune_ria(layer: LayerToPrune, options: RiaOptions, spec: SparsitySpec) -> list[Pruned]:
+    changes = []
+    for name in layer.linears:
+        mask, permutation = ria_mask(layer.weight(name), layer.statistics[name].act_norm, spec,
+                                     alpha=options.alpha, channel_permutation=options.channel_permutation)
+        changes.append(Pruned(name, mask, info={"permuted": permutation is not None}))
+    return changes
+
+
+METHOD = PruningMethod(
+    name="ria",
+    description="relative importance × ‖X_j‖₂^a (Zhang et al. 2024)",
+    prune=_prune_ria,
+    options=RiaOptions,
+    check=_check_ria,
+)

@@ -16,8 +16,10 @@ import itertools
 from dataclasses import dataclass
 
 import torch
+from pydantic import Field
 
 from backend.errors import UserError
+from backend.pruning.registry import InputNeeds, LayerToPrune, MethodOptions, Pruned, PruningMethod
 from backend.pruning.spec import (
     SparsitySpec,
     lowest_in_matrix,
@@ -28,6 +30,8 @@ from backend.pruning.spec import (
 )
 
 MAX_DAMPENING_RETRIES = 8
+BLOCKSIZE_RANGE = (1, 65536)
+PERCDAMP_RANGE = (0.0, 1.0)  # fraction of the mean diagonal; 0 falls back to a tiny dampening
 
 
 class HessianNotPositiveDefiniteError(UserError):
@@ -94,16 +98,9 @@ def sparsegpt_prune_together(
             f"hessian must be [{columns}, {columns}] for weight {tuple(weights[0].shape)}, "
             f"got {tuple(hessian.shape)}"
         )
-    if not percdamp >= 0:
-        raise UserError(f"SparseGPT percdamp must be a non-negative fraction, got {percdamp}")
-    if blocksize < 1:
-        raise UserError(f"SparseGPT blocksize must be positive, got {blocksize}")
+    METHOD.check_request(METHOD.parse_options({"blocksize": blocksize, "percdamp": percdamp}), spec)
     if spec.kind == "nm":
         require_divisible(columns, spec.m)
-        if blocksize % spec.m:
-            raise UserError(
-                f"SparseGPT blocksize {blocksize} must be a multiple of m={spec.m} for {spec.label}"
-            )
 
     if not bool(torch.isfinite(hessian.sum())) and not bool(torch.isfinite(hessian).all()):
         raise UserError(
@@ -280,3 +277,40 @@ def _lower_triangular_inverse(lower: torch.Tensor, leaf: int = 128) -> torch.Ten
     inverse[half:, half:] = bottom
     inverse[half:, :half] = -(bottom @ lower[half:, :half] @ top)
     return inverse
+
+
+class SparseGPTOptions(MethodOptions):
+    blocksize: int = Field(default=128, ge=BLOCKSIZE_RANGE[0], le=BLOCKSIZE_RANGE[1],
+                           description="columns per block of the lazy batch update")
+    percdamp: float = Field(default=0.01, ge=PERCDAMP_RANGE[0], le=PERCDAMP_RANGE[1],
+                            description="dampening added to diag(H), as a fraction of its mean")
+
+
+def _check_sparsegpt(options: SparseGPTOptions, spec: SparsitySpec) -> None:
+    if spec.kind == "nm" and options.blocksize % spec.m:
+        raise UserError(
+            f"SparseGPT blocksize {options.blocksize} must be a multiple of m={spec.m} for {spec.label}"
+        )
+
+
+def _prune_sparsegpt(layer: LayerToPrune, options: SparseGPTOptions, spec: SparsitySpec) -> list[Pruned]:
+    changes = []
+    for group in layer.input_groups():
+        # Pruned together: one factorisation of the shared Hessian and one column loop for all.
+        results = sparsegpt_prune_together([layer.weight(name) for name in group],
+                                           layer.statistics[group[0]].hessian, spec,
+                                           blocksize=options.blocksize, percdamp=options.percdamp)
+        changes += [Pruned(name, result.mask, new_value=result.weight,
+                           info={"damp": result.damp, "retries": result.retries})
+                    for name, result in zip(group, results, strict=True)]
+    return changes
+
+
+METHOD = PruningMethod(
+    name="sparsegpt",
+    description="OBS mask + weight update from H = 2XXᵀ/n (Frantar & Alistarh 2023)",
+    prune=_prune_sparsegpt,
+    options=SparseGPTOptions,
+    needs=InputNeeds(hessian=True),
+    check=_check_sparsegpt,
+)

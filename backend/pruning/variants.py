@@ -59,6 +59,10 @@ def read_manifest(variant_id: str, settings: Settings | None = None) -> dict:
 
 
 def list_variants(base: str | None = None, settings: Settings | None = None) -> list[dict]:
+    """Manifests of the complete variants, each with ``stale``: written by other code than this
+    process runs (see ``backend.pruning.config.code_version``)."""
+    from backend.pruning.config import is_stale
+
     root = variants_root(settings)
     if not root.is_dir():
         return []
@@ -68,7 +72,7 @@ def list_variants(base: str | None = None, settings: Settings | None = None) -> 
             continue  # staging folders of variants being written
         manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
         if base is None or manifest.get("base_model") == base:
-            manifests.append(manifest)
+            manifests.append({**manifest, "stale": is_stale(manifest)})
     return manifests
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from backend.pruning.registry import PruningMethod, each_weight
 from backend.pruning.spec import SparsitySpec, mask_for_spec, require_weight_spec
 
 
@@ -38,3 +39,10 @@ def _check_act_norm(weight: torch.Tensor, act_norm: torch.Tensor) -> None:
             "weight must be [out, in] and act_norm [in]; "
             f"got {tuple(weight.shape)} and {tuple(act_norm.shape)}"
         )
+
+
+METHOD = PruningMethod(
+    name="wanda",
+    description="|W_ij|·‖X_j‖₂, compared within each output row (Sun et al. 2023)",
+    prune=each_weight(lambda weight, stats, _options, spec: wanda_mask(weight, stats.act_norm, spec)),
+)

@@ -6,7 +6,6 @@ mtime moves whenever a variant is renamed into place or deleted), so polling cli
 
 from __future__ import annotations
 
-import shutil
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
@@ -17,6 +16,7 @@ from backend.api.schemas import (
     DeletedVariant,
     JobAccepted,
     JobInfo,
+    MethodInfo,
     PruneRequest,
     VariantSummary,
 )
@@ -65,6 +65,7 @@ def summary(manifest: dict) -> dict:
         "seqlen": manifest.get("seqlen"),
         "seed": manifest.get("seed"),
         "created_at": manifest.get("created_at"),
+        "stale": bool(manifest.get("stale")),
     }
 
 
@@ -117,7 +118,7 @@ def delete_variant_endpoint(variant_id: VariantId, state: State) -> dict:
 
 def prune_config(request: PruneRequest):
     """The engine's PruneConfig for a request; UserError on anything the engine would refuse."""
-    from backend.data.sources import FILE_PREFIX, list_text_sets
+    from backend.data.sources import FILE_PREFIX
     from backend.pruning.engine import PruneConfig
     from backend.pruning.spec import SparsitySpec
 
@@ -127,11 +128,6 @@ def prune_config(request: PruneRequest):
             "file: calibration sets read the server's disk and are not accepted over HTTP; "
             "use a named set from GET /calibration-sets"
         )
-    known = [row["name"] for row in list_text_sets() if not row["name"].startswith(FILE_PREFIX)]
-    if calibration not in known:
-        raise UserError(
-            f"unknown calibration set {request.calibration[:64]!r}; known: {', '.join(known)}"
-        )
     config = PruneConfig(
         method=request.method,
         calibration=calibration,
@@ -139,20 +135,17 @@ def prune_config(request: PruneRequest):
         nsamples=request.nsamples,
         seqlen=request.seqlen,
         seed=request.seed,
-        alpha=request.alpha,
-        channel_permutation=request.channel_permutation,
-        blocksize=request.blocksize,
-        percdamp=request.percdamp,
+        options=request.options,
     )
     config.validate()
     return config
 
 
-def predicted_variant_id(loaded, config) -> str:
-    from backend.pruning.engine import variant_id_for, variant_identity
+@router.get("/methods", response_model=list[MethodInfo], summary="Pruning methods and their options")
+def list_methods() -> list[dict]:
+    from backend.pruning.registry import methods
 
-    seqlen = min(config.seqlen, loaded.max_length)
-    return variant_id_for(variant_identity(loaded.name, config, seqlen), config)
+    return [method.describe() for method in methods().values()]
 
 
 def job_accepted(job: Job, **extra) -> JobAccepted:
@@ -175,20 +168,19 @@ def create_variant_job(body: PruneRequest, state: State) -> JobAccepted:
     model = state.pool.allowed_reference(body.model)
     params = {**body.model_dump(), "model": model, "calibration": config.calibration}
     default = state.pool.default
-    variant_id = (
-        predicted_variant_id(default, config)
-        if default is not None and default.name == model
-        else None
-    )
-    if variant_id is not None:
-        params["variant_id"] = variant_id
+    from backend.pruning.engine import variant_id
+
+    # Known now only when the job will prune the loaded default model; else the job records it.
+    predicted = variant_id(default, config) if default is not None and default.name == model else None
+    if predicted is not None:
+        params["variant_id"] = predicted
     job = state.jobs.submit("prune", params)
-    return job_accepted(job, variant_id=variant_id)
+    return job_accepted(job, variant_id=predicted)
 
 
 def register_jobs(state: ApiState) -> None:
     def run_prune(job: Job, progress) -> dict:
-        from backend.pruning.engine import create_variant
+        from backend.pruning.engine import create_variant, variant_id
 
         request = PruneRequest(
             **{key: value for key, value in job.params.items() if key in PruneRequest.model_fields}
@@ -199,7 +191,7 @@ def register_jobs(state: ApiState) -> None:
             loaded = state.pool.get(request.model)
             if "variant_id" not in job.params:
                 state.jobs.store.add_params(
-                    job.id, {"variant_id": predicted_variant_id(loaded, config)}
+                    job.id, {"variant_id": variant_id(loaded, config)}
                 )
             result = create_variant(loaded, config, progress=progress, settings=state.settings)
         return {
@@ -211,11 +203,10 @@ def register_jobs(state: ApiState) -> None:
     def remove_partial_variant(job: Job) -> None:
         """A variant is written to '.<id>.<random>' and renamed into place: after a crash, drop
         that staging folder (a finished variant is complete and stays)."""
-        variant_id = job.params.get("variant_id")
-        root = state.settings.variants_dir
-        if not variant_id or not root.is_dir():
-            return
-        for staging in root.glob(f".{variant_id}.*"):
-            shutil.rmtree(staging, ignore_errors=True)
+        from backend.pruning.variants import variant_dir
+        from backend.storage import discard_staging
+
+        if job.params.get("variant_id"):
+            discard_staging(variant_dir(job.params["variant_id"], state.settings))
 
     state.jobs.register("prune", run_prune, on_interrupted=remove_partial_variant)

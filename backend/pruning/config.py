@@ -1,0 +1,144 @@
+"""What determines a variant: the prune configuration, its identity, and the code version in it.
+
+A variant id is a readable slug plus a hash of the identity: base model, method, calibration
+(a user file by its content), spec, windows, seed, the method's validated options and the
+version of the code that computes it. That version is the hash of the source files of the
+modules that produce a variant (engine, layer inputs, statistics, spec, hooks, windows) and of
+the method's own module: any edit there gives new ids, and variants stored by other code are
+listed as stale and never reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from functools import cache
+from pathlib import Path
+
+from backend.errors import UserError
+from backend.pruning.registry import MethodOptions, PruningMethod, get_method, methods
+from backend.pruning.spec import SparsitySpec
+
+# The modules whose code decides a variant's tensors, besides each method's own module.
+PRODUCING_MODULES = (
+    "backend.pruning.config",
+    "backend.pruning.engine",
+    "backend.pruning.layers",
+    "backend.pruning.registry",
+    "backend.pruning.spec",
+    "backend.pruning.stats",
+    "backend.models.adapters",
+    "backend.models.hooks",
+    "backend.data.windows",
+)
+
+
+@cache
+def _source_digest(path: str) -> bytes:
+    return hashlib.sha256(Path(path).read_bytes()).digest()
+
+
+def code_version(method: PruningMethod) -> str:
+    """Hash of the source of the modules producing ``method``'s variants (12 hex digits)."""
+    files = {inspect.getsourcefile(importlib.import_module(name)) for name in PRODUCING_MODULES}
+    files |= {inspect.getsourcefile(inspect.unwrap(method.prune)), inspect.getsourcefile(method.options)}
+    digest = hashlib.sha256()
+    for path in sorted(files):
+        digest.update(Path(path).name.encode())
+        digest.update(_source_digest(path))
+    return digest.hexdigest()[:12]
+
+
+def is_stale(manifest: dict) -> bool:
+    """True for a variant written by other code than this process runs (or by a removed method)."""
+    method = methods().get(manifest.get("method") or "")
+    return method is None or manifest.get("code_version") != code_version(method)
+
+
+@dataclass(frozen=True, init=False)
+class PruneConfig:
+    """Everything that determines a variant; method options by name (``alpha=0.7``) or as ``options``."""
+
+    method: str
+    calibration: str = "c4"
+    spec: SparsitySpec = field(default_factory=lambda: SparsitySpec.unstructured(0.5))
+    nsamples: int = 128
+    seqlen: int = 2048
+    seed: int = 0
+    batch_size: int | None = None  # windows per forward; does not change the result
+    options: dict = field(default_factory=dict)  # as given; validated by the method's options model
+
+    def __init__(self, method: str, calibration: str = "c4", spec: SparsitySpec | None = None,
+                 nsamples: int = 128, seqlen: int = 2048, seed: int = 0, batch_size: int | None = None,
+                 options: dict | None = None, **option_values) -> None:
+        values = {"method": method, "calibration": calibration,
+                  "spec": spec or SparsitySpec.unstructured(0.5), "nsamples": nsamples,
+                  "seqlen": seqlen, "seed": seed, "batch_size": batch_size,
+                  "options": {**(options or {}), **option_values}}
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+    @property
+    def info(self) -> PruningMethod:
+        return get_method(self.method)
+
+    @property
+    def method_options(self) -> MethodOptions:
+        return self.info.parse_options(self.options)
+
+    def validate(self) -> None:
+        """UserError for anything the engine would refuse, before any work."""
+        method = self.info
+        method.check_request(self.method_options, self.spec)
+        if method.needs_calibration and not self.calibration.startswith("file:"):
+            from backend.data.sources import list_text_sets
+
+            known = [entry["name"] for entry in list_text_sets()]
+            if self.calibration not in known:
+                raise UserError(f"unknown calibration set {self.calibration!r}; known: "
+                                f"{', '.join(known)}, or file:PATH")
+        if self.nsamples <= 0:
+            raise UserError(f"nsamples must be positive, got {self.nsamples}")
+        if self.seqlen <= 0:
+            raise UserError(f"seqlen must be positive, got {self.seqlen}")
+
+
+def calibration_identity(name: str) -> str:
+    """A user file is identified by its content, so editing it gives a new variant id."""
+    if name.startswith("file:"):
+        path = Path(name[5:]).expanduser()
+        if not path.is_file():
+            raise UserError(f"calibration file not found: {path}")
+        return f"file:{hashlib.sha256(path.read_bytes()).hexdigest()[:16]}"
+    return name
+
+
+def variant_identity(base: str, config: PruneConfig, seqlen: int) -> dict:
+    """The hashed part of a variant id. ``seqlen``: the window length used (capped by the model)."""
+    method = config.info
+    uses_data = method.needs_calibration
+    return {
+        "code_version": code_version(method),
+        "base_model": base,
+        "method": config.method,
+        "calibration": calibration_identity(config.calibration) if uses_data else "none",
+        "spec": asdict(config.spec),
+        "nsamples": config.nsamples if uses_data else 0,
+        "seqlen": seqlen if uses_data else 0,
+        "seed": config.seed if uses_data else 0,
+        "options": config.method_options.model_dump(mode="json"),
+    }
+
+
+def identity_slug(identity: dict, spec: SparsitySpec) -> str:
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+    spec_slug = {"unstructured": f"s{spec.ratio:g}", "nm": f"{spec.n}of{spec.m}",
+                 "neurons": f"n{spec.ratio:g}"}[spec.kind]
+    calibration = identity["calibration"]
+    calib_slug = "file" if calibration.startswith("file:") else calibration
+    raw = f"{identity['method']}-{calib_slug}-{spec_slug}-{digest}".lower()
+    return re.sub(r"[^a-z0-9._-]", "-", raw)

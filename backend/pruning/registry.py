@@ -1,0 +1,213 @@
+"""The pruning-method registry: one entry per method, from which the CLI, the API and the engine work.
+
+A method is one module holding its math (pure functions on tensors), one pydantic options model
+(defaults, bounds, help text) and a ``METHOD = PruningMethod(...)`` entry; its module name is
+one line of ``BUILTIN_METHOD_MODULES``. The CLI arguments (``backend.pruning.commands``), the
+HTTP request (``PruneRequest.options`` validated here, ``GET /methods``) and the engine's
+per-layer call all read this registry, so an option is declared once.
+
+The engine calls ``method.prune(layer, options, spec)`` once per decoder layer, after
+collecting the input statistics the method asks for (``needs``), and applies what it returns.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+from torch import nn
+
+from backend.errors import UserError
+from backend.models.adapters import ArchitectureAdapter, weight_matrix
+from backend.pruning.spec import SparsitySpec
+from backend.pruning.stats import InputStatistics
+
+# One line per built-in method: its module defines METHOD.
+BUILTIN_METHOD_MODULES = (
+    "backend.pruning.magnitude",
+    "backend.pruning.wanda",
+    "backend.pruning.sparsegpt",
+    "backend.pruning.ria",
+    "backend.pruning.mi_neurons",
+)
+
+
+class MethodOptions(BaseModel):
+    """Base of every method's options: unknown names are refused, values are checked on input."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NoOptions(MethodOptions):
+    """A method without options."""
+
+
+@dataclass(frozen=True)
+class InputNeeds:
+    """Which calibration statistics the engine collects per layer before calling ``prune``.
+
+    ``linears``: "all" = every prunable linear's input (linears reading one input share one
+    accumulator); "mlp_output" = only the neurons (the MLP down projection's input).
+    """
+
+    linears: Literal["all", "mlp_output"] = "all"
+    hessian: bool = False  # 2XXᵀ/n (SparseGPT, OBS-style methods)
+    covariance: bool = False  # covariance and mean (neuron redundancy)
+
+
+@dataclass
+class LayerToPrune:
+    """What a method sees of one decoder layer. Weights are ``[out, in]`` views of the modules."""
+
+    index: int
+    linears: dict[str, nn.Module]  # prunable linears by name relative to the layer
+    statistics: dict[str, InputStatistics]  # per linear named in ``needs``; shared inputs share one
+    adapter: ArchitectureAdapter
+
+    def weight(self, name: str) -> torch.Tensor:
+        return weight_matrix(self.linears[name])  # [out, in]
+
+    def input_groups(self) -> list[list[str]]:
+        """The linears grouped by shared statistics (the same input), in the layer's order."""
+        groups: dict[int, list[str]] = {}
+        for name in self.linears:
+            key = id(self.statistics[name]) if name in self.statistics else id(name)
+            groups.setdefault(key, []).append(name)
+        return list(groups.values())
+
+
+@dataclass
+class Pruned:
+    """One parameter change: zero ``mask`` in ``linear``'s ``param`` (and write ``new_value`` first).
+
+    ``mask``: ``[out, in]`` for a weight, ``[out]`` for a bias; True = pruned. ``new_value``:
+    the updated tensor in the same layout (SparseGPT's weight update), or None to only zero.
+    """
+
+    linear: str
+    mask: torch.Tensor
+    param: Literal["weight", "bias"] = "weight"
+    new_value: torch.Tensor | None = None
+    info: dict = field(default_factory=dict)
+
+
+LayerPruner = Callable[[LayerToPrune, MethodOptions, SparsitySpec], list[Pruned]]
+
+
+@dataclass(frozen=True)
+class PruningMethod:
+    """A registered method. ``needs`` None: no calibration data (magnitude)."""
+
+    name: str
+    description: str
+    prune: LayerPruner
+    options: type[MethodOptions] = NoOptions
+    needs: InputNeeds | None = InputNeeds()
+    structured: bool = False  # removes whole MLP neurons: takes a 'neurons:' spec
+    # Checks across options and spec, before any work: raise UserError.
+    check: Callable[[MethodOptions, SparsitySpec], None] | None = None
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.needs is not None
+
+    def parse_options(self, values: dict | None) -> MethodOptions:
+        """The one validation path of options (CLI, HTTP, Python): UserError naming the problem."""
+        try:
+            return self.options.model_validate(values or {})
+        except ValidationError as exc:
+            problems = "; ".join(_problem(error) for error in exc.errors())
+            raise UserError(f"{self.name}: {problems}") from None
+
+    def check_request(self, options: MethodOptions, spec: SparsitySpec) -> None:
+        """UserError when ``spec`` does not suit the method or the options do not suit ``spec``."""
+        if self.structured != (spec.kind == "neurons"):
+            raise UserError(
+                f"method {self.name!r} takes --neuron-ratio (sparsity 'neurons:R')" if self.structured
+                else f"method {self.name!r} takes --sparsity or --pattern, not --neuron-ratio"
+            )
+        if self.check is not None:
+            self.check(options, spec)
+
+    def describe(self) -> dict:
+        """JSON for GET /methods and `prunelens methods`."""
+        return {"name": self.name, "description": self.description, "structured": self.structured,
+                "needs_calibration": self.needs_calibration,
+                "options": self.options.model_json_schema()}
+
+
+def _problem(error: dict) -> str:
+    where = ".".join(str(part) for part in error.get("loc", ()))
+    message = "unknown option" if error.get("type") == "extra_forbidden" else error.get("msg", "invalid")
+    return f"{where}: {message}" if where else message
+
+
+_REGISTRY: dict[str, PruningMethod] = {}
+_loaded: set[str] = set()  # built-in modules already registered
+
+
+def register(method: PruningMethod) -> PruningMethod:
+    """Add a method (a later registration of the same name replaces the earlier one)."""
+    _load_builtins()  # built-in methods keep the first places in listings
+    _REGISTRY[method.name] = method
+    return method
+
+
+def methods() -> dict[str, PruningMethod]:
+    """All registered methods by name, built-in ones first."""
+    _load_builtins()
+    return dict(_REGISTRY)
+
+
+def _load_builtins() -> None:
+    for module in BUILTIN_METHOD_MODULES:
+        if module not in _loaded:
+            _loaded.add(module)
+            method = importlib.import_module(module).METHOD
+            _REGISTRY[method.name] = method
+
+
+def get_method(name: str) -> PruningMethod:
+    known = methods()
+    if name not in known:
+        raise UserError(f"unknown method {name!r}; choose from {', '.join(known)}")
+    return known[name]
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+
+def each_weight(mask_of: Callable[[torch.Tensor, InputStatistics | None, MethodOptions, SparsitySpec],
+                                  torch.Tensor]) -> LayerPruner:
+    """A layer pruner from ``mask_of(weight [out, in], its input statistics, options, spec) -> mask``."""
+
+    def prune(layer: LayerToPrune, options: MethodOptions, spec: SparsitySpec) -> list[Pruned]:
+        return [Pruned(name, mask_of(layer.weight(name), layer.statistics.get(name), options, spec))
+                for name in layer.linears]
+
+    prune.__wrapped__ = mask_of  # the method's own code, for backend.pruning.config.code_version
+    return prune
+
+
+def neuron_removal(layer: LayerToPrune, removed: torch.Tensor) -> list[Pruned]:
+    """Masks removing whole neurons (indices ``removed``): their rows (and bias entries) in the MLP
+    input projections, their columns in the output projection."""
+    adapter = layer.adapter
+    changes = []
+    for name in (*adapter.mlp_inputs, adapter.mlp_output):
+        module = layer.linears[name]
+        mask = torch.zeros(layer.weight(name).shape, dtype=torch.bool, device=module.weight.device)
+        if name == adapter.mlp_output:
+            mask[:, removed] = True
+        else:
+            mask[removed, :] = True
+            if getattr(module, "bias", None) is not None:
+                bias_mask = torch.zeros_like(module.bias, dtype=torch.bool)
+                bias_mask[removed] = True
+                changes.append(Pruned(name, bias_mask, param="bias"))
+        changes.append(Pruned(name, mask))
+    return changes
