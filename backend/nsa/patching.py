@@ -20,48 +20,18 @@ dense margin exactly only when the variant changed nothing but what feeds the ne
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
+from backend.models.hooks import NeuronFn, neuron_hooks
 from backend.nsa.ablation import NeuronAblation
 from backend.nsa.capture import NeuronCapture
 from backend.nsa.probe import ProbeEncoding, label_log_probs
 
 VARIANT_ROW, SELECTED_ROW, ALL_ROW, FIRST_DRAW_ROW = 0, 1, 2, 3
 INTACT_ROW, ABLATED_ROW, FIRST_ABLATION_DRAW_ROW = 0, 1, 2
-
-Replacement = Callable[[torch.Tensor], torch.Tensor | None]  # [batch, tokens, neurons] -> same or None
-
-
-@contextmanager
-def neuron_hooks(model, adapter, replacements: dict[int, Replacement], batch: int) -> Iterator[None]:
-    """Forward-pre-hooks on the down projections of ``replacements``' layers, removed on exit
-    (also when the forward pass raised). ``replacements[layer]`` receives that layer's neurons as
-    ``[batch, tokens, neurons]`` and returns the tensor to use instead (or None to keep them);
-    OPT's flattened ``[batch*tokens, neurons]`` is reshaped both ways here."""
-    layers = adapter.decoder_layers(model)
-    handles = []
-
-    def hook_for(replace: Replacement):
-        def pre_hook(_module, args: tuple):
-            neurons = args[0]
-            replaced = replace(neurons.reshape(batch, -1, neurons.shape[-1]))
-            if replaced is None:
-                return None
-            return (replaced.reshape(neurons.shape), *args[1:])
-
-        return pre_hook
-
-    try:
-        for layer, replace in replacements.items():
-            handles.append(adapter.neuron_module(layers[layer]).register_forward_pre_hook(hook_for(replace)))
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 class _CallRecorder(NeuronCapture):
@@ -75,8 +45,8 @@ class _CallRecorder(NeuronCapture):
         self.levels: dict[int, torch.Tensor] = {}
 
     def hook_for(self, layer_index: int):
-        def record(_module, args: tuple) -> None:
-            neurons = args[0].detach().reshape(-1, args[0].shape[-1])  # [tokens, neurons] (batch of one)
+        def record(neurons: torch.Tensor) -> None:
+            neurons = neurons.detach()[0]  # [tokens, neurons] (batch of one)
             if layer_index not in self.levels:
                 self.levels[layer_index] = neurons.abs().sum(0).float().cpu()  # [neurons]
             if layer_index in self._kept:
@@ -125,7 +95,7 @@ def condition_masks(selected: torch.Tensor, draws: torch.Tensor, neurons_per_lay
     return masks
 
 
-def _dense_replacement(mask: torch.Tensor, calls: list[torch.Tensor]) -> Replacement:
+def _dense_replacement(mask: torch.Tensor, calls: list[torch.Tensor]) -> NeuronFn:
     """Patched rows take the dense neurons of the same forward call (calls in order)."""
     pending = iter(calls)
 
@@ -145,7 +115,7 @@ def patched_log_probs(model, adapter, run: DenseRun, masks: dict[int, torch.Tens
     the dense values of ``run``, all rows in one batched forward pass per label call."""
     rows = next(iter(masks.values())).shape[0]
     replacements = {layer: _dense_replacement(mask, run.neurons[layer]) for layer, mask in masks.items()}
-    with neuron_hooks(model, adapter, replacements, rows):
+    with neuron_hooks(model, adapter, replacements):
         return label_log_probs(model, run.probe, batch=rows).float().cpu()
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from backend.models.adapters import weight_matrix
+from backend.models.hooks import neuron_hooks
 from backend.nsa.patching import (
     ALL_ROW,
     FIRST_DRAW_ROW,
@@ -15,7 +16,6 @@ from backend.nsa.patching import (
     VARIANT_ROW,
     condition_masks,
     dense_run,
-    neuron_hooks,
     patched_log_probs,
 )
 from backend.nsa.probe import encode_probe, label_log_probs, margin
@@ -101,7 +101,7 @@ def test_hooks_are_removed_when_the_forward_pass_raises(family):
     def explode(_neurons):
         raise RuntimeError("boom")
 
-    with pytest.raises(RuntimeError, match="boom"), neuron_hooks(loaded.model, loaded.adapter, {1: explode}, 1):
+    with pytest.raises(RuntimeError, match="boom"), neuron_hooks(loaded.model, loaded.adapter, {1: explode}):
         loaded.model(input_ids=ids)
     assert _all_hooks(loaded.model) == hooks
     variant = _neuron_input_variant(loaded)
