@@ -48,13 +48,18 @@ VariantSource = tuple[str, Callable[[], AbstractContextManager]]
 
 
 def two_fold_split(count: int, seed: int = 0) -> list[list[int]]:
-    """Example indices 0..count-1 in two seeded random folds of sizes floor/ceil(count/2)."""
+    """Example indices 0..count-1 in two seeded random folds of sizes floor/ceil(count/2).
+
+    The same folds as ``fold_split`` of the NSA statistics (nsa-stats branch, ``backend.nsa.stats``)
+    for the same seed, so the held-out excess drop and this check see one split; once both are
+    on one branch this becomes a call to that function.
+    """
     if count < 2:
         raise UserError("the cross-fitted check needs at least 2 labelled examples "
                         "(neurons are selected on some and tested on others)")
-    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
+    order = np.random.default_rng(seed).permutation(count)
     half = count // 2
-    return [sorted(order[:half]), sorted(order[half:])]
+    return [sorted(order[:half].tolist()), sorted(order[half:].tolist())]
 
 
 @dataclass
