@@ -47,3 +47,10 @@ def test_csv_holds_one_row_per_variant_and_the_ablation(planted_result):
 def test_no_causal_check_draws_no_card():
     assert verdict_view.verdict_cards({"causal": None}) == []
     assert verdict_view.verdict_csv({}) == ""
+
+
+def test_an_nsa_job_is_described_by_its_request():
+    from frontend.views.jobs_view import describe_job
+
+    job = {"kind": "nsa", "params": {"request": {"texts": ["a", "b", "c"], "variants": ["v"], "patch": True}}}
+    assert describe_job(job) == "NSA on 3 texts \u00b7 1 variants \u00b7 patch"
