@@ -162,6 +162,12 @@ def attribute(
     manifests = _manifests(loaded, variants, settings)
     if patch:
         _check_patch_request(rows, spec, manifests)
+    run_causal = patch or (ablate and len(rows) >= 2)
+    overall = progress
+    if run_causal and progress is not None:
+        # The causal check is most of the work: steps 1-3 report in the first half.
+        def progress(fraction: float, message: str) -> None:
+            overall(0.5 * fraction, message)
     layer_count = len(loaded.adapter.decoder_layers(loaded.model))
     neuron_count = loaded.adapter.neuron_count(loaded.model)
     if not 1 <= top_k <= layer_count * neuron_count:
@@ -239,11 +245,11 @@ def attribute(
         timings["ablation"] = time.perf_counter() - clock
 
     causal = None
-    if patch or (ablate and len(records) >= 2):
+    if run_causal:
         clock = time.perf_counter()
         causal = _causal_check(loaded, spec, records, text_scores, manifests if patch else [], top_k=top_k,
                                ablate=ablate, draws=causal_draws, seed=seed, settings=settings,
-                               progress=lambda f, m: _report(progress, 0.9 + 0.1 * f, m))
+                               progress=lambda f, m: _report(overall, 0.5 + 0.5 * f, m))
         timings["causal"] = time.perf_counter() - clock
 
     timings["total"] = time.perf_counter() - started
@@ -262,7 +268,7 @@ def attribute(
                           dense=dense, variants=variant_records, ablation=ablation, warnings=warnings,
                           timings=timings)
     result["causal"] = causal
-    _report(progress, 1.0, "done")
+    _report(overall, 1.0, "done")
     return result
 
 

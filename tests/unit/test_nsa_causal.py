@@ -149,3 +149,32 @@ def test_bootstrap_interval_covers_a_known_mean():
     assert low < effects.mean() < high
     assert high - low == pytest.approx(2 * 1.96 / np.sqrt(200), rel=0.2)
     assert "change" in ablation_reading(summary, 20)
+
+
+def test_attribute_with_patch_reports_progress_in_order_and_needs_labels(isolated_cache):
+    from backend.nsa.schema import validate_result
+    from backend.nsa.service import attribute
+    from backend.pruning.variants import write_variant
+
+    loaded = tiny_loaded("llama")
+    mask = torch.zeros(64, 32, dtype=torch.bool)
+    mask[:16] = True  # the first 16 neurons of layer 1 lose their up projection
+    write_variant("hand-v", {"base_model": loaded.name, "method": "hand", "calibration": None, "sparsity": "hand",
+                             "achieved_sparsity": {"overall": 0.0, "per_linear": {}}},
+                  masks={"model.layers.1.mlp.up_proj.weight": mask})
+    texts = [{"text": text, "label_text": ("positive", "negative")[i % 2]} for i, text in enumerate(TEXTS[:6])]
+    events = []
+    result = attribute(loaded, texts, words=["film", "movie", "slow", "warm", "sky", "cats"], variants=["hand-v"],
+                       top_k=4, patch=True, progress=lambda fraction, message: events.append((fraction, message)))
+    fractions = [fraction for fraction, _ in events]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert any(message.startswith("patching in hand-v") for fraction, message in events if fraction >= 0.5)
+    validate_result(result)
+    causal = result["causal"]
+    assert causal["label_source"] == "gold" and causal["ablation"] is None
+    assert causal["patching"][0]["variant"] == "hand-v" and causal["patching"][0]["examples"] == 6
+    assert [row["check"] for row in causal["verdict"]] == ["patching"]
+    with pytest.raises(UserError, match="needs a label for every text"):
+        attribute(loaded, [*texts, {"text": TEXTS[7]}], words=["film"], variants=["hand-v"], patch=True)
+    with pytest.raises(UserError, match="at least one variant"):
+        attribute(loaded, texts, words=["film"], patch=True)
