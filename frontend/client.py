@@ -205,6 +205,10 @@ class BackendClient:
         """Run NSA on text(s) now (the backend queues it behind running jobs)."""
         return self._request("POST", "/nsa", json=dict(request), timeout=COMPUTE_TIMEOUT_S)
 
+    def nsa_job(self, request: Mapping[str, Any]) -> dict:
+        """Start NSA over many texts or a labelled dataset as a job; returns the job."""
+        return self._request("POST", "/nsa/jobs", json=dict(request))
+
     def nsa_upload(self, filename: str, content: bytes, fields: Mapping[str, Any] | None = None) -> dict:
         """Run NSA over the texts of a .txt, .csv or .jsonl file."""
         form = {key: (",".join(map(str, value)) if isinstance(value, list | tuple) else str(value))

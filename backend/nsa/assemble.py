@@ -89,10 +89,12 @@ def build_result(
     timings: dict | None = None,
     specificity: Sequence[dict] | None = None,
     statistics: dict | None = None,
+    causal: dict | None = None,
 ) -> dict:
     """The whole NSA result as a JSON-ready dict, validated against ``NsaResult``.
 
-    specificity: per selected neuron (``stats.specificity``); statistics: how they were run.
+    specificity: per selected neuron (``stats.specificity``); statistics: how they were run;
+    causal: the cross-fitted patching/ablation check (``backend.nsa.causal``).
     """
     mode = settings.get("activation", "abs")
     comparisons: dict[str, list[dict]] = {}
@@ -184,6 +186,7 @@ def build_result(
         "heatmaps": heatmaps,
         "ablation": ablation,
         "statistics": statistics,
+        "causal": causal,
         "warnings": list(warnings),
         "timings": dict(timings or {}),
     }

@@ -49,6 +49,10 @@ def _summary(result: dict) -> str:
             f"ablation: margin change {_num(agg['effect_mean'])} (top neurons) vs "
             f"{_num(agg['random_effect_mean'])} ± {_num(agg['random_effect_std'])} (random)"
         )
+    if result.get("causal"):
+        from backend.nsa.verdict import verdict_lines
+
+        lines.extend(verdict_lines(result["causal"]))
     return "\n".join(lines)
 
 
@@ -102,6 +106,9 @@ def _attribute(parser: argparse.ArgumentParser):
                         help="sentiment, question_answering, semantic_similarity or logical_reasoning")
     parser.add_argument("--top-k", type=int, default=20, help="neurons to select (default 20)")
     parser.add_argument("--ablate", action="store_true", help="also zero the top neurons vs random ones")
+    parser.add_argument("--patch", action="store_true",
+                        help="cross-fitted patching: restore the neurons' dense activations in each variant "
+                             "(needs --variants and a label per text)")
     parser.add_argument("--explainer-model", default=None, help="another model to answer step 1")
     parser.add_argument("--activation", default="abs", choices=("abs", "positive"),
                         help="A = |a| (default) or max(a, 0)")
@@ -117,6 +124,8 @@ def _attribute(parser: argparse.ArgumentParser):
     def run(args) -> int:
         if args.text is not None and not args.text.strip():
             raise UserError("--text is empty")
+        if args.patch and not args.variants.strip():
+            raise UserError("--patch needs --variants")
         if args.json_out and not Path(args.json_out).resolve().parent.is_dir():
             raise UserError(f"{Path(args.json_out).parent}: folder does not exist")
         file_words = None
@@ -144,7 +153,7 @@ def _attribute(parser: argparse.ArgumentParser):
 
             result = attribute(
                 loaded, texts, words=args.words or file_words, task=args.task, variants=variants, top_k=args.top_k,
-                ablate=args.ablate, explainer=explainer, activation=args.activation,
+                ablate=args.ablate, patch=args.patch, explainer=explainer, activation=args.activation,
                 max_new_tokens=args.max_new_tokens, seed=args.seed, progress=progress,
                 split=args.split, null_draws=args.null_draws, resamples=args.resamples,
             )

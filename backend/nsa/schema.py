@@ -5,7 +5,8 @@ validate against ``NsaResult``; ``backend.nsa.assemble`` builds it. It describes
 which model and variants, the texts with tokens and offsets, where the influential words
 came from and whether removing them moves the label, the selected neurons with their
 specificity, per-variant drops next to their baselines with in-sample and held-out
-intervals and the matched null, heatmap payloads and the ablation check.
+intervals and the matched null, heatmap payloads, the ablation check and the cross-fitted
+causal check (patching, ablation vs matched random neurons, ``backend.nsa.causal``).
 Bump ``SCHEMA_VERSION`` (major for removals/renames, minor for additions) with any change.
 """
 
@@ -217,6 +218,7 @@ class NsaResult(_Strict):
     ablation: dict | None
     statistics: dict | None = Field(None, description="how the statistics were computed: split, folds, "
                                     "seed, draws, resamples, confidence")
+    causal: dict | None = None  # backend.nsa.causal: cross-fitted patching and ablation with verdicts
     warnings: list[str]
     timings: dict[str, float]
 

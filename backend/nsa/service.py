@@ -18,6 +18,7 @@ import torch
 from backend.errors import UserError
 from backend.nsa.ablation import DEFAULT_DRAWS, ablation_check
 from backend.nsa.assemble import TextRecord, VariantRecord, build_result, variant_info
+from backend.nsa.causal import CAUSAL_DRAWS, causal_on_records, check_patch_request
 from backend.nsa.compare import (
     TextObservation,
     assemble_observation,
@@ -148,11 +149,13 @@ def attribute(
     variants: Sequence[str] = (),
     top_k: int = 20,
     ablate: bool = False,
+    patch: bool = False,
     explainer: LoadedModel | None = None,
     activation: str = "abs",
     negligible_fraction: float = NEGLIGIBLE_FRACTION,
     max_new_tokens: int = 48,
     draws: int = DEFAULT_DRAWS,
+    causal_draws: int = CAUSAL_DRAWS,
     seed: int = 0,
     progress: Progress | None = None,
     settings=None,
@@ -165,7 +168,10 @@ def attribute(
 
     ``words``: influential words given by the user (one list for all texts, or one per
     text) instead of asking the model. ``variants``: ids of pruned variants of ``loaded``.
-    ``explainer``: another LoadedModel that answers step 1. Returns the result dict
+    ``patch``: the cross-fitted causal check (``backend.nsa.causal``) patches the selected
+    neurons in every variant (needs a gold label per text); ``ablate`` with two texts or more
+    adds its dense ablation against the matched null. ``explainer``: another LoadedModel that
+    answers step 1. Returns the result dict
     described by ``backend.nsa.schema.NsaResult``. ``settings``: where variants live
     (default: the environment's settings). ``split``: cross-fitted held-out figures (>= 4
     texts); ``null_draws``: matched-null sets (and specificity permutations); ``resamples``:
@@ -176,6 +182,8 @@ def attribute(
     spec = get_task(task)
     if activation not in ACTIVATION_MODES:
         raise UserError(f"unknown activation mode {activation!r}: use {' or '.join(ACTIVATION_MODES)}")
+    if max_new_tokens < 1:
+        raise UserError("--max-new-tokens must be at least 1")
     rows = _normalise_texts(texts)
     word_lists = _normalise_words(words, rows)
     if null_draws < 0 or resamples < 0:
@@ -183,6 +191,14 @@ def attribute(
     options = StatsOptions(split=split, null_draws=null_draws, resamples=resamples, seed=seed)
     manifests = _manifests(loaded, variants, settings)
     statistics_on = bool(manifests) and bool(split or null_draws or resamples)  # figures of variants only
+    if patch:
+        check_patch_request(rows, spec, manifests)
+    run_causal = patch or (ablate and len(rows) >= 2)
+    overall = progress
+    if run_causal and progress is not None:
+        # The causal check is most of the work: steps 1-3 report in the first half.
+        def progress(fraction: float, message: str) -> None:
+            overall(0.5 * fraction, message)
     layer_count = len(loaded.adapter.decoder_layers(loaded.model))
     neuron_count = loaded.adapter.neuron_count(loaded.model)
     if not 1 <= top_k <= layer_count * neuron_count:
@@ -285,6 +301,15 @@ def attribute(
         )
         timings["ablation"] = time.perf_counter() - clock
 
+    causal = None
+    if run_causal:
+        clock = time.perf_counter()
+        causal = causal_on_records(loaded, spec, records, [s.scores() for s in text_scores],
+                                   manifests if patch else [], top_k=top_k, ablate=ablate, draws=causal_draws,
+                                   seed=seed, settings=settings,
+                                   progress=lambda f, m: _report(overall, 0.5 + 0.5 * f, m))
+        timings["causal"] = time.perf_counter() - clock
+
     timings["total"] = time.perf_counter() - started
     reported_settings = {
         "top_k": top_k,
@@ -308,8 +333,9 @@ def attribute(
                   "neurons_per_layer": neuron_count}
     result = build_result(model=model_info, task=spec, settings=reported_settings, texts=records, selection=selection,
                           dense=dense, variants=variant_records, ablation=ablation, warnings=warnings,
-                          timings=timings, specificity=neuron_specificity, statistics=statistics_settings)
-    _report(progress, 1.0, "done")
+                          timings=timings, specificity=neuron_specificity, statistics=statistics_settings,
+                          causal=causal)
+    _report(overall, 1.0, "done")
     return result
 
 

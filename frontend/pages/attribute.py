@@ -13,7 +13,7 @@ import streamlit as st
 
 from frontend import ui
 from frontend.links import ViewState
-from frontend.views import display, nsa_stats, nsa_view, static_figures
+from frontend.views import display, nsa_stats, nsa_view, static_figures, verdict_view
 from frontend.views.heatmap import styled_fragment
 
 UPLOAD_TYPES = ["txt", "csv", "jsonl"]
@@ -66,6 +66,9 @@ if st.button("Run NSA", type="primary", key="at_run"):
             envelope = None
     if envelope is not None:
         st.session_state["at_result"] = envelope["id"]
+finished_job_result = verdict_view.dataset_job(api, common, "at")
+if finished_job_result:
+    st.session_state["at_result"] = finished_job_result
 
 result_id = st.session_state.get("at_result") or state.result
 if not result_id:
@@ -145,6 +148,7 @@ if result.get("comparison"):
     st.dataframe(nsa_stats.statistics_table(result), hide_index=True, key="at_statistics", column_config={
         c: st.column_config.NumberColumn(format="percent") for c in ("mean", "95% low", "95% high")})
 
+verdict_view.render(result, result_id, "at")
 if result.get("ablation"):
     with st.expander("Ablation check"):
         st.json(result["ablation"], expanded=False)

@@ -12,7 +12,7 @@ import streamlit as st
 
 from frontend import ui
 from frontend.links import ViewState, share_url
-from frontend.views import display, figures, nsa_stats, nsa_view, static_figures
+from frontend.views import display, figures, nsa_stats, nsa_view, static_figures, verdict_view
 from frontend.views.heatmap import styled_fragment
 
 MAX_VARIANTS = 8
@@ -175,6 +175,8 @@ if labels:
         st.dataframe(nsa_stats.word_statistics_table(result), hide_index=True, key="ex_word_statistics")
 else:
     st.caption("This result compares no pruned variant: run NSA with variants to see drops.")
+
+verdict_view.render(result, result_id, "ex")
 
 st.subheader("Top NSA neurons")
 table = nsa_view.neuron_table(result)

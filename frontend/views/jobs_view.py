@@ -19,6 +19,11 @@ def describe_job(job: dict) -> str:
         target = params.get("variant") or "dense"
         limit = f", limit {params['limit']}" if params.get("limit") else ""
         return f"evaluate {target} on {', '.join(params.get('tasks') or [])}{limit}"
+    if job.get("kind") == "nsa":
+        request = params.get("request") or {}
+        checks = [name for name in ("patch", "ablate") if request.get(name)]
+        return (f"NSA on {len(request.get('texts') or [])} texts · {len(request.get('variants') or [])} variants"
+                + (f" · {', '.join(checks)}" if checks else ""))
     return str(job.get("kind", "job"))
 
 

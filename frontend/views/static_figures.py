@@ -13,6 +13,7 @@ keeps each string in a comment beside its glyphs.
 from __future__ import annotations
 
 import io
+import textwrap
 from collections.abc import Sequence
 
 import matplotlib
@@ -166,27 +167,37 @@ def accuracy_sparsity_static(frame) -> Figure:
 
 def verdict_card_static(card: dict) -> Figure:
     """A card from a plain dict: ``title``, ``verdict`` (the one-line answer), ``rows`` (a list
-    of ``[label, value]`` pairs or a dict) and optional ``note``. The patching work fills it."""
+    of ``[label, value]`` pairs or a dict) and optional ``note`` (``verdict_view.verdict_cards``
+    makes these). Long texts wrap, and the card grows to hold them."""
     rows = card.get("rows") or []
     pairs = list(rows.items()) if isinstance(rows, dict) else [tuple(row) for row in rows]
-    figure = Figure(figsize=(6.0, 1.4 + 0.28 * len(pairs) + (0.3 if card.get("note") else 0)))
+    # Wrapped blocks top to bottom: (x, lines, style); widths in characters fit a 6-inch card.
+    blocks = [(0.05, textwrap.wrap(str(card.get("verdict", "")), 60) or [""],
+               {"fontsize": 10.5, "color": _unit(POSITIVE_RGB)})]
+    for label, value in pairs:
+        blocks.append(((0.07, 0.5), (textwrap.wrap(str(label), 32) or [""], textwrap.wrap(str(value), 36) or [""]),
+                       {"fontsize": 9}))
+    if card.get("note"):
+        blocks.append((0.05, textwrap.wrap(str(card["note"]), 86), {"fontsize": 8, "color": "#666", "style": "italic"}))
+    line_in = 0.19  # inches per text line
+    heights = [max(len(part) for part in lines) if isinstance(x, tuple) else len(lines) for x, lines, _ in blocks]
+    total_in = 0.75 + line_in * (sum(heights) + 0.5 * len(blocks))
+    figure = Figure(figsize=(6.0, total_in))
     axes = figure.add_axes((0, 0, 1, 1))
     axes.axis("off")
     axes.add_patch(FancyBboxPatch((0.02, 0.03), 0.96, 0.94, boxstyle="round,pad=0,rounding_size=0.03",
                                   facecolor="#f7f7f7", edgecolor="#999", transform=axes.transAxes))
-    top = 0.88
-    axes.text(0.05, top, str(card.get("title", "Verdict")), fontsize=12, weight="bold", va="top",
+    axes.text(0.05, 1 - 0.2 / total_in, str(card.get("title", "Verdict")), fontsize=12, weight="bold", va="top",
               transform=axes.transAxes)
-    step = 0.8 / (len(pairs) + 2 + (1 if card.get("note") else 0))
-    axes.text(0.05, top - step, str(card.get("verdict", "")), fontsize=10.5, va="top",
-              color=_unit(POSITIVE_RGB), transform=axes.transAxes)
-    for number, (label, value) in enumerate(pairs, start=2):
-        axes.text(0.07, top - number * step, str(label), fontsize=9, va="top", color="#444",
-                  transform=axes.transAxes)
-        axes.text(0.55, top - number * step, str(value), fontsize=9, va="top", transform=axes.transAxes)
-    if card.get("note"):
-        axes.text(0.05, top - (len(pairs) + 2) * step, str(card["note"]), fontsize=8, va="top",
-                  color="#666", style="italic", transform=axes.transAxes)
+    top_in = 0.55
+    for (x, lines, style), height in zip(blocks, heights, strict=True):
+        y = 1 - top_in / total_in
+        if isinstance(x, tuple):  # a [label, value] row: label grey on the left, value beside it
+            axes.text(x[0], y, "\n".join(lines[0]), va="top", color="#444", transform=axes.transAxes, **style)
+            axes.text(x[1], y, "\n".join(lines[1]), va="top", transform=axes.transAxes, **style)
+        else:
+            axes.text(x, y, "\n".join(lines), va="top", transform=axes.transAxes, **style)
+        top_in += line_in * (height + 0.5)
     return figure
 
 

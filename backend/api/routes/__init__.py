@@ -12,6 +12,7 @@ from backend.api.routes import (
     jobs,
     models,
     nsa,
+    nsa_jobs,
     tables,
     tasks,
     variants,
@@ -27,6 +28,7 @@ def build_routers(settings) -> list[APIRouter]:
         variants.router,
         export.router,
         jobs.router,
+        nsa_jobs.router,
         nsa.build_router(settings.api_max_upload_bytes),
         evaluations.router,
         tables.router,
@@ -37,3 +39,4 @@ def register_job_kinds(state) -> None:
     """Teach the job worker how to run each kind of job the routers submit."""
     variants.register_jobs(state)
     evaluations.register_jobs(state)
+    nsa_jobs.register_jobs(state)
