@@ -11,7 +11,7 @@ when the neurons supported the label. Zeroing is done on the down projection's i
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from typing import Self
 
@@ -32,8 +32,9 @@ class NeuronAblation:
     neurons and each random draw then run as one batched forward pass.
     """
 
-    def __init__(self, model, adapter, neurons: dict[int, Sequence[int]] | Sequence[dict[int, Sequence[int]]]) -> None:
-        rows = [neurons] if isinstance(neurons, dict) else list(neurons)
+    def __init__(self, model, adapter,
+                 neurons: Mapping[int, Sequence[int]] | Sequence[Mapping[int, Sequence[int]]]) -> None:
+        rows = [neurons] if isinstance(neurons, Mapping) else list(neurons)
         width = adapter.neuron_count(model)
         self._model, self._adapter = model, adapter
         self._masks: dict[int, torch.Tensor] = {}  # layer -> [rows, neurons], True = zeroed
@@ -62,7 +63,7 @@ class NeuronAblation:
 
 
 def random_control_sets(
-    selected: dict[int, Sequence[int]], neurons_per_layer: int, draws: int, seed: int = 0
+    selected: Mapping[int, Sequence[int]], neurons_per_layer: int, draws: int, seed: int = 0
 ) -> list[dict[int, list[int]]]:
     """``draws`` random neuron sets: per layer as many as selected there, none of the selected."""
     generator = torch.Generator().manual_seed(seed)
@@ -92,7 +93,7 @@ def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
 def ablation_check(
     loaded,
     texts: Sequence[str],
-    selected: dict[int, Sequence[int]],
+    selected: Mapping[int, Sequence[int]],
     task: TaskSpec,
     *,
     labels: Sequence[int | None] | None = None,
@@ -109,7 +110,7 @@ def ablation_check(
     controls = random_control_sets(selected, neurons_per_layer, draws, seed)
     model = loaded.model
     # Batch row 0: intact; row 1: the NSA neurons zeroed; rows 2..: one random draw each.
-    conditions = [{}, dict(selected), *controls]
+    conditions: list[Mapping[int, Sequence[int]]] = [{}, dict(selected), *controls]
     rows = []
     for text, gold in zip(texts, labels, strict=True):
         probe = encode_probe(loaded.tokenizer, text, task, loaded.max_length)

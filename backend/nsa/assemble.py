@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -109,7 +110,7 @@ def build_result(
     word_strengths = [word_activations(activation_magnitude(dense[i].activations, mode), text.word_tokens)
                       for i, text in enumerate(texts)]  # per text: [words, selected]
     for k, neuron in enumerate(selection.neurons):
-        attributed = [
+        attributed: list[dict[str, Any]] = [
             {"text": i, "word": location.word, "activation": float(word_strengths[i][w, k])}
             for i, text in enumerate(texts) for w, location in enumerate(text.influential.words)
         ]

@@ -136,26 +136,26 @@ def causal_check(model, adapter, probes: Sequence[ProbeEncoding], labels: Sequen
     ablation = None
     if ablate:
         rows_by_fold = [flat_to_rows(fold.selected, null[f], width) for f, fold in enumerate(folds)]
-        margins = []
+        margin_rows = []
         for i in order:
-            margins.append(_margins(ablated_log_probs(model, adapter, probes[i], rows_by_fold[fold_of[i]]), labels[i]))
+            margin_rows.append(_margins(ablated_log_probs(model, adapter, probes[i], rows_by_fold[fold_of[i]]), labels[i]))
             done += 1
             _report(progress, done, total, f"ablation {done - len(probes)}/{len(probes)}")
-        margins = np.stack(margins)  # [examples, rows]
+        margins = np.stack(margin_rows)  # [examples, rows]
         ablation = ablation_summary(margins[:, 0], margins[:, 1], margins[:, FIRST_ABLATION_DRAW_ROW:], seed=seed)
         ablation["reading"] = ablation_reading(ablation, _neurons(folds))
 
     patching = []
     masks = [condition_masks(fold.selected, null[f], width) for f, fold in enumerate(folds)]
     for name, apply in variants:
-        margins = []
+        margin_rows = []
         with apply() as variant_model:
             for i in order:
                 log_probs = patched_log_probs(variant_model, adapter, runs[i], masks[fold_of[i]])
-                margins.append(_margins(log_probs, labels[i]))
+                margin_rows.append(_margins(log_probs, labels[i]))
                 done += 1
-                _report(progress, done, total, f"patching in {name}: example {len(margins)}/{len(order)}")
-        margins = np.stack(margins)  # [examples, rows]
+                _report(progress, done, total, f"patching in {name}: example {len(margin_rows)}/{len(order)}")
+        margins = np.stack(margin_rows)  # [examples, rows]
         summary = recovery_summary(dense_margins, margins[:, VARIANT_ROW], margins[:, SELECTED_ROW],
                                    margins[:, ALL_ROW], margins[:, FIRST_DRAW_ROW:], seed=seed)
         patching.append({"variant": name, **summary, "reading": patching_reading(summary, _neurons(folds))})

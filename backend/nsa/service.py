@@ -194,8 +194,9 @@ def attribute(
     if patch:
         check_patch_request(rows, spec, manifests)
     run_causal = patch or (ablate and len(rows) >= 2)
-    overall = progress
     if run_causal and progress is not None:
+        overall: Progress = progress
+
         # The causal check is most of the work: steps 1-3 report in the first half.
         def progress(fraction: float, message: str) -> None:
             overall(0.5 * fraction, message)
@@ -285,7 +286,7 @@ def attribute(
                         variant_sums.append(_state_sums(sums, layer_count, neuron_count, record))
                 removed = weights_removed(dense_slices, neuron_weight_slices(loaded, selection))
             stats_clock = time.perf_counter()
-            statistics = None if plan is None else variant_statistics(
+            statistics = None if plan is None or dense_sums is None else variant_statistics(
                 plan, dense_sums, variant_sums, [[w.word for w in r.influential.words] for r in records], options)
             timings["statistics"] += time.perf_counter() - stats_clock
             variant_records.append(VariantRecord(variant_info(manifest), observations, removed, statistics))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -276,7 +277,7 @@ def variant_statistics(plan: Plan, dense: Sequence[StateSums], variant: Sequence
     """In-sample and held-out figures of one variant, side by side, with intervals and null."""
     count = len(dense)
     in_texts, in_null = _measure(dense, variant, [(list(range(count)), plan.selected, plan.null)])
-    result = {
+    result: dict[str, Any] = {
         "in_sample": _summary(in_texts, in_null, options),
         "held_out": None,
         "held_out_note": plan.held_out_note,

@@ -62,9 +62,10 @@ def job_request(state: ApiState, body: NsaJobRequest) -> dict:
         from backend.data.sources import labelled_examples
 
         examples = labelled_examples(body.dataset, body.n, body.seed)
-        texts, labels = [ex["text"] for ex in examples], [str(ex["label_text"]) for ex in examples]
-    else:
-        texts, labels = body.texts, body.labels
+        texts: list[str] = [ex["text"] for ex in examples]
+        labels: list[str] | None = [str(ex["label_text"]) for ex in examples]
+    else:  # the request model requires texts when there is no dataset
+        texts, labels = list(body.texts or []), body.labels
     if any(not text.strip() for text in texts):
         raise UserError("empty text")
     if body.patch:
