@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 from matplotlib.colors import LinearSegmentedColormap, Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch
+
+if TYPE_CHECKING:
+    from matplotlib.typing import RcKeyType  # the Literal of rcParams names (stubs only here)
 
 from frontend.views.heatmap import (
     NEGATIVE_RGB,
@@ -32,8 +36,9 @@ from frontend.views.heatmap import (
 FIGURE_FORMATS = ("svg", "pdf")
 MIME_TYPES = {"svg": "image/svg+xml", "pdf": "application/pdf"}
 SPECIAL_TOKEN_GREY = "#d9d9d9"
-_EXPORT_RC = {"pdf.fonttype": 42, "svg.fonttype": "path", "font.family": "DejaVu Sans",
-              "svg.hashsalt": "prunelens", "axes.titlesize": 11, "axes.labelsize": 10}
+_EXPORT_RC: dict[RcKeyType, Any] = {
+    "pdf.fonttype": 42, "svg.fonttype": "path", "font.family": "DejaVu Sans",
+    "svg.hashsalt": "prunelens", "axes.titlesize": 11, "axes.labelsize": 10}
 
 
 def _unit(rgb: tuple[int, int, int]) -> tuple[float, float, float]:
