@@ -144,7 +144,10 @@ def figure_downloads(build: Callable[[], Any], name: str, *, key: str) -> None:
 
     columns = st.columns([1] * len(FIGURE_FORMATS) + [6])  # buttons side by side, at the left
     for figure_format, column in zip(FIGURE_FORMATS, columns, strict=False):
-        column.download_button(f"{figure_format.upper()}", data=lambda f=figure_format: figure_bytes(build(), f),
+        def figure_data(f: str = figure_format) -> bytes:  # default: this button's format
+            return figure_bytes(build(), f)
+
+        column.download_button(f"{figure_format.upper()}", data=figure_data,
                                file_name=f"{name}.{figure_format}", mime=MIME_TYPES[figure_format],
                                key=f"{key}_{figure_format}", on_click="ignore", icon=":material/download:",
                                help=f"Download this figure as {figure_format.upper()} (vector, fonts embedded)")

@@ -156,7 +156,7 @@ class Table:
         writer.writerow([self.row_header, *self.columns,
                          *(f"{column} {extra}" for column in self.columns for extra in extras)])
         for row, (label, values) in enumerate(self.rows):
-            details = []
+            details: list[str | float] = []  # "" for a missing interval or difference
             for interval, found in zip(self.intervals[row], self.differences[row], strict=True):
                 details += list(interval) if interval else ["", ""]
                 details += ([found.difference, found.low, found.high, found.p_value, found.verdict] if found
@@ -234,7 +234,7 @@ def build_table(
     row_labels = sorted({row for row, _ in cells}, key=_SORT_KEYS[spec.rows])
     column_labels = sorted({column for _, column in cells}, key=_SORT_KEYS[spec.columns])
     grid = [[cells.get((label, column), []) for column in column_labels] for label in row_labels]
-    rows = [(label, [_mean([r.metric(metric) for r in cell]) for cell in line])
+    rows = [(label, [_mean(_metric_values(cell, metric)) for cell in line])
             for label, line in zip(row_labels, grid, strict=True)]
     intervals = [[_cell_interval(cell, metric) for cell in line] for line in grid]
     differences = [[difference_to_dense(cell, outcomes, metric) if outcomes and cell else None for cell in line]
@@ -247,10 +247,17 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def _metric_values(cell: list[StoredResult], metric: str) -> list[float]:
+    """The cell's values of ``metric``; a cell only holds results that have it (see above)."""
+    return [value for result in cell if (value := result.metric(metric)) is not None]
+
+
 def _cell_interval(cell: list[StoredResult], metric: str) -> tuple[float, float] | None:
     """mean ± z·mean(stderr): the stderr of a mean of k accuracies is at most the mean of their
     stderrs whatever their correlation (results on the same examples are correlated)."""
-    stderrs = [result.stderr(metric) for result in cell]
-    if not cell or any(stderr is None or math.isnan(stderr) for stderr in stderrs):
+    stderrs = [stderr for result in cell if (stderr := result.stderr(metric)) is not None
+               and not math.isnan(stderr)]
+    if not cell or len(stderrs) != len(cell):
         return None
-    return normal_interval(_mean([result.metric(metric) for result in cell]), _mean(stderrs))
+    values = _metric_values(cell, metric)
+    return normal_interval(sum(values) / len(values), sum(stderrs) / len(stderrs))

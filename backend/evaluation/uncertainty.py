@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeGuard
 
 import numpy as np
 from scipy import stats
@@ -40,7 +41,7 @@ def metric_intervals(metrics: Mapping[str, object]) -> dict[str, list[float]]:
     return intervals
 
 
-def _finite(value) -> bool:
+def _finite(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -99,12 +100,13 @@ def paired_difference(strata: Sequence[tuple[np.ndarray, np.ndarray]], weights: 
     """
     if not strata or any(len(reference) == 0 for reference, _ in strata):
         raise UserError("a paired difference needs examples scored by both models")
-    weights = np.full(len(strata), 1.0 / len(strata)) if weights is None else np.asarray(weights, dtype=float)
+    stratum_weights = (np.full(len(strata), 1.0 / len(strata)) if weights is None
+                       else np.asarray(weights, dtype=float))  # [strata]
     differences = [np.asarray(other, dtype=float) - np.asarray(reference, dtype=float) for reference, other in strata]
-    estimate = float(sum(w * d.mean() for w, d in zip(weights, differences, strict=True)))
+    estimate = float(sum(w * d.mean() for w, d in zip(stratum_weights, differences, strict=True)))
 
     def statistic(*samples, axis=-1):
-        return sum(w * np.mean(sample, axis=axis) for w, sample in zip(weights, samples, strict=True))
+        return sum(w * np.mean(sample, axis=axis) for w, sample in zip(stratum_weights, samples, strict=True))
 
     if all(np.all(d == d[0]) for d in differences):  # no spread: every resample gives the estimate
         low = high = estimate
@@ -122,7 +124,8 @@ def paired_difference(strata: Sequence[tuple[np.ndarray, np.ndarray]], weights: 
         return PairedDifference(n_examples, estimate, low, high, mcnemar_p_value(worse, better),
                                 "mcnemar (exact)", worse, better)
     # Each example's share of the estimate, so that the mean of `shares` is the estimate.
-    shares = np.concatenate([w * d * n_examples / len(d) for w, d in zip(weights, differences, strict=True)])
+    shares = np.concatenate([w * d * n_examples / len(d)
+                             for w, d in zip(stratum_weights, differences, strict=True)])
     if not np.any(shares):
         p_value = 1.0
     else:

@@ -16,14 +16,18 @@ complete, so a failed export never leaves a half-written checkpoint.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from backend.errors import UserError
 from backend.storage import atomic_directory
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 EXPORT_FORMATS = ("hf", "compressed-tensors")
 # The last compressed-tensors release with sparse compressors (0.15 removed them); its
@@ -40,7 +44,7 @@ class ExportResult:
     structured_shrunk: bool
 
 
-def shrink_structured_if_available(model: torch.nn.Module, manifest: dict) -> tuple[torch.nn.Module, bool]:
+def shrink_structured_if_available(model: PreTrainedModel, manifest: dict) -> tuple[PreTrainedModel, bool]:
     """A structured (neuron-removing) variant as a smaller model; returns (model, shrunk?).
 
     The removed MLP neurons are sliced out (``backend.pruning.shrink.shrunk_model``: a smaller
@@ -140,7 +144,7 @@ def export_variant(variant_id: str, out_dir: str | Path, *, export_format: str =
 
         loaded = load_model(manifest["base_model"], settings=settings)
         apply_overlay(loaded.model, variant_id, settings)
-        applied = nullcontext(loaded)
+        applied: AbstractContextManager[Any] = nullcontext(loaded)
     else:
         applied = variant_applied(loaded, variant_id, settings)
     variant_results, dense_results = stored_results(manifest, settings)

@@ -55,6 +55,7 @@ class ArchitectureAdapter:
         recorded by ``backend.models.hooks.neuron_hooks``) only where the MLP flattens tokens.
         """
         if self.mlp_flattens_tokens:
+            assert token_shape is not None, "neuron_hooks records it wherever the MLP flattens tokens"
             return neurons.reshape(*token_shape, neurons.shape[-1])
         return neurons
 

@@ -17,6 +17,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -125,7 +126,7 @@ def rank_calibration_sets(loaded, settings: AdviceSettings, sets: Sequence[str],
     report(0.0, f"input norms of the task text ({settings.task_text})")
     reference = norms_of(settings.task_text, settings.seed + REFERENCE_SEED_OFFSET)
     weights = _weights(loaded, list(reference))
-    scored = []
+    scored: list[dict[str, Any]] = []
     for done, name in enumerate(sets):
         report((done + 1) / (len(sets) + 1), f"input norms of {name}")
         scored.append({"calibration": name,
@@ -187,7 +188,8 @@ def validate_ranking(loaded, settings: AdviceSettings, ranking: list[dict], *, l
         [result] = evaluate(loaded, settings.task, variant_id=variant_id, limit=limit, sample_seed=seed)
         accuracy, stderr = result.stored.metric(), result.stored.stderr()
         return {"accuracy": accuracy, "n_examples": result.stored.n_examples,
-                "interval": None if stderr is None else list(normal_interval(accuracy, stderr))}
+                "interval": (None if accuracy is None or stderr is None
+                             else list(normal_interval(accuracy, stderr)))}
 
     dense = measured(None)
     for done, row in enumerate(ranking):

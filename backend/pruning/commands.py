@@ -53,9 +53,11 @@ def add_option_arguments(parser: argparse.ArgumentParser) -> list[str]:
     Defaults stay None, so an option not given takes the method's own default; the options
     model checks values and bounds (``PruningMethod.parse_options``). Returns the option names.
     """
+    from pydantic.fields import FieldInfo
+
     from backend.pruning.registry import methods
 
-    takers: dict[str, list[tuple[str, object]]] = {}
+    takers: dict[str, list[tuple[str, FieldInfo]]] = {}
     for method in methods().values():
         for name, info in method.options.model_fields.items():
             takers.setdefault(name, []).append((method.name, info))
@@ -71,8 +73,8 @@ def add_option_arguments(parser: argparse.ArgumentParser) -> list[str]:
             parser.add_argument(flag, dest=name, choices=typing.get_args(annotation), default=None,
                                 help=help_text)
         else:
-            parser.add_argument(flag, dest=name, type=annotation if annotation in (int, float) else str,
-                                default=None, help=help_text)
+            parse = int if annotation is int else float if annotation is float else str
+            parser.add_argument(flag, dest=name, type=parse, default=None, help=help_text)
     return list(takers)
 
 

@@ -15,9 +15,12 @@ import importlib
 import inspect
 import json
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 from backend.errors import UserError
 from backend.pruning.registry import MethodOptions, PruningMethod, get_method, methods
@@ -46,10 +49,16 @@ def _source_digest(path: str) -> bytes:
     return hashlib.sha256(Path(path).read_bytes()).digest()
 
 
-def code_version(method: PruningMethod) -> str:
+def _source_file(obj: ModuleType | type | Callable[..., object]) -> str:
+    path = inspect.getsourcefile(obj)
+    assert path is not None, f"{obj!r} is defined in a Python source file (all PruneLens code is)"
+    return path
+
+
+def code_version(method: PruningMethod[Any]) -> str:
     """Hash of the source of the modules producing ``method``'s variants (12 hex digits)."""
-    files = {inspect.getsourcefile(importlib.import_module(name)) for name in PRODUCING_MODULES}
-    files |= {inspect.getsourcefile(inspect.unwrap(method.prune)), inspect.getsourcefile(method.options)}
+    files = {_source_file(importlib.import_module(name)) for name in PRODUCING_MODULES}
+    files |= {_source_file(inspect.unwrap(method.prune)), _source_file(method.options)}
     digest = hashlib.sha256()
     for path in sorted(files):
         digest.update(Path(path).name.encode())
@@ -87,7 +96,7 @@ class PruneConfig:
             object.__setattr__(self, name, value)
 
     @property
-    def info(self) -> PruningMethod:
+    def info(self) -> PruningMethod[Any]:
         return get_method(self.method)
 
     @property

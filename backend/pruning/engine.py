@@ -157,6 +157,7 @@ def prune_layer(loaded, index: int, layer: nn.Module, config: PruneConfig, input
     tick = time.perf_counter()
     statistics = {}
     if method.needs is not None:
+        assert inputs is not None, "calibration inputs are captured for every method that needs them"
         wanted = linears if method.needs.linears == "all" else {adapter.mlp_output: linears[adapter.mlp_output]}
         statistics = collect_statistics(
             layer, wanted, inputs.hidden, inputs.calls[index], loaded.device, hessian=method.needs.hessian,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from backend.pruning.registry import PruningMethod, each_weight
+from backend.pruning.registry import NoOptions, PruningMethod, each_weight
 from backend.pruning.spec import SparsitySpec, mask_for_spec, require_weight_spec
 
 
@@ -24,7 +24,7 @@ def magnitude_mask(weight: torch.Tensor, spec: SparsitySpec) -> torch.Tensor:
     return mask_for_spec(weight.detach().float().abs(), spec, per_row=False)
 
 
-METHOD = PruningMethod(
+METHOD: PruningMethod[NoOptions] = PruningMethod(
     name="magnitude",
     description="|W|, one threshold per linear layer (baseline)",
     prune=each_weight(lambda weight, _stats, _options, spec: magnitude_mask(weight, spec)),

@@ -13,9 +13,9 @@ collecting the input statistics the method asks for (``needs``), and applies wha
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Generic, Literal, TypeVar, cast
 
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -99,27 +99,32 @@ class Pruned:
     info: dict = field(default_factory=dict)
 
 
-LayerPruner = Callable[[LayerToPrune, MethodOptions, SparsitySpec], list[Pruned]]
+# A method's own options class: its ``prune`` and ``check`` take that class, not the base.
+OptionsT = TypeVar("OptionsT", bound=MethodOptions)
+
+LayerPruner = Callable[[LayerToPrune, OptionsT, SparsitySpec], list[Pruned]]
 
 
 @dataclass(frozen=True)
-class PruningMethod:
+class PruningMethod(Generic[OptionsT]):
     """A registered method. ``needs`` None: no calibration data (magnitude)."""
 
     name: str
     description: str
-    prune: LayerPruner
-    options: type[MethodOptions] = NoOptions
+    prune: LayerPruner[OptionsT]
+    # A method left without options is a PruningMethod[NoOptions]; mypy cannot bind a TypeVar
+    # through a default value, hence the ignore.
+    options: type[OptionsT] = NoOptions  # type: ignore[assignment]
     needs: InputNeeds | None = InputNeeds()
     structured: bool = False  # removes whole MLP neurons: takes a 'neurons:' spec
     # Checks across options and spec, before any work: raise UserError.
-    check: Callable[[MethodOptions, SparsitySpec], None] | None = None
+    check: Callable[[OptionsT, SparsitySpec], None] | None = None
 
     @property
     def needs_calibration(self) -> bool:
         return self.needs is not None
 
-    def parse_options(self, values: dict | None) -> MethodOptions:
+    def parse_options(self, values: dict | None) -> OptionsT:
         """The one validation path of options (CLI, HTTP, Python): UserError naming the problem."""
         try:
             return self.options.model_validate(values or {})
@@ -127,7 +132,7 @@ class PruningMethod:
             problems = "; ".join(_problem(error) for error in exc.errors())
             raise UserError(f"{self.name}: {problems}") from None
 
-    def check_request(self, options: MethodOptions, spec: SparsitySpec) -> None:
+    def check_request(self, options: OptionsT, spec: SparsitySpec) -> None:
         """UserError when ``spec`` does not suit the method or the options do not suit ``spec``."""
         if self.structured != (spec.kind == "neurons"):
             raise UserError(
@@ -144,24 +149,25 @@ class PruningMethod:
                 "options": self.options.model_json_schema()}
 
 
-def _problem(error: dict) -> str:
+def _problem(error: Mapping[str, Any]) -> str:
     where = ".".join(str(part) for part in error.get("loc", ()))
     message = "unknown option" if error.get("type") == "extra_forbidden" else error.get("msg", "invalid")
     return f"{where}: {message}" if where else message
 
 
-_REGISTRY: dict[str, PruningMethod] = {}
+# Any: the registry holds methods of different options classes; each parses its own.
+_REGISTRY: dict[str, PruningMethod[Any]] = {}
 _loaded: set[str] = set()  # built-in modules already registered
 
 
-def register(method: PruningMethod) -> PruningMethod:
+def register(method: PruningMethod[OptionsT]) -> PruningMethod[OptionsT]:
     """Add a method (a later registration of the same name replaces the earlier one)."""
     _load_builtins()  # built-in methods keep the first places in listings
     _REGISTRY[method.name] = method
     return method
 
 
-def methods() -> dict[str, PruningMethod]:
+def methods() -> dict[str, PruningMethod[Any]]:
     """All registered methods by name, built-in ones first."""
     _load_builtins()
     return dict(_REGISTRY)
@@ -175,7 +181,7 @@ def _load_builtins() -> None:
             _REGISTRY[method.name] = method
 
 
-def get_method(name: str) -> PruningMethod:
+def get_method(name: str) -> PruningMethod[Any]:
     known = methods()
     if name not in known:
         raise UserError(f"unknown method {name!r}; choose from {', '.join(known)}")
@@ -185,15 +191,17 @@ def get_method(name: str) -> PruningMethod:
 # ----------------------------------------------------------------------------- building blocks
 
 
-def each_weight(mask_of: Callable[[torch.Tensor, InputStatistics | None, MethodOptions, SparsitySpec],
-                                  torch.Tensor]) -> LayerPruner:
+def each_weight(mask_of: Callable[[torch.Tensor, InputStatistics | None, OptionsT, SparsitySpec],
+                                  torch.Tensor]) -> LayerPruner[OptionsT]:
     """A layer pruner from ``mask_of(weight [out, in], its input statistics, options, spec) -> mask``."""
 
-    def prune(layer: LayerToPrune, options: MethodOptions, spec: SparsitySpec) -> list[Pruned]:
+    def prune(layer: LayerToPrune, options: OptionsT, spec: SparsitySpec) -> list[Pruned]:
         return [Pruned(name, mask_of(layer.weight(name), layer.statistics.get(name), options, spec))
                 for name in layer.linears]
 
-    prune.__wrapped__ = mask_of  # the method's own code, for backend.pruning.config.code_version
+    # The method's own code, for backend.pruning.config.code_version (inspect.unwrap); a function
+    # takes attributes, but mypy knows only the Callable type, hence the ignore.
+    prune.__wrapped__ = mask_of  # type: ignore[attr-defined]
     return prune
 
 
@@ -204,13 +212,13 @@ def neuron_removal(layer: LayerToPrune, removed: torch.Tensor) -> list[Pruned]:
     changes = []
     for name in (*adapter.mlp_inputs, adapter.mlp_output):
         module = layer.linears[name]
-        mask = torch.zeros(layer.weight(name).shape, dtype=torch.bool, device=module.weight.device)
+        mask = torch.zeros(layer.weight(name).shape, dtype=torch.bool, device=layer.weight(name).device)
         if name == adapter.mlp_output:
             mask[:, removed] = True
         else:
             mask[removed, :] = True
             if getattr(module, "bias", None) is not None:
-                bias_mask = torch.zeros_like(module.bias, dtype=torch.bool)
+                bias_mask = torch.zeros_like(cast(torch.Tensor, module.bias), dtype=torch.bool)
                 bias_mask[removed] = True
                 changes.append(Pruned(name, bias_mask, param="bias"))
         changes.append(Pruned(name, mask))

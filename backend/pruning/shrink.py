@@ -16,12 +16,16 @@ of a zero row with zero bias is 0 and its down column is 0), so the logits are u
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from backend.errors import UserError
 from backend.models.adapters import in_module_layout, weight_matrix
 from backend.storage import atomic_directory
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 # config attribute holding the MLP width, per adapter family
 _WIDTH_ATTRIBUTE = {"llama": "intermediate_size", "opt": "ffn_dim", "gpt2": "n_inner"}
@@ -67,7 +71,7 @@ def _slice_linear(module, keep: torch.Tensor, *, rows: bool) -> None:
 
 
 @torch.no_grad()
-def shrunk_model(model: torch.nn.Module, adapter=None) -> tuple[torch.nn.Module, dict]:
+def shrunk_model(model: PreTrainedModel, adapter=None) -> tuple[PreTrainedModel, dict]:
     """A smaller copy of ``model`` (a structured variant already applied) without its removed neurons.
 
     model: an HF causal LM whose removed neurons are zero (rows of the MLP input projections, and

@@ -103,18 +103,21 @@ def prune_layer_neurons(method: str, down_weight: torch.Tensor, down_bias: torch
         for weight in input_weights:
             energy += weight.float().pow(2).sum(dim=1).cpu()
         removed = torch.sort(energy, stable=True).indices[:count]
-    elif method == "flap":
-        scores = neuron_math.flap_scores(torch.diagonal(covariance), down_weight).cpu()
-        removed = torch.sort(scores, stable=True).indices[:count]
-    elif method == "structured-obs":
-        gram = neuron_math.neuron_gram(covariance, mean, tokens)
-        removed, folded = neuron_math.greedy_neuron_removal(down_weight, gram, count, damp=options.damp,
-                                                            block=_block(options, neurons))
     else:
-        removed = _mi_selection(down_weight, covariance, mean, count, options)
+        covariance, mean = _calibrated(method, covariance, mean)
+        if method == "flap":
+            scores = neuron_math.flap_scores(torch.diagonal(covariance), down_weight).cpu()
+            removed = torch.sort(scores, stable=True).indices[:count]
+        elif method == "structured-obs":
+            gram = neuron_math.neuron_gram(covariance, mean, tokens)
+            removed, folded = neuron_math.greedy_neuron_removal(down_weight, gram, count, damp=options.damp,
+                                                                block=_block(options, neurons))
+        else:
+            removed = _mi_selection(down_weight, covariance, mean, count, options)
     removed = torch.sort(removed.to(torch.long).cpu()).values
     if not compensate:
         return NeuronPruning(removed, info={"compensated": False})
+    covariance, mean = _calibrated(method, covariance, mean)
     if method == "flap":
         if down_bias is None:  # nothing to carry the mean: FLAP reduces to its score here
             return NeuronPruning(removed, info={"compensated": False, "reason": "no down bias"})
@@ -130,6 +133,14 @@ def prune_layer_neurons(method: str, down_weight: torch.Tensor, down_bias: torch
     gram = neuron_math.neuron_gram(covariance, mean, tokens)
     weight = neuron_math.fold_in(down_weight, gram, device_removed, options.damp)
     return NeuronPruning(removed, weight, None, {"compensated": True})
+
+
+def _calibrated(method: str, covariance: torch.Tensor | None,
+                mean: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``covariance`` [n, n] and ``mean`` [n], which the data methods and the fold-in require."""
+    if covariance is None or mean is None:
+        raise ValueError(f"{method} needs the neurons' covariance and mean (calibration data)")
+    return covariance, mean
 
 
 def _block(options: NeuronOptions, neurons: int) -> int:
@@ -166,18 +177,21 @@ def neuron_method(method: str, description: str, options: type[MethodOptions], *
             seed=seed * 100_003 + layer.index,  # each layer its own draw
             block=getattr(chosen, "block", None),
         )
+        covariance, mean, tokens = ((stats.covariance, stats.mean, stats.tokens) if stats is not None
+                                    else (None, None, 0))
+        down_weight = layer.weight(adapter.mlp_output)  # [out, n], a view of down.weight
         result = prune_layer_neurons(
-            method, layer.weight(adapter.mlp_output), None if bias is None else bias.detach(),
+            method, down_weight, None if bias is None else bias.detach(),
             [layer.weight(name) for name in adapter.mlp_inputs],
-            *((stats.covariance, stats.mean, stats.tokens) if stats is not None else (None, None, 0)),
-            spec.ratio, settings,
+            covariance, mean, tokens, spec.ratio, settings,
         )
-        changes = neuron_removal(layer, result.removed.to(down.weight.device))
+        changes = neuron_removal(layer, result.removed.to(down_weight.device))
         for change in changes:
             if change.linear == adapter.mlp_output and change.param == "weight":
                 change.new_value = result.down_weight  # None: only zeroed
                 change.info = result.info
         if result.down_bias is not None:
+            assert bias is not None, "a new down bias is only computed from an existing one"
             changes.append(Pruned(adapter.mlp_output, torch.zeros_like(bias, dtype=torch.bool),
                                   param="bias", new_value=result.down_bias))
         return changes

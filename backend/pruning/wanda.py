@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from backend.pruning.registry import PruningMethod, each_weight
+from backend.pruning.registry import NoOptions, PruningMethod, each_weight
 from backend.pruning.spec import SparsitySpec, mask_for_spec, require_weight_spec
+from backend.pruning.stats import InputStatistics
 
 
 def wanda_metric(weight: torch.Tensor, act_norm: torch.Tensor) -> torch.Tensor:
@@ -41,8 +42,15 @@ def _check_act_norm(weight: torch.Tensor, act_norm: torch.Tensor) -> None:
         )
 
 
+def _wanda_linear_mask(weight: torch.Tensor, stats: InputStatistics | None, _options: NoOptions,
+                       spec: SparsitySpec) -> torch.Tensor:
+    """The registry's per-linear call: weight [out, in] -> mask [out, in]."""
+    assert stats is not None, "the engine collects every linear's input statistics (needs='all')"
+    return wanda_mask(weight, stats.act_norm, spec)
+
+
 METHOD = PruningMethod(
     name="wanda",
     description="|W_ij|·‖X_j‖₂, compared within each output row (Sun et al. 2023)",
-    prune=each_weight(lambda weight, stats, _options, spec: wanda_mask(weight, stats.act_norm, spec)),
+    prune=each_weight(_wanda_linear_mask),
 )

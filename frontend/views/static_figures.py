@@ -15,11 +15,15 @@ from __future__ import annotations
 import io
 import textwrap
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 from matplotlib.colors import LinearSegmentedColormap, Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch
+
+if TYPE_CHECKING:
+    from matplotlib.typing import RcKeyType  # the Literal of rcParams names (stubs only here)
 
 from frontend.views.heatmap import (
     NEGATIVE_RGB,
@@ -33,8 +37,9 @@ from frontend.views.heatmap import (
 FIGURE_FORMATS = ("svg", "pdf")
 MIME_TYPES = {"svg": "image/svg+xml", "pdf": "application/pdf"}
 SPECIAL_TOKEN_GREY = "#d9d9d9"
-_EXPORT_RC = {"pdf.fonttype": 42, "svg.fonttype": "path", "font.family": "DejaVu Sans",
-              "svg.hashsalt": "prunelens", "axes.titlesize": 11, "axes.labelsize": 10}
+_EXPORT_RC: dict[RcKeyType, Any] = {
+    "pdf.fonttype": 42, "svg.fonttype": "path", "font.family": "DejaVu Sans",
+    "svg.hashsalt": "prunelens", "axes.titlesize": 11, "axes.labelsize": 10}
 
 
 def _unit(rgb: tuple[int, int, int]) -> tuple[float, float, float]:
@@ -172,7 +177,7 @@ def verdict_card_static(card: dict) -> Figure:
     rows = card.get("rows") or []
     pairs = list(rows.items()) if isinstance(rows, dict) else [tuple(row) for row in rows]
     # Wrapped blocks top to bottom: (x, lines, style); widths in characters fit a 6-inch card.
-    blocks = [(0.05, textwrap.wrap(str(card.get("verdict", "")), 60) or [""],
+    blocks: list[tuple[Any, Any, dict[str, Any]]] = [(0.05, textwrap.wrap(str(card.get("verdict", "")), 60) or [""],
                {"fontsize": 10.5, "color": _unit(POSITIVE_RGB)})]
     for label, value in pairs:
         blocks.append(((0.07, 0.5), (textwrap.wrap(str(label), 32) or [""], textwrap.wrap(str(value), 36) or [""]),
