@@ -194,12 +194,13 @@ def attribute(
     if patch:
         check_patch_request(rows, spec, manifests)
     run_causal = patch or (ablate and len(rows) >= 2)
-    if run_causal and progress is not None:
-        overall: Progress = progress
+    overall = progress
+    if run_causal and overall is not None:
+        report_overall: Progress = overall
 
         # The causal check is most of the work: steps 1-3 report in the first half.
         def progress(fraction: float, message: str) -> None:
-            overall(0.5 * fraction, message)
+            report_overall(0.5 * fraction, message)
     layer_count = len(loaded.adapter.decoder_layers(loaded.model))
     neuron_count = loaded.adapter.neuron_count(loaded.model)
     if not 1 <= top_k <= layer_count * neuron_count:
