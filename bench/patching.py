@@ -37,7 +37,7 @@ def main() -> int:
     parser.add_argument("--examples", type=int, default=50)
     parser.add_argument("--draws", type=int, default=20)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--variant", default="", help="variant id (default: create/reuse a Wanda 50% one)")
+    parser.add_argument("--variant", default="", help="variant id (default: create/reuse a Wanda 50%% one)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
