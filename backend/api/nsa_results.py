@@ -22,6 +22,7 @@ from pathlib import Path
 
 from backend.errors import NotFoundError
 from backend.shared_sqlite import open_shared_database
+from backend.source_digest import files_digest
 
 _SCHEMA = """CREATE TABLE IF NOT EXISTS nsa_results (
     id TEXT PRIMARY KEY,
@@ -39,10 +40,8 @@ PREVIEW_CHARS = 120
 @cache
 def nsa_code_version() -> str:
     """16 hex digits of the SHA-256 of the source of every ``backend/nsa/*.py`` (name and bytes)."""
-    digest = hashlib.sha256()
-    for path in sorted((Path(__file__).resolve().parents[1] / "nsa").glob("*.py")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()[:16]
+    package = Path(__file__).resolve().parents[1] / "nsa"
+    return files_digest(sorted(package.glob("*.py")), package)[:16]
 
 
 def request_id(request: dict) -> str:

@@ -8,9 +8,10 @@ never served as current. Comment-only edits change it too: a re-run is cheaper t
 
 from __future__ import annotations
 
-import hashlib
 from functools import cache
 from pathlib import Path
+
+from backend.source_digest import files_digest
 
 _PACKAGE = Path(__file__).resolve().parent
 # The files (relative to backend/evaluation/) whose content decides the numbers.
@@ -28,8 +29,4 @@ def _source_files() -> list[Path]:
 @cache
 def evaluation_code_version() -> str:
     """12 hex digits of SHA-256 over the relative paths and bytes of ``EVALUATION_SOURCES``."""
-    digest = hashlib.sha256()
-    for path in _source_files():
-        digest.update(path.relative_to(_PACKAGE).as_posix().encode() + b"\0")
-        digest.update(path.read_bytes() + b"\0")
-    return digest.hexdigest()[:12]
+    return files_digest(_source_files(), _PACKAGE)[:12]
