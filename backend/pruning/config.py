@@ -3,7 +3,8 @@
 A variant id is a readable slug plus a hash of the identity: base model, method, calibration
 (a user file by its content), spec, windows, seed, the method's validated options and the
 version of the code that computes it. That version is the hash of the source files of the
-modules that produce a variant (engine, layer inputs, statistics, spec, hooks, windows) and of
+modules that produce a variant (engine, layer inputs, statistics, spec, hooks, the calibration
+data modules that pick, format and cut its text) and of
 the method's own module: any edit there gives new ids, and variants stored by other code are
 listed as stale and never reused.
 """
@@ -36,7 +37,14 @@ PRODUCING_MODULES = (
     "backend.pruning.stats",
     "backend.models.adapters",
     "backend.models.hooks",
+    # the calibration text: which documents, their formatting and the windows cut from them
     "backend.data.windows",
+    "backend.data.sources",
+    "backend.data.corpus",
+    "backend.data.offline_sets",
+    "backend.data.hub_sets",
+    "backend.data.prompt_formats",
+    "backend.data.user_files",
     # the structured (neuron) methods' shared math, behind their registry entries
     "backend.pruning.structured",
     "backend.pruning.neuron_math",

@@ -3,6 +3,7 @@ options; options are validated once; variants stored by other code are stale and
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -145,15 +146,17 @@ def test_a_variant_from_other_code_is_stale_and_recomputed(isolated_cache, monke
                                                                      second.variant_id: False}
 
 
-def test_the_code_version_follows_the_producing_sources(tmp_path, monkeypatch):
+@pytest.mark.parametrize("module_name", ["backend.pruning.stats", "backend.data.offline_sets",
+                                         "backend.data.prompt_formats"])
+def test_the_code_version_follows_the_producing_sources(tmp_path, monkeypatch, module_name):
+    """An edit to the statistics or to the code choosing the calibration text gives new ids."""
     method = get_method("wanda")
     before = config_module.code_version(method)
     assert before == config_module.code_version(method) and len(before) == 12
     assert config_module.code_version(get_method("ria")) != before  # each method's own module counts
-    copy = tmp_path / "stats.py"
-    from backend.pruning import stats
-
-    copy.write_text(Path(stats.__file__).read_text(encoding="utf-8") + "\n# an edit\n", encoding="utf-8")
-    monkeypatch.setattr(stats, "__file__", str(copy))
+    module = importlib.import_module(module_name)
+    copy = tmp_path / Path(module.__file__).name
+    copy.write_text(Path(module.__file__).read_text(encoding="utf-8") + "\n# an edit\n", encoding="utf-8")
+    monkeypatch.setattr(module, "__file__", str(copy))
     config_module._source_digest.cache_clear()
     assert config_module.code_version(method) != before
