@@ -44,11 +44,7 @@ def _summary(result: dict) -> str:
         )
         lines.extend(_statistics_lines(block.get("statistics")))
     if result["ablation"]:
-        agg = result["ablation"]["aggregate"]
-        lines.append(
-            f"ablation: margin change {_num(agg['effect_mean'])} (top neurons) vs "
-            f"{_num(agg['random_effect_mean'])} ± {_num(agg['random_effect_std'])} (random)"
-        )
+        lines.append(f"ablation: {result['ablation']['reading']}")
     if result.get("causal"):
         from backend.nsa.verdict import verdict_lines
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "2.0"  # 2.0: ablation = the in-sample check of one text (causal.in_sample_ablation)
 RESULT_KIND = "prunelens.nsa"
 
 Drop = float | None  # None where the dense activation it divides by is 0
@@ -215,7 +215,8 @@ class NsaResult(_Strict):
     per_layer_top: list[LayerTop]
     comparison: list[VariantComparison]
     heatmaps: list[Heatmap]
-    ablation: dict | None
+    ablation: dict | None = Field(None, description="one text only: causal.in_sample_ablation (in-sample, "
+                                   "matched null); two texts or more: see causal.ablation")
     statistics: dict | None = Field(None, description="how the statistics were computed: split, folds, "
                                     "seed, draws, resamples, confidence")
     causal: dict | None = None  # backend.nsa.causal: cross-fitted patching and ablation with verdicts

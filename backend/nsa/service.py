@@ -16,9 +16,13 @@ from typing import TYPE_CHECKING
 import torch
 
 from backend.errors import UserError
-from backend.nsa.ablation import DEFAULT_DRAWS, ablation_check
 from backend.nsa.assemble import TextRecord, VariantRecord, build_result, variant_info
-from backend.nsa.causal import CAUSAL_DRAWS, causal_on_records, check_patch_request
+from backend.nsa.causal import (
+    CAUSAL_DRAWS,
+    causal_on_records,
+    check_patch_request,
+    in_sample_ablation,
+)
 from backend.nsa.compare import (
     TextObservation,
     assemble_observation,
@@ -28,6 +32,7 @@ from backend.nsa.compare import (
 from backend.nsa.influential import find_word_spans, influential_words
 from backend.nsa.inputs import encode_for_attribution
 from backend.nsa.matched_null import DEFAULT_NULL_DRAWS
+from backend.nsa.probe import encode_probe
 from backend.nsa.scoring import (
     ACTIVATION_MODES,
     NEGLIGIBLE_FRACTION,
@@ -154,7 +159,6 @@ def attribute(
     activation: str = "abs",
     negligible_fraction: float = NEGLIGIBLE_FRACTION,
     max_new_tokens: int = 48,
-    draws: int = DEFAULT_DRAWS,
     causal_draws: int = CAUSAL_DRAWS,
     seed: int = 0,
     progress: Progress | None = None,
@@ -293,14 +297,18 @@ def attribute(
             variant_records.append(VariantRecord(variant_info(manifest), observations, removed, statistics))
     timings["step3_variants"] = time.perf_counter() - clock
 
+    # One text: nothing can be held out, so its ablation is in-sample (labelled so, matched null);
+    # two or more: only the cross-fitted ablation of the causal check below.
     ablation = None
-    if ablate:
+    if ablate and not run_causal:
         clock = time.perf_counter()
-        _report(progress, 0.85, "ablation check")
-        ablation = ablation_check(
-            loaded, [r.encoded.text for r in records], selection.indices_by_layer(), spec,
-            labels=[spec.label_index(r.label) for r in records], draws=draws, seed=seed,
-        )
+        _report(progress, 0.85, "ablation check (in-sample: one text)")
+        width = loaded.adapter.neuron_count(loaded.model)
+        selected = torch.tensor([n.layer * width + n.index for n in selection.neurons], dtype=torch.long)
+        record = records[0]
+        ablation = in_sample_ablation(
+            loaded.model, loaded.adapter, encode_probe(loaded.tokenizer, record.encoded.text, spec, loaded.max_length),
+            spec.label_index(record.label), selected, draws=causal_draws, seed=seed)
         timings["ablation"] = time.perf_counter() - clock
 
     causal = None

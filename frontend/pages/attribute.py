@@ -149,8 +149,9 @@ if result.get("comparison"):
         c: st.column_config.NumberColumn(format="percent") for c in ("mean", "95% low", "95% high")})
 
 verdict_view.render(result, result_id, "at")
-if result.get("ablation"):
-    with st.expander("Ablation check"):
+if result.get("ablation"):  # one text: the in-sample ablation (two or more: in the verdict above)
+    st.markdown(f"**Ablation check**: {result['ablation']['reading']}")
+    with st.expander("Ablation check (JSON)"):
         st.json(result["ablation"], expanded=False)
 
 d1, d2, d3, d4 = st.columns(4)

@@ -21,7 +21,7 @@ from frontend.views.heatmap import (
     legend_html,
 )
 
-SUPPORTED_MAJOR = "1"
+SUPPORTED_MAJOR = "2"
 
 
 def check_schema(result: dict) -> str | None:

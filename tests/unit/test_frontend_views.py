@@ -151,10 +151,10 @@ def test_heatmap_document_is_self_contained():
 
 
 def _nsa_result() -> dict:
-    """A small NSA result written by hand in schema 1.0 (validated against the backend's schema)."""
+    """A small NSA result written by hand in schema 2.0 (validated against the backend's schema)."""
     tokens = ["", "good", " film", " bad"]
     return {
-        "schema_version": "1.0", "kind": "prunelens.nsa",
+        "schema_version": "2.0", "kind": "prunelens.nsa",
         "model": {"name": "m", "family": "llama", "layers": 2, "neurons_per_layer": 8},
         "task": "sentiment", "settings": {"top_k": 2},
         "variants": [{"id": "v-a", "base_model": "m", "method": "wanda", "calibration": "c4", "sparsity": "0.5",
@@ -210,7 +210,8 @@ def test_hand_made_result_follows_the_backend_schema():
 
     validate_result(_nsa_result())
     assert nsa_view.check_schema(_nsa_result()) is None
-    assert "not supported" in nsa_view.check_schema({**_nsa_result(), "schema_version": "2.0"})
+    assert "not supported" in nsa_view.check_schema({**_nsa_result(), "schema_version": "1.1"})
+    assert "not supported" in nsa_view.check_schema({**_nsa_result(), "schema_version": "3.0"})
 
 
 def test_heatmap_rows_take_dense_first_then_the_chosen_variants_on_the_dense_scale():

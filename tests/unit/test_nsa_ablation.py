@@ -1,4 +1,4 @@
-"""The causal check: zeroing neurons by hook, random control sets, margins against brute force."""
+"""Zeroing neurons by hook, and the one-text (in-sample) ablation against brute-force margins."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from backend.models.adapters import weight_matrix
-from backend.nsa.ablation import NeuronAblation, ablation_check, random_control_sets
+from backend.nsa.ablation import NeuronAblation
+from backend.nsa.causal import _null_draws, in_sample_ablation
+from backend.nsa.patching import dense_run
 from backend.nsa.probe import encode_probe
 from backend.nsa.tasks import get_task
 from tests.conftest import tiny_loaded
@@ -50,18 +52,6 @@ def test_one_ablation_per_batch_row_equals_separate_passes(tiny):
     assert not torch.allclose(batched[0], batched[1])
 
 
-def test_random_controls_match_layers_and_counts_and_avoid_the_selected():
-    selected = {2: [0, 1, 2], 7: [10]}
-    draws = random_control_sets(selected, neurons_per_layer=12, draws=6, seed=3)
-    assert len(draws) == 6 and draws == random_control_sets(selected, 12, 6, seed=3)
-    for draw in draws:
-        assert {layer: len(ix) for layer, ix in draw.items()} == {2: 3, 7: 1}
-        assert not set(draw[2]) & {0, 1, 2} and 10 not in draw[7]
-        assert all(0 <= i < 12 for ix in draw.values() for i in ix)
-    assert len({tuple(d[2]) for d in draws}) > 1
-    assert draws != random_control_sets(selected, 12, 6, seed=4)
-
-
 def _brute_margin(loaded, text, label, chosen=None) -> float:
     """log p(label words) - log p(other) by scoring each continuation token by token."""
     probe = encode_probe(loaded.tokenizer, text, SENTIMENT, loaded.max_length)
@@ -80,23 +70,38 @@ def _brute_margin(loaded, text, label, chosen=None) -> float:
     return totals[label] - totals[1 - label]
 
 
-def test_ablation_margins_equal_brute_force():
+def _as_dict(flat: torch.Tensor, width: int) -> dict[int, list[int]]:
+    grouped: dict[int, list[int]] = {}
+    for value in flat.tolist():
+        grouped.setdefault(value // width, []).append(value % width)
+    return grouped
+
+
+@pytest.mark.parametrize("label", [1, None])
+def test_in_sample_ablation_equals_brute_force(label):
     loaded = tiny_loaded("llama")
-    selected = {0: [3, 4], 1: [7]}
-    report = ablation_check(loaded, [TEXT, "Warm and funny."], selected, SENTIMENT, labels=[1, None], draws=5)
-    first, second = report["texts"]
-    assert first["label"] == "negative" and first["label_source"] == "gold"
-    assert first["margin_intact"] == pytest.approx(_brute_margin(loaded, TEXT, 1), abs=1e-4)
-    assert first["margin_ablated"] == pytest.approx(_brute_margin(loaded, TEXT, 1, selected), abs=1e-4)
-    assert first["effect"] == pytest.approx(first["margin_intact"] - first["margin_ablated"])
-    controls = random_control_sets(selected, 64, 5, seed=0)
-    expected = [first["margin_intact"] - _brute_margin(loaded, TEXT, 1, c) for c in controls]
-    assert first["random_effects"] == pytest.approx(expected, abs=1e-4)
-    assert first["random_mean"] == pytest.approx(sum(expected) / 5, abs=1e-4)
-    # Without a gold label the model's own prediction is explained: its margin is >= 0.
-    assert second["label_source"] == "predicted" and second["margin_intact"] >= 0
-    agg = report["aggregate"]
-    assert agg["effect_mean"] == pytest.approx((first["effect"] + second["effect"]) / 2)
-    draw_means = [(first["random_effects"][d] + second["random_effects"][d]) / 2 for d in range(5)]
-    assert agg["random_effect_mean"] == pytest.approx(sum(draw_means) / 5)
-    assert agg["random_effect_std"] == pytest.approx(float(torch.tensor(draw_means).std()))
+    width = loaded.adapter.neuron_count(loaded.model)
+    selected = torch.tensor([0 * width + 3, 0 * width + 4, 1 * width + 7])
+    probe = encode_probe(loaded.tokenizer, TEXT, SENTIMENT, loaded.max_length)
+    report = in_sample_ablation(loaded.model, loaded.adapter, probe, label, selected, draws=6, seed=2)
+    intact_logits = dense_run(loaded.model, loaded.adapter, probe, None, []).log_probs
+    expected_label = label if label is not None else int(intact_logits.argmax())
+    assert report["label"] == expected_label
+    assert report["label_source"] == ("gold" if label is not None else "dense prediction")
+    intact = _brute_margin(loaded, TEXT, expected_label)
+    ablated = _brute_margin(loaded, TEXT, expected_label, _as_dict(selected, width))
+    assert report["examples"] == 1
+    assert report["effect"]["value"] == pytest.approx(intact - ablated, abs=1e-4)
+    assert report["effect"]["interval"] is None  # one text: no bootstrap interval
+    # The null: the matched draws (same layers, same activation level on this text), brute-forced.
+    levels = dense_run(loaded.model, loaded.adapter, probe, None, []).levels
+    draws, _ = _null_draws(levels, selected, 6, 2)
+    assert draws.shape == (6, 3)
+    for draw in draws:
+        assert not set(draw.tolist()) & set(selected.tolist())
+        assert sorted(v // width for v in draw.tolist()) == [0, 0, 1]
+    expected_null = [intact - _brute_margin(loaded, TEXT, expected_label, _as_dict(d, width)) for d in draws]
+    assert report["null_draw_effect"] == pytest.approx(expected_null, abs=1e-4)
+    beyond = sum(value >= intact - ablated for value in expected_null)
+    assert report["p_value"] == pytest.approx((1 + beyond) / 7)
+    assert report["reading"].startswith("In-sample") and "in-sample" in report["method"]

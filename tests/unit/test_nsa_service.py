@@ -10,6 +10,7 @@ import torch
 from backend.cli import main
 from backend.errors import NotFoundError, UserError
 from backend.nsa.capture import NeuronCapture
+from backend.nsa.causal import CAUSAL_DRAWS
 from backend.nsa.inputs import encode_for_attribution
 from backend.nsa.schema import validate_result
 from backend.nsa.service import attribute
@@ -155,10 +156,12 @@ def test_cli_attribute_writes_a_valid_json(tiny_model_dir, tmp_path, capsys):
                  "--top-k", "5", "--ablate", "--json", str(out)])
     assert code == 0
     result = validate_result(json.loads(out.read_text()))
-    assert len(result.neurons) == 5 and result.ablation["draws"] == 5
+    assert len(result.neurons) == 5 and result.ablation["draws"] == CAUSAL_DRAWS
+    assert result.ablation["examples"] == 1 and result.causal is None  # one text: in-sample only
     assert [w.word for w in result.texts[0].influential.words] == ["slow", "beautiful"]
     printed = capsys.readouterr().out
     assert f"-> {out}" in printed and "rank layer neuron" in printed
+    assert "ablation: In-sample (selected on this text)" in printed
 
 
 def test_cli_file_input_and_errors(tiny_model_dir, tmp_path, capsys):
