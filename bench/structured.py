@@ -25,13 +25,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # (label, method, options)
 CONFIGS = [  # the comparisons the table exists for come first
-    ("mi (paper + comp.)", "mi", {}),
+    ("mi (weigh-output + comp.)", "mi", {"weigh_output": True}),
+    ("mi (paper + comp., less-output victim)", "mi", {}),
     ("random", "random-neurons", {}),
     ("flap", "flap", {}),
     ("structured-obs", "structured-obs", {}),
+    ("mi (paper + comp., more-redundant victim)", "mi", {"victim": "more-redundant"}),
     ("mi (paper, no comp.)", "mi", {"compensate": False}),
     ("magnitude", "magnitude-neurons", {}),
     ("mi (joint + comp.)", "mi", {"estimator": "joint"}),
+    ("mi (weigh-output + comp., sink 1)", "mi", {"weigh_output": True, "sink_tokens": 1}),
+    ("mi (paper + comp., sink 1)", "mi", {"sink_tokens": 1}),
+    ("flap (sink 1)", "flap", {"sink_tokens": 1}),
 ]
 
 
@@ -39,28 +44,38 @@ class OneShot:
     """Neuron statistics of every layer from one dense forward; prunes all layers from them."""
 
     def __init__(self, loaded, args) -> None:
-        import torch
 
         from backend.data.windows import calibration_windows
-        from backend.pruning.stats import InputStatistics
 
         self.loaded = loaded
-        adapter = loaded.adapter
-        self.layers = adapter.decoder_layers(loaded.model)
-        windows = calibration_windows(loaded.tokenizer, args.calibration, args.nsamples, args.seqlen,
-                                      0, max_length=loaded.max_length)
-        self.stats = []
-        handles = []
-        for layer in self.layers:
-            down = layer.get_submodule(adapter.mlp_output)
-            stats = InputStatistics(down.weight.shape[1], "cpu", covariance=True)
-            self.stats.append(stats)
-            handles.append(down.register_forward_pre_hook(lambda _m, a, s=stats: s.update(a[0])))
-        with torch.no_grad():
-            for chunk in windows.split(8):
-                loaded.model(input_ids=chunk, use_cache=False)
-        for handle in handles:
-            handle.remove()
+        self.layers = loaded.adapter.decoder_layers(loaded.model)
+        self.windows = calibration_windows(loaded.tokenizer, args.calibration, args.nsamples, args.seqlen,
+                                           0, max_length=loaded.max_length)
+        self._stats: dict[int, list] = {}  # per sink_tokens: one InputStatistics per layer
+
+    def stats(self, skip_leading: int) -> list:
+        """Every layer's neuron statistics from one dense forward, the first tokens left out."""
+        import torch
+
+        from backend.pruning.stats import InputStatistics
+
+        if skip_leading not in self._stats:
+            collected, handles = [], []
+            for layer in self.layers:
+                down = layer.get_submodule(self.loaded.adapter.mlp_output)
+                stats = InputStatistics(down.weight.shape[1], "cpu", covariance=True,
+                                        skip_leading=skip_leading)
+                collected.append(stats)
+                handles.append(down.register_forward_pre_hook(lambda _m, a, s=stats: s.update(a[0])))
+            try:
+                with torch.no_grad():
+                    for chunk in self.windows.split(8):
+                        self.loaded.model(input_ids=chunk, use_cache=False)
+            finally:
+                for handle in handles:
+                    handle.remove()
+            self._stats[skip_leading] = collected
+        return self._stats[skip_leading]
 
     def pruned(self, config):
         """A context in which every layer is pruned by ``config``'s method from the dense statistics."""
@@ -70,12 +85,14 @@ class OneShot:
         from backend.pruning.registry import LayerToPrune
 
         method, options, adapter = config.info, config.method_options, self.loaded.adapter
+        needs = method.input_needs(options)
+        layer_stats = self.stats(needs.skip_leading if needs is not None else 0)
 
         @contextlib.contextmanager
         def applied():
             changes = AppliedChanges()
             try:
-                for index, (layer, stats) in enumerate(zip(self.layers, self.stats, strict=True)):
+                for index, (layer, stats) in enumerate(zip(self.layers, layer_stats, strict=True)):
                     linears = adapter.prunable_linears(layer)
                     view = LayerToPrune(index, linears, {adapter.mlp_output: stats}, adapter)
                     changes.apply(str(index), linears, method.prune(view, options, config.spec))
@@ -89,7 +106,7 @@ class OneShot:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ratios", default="0.1,0.2,0.3,0.5")
-    parser.add_argument("--only", default=None, help="comma-separated labels to run")
+    parser.add_argument("--only", default=None, help="'|'-separated labels to run (labels hold commas)")
     parser.add_argument("--nsamples", type=int, default=32)
     parser.add_argument("--seqlen", type=int, default=256)
     parser.add_argument("--eval-windows", type=int, default=8)
@@ -123,7 +140,7 @@ def main() -> int:
 
     ratios = [float(r) for r in args.ratios.split(",")]
     one_shot = None if args.sequential else OneShot(loaded, args)
-    configs = [c for c in CONFIGS if args.only is None or c[0] in args.only.split(",")]
+    configs = [c for c in CONFIGS if args.only is None or c[0] in args.only.split("|")]
     dense = held_out()
     print(f"dense perplexity {dense:.2f} ({args.heldout} held-out, {args.eval_windows}x{args.seqlen} tokens; "
           f"calibration {args.calibration} {args.nsamples}x{args.seqlen})", flush=True)
@@ -142,7 +159,7 @@ def main() -> int:
                 with variant_applied(loaded, result.variant_id):
                     value = held_out()
             table.setdefault(label, {})[ratio] = value
-            print(f"{label:<22} {ratio:>4.0%}  ppl {value:10.2f}  ({time.perf_counter() - started:.0f} s)",
+            print(f"{label:<42} {ratio:>4.0%}  ppl {value:10.2f}  ({time.perf_counter() - started:.0f} s)",
                   flush=True)
 
     print()

@@ -156,12 +156,14 @@ def prune_layer(loaded, index: int, layer: nn.Module, config: PruneConfig, input
         raise UserError(f"layer {index} has no prunable linear layers")
     tick = time.perf_counter()
     statistics = {}
-    if method.needs is not None:
+    needs = method.input_needs(config.method_options)
+    if needs is not None:
         assert inputs is not None, "calibration inputs are captured for every method that needs them"
-        wanted = linears if method.needs.linears == "all" else {adapter.mlp_output: linears[adapter.mlp_output]}
+        wanted = linears if needs.linears == "all" else {adapter.mlp_output: linears[adapter.mlp_output]}
         statistics = collect_statistics(
-            layer, wanted, inputs.hidden, inputs.calls[index], loaded.device, hessian=method.needs.hessian,
-            covariance_of=frozenset(wanted) if method.needs.covariance else frozenset())
+            layer, wanted, inputs.hidden, inputs.calls[index], loaded.device, hessian=needs.hessian,
+            covariance_of=frozenset(wanted) if needs.covariance else frozenset(),
+            skip_leading=needs.skip_leading)
     timings["statistics"] = timings.get("statistics", 0.0) + time.perf_counter() - tick
     tick = time.perf_counter()
     changes = method.prune(LayerToPrune(index, linears, statistics, adapter), config.method_options, config.spec)

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from backend.pruning.registry import MethodOptions
-from backend.pruning.structured import neuron_method
+from backend.pruning.structured import NeuronDataOptions, neuron_method
 
 
-class FlapOptions(MethodOptions):
+class FlapOptions(NeuronDataOptions):
     compensate: bool = Field(default=True,
                              description="add the removed neurons' mean output to the down bias")
 

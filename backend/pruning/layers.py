@@ -123,8 +123,13 @@ def _layer_output(output) -> torch.Tensor:
 
 def collect_statistics(layer: nn.Module, linears: dict[str, nn.Module], hidden: list[torch.Tensor],
                        calls: list[LayerCall], device: torch.device, *, hessian: bool,
-                       covariance_of: frozenset[str] = frozenset()) -> dict[str, InputStatistics]:
+                       covariance_of: frozenset[str] = frozenset(),
+                       skip_leading: int = 0) -> dict[str, InputStatistics]:
     """Run the layer over every batch, accumulating each linear's input statistics.
+
+    ``skip_leading`` k: the first k positions of every window are left out of the statistics
+    (attention sinks); a linear whose input the layer flattened to [tokens, in] (OPT) gets it
+    back as [windows, seq, in] first.
 
     Linears fed by the same tensor (q/k/v, gate/up) share one accumulator: their statistics
     are identical, and a 7B layer's Hessians are too large to compute three times. Sharing is
@@ -139,6 +144,7 @@ def collect_statistics(layer: nn.Module, linears: dict[str, nn.Module], hidden: 
     statistics: dict[str, InputStatistics] = {}
     seen: dict[tuple, tuple[str, torch.Tensor]] = {}
     waiting: set[str] = set()  # linears whose input this batch has not reached yet
+    windows_shape: list[int] = []  # [windows, seq] of the batch running now
 
     def hook_for(name: str):
         def accumulate(_module, args):
@@ -151,9 +157,10 @@ def collect_statistics(layer: nn.Module, linears: dict[str, nn.Module], hidden: 
                 leader_of[name] = name
                 if name not in statistics:
                     statistics[name] = InputStatistics(
-                        x.shape[-1], device, hessian=hessian, covariance=name in covariance_of
+                        x.shape[-1], device, hessian=hessian, covariance=name in covariance_of,
+                        skip_leading=skip_leading,
                     )
-                statistics[name].update(x)
+                statistics[name].update(x.reshape(*windows_shape, x.shape[-1]) if skip_leading else x)
             waiting.discard(name)
             if not waiting:  # what the layer computes after this linear is not needed
                 raise StopForward
@@ -165,6 +172,7 @@ def collect_statistics(layer: nn.Module, linears: dict[str, nn.Module], hidden: 
             for batch_hidden, call in zip(hidden, calls, strict=True):
                 seen.clear()
                 waiting.update(linears)
+                windows_shape[:] = batch_hidden.shape[:2]
                 call_until_stopped(layer, batch_hidden.to(device), *call.args, **call.kwargs)
     finally:
         seen.clear()

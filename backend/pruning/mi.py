@@ -2,7 +2,9 @@
 
 Selection: the paper's pairwise-MI threshold rule (mi_neurons.mi_threshold_removal, Gaussian
 estimator) or the joint Gaussian MI of a neuron with all the others (``estimator="joint"``).
-Added to the paper: the least-squares fold-in of the removed neurons (on by default).
+Added to the paper: the least-squares fold-in of the removed neurons (on by default), the choice
+of which member of a redundant pair goes (``victim``, the paper leaves it open) and, as an option,
+``weigh_output``: rank the neurons by the part of their output the kept ones cannot reproduce.
 docs/pruning-methods.md says what the paper specifies and what we added.
 """
 
@@ -25,6 +27,14 @@ class MiOptions(CompensationOptions):
     pair_seed: int = Field(default=0, ge=0, le=2**31 - 1, description="pairwise: order of the pair visits")
     block: int | None = Field(default=None, ge=1, le=65536,
                               description="joint: neurons removed per C⁻¹ update (default n/128)")
+    victim: Literal["less-output", "more-redundant"] = Field(
+        default="less-output", description="pairwise rule: of a redundant pair remove the member with the "
+                                           "smaller output E[h²]·‖W_down[:, j]‖² (less-output) or the larger "
+                                           "total MI (more-redundant); the paper does not say")
+    weigh_output: bool = Field(
+        default=False, description="ours, not the paper's: remove the neurons of least (1 - R²)·E[h²]·"
+                                   "‖W_down[:, j]‖², the output the kept ones cannot reproduce "
+                                   "(pairwise: 1 - R² = exp(-2·max pairwise MI)); replaces the threshold rule")
 
 
 METHOD = neuron_method("mi", "remove MLP neurons redundant by mutual information (arXiv 2406.00030), "

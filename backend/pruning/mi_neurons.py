@@ -31,6 +31,8 @@ import torch
 
 from backend.pruning.spec import pruned_count
 
+# Which member of a redundant pair the threshold rule removes (mi_threshold_removal).
+VICTIM_RULES = ("less-output", "more-redundant")
 # rho^2 is clipped below 1 so that exact duplicates get a large finite MI (about 8.4 nats).
 _MAX_SQUARED_CORRELATION = 1.0 - 1e-7
 
@@ -122,6 +124,8 @@ def mi_threshold_removal(
     decay: float = 0.9,
     seed: int = 0,
     min_variance: float = 1e-8,
+    victim: str = "less-output",
+    output_energy: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The paper's rule: visit random pairs of kept neurons; if I(k; l) > Tr, remove one of them.
 
@@ -129,10 +133,16 @@ def mi_threshold_removal(
     exceeds a threshold Tr until the compression rate is met. Made exact and finite here: every
     pair above Tr is visited once, in a seeded random order (a pair whose member is already gone
     is skipped); when the pass ends short of ``count``, Tr is multiplied by ``decay`` and only the
-    newly admitted pairs are visited. Of a redundant pair the member with the larger total MI with
-    the other live neurons goes (the paper does not say which). ``threshold`` None starts at the
-    largest pairwise MI. Constant neurons go first (as in ``mi_removal_order``); if every
-    remaining pair has MI 0 the rest go by variance, lowest first.
+    newly admitted pairs are visited. ``threshold`` None starts at the largest pairwise MI.
+    Constant neurons go first (as in ``mi_removal_order``); if every remaining pair has MI 0 the
+    rest go by variance, lowest first.
+
+    Which member of a redundant pair goes (``victim``) the paper does not say:
+    "less-output" (default) removes the one whose output E[h_j²]·‖W_down[:, j]‖²
+    (``output_energy`` [n]) is smaller; "more-redundant" the one with the larger total MI with
+    the other live neurons. MI is symmetric and blind to scale, so "more-redundant" may remove the
+    member carrying a huge output (an attention-sink neuron, docs/pitfalls.md), whose fold-in
+    into its weakly correlated partner then multiplies the layer's error.
 
     covariance [n, n], mean [n] -> LongTensor [count], in removal order.
     """
@@ -141,6 +151,10 @@ def mi_threshold_removal(
         raise ValueError(f"can remove 0 to {neurons - 1} of {neurons} neurons, not {count}")
     if not 0.0 < decay < 1.0:
         raise ValueError(f"decay must be in (0, 1), got {decay}")
+    if victim not in VICTIM_RULES:
+        raise ValueError(f"unknown victim rule {victim!r}; choose from {', '.join(VICTIM_RULES)}")
+    if victim == "less-output" and (output_energy is None or output_energy.shape != (neurons,)):
+        raise ValueError("victim 'less-output' needs output_energy [n] (E[h_j²]·‖W_down[:, j]‖²)")
     covariance, mean = covariance.detach().float().cpu(), mean.detach().float().cpu()
     variance = torch.diagonal(covariance).detach().float().clamp_min(0)  # [n]
     constant = variance <= min_variance * float(variance.mean())
@@ -152,7 +166,11 @@ def mi_threshold_removal(
 
     live_ids = torch.nonzero(~constant).squeeze(1)
     information = gaussian_mutual_information(covariance[live_ids][:, live_ids]).cpu()  # [live, live]
-    total = information.sum(dim=1).tolist()  # which member of a pair is the more redundant
+    if victim == "less-output":
+        assert output_energy is not None, "checked above"
+        preference = (-output_energy.detach().double().cpu()[live_ids]).tolist()  # less output goes
+    else:
+        preference = information.sum(dim=1).tolist()  # the more redundant member goes
     first_of, second_of = torch.triu_indices(live_ids.numel(), live_ids.numel(), offset=1)
     values = information[first_of, second_of]  # [pairs], every unordered pair once
     values, by_value = torch.sort(values, descending=True, stable=True)
@@ -170,9 +188,9 @@ def mi_threshold_removal(
         band = torch.arange(start, end)[torch.randperm(max(end - start, 0), generator=generator)]
         for first, second in zip(first_of[band].tolist(), second_of[band].tolist(), strict=True):
             if kept[first] and kept[second]:
-                victim = first if total[first] >= total[second] else second
-                kept[victim] = False
-                removed.append(live[victim])
+                chosen = first if preference[first] >= preference[second] else second
+                kept[chosen] = False
+                removed.append(live[chosen])
                 if len(removed) == count:
                     break
         start = max(start, end)
@@ -185,4 +203,49 @@ def mi_threshold_removal(
         rest = live_ids[torch.tensor(kept)]
         rest = rest[torch.sort(variance[rest], stable=True).indices]
         removed.extend(rest[: count - len(removed)].tolist())
+    return torch.tensor(removed, dtype=torch.long)
+
+
+def output_energy(covariance: torch.Tensor, mean: torch.Tensor, down_weight: torch.Tensor) -> torch.Tensor:
+    """E[h_j²]·‖W_down[:, j]‖²: the energy neuron j adds to the layer's output.  -> [n] float64.
+
+    covariance [n, n], mean [n] of the neurons, down_weight [out, n].
+    """
+    second_moment = torch.diagonal(covariance).double().cpu() + mean.double().cpu().pow(2)
+    return second_moment * down_weight.detach().double().cpu().pow(2).sum(dim=0)
+
+
+@torch.no_grad()
+def unexplained_output_removal(
+    covariance: torch.Tensor, mean: torch.Tensor, down_weight: torch.Tensor, count: int
+) -> torch.Tensor:
+    """Greedy: remove the neuron whose output the kept neurons reproduce the worst, least first.
+
+    Our addition to the paper (``weigh_output``): a neuron's score is
+    exp(-2 max_k I(j; k)) · E[h_j²]·‖W_down[:, j]‖² = (1 - max_k ρ²_jk) · output energy, the
+    maximum over kept neurons k: the part of its output that its best kept partner cannot carry
+    (the exact residual of a linear fit under the Gaussian model). The MI ranks redundancy, the
+    energy says what is lost if the redundancy is not enough. After a removal only the neurons
+    whose best partner it was are rescored (their score can only grow).
+
+    covariance [n, n], mean [n], down_weight [out, n] -> LongTensor [count], in removal order.
+    """
+    neurons = covariance.shape[0]
+    if not 0 <= count < neurons:
+        raise ValueError(f"can remove 0 to {neurons - 1} of {neurons} neurons, not {count}")
+    energy = output_energy(covariance, mean, down_weight)  # [n]
+    information = gaussian_mutual_information(covariance.detach().cpu()).double()  # [n, n]
+    information.fill_diagonal_(float("-inf"))
+    redundancy, partner = information.max(dim=1)  # [n]
+    kept = torch.ones(neurons, dtype=torch.bool)
+    removed = []
+    for _ in range(count):
+        score = torch.exp(-2.0 * redundancy.clamp_min(0)) * energy
+        candidate = int(torch.argmin(torch.where(kept, score, float("inf"))))
+        removed.append(candidate)
+        kept[candidate] = False
+        information[:, candidate] = float("-inf")
+        affected = kept & (partner == candidate)
+        if bool(affected.any()):
+            redundancy[affected], partner[affected] = information[affected].max(dim=1)
     return torch.tensor(removed, dtype=torch.long)

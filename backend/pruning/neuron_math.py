@@ -133,13 +133,17 @@ def joint_gaussian_mi(covariance: torch.Tensor, damp: float = 1e-6) -> torch.Ten
 
 @torch.no_grad()
 def greedy_neuron_removal(weight: torch.Tensor, gram: torch.Tensor, count: int, *, damp: float,
-                          criterion: str = "obs", block: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+                          criterion: str = "obs", block: int = 1,
+                          second_moment: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Remove ``count`` neurons ``block`` at a time, updating ``(H + λI)⁻¹`` and the weights.
 
     criterion "obs" (ZipLM/SlimGPT): remove the neurons with the least error ‖W_j‖² / (H⁻¹)_jj,
     where W and H⁻¹ are those of the kept set after the removals so far. "information": remove the
     most predictable neurons, the largest joint Gaussian MI with the kept ones (``gram`` must then
-    be the covariance: 1 - R²_j = 1 / (C_jj (C_S⁻¹)_jj)). After each round the removed set B is
+    be the covariance: 1 - R²_j = 1 / (C_jj (C_S⁻¹)_jj)). "unexplained-output" (mi's
+    ``weigh_output``, our addition): remove the least (1 - R²_j)·E[h_j²]·‖W_j‖², the part of the
+    neuron's output the kept ones cannot reproduce (``gram`` the covariance, ``second_moment``
+    [n] = E[h_j²]). After each round the removed set B is
     folded in, W -= W_B ((H⁻¹)_BB)⁻¹ (H⁻¹)_B,:, and H⁻¹ takes the rank-|B| downdate that makes it
     the inverse over the remaining neurons. ``block`` = 1 is the exact greedy; larger blocks
     re-score every ``block`` removals (one matrix product per round instead of ``block`` passes
@@ -150,8 +154,10 @@ def greedy_neuron_removal(weight: torch.Tensor, gram: torch.Tensor, count: int, 
     neurons = weight.shape[1]
     if not 0 <= count < neurons:
         raise ValueError(f"can remove 0 to {neurons - 1} of {neurons} neurons, not {count}")
-    if criterion not in ("obs", "information"):
+    if criterion not in ("obs", "information", "unexplained-output"):
         raise ValueError(f"unknown criterion {criterion!r}")
+    if criterion == "unexplained-output" and (second_moment is None or second_moment.shape != (neurons,)):
+        raise ValueError("criterion 'unexplained-output' needs second_moment [n]")
     gram = gram.to(torch.float64)
     system = gram + ridge(gram, damp) * torch.eye(neurons, dtype=gram.dtype, device=gram.device)
     inverse = torch.linalg.inv(system)  # [n, n]
@@ -164,8 +170,11 @@ def greedy_neuron_removal(weight: torch.Tensor, gram: torch.Tensor, count: int, 
         pivot = torch.diagonal(inverse)
         if criterion == "obs":
             score = work.pow(2).sum(dim=0) / pivot
-        else:
+        elif criterion == "information":
             score = -(variance * pivot)  # 1 / (1 - R²) is largest for the most predictable
+        else:
+            assert second_moment is not None, "checked above"
+            score = (second_moment.to(work) * work.pow(2).sum(dim=0)) / (variance * pivot)
         take = min(block, count - done)
         chosen = torch.topk(torch.where(kept, score, float("inf")), take, largest=False).indices
         chosen = chosen[torch.argsort(score[chosen], stable=True)]

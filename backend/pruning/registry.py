@@ -61,6 +61,7 @@ class InputNeeds:
     linears: Literal["all", "mlp_output"] = "all"
     hessian: bool = False  # 2XXᵀ/n (SparseGPT, OBS-style methods)
     covariance: bool = False  # covariance and mean (neuron redundancy)
+    skip_leading: int = 0  # leave the first k positions of every window out (attention sinks)
 
 
 @dataclass
@@ -119,10 +120,18 @@ class PruningMethod(Generic[OptionsT]):
     structured: bool = False  # removes whole MLP neurons: takes a 'neurons:' spec
     # Checks across options and spec, before any work: raise UserError.
     check: Callable[[OptionsT, SparsitySpec], None] | None = None
+    # The statistics as the chosen options ask for them (None: always ``needs``).
+    needs_for: Callable[[OptionsT], InputNeeds] | None = None
 
     @property
     def needs_calibration(self) -> bool:
         return self.needs is not None
+
+    def input_needs(self, options: OptionsT) -> InputNeeds | None:
+        """What the engine collects for ``options`` (an option such as sink_tokens can change it)."""
+        if self.needs is None or self.needs_for is None:
+            return self.needs
+        return self.needs_for(options)
 
     def parse_options(self, values: dict | None) -> OptionsT:
         """The one validation path of options (CLI, HTTP, Python): UserError naming the problem."""

@@ -27,8 +27,14 @@ class InputStatistics:
         *,
         hessian: bool = False,
         covariance: bool = False,
+        skip_leading: int = 0,
     ) -> None:
+        if skip_leading < 0:
+            raise ValueError(f"skip_leading must be >= 0, got {skip_leading}")
         self.in_features = in_features
+        # Positions 0..k-1 of every window are left out: the attention-sink token (position 0)
+        # can carry ~all of a neuron's squared activation (docs/pitfalls.md, attention sinks).
+        self.skip_leading = skip_leading
         self.device = torch.device(device)
         self.tokens = 0
         # With a Hessian, sum_t x_tj^2 is its diagonal times n / 2: not accumulated twice.
@@ -55,11 +61,19 @@ class InputStatistics:
 
     @torch.no_grad()
     def update(self, x: torch.Tensor) -> None:
-        """Add a batch of inputs: x [..., in_features], any leading dims (flattened to tokens)."""
+        """Add a batch of inputs: x [..., in_features], any leading dims (flattened to tokens).
+
+        With ``skip_leading`` k > 0, x is [..., seq, in_features] (one window per row of the
+        leading dims) and the first k positions of each window are not counted.
+        """
         if x.shape[-1] != self.in_features:
             raise ValueError(
                 f"expected inputs with {self.in_features} features, got shape {tuple(x.shape)}"
             )
+        if self.skip_leading:
+            if x.dim() < 2:
+                raise ValueError(f"skip_leading needs inputs [..., seq, in], got shape {tuple(x.shape)}")
+            x = x[..., self.skip_leading :, :]
         batch = (
             x.detach().reshape(-1, self.in_features).to(device=self.device, dtype=torch.float32)
         )  # [tokens, in]

@@ -12,7 +12,11 @@ engine then zeroes the removed neurons' rows of the input projections and column
                          the down projection has one
     structured-obs       greedy ZipLM/SlimGPT OBS with H⁻¹ updates; fold-in on by default
     mi                   the paper's pairwise-MI threshold rule (arXiv 2406.00030) or the joint
-                         Gaussian MI; least-squares fold-in + mean correction on by default
+                         Gaussian MI; least-squares fold-in + mean correction on by default;
+                         ``weigh_output`` (ours) ranks by the output the kept neurons cannot carry
+
+The data methods take ``sink_tokens`` k: the first k tokens of every calibration window are left
+out of the neuron statistics (attention sinks, docs/pitfalls.md).
 
 Compensation is neuron_math's fold-in (see there for the mean and the bias). Each method is one
 registry module (random_neurons, magnitude_neurons, flap, structured_obs, mi) holding its options
@@ -21,11 +25,12 @@ model and ``METHOD = neuron_method(...)``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from pydantic import Field
 
+from backend.errors import UserError
 from backend.pruning import neuron_math
 from backend.pruning.registry import (
     InputNeeds,
@@ -42,7 +47,15 @@ NEURON_METHODS = ("random-neurons", "magnitude-neurons", "flap", "structured-obs
 DEFAULT_DAMP = 0.01
 
 
-class CompensationOptions(MethodOptions):
+class NeuronDataOptions(MethodOptions):
+    """Options of the neuron methods calibrated on data (flap, structured-obs, mi)."""
+
+    sink_tokens: int = Field(default=0, ge=0, le=64,
+                             description="leave the first k tokens of every calibration window out of "
+                                         "the neuron statistics (attention sinks, docs/pitfalls.md)")
+
+
+class CompensationOptions(NeuronDataOptions):
     """Options of the methods that can fold removed neurons into the kept ones."""
 
     compensate: bool = Field(default=True, description="fold the removed neurons into the kept ones "
@@ -57,6 +70,8 @@ class NeuronOptions:
     damp: float = DEFAULT_DAMP
     estimator: str = "pairwise"  # mi: "pairwise" (the paper) or "joint" (-½ log(1 - R²_j))
     threshold: float | None = None  # mi pairwise: starting Tr in nats (None: the largest MI)
+    victim: str = "less-output"  # mi pairwise: which member of a redundant pair goes
+    weigh_output: bool = False  # mi: rank by the output the kept neurons cannot reproduce
     seed: int = 0
     # Greedy removals per H⁻¹ downdate (structured-obs, mi joint): 1 is the exact greedy; a block
     # of n/128 neurons costs ~n/128 times fewer passes over the n x n inverse.
@@ -148,15 +163,24 @@ def _block(options: NeuronOptions, neurons: int) -> int:
 
 
 def _mi_selection(down_weight, covariance, mean, count, options: NeuronOptions) -> torch.Tensor:
-    from backend.pruning.mi_neurons import mi_threshold_removal
+    from backend.pruning.mi_neurons import (
+        mi_threshold_removal,
+        output_energy,
+        unexplained_output_removal,
+    )
 
     if options.estimator == "pairwise":
+        if options.weigh_output:
+            return unexplained_output_removal(covariance, mean, down_weight, count)
         return mi_threshold_removal(covariance, mean, count, threshold=options.threshold,
-                                    seed=options.seed)
+                                    seed=options.seed, victim=options.victim,
+                                    output_energy=output_energy(covariance, mean, down_weight))
     if options.estimator == "joint":
-        order, _ = neuron_math.greedy_neuron_removal(down_weight, covariance, count, damp=options.damp,
-                                                     criterion="information",
-                                                     block=_block(options, down_weight.shape[1]))
+        second_moment = torch.diagonal(covariance).double() + mean.double().pow(2)
+        order, _ = neuron_math.greedy_neuron_removal(
+            down_weight, covariance, count, damp=options.damp,
+            criterion="unexplained-output" if options.weigh_output else "information",
+            block=_block(options, down_weight.shape[1]), second_moment=second_moment)
         return order
     raise ValueError(f"unknown MI estimator {options.estimator!r}: use pairwise or joint")
 
@@ -174,9 +198,13 @@ def neuron_method(method: str, description: str, options: type[MethodOptions], *
         settings = NeuronOptions(
             compensate=getattr(chosen, "compensate", False), damp=getattr(chosen, "damp", DEFAULT_DAMP),
             estimator=getattr(chosen, "estimator", "pairwise"), threshold=getattr(chosen, "threshold", None),
+            victim=getattr(chosen, "victim", "less-output"), weigh_output=getattr(chosen, "weigh_output", False),
             seed=seed * 100_003 + layer.index,  # each layer its own draw
             block=getattr(chosen, "block", None),
         )
+        if stats is not None and stats.tokens == 0:
+            raise UserError(f"{method}: no calibration tokens left in layer {layer.index} "
+                            f"(sink_tokens must be shorter than the windows)")
         covariance, mean, tokens = ((stats.covariance, stats.mean, stats.tokens) if stats is not None
                                     else (None, None, 0))
         down_weight = layer.weight(adapter.mlp_output)  # [out, n], a view of down.weight
@@ -196,6 +224,11 @@ def neuron_method(method: str, description: str, options: type[MethodOptions], *
                                   param="bias", new_value=result.down_bias))
         return changes
 
+    needs = InputNeeds(linears="mlp_output", covariance=True)
+
+    def needs_for(chosen: MethodOptions) -> InputNeeds:
+        return replace(needs, skip_leading=getattr(chosen, "sink_tokens", 0))
+
     return PruningMethod(name=method, description=description, prune=prune, options=options,
-                         needs=InputNeeds(linears="mlp_output", covariance=True) if data else None,
+                         needs=needs if data else None, needs_for=needs_for if data else None,
                          structured=True)

@@ -165,16 +165,16 @@ def test_paper_threshold_rule_removes_one_of_each_redundant_pair_and_exact_count
     stats = streamed(h)
     information = gaussian_mutual_information(stats.covariance)
     assert float(information[2, 7]) > 3.0 and float(information[4, 9]) > 1.5
-    first_two = mi_threshold_removal(stats.covariance, stats.mean, 2, seed=0)
+    first_two = mi_threshold_removal(stats.covariance, stats.mean, 2, victim="more-redundant", seed=0)
     assert {int(first_two[0]), int(first_two[1])} & {2, 7} and {int(first_two[0]), int(first_two[1])} & {4, 9}
     assert int(first_two[0]) in (2, 7)  # the most redundant pair is visited first (largest Tr)
     for count in (0, 3, 9):
-        order = mi_threshold_removal(stats.covariance, stats.mean, count, seed=3)
+        order = mi_threshold_removal(stats.covariance, stats.mean, count, victim="more-redundant", seed=3)
         assert order.numel() == count and len(set(order.tolist())) == count
-    assert torch.equal(mi_threshold_removal(stats.covariance, stats.mean, 6, seed=4),
-                       mi_threshold_removal(stats.covariance, stats.mean, 6, seed=4))
+    assert torch.equal(mi_threshold_removal(stats.covariance, stats.mean, 6, victim="more-redundant", seed=4),
+                       mi_threshold_removal(stats.covariance, stats.mean, 6, victim="more-redundant", seed=4))
     # a fixed high threshold admits only the two redundant pairs in its first pass
-    assert set(mi_threshold_removal(stats.covariance, stats.mean, 2, threshold=1.0).tolist()) <= {2, 7, 4, 9}
+    assert set(mi_threshold_removal(stats.covariance, stats.mean, 2, victim="more-redundant", threshold=1.0).tolist()) <= {2, 7, 4, 9}
 
 
 @pytest.mark.parametrize("criterion", ["obs", "information"])
