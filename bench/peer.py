@@ -16,7 +16,8 @@ project's ``perplexity``. Printed per method: held-out perplexity of ours and of
 ratio ours/peer with a paired 95% bootstrap interval over the held-out windows (it covers the
 choice of held-out windows, not of calibration windows: that is what several --seeds show),
 and the fraction of weights whose pruned/kept decision differs, per layer (two unrelated
-random masks at 50 % differ on 50 % of the weights). Goal: ratio <= 1.03 for each method.
+random masks at 50 % differ on 50 % of the weights; --noise-floor measures what float rounding
+alone gives, by running the peer twice). Goal: ratio <= 1.03 for each method.
 
 Not run by ``make bench``: it needs the peer environment, set up once with
   python3 -m venv /work/peer-venv && /work/peer-venv/bin/pip install torch==2.13.0 &&
@@ -92,12 +93,12 @@ def ours(loaded, method: str, spec: SparsitySpec, args, seed: int):
         return (*measure(loaded, args.heldout_windows, args.seqlen), seconds)
 
 
-def peer(loaded, method: str, spec: SparsitySpec, args, windows_file: Path, work: Path):
-    out = work / f"peer-{method}-{spec.label.replace(':', 'of')}"
+def peer(loaded, method: str, spec: SparsitySpec, args, windows_file: Path, work: Path, batch_size: int = 8):
+    out = work / f"peer-{windows_file.stem}-{method}-{spec.label.replace(':', 'of')}-batch{batch_size}"
     command = [args.peer_python, str(PEER_SCRIPT), "--model", str(args.model_dir), "--windows",
                str(windows_file), "--method", method, "--sparsity", str(spec.ratio),
                "--mask-structure", peer_mask_structure(spec), "--block-size", str(BLOCKSIZE),
-               "--dampening", str(PERCDAMP), "--out", str(out)]
+               "--dampening", str(PERCDAMP), "--batch-size", str(batch_size), "--out", str(out)]
     # The peer must not see the project: no PYTHONPATH, and its own working directory.
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     log = work / f"{out.name}.log"
@@ -152,6 +153,11 @@ def mask_differences(first: dict[str, torch.Tensor], second: dict[str, torch.Ten
     return {layer: changed / total for layer, (changed, total) in sorted(differ.items())}
 
 
+def layer_summary(differ: dict[int, float]) -> str:
+    shown = ", ".join(f"{layer}: {differ[layer]:.3%}" for layer in SHOWN_LAYERS if layer in differ)
+    return f"{shown}; mean over layers {np.mean(list(differ.values())):.3%}"
+
+
 def sparsity(masks: dict[str, torch.Tensor]) -> float:
     return sum(int(mask.sum()) for mask in masks.values()) / sum(mask.numel() for mask in masks.values())
 
@@ -167,6 +173,10 @@ def main() -> int:
                         help="one run per seed of the calibration window draw")
     parser.add_argument("--specs", nargs="+", default=["0.5"], help="0.5 (unstructured) and/or 2:4")
     parser.add_argument("--methods", nargs="+", choices=("sparsegpt", "wanda"), default=["sparsegpt", "wanda"])
+    parser.add_argument("--noise-floor", action="store_true",
+                        help="also run the peer with 1 window per forward instead of 8: the same "
+                             "algorithm with other float rounding, so its mask differences and "
+                             "perplexity ratio are what rounding alone gives")
     args = parser.parse_args()
     if not os.access(args.peer_python, os.X_OK):
         print(f"peer python {args.peer_python} not found: create the peer environment (see --help) "
@@ -214,9 +224,15 @@ def main() -> int:
                 print(f"\nseed {seed} {spec.label} {method}: ours {our_ppl:.3f} ({our_seconds:.0f}s), "
                       f"llm-compressor {versions['llmcompressor']} {peer_ppl:.3f} ({peer_seconds:.0f}s); "
                       f"sparsity ours {sparsity(our_masks):.4f}, peer {sparsity(peer_masks):.4f}")
-                shown = ", ".join(f"{layer}: {differ[layer]:.3%}" for layer in SHOWN_LAYERS if layer in differ)
-                print(f"  weights whose pruned/kept decision differs, per layer: {shown}; "
-                      f"all layers {np.mean(list(differ.values())):.3%}")
+                print(f"  ours vs peer, weights whose pruned/kept decision differs per layer: "
+                      f"{layer_summary(differ)}")
+                if args.noise_floor:
+                    floor_ppl, floor_nll, floor_masks, _, _ = peer(loaded, method, spec, args, windows_file,
+                                                                  work, batch_size=1)
+                    floor_low, floor_high = ratio_interval(floor_nll, peer_nll, seed)
+                    print(f"  peer batch 1 vs peer batch 8 (rounding only): perplexity {floor_ppl:.3f}, "
+                          f"ratio {floor_ppl / peer_ppl:.4f} [{floor_low:.4f}, {floor_high:.4f}]; "
+                          f"masks differ per layer: {layer_summary(mask_differences(floor_masks, peer_masks))}")
                 sys.stdout.flush()
 
     print(f"\npeer versions: {json.dumps(versions)}")
