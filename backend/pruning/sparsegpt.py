@@ -61,6 +61,7 @@ def sparsegpt_prune(
     blocks by cumulative rounding (each block prunes ratio * its size, within one weight).
     N:M: m - n per group of m consecutive inputs of each row. Input channels that never fired
     (H_jj == 0) have their weights zeroed and are part of the mask, as in the reference.
+    Multiplying ``hessian`` by a positive constant changes nothing (up to rounding).
     Neither input tensor is modified.
     """
     return sparsegpt_prune_together(
@@ -126,8 +127,15 @@ def sparsegpt_prune_together(
     gram = hessian.detach().to(device=device, dtype=torch.float32)  # [in, in], never modified
     dead = torch.diagonal(gram) == 0  # [in]: inputs that were zero on every calibration token
     if bool(dead.any()):
+        # A dead input's row and column of H are zero; any positive diagonal entry makes H
+        # invertible without touching the live inputs' factor. The live diagonal's mean (the
+        # reference puts 1) keeps the result independent of H's scale, which implementations
+        # normalise differently (2XX^T/n here, 2XX^T/windows in llm-compressor): with 1, the
+        # dampening, a fraction of the mean diagonal, would depend on that scale.
+        live = torch.diagonal(gram)[~dead]
+        placeholder = float(live.mean()) if live.numel() else 1.0
         gram = gram.clone()
-        gram[dead, dead] = 1.0
+        gram[dead, dead] = placeholder
         work_t[dead] = 0.0
 
     inverse_factor, damp, retries = _inverse_hessian_factor(
@@ -240,7 +248,7 @@ def _inverse_hessian_factor(gram: torch.Tensor, percdamp: float) -> tuple[torch.
     reference's factorise, invert, factorise again (about half the work for 1536 inputs).
     """
     columns = gram.shape[0]
-    mean_diagonal = float(torch.diagonal(gram).mean())  # > 0: dead inputs were set to 1
+    mean_diagonal = float(torch.diagonal(gram).mean())  # > 0: dead inputs were given a positive entry
     damp = percdamp * mean_diagonal
     fallback = 1e-6 * mean_diagonal  # percdamp = 0 would stay 0 when multiplied
     for retries in range(MAX_DAMPENING_RETRIES + 1):

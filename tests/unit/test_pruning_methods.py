@@ -660,6 +660,24 @@ def test_sparsegpt_dead_input_channels():
     )
 
 
+@pytest.mark.parametrize("spec", [SparsitySpec.unstructured(0.5), SparsitySpec.nm(2, 4)],
+                         ids=lambda s: s.label)
+@pytest.mark.parametrize("scale", [1e-3, 3.0, 1e3])
+def test_sparsegpt_ignores_the_hessian_scale(spec, scale):
+    # Implementations normalise H differently (2XX^T/n here, XX^T elsewhere). With the dampening
+    # a fraction of the mean diagonal, c*H has U/sqrt(c) as factor: saliencies all scale by c
+    # (same mask) and each update U_cj * w / U_cc is unchanged (same weights).
+    weight, inputs = random_layer(16, 64, tokens=300, seed=14)
+    inputs[:, 5] = 0.0  # a dead input: detected by H_jj == 0 at any scale
+    hessian = statistics_of(inputs, hessian=True).hessian
+    reference = sparsegpt_prune(weight, hessian, spec, blocksize=32)
+    scaled = sparsegpt_prune(weight, hessian * scale, spec, blocksize=32)
+    assert torch.equal(scaled.mask, reference.mask)
+    torch.testing.assert_close(scaled.weight, reference.weight, rtol=1e-4, atol=1e-5)
+    assert scaled.damp == pytest.approx(reference.damp * scale, rel=1e-5)
+    assert bool(reference.mask[:, 5].all())
+
+
 def test_sparsegpt_retries_dampening_until_positive_definite():
     # diag 1, off-diagonal 1.5 on 8 inputs: eigenvalues 11.5 and -0.5 (x7). Dampening 0.01 and 0.1
     # leave it indefinite; the second retry's 1.0 makes it positive definite.

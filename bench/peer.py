@@ -1,0 +1,253 @@
+"""Our SparseGPT and Wanda against llm-compressor's, on the same calibration and held-out windows.
+
+The embedded SmolLM2-135M in float32 on CPU. Calibration: --nsamples windows x --seqlen tokens
+of LAMBADA's calibration passages, drawn once per --seeds value with the project's own
+``calibration_windows``; held-out: the first --heldout-windows consecutive windows of LAMBADA's
+held-out passages (``perplexity``'s windows; the two sets of passages are disjoint). Both sides
+prune every linear layer of the decoder layers (not lm_head) layer by layer, each layer
+calibrated on the outputs of the already pruned layers before it, SparseGPT with blocksize 128
+and dampening 0.01 of the mean Hessian diagonal.
+
+Ours: ``create_variant`` (the engine users run) on those windows. The peer: llm-compressor's
+``oneshot`` with SparseGPTModifier / WandaPruningModifier, run by bench/peer_llmcompressor.py
+in the peer's own virtual environment (--peer-python), reading exactly our windows from a
+safetensors file; its pruned weights come back as safetensors and are measured here with the
+project's ``perplexity``. Printed per method: held-out perplexity of ours and of the peer, the
+ratio ours/peer with a paired 95% bootstrap interval over the held-out windows (it covers the
+choice of held-out windows, not of calibration windows: that is what several --seeds show),
+and the fraction of weights whose pruned/kept decision differs, per layer (two unrelated
+random masks at 50 % differ on 50 % of the weights; --noise-floor measures what float rounding
+alone gives, by running the peer twice). Goal: ratio <= 1.03 for each method.
+
+Not run by ``make bench``: it needs the peer environment, set up once with
+  python3 -m venv /work/peer-venv && /work/peer-venv/bin/pip install torch==2.13.0 &&
+  /work/peer-venv/bin/pip install llmcompressor==0.14.0.1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from backend.data.windows import calibration_windows
+from backend.evaluation.perplexity import perplexity
+from backend.pruning.engine import PruneConfig, create_variant
+from backend.pruning.spec import SparsitySpec
+from backend.pruning.variants import variant_applied
+
+MODEL = "smollm2-135m-instruct"
+CALIBRATION = "lambada"
+GOAL = 1.03
+PEER_SCRIPT = Path(__file__).resolve().parent / "peer_llmcompressor.py"
+BLOCKSIZE, PERCDAMP = 128, 0.01
+SHOWN_LAYERS = (0, 1, 2, 5, 10, 15, 20, 25, 29)
+
+
+def parse_spec(text: str) -> SparsitySpec:
+    if ":" in text:
+        n, m = (int(part) for part in text.split(":"))
+        return SparsitySpec.nm(n, m)
+    return SparsitySpec.unstructured(float(text))
+
+
+def peer_mask_structure(spec: SparsitySpec) -> str:
+    # llm-compressor's "N:M" counts the PRUNED weights per M; ours (NVIDIA's) the kept ones.
+    return "0:0" if spec.kind == "unstructured" else f"{spec.m - spec.n}:{spec.m}"
+
+
+def pruned_linears(model) -> dict[str, torch.Tensor]:
+    """name -> weight parameter of every linear layer inside the decoder layers."""
+    return {f"{name}.weight": module.weight for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and ".layers." in f".{name}"}
+
+
+def zero_masks(model) -> dict[str, torch.Tensor]:
+    return {name: (weight == 0).cpu() for name, weight in pruned_linears(model).items()}
+
+
+def measure(loaded, heldout: int, seqlen: int) -> tuple[float, np.ndarray, dict[str, torch.Tensor]]:
+    result = perplexity(loaded, CALIBRATION, seqlen=seqlen, max_windows=heldout)
+    return result["perplexity"], np.array(result["window_nll"]) / (seqlen - 1), zero_masks(loaded.model)
+
+
+def ours(loaded, method: str, spec: SparsitySpec, args, seed: int):
+    options = {"blocksize": BLOCKSIZE, "percdamp": PERCDAMP} if method == "sparsegpt" else {}
+    config = PruneConfig(method, CALIBRATION, spec, nsamples=args.nsamples, seqlen=args.seqlen,
+                         seed=seed, options=options)
+    started = time.perf_counter()
+    variant = create_variant(loaded, config).variant_id
+    seconds = time.perf_counter() - started
+    with variant_applied(loaded, variant):
+        return (*measure(loaded, args.heldout_windows, args.seqlen), seconds)
+
+
+def peer(loaded, method: str, spec: SparsitySpec, args, windows_file: Path, work: Path, batch_size: int = 8):
+    out = work / f"peer-{windows_file.stem}-{method}-{spec.label.replace(':', 'of')}-batch{batch_size}"
+    command = [args.peer_python, str(PEER_SCRIPT), "--model", str(args.model_dir), "--windows",
+               str(windows_file), "--method", method, "--sparsity", str(spec.ratio),
+               "--mask-structure", peer_mask_structure(spec), "--block-size", str(BLOCKSIZE),
+               "--dampening", str(PERCDAMP), "--batch-size", str(batch_size), "--out", str(out)]
+    # The peer must not see the project: no PYTHONPATH, and its own working directory.
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    log = work / f"{out.name}.log"
+    started = time.perf_counter()
+    with log.open("w") as handle:
+        finished = subprocess.run(command, cwd=work, env=env, stdout=handle, stderr=subprocess.STDOUT,
+                                  check=False)
+    seconds = time.perf_counter() - started
+    if finished.returncode != 0:
+        tail = log.read_text().splitlines()[-15:]
+        raise SystemExit(f"the peer failed (exit {finished.returncode}); last lines of {log}:\n"
+                         + "\n".join(tail))
+    from safetensors.torch import load_file
+
+    weights = load_file(str(out / "weights.safetensors"))
+    params = pruned_linears(loaded.model)
+    if set(weights) != set(params):
+        raise SystemExit(f"the peer pruned other layers than ours: {sorted(set(weights) ^ set(params))[:5]}")
+    dense = {name: param.detach().clone() for name, param in params.items()}
+    try:
+        with torch.no_grad():
+            for name, param in params.items():
+                param.copy_(weights[name])
+        measured = measure(loaded, args.heldout_windows, args.seqlen)
+    finally:
+        with torch.no_grad():
+            for name, param in params.items():
+                param.copy_(dense[name])
+    versions = json.loads((out / "versions.json").read_text())
+    return (*measured, seconds, versions)
+
+
+def ratio_interval(ours_nll: np.ndarray, peer_nll: np.ndarray, seed: int) -> tuple[float, float]:
+    """95% paired bootstrap interval of ppl_ours / ppl_peer = exp(mean over windows of the
+    per-token NLL difference) (equal-length windows), resampling held-out windows."""
+    from scipy.stats import bootstrap
+
+    difference = ours_nll - peer_nll
+    result = bootstrap((difference,), np.mean, n_resamples=10_000, confidence_level=0.95,
+                       method="percentile", rng=np.random.default_rng(seed))
+    return math.exp(result.confidence_interval.low), math.exp(result.confidence_interval.high)
+
+
+def mask_differences(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> dict[int, float]:
+    """Per decoder layer: the fraction of its linear weights pruned by one side and kept by the other."""
+    differ: dict[int, list[int]] = {}
+    for name, mask in first.items():
+        layer = int(name.split(".layers.")[1].split(".")[0])
+        counts = differ.setdefault(layer, [0, 0])
+        counts[0] += int((mask ^ second[name]).sum())
+        counts[1] += mask.numel()
+    return {layer: changed / total for layer, (changed, total) in sorted(differ.items())}
+
+
+def layer_summary(differ: dict[int, float]) -> str:
+    shown = ", ".join(f"{layer}: {differ[layer]:.3%}" for layer in SHOWN_LAYERS if layer in differ)
+    return f"{shown}; mean over layers {np.mean(list(differ.values())):.3%}"
+
+
+def sparsity(masks: dict[str, torch.Tensor]) -> float:
+    return sum(int(mask.sum()) for mask in masks.values()) / sum(mask.numel() for mask in masks.values())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--peer-python", default="/work/peer-venv/bin/python",
+                        help="python of the virtual environment where llmcompressor is installed")
+    parser.add_argument("--nsamples", type=int, default=32)
+    parser.add_argument("--seqlen", type=int, default=256)
+    parser.add_argument("--heldout-windows", type=int, default=64)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="one run per seed of the calibration window draw")
+    parser.add_argument("--specs", nargs="+", default=["0.5"], help="0.5 (unstructured) and/or 2:4")
+    parser.add_argument("--methods", nargs="+", choices=("sparsegpt", "wanda"), default=["sparsegpt", "wanda"])
+    parser.add_argument("--noise-floor", action="store_true",
+                        help="also run the peer with 1 window per forward instead of 8: the same "
+                             "algorithm with other float rounding, so its mask differences and "
+                             "perplexity ratio are what rounding alone gives")
+    args = parser.parse_args()
+    if not os.access(args.peer_python, os.X_OK):
+        print(f"peer python {args.peer_python} not found: create the peer environment (see --help) "
+              "or pass --peer-python", file=sys.stderr)
+        return 2
+    specs = [parse_spec(text) for text in args.specs]
+
+    from backend.models.loader import load_model
+    from backend.process_setup import configure_process
+
+    configure_process()
+    # Variants written by the benchmark go to a scratch cache, not the user's.
+    os.environ.setdefault("PRUNELENS_CACHE_DIR", tempfile.mkdtemp(prefix="prunelens-bench-"))
+    models = Path(os.environ["PRUNELENS_CACHE_DIR"]) / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    embedded = Path("models_cache/models", MODEL).resolve()
+    if embedded.is_dir() and not (models / MODEL).exists():
+        (models / MODEL).symlink_to(embedded)
+    loaded = load_model(MODEL, device="cpu", dtype="float32")
+    args.model_dir = (models / MODEL).resolve()
+    work = Path(tempfile.mkdtemp(prefix="prunelens-peer-"))
+
+    dense_ppl, _, dense_masks = measure(loaded, args.heldout_windows, args.seqlen)
+    print(f"{MODEL} float32 CPU; calibration {args.nsamples} x {args.seqlen} tokens of {CALIBRATION} "
+          f"(calibration passages), held-out {args.heldout_windows} x {args.seqlen} (held-out passages)")
+    print(f"dense held-out perplexity {dense_ppl:.3f} (dense weights exactly zero: "
+          f"{sparsity(dense_masks):.2e}); work files in {work}")
+    rows = []
+    for seed in args.seeds:
+        windows = calibration_windows(loaded.tokenizer, CALIBRATION, args.nsamples, args.seqlen, seed,
+                                      max_length=loaded.max_length)  # what create_variant draws
+        windows_file = work / f"calibration-seed{seed}.safetensors"
+        from safetensors.torch import save_file
+
+        save_file({"input_ids": windows.contiguous()}, str(windows_file))
+        for spec in specs:
+            for method in args.methods:
+                our_ppl, our_nll, our_masks, our_seconds = ours(loaded, method, spec, args, seed)
+                peer_ppl, peer_nll, peer_masks, peer_seconds, versions = peer(
+                    loaded, method, spec, args, windows_file, work)
+                low, high = ratio_interval(our_nll, peer_nll, seed)
+                differ = mask_differences(our_masks, peer_masks)
+                rows.append((seed, spec.label, method, our_ppl, peer_ppl, low, high, differ,
+                             sparsity(our_masks), sparsity(peer_masks)))
+                print(f"\nseed {seed} {spec.label} {method}: ours {our_ppl:.3f} ({our_seconds:.0f}s), "
+                      f"llm-compressor {versions['llmcompressor']} {peer_ppl:.3f} ({peer_seconds:.0f}s); "
+                      f"sparsity ours {sparsity(our_masks):.4f}, peer {sparsity(peer_masks):.4f}")
+                print(f"  ours vs peer, weights whose pruned/kept decision differs per layer: "
+                      f"{layer_summary(differ)}")
+                if args.noise_floor:
+                    floor_ppl, floor_nll, floor_masks, _, _ = peer(loaded, method, spec, args, windows_file,
+                                                                  work, batch_size=1)
+                    floor_low, floor_high = ratio_interval(floor_nll, peer_nll, seed)
+                    print(f"  peer batch 1 vs peer batch 8 (rounding only): perplexity {floor_ppl:.3f}, "
+                          f"ratio {floor_ppl / peer_ppl:.4f} [{floor_low:.4f}, {floor_high:.4f}]; "
+                          f"masks differ per layer: {layer_summary(mask_differences(floor_masks, peer_masks))}")
+                sys.stdout.flush()
+
+    print(f"\npeer versions: {json.dumps(versions)}")
+    print(f"\n{'seed':>4} {'spec':>5} {'method':<9} {'ours':>8} {'peer':>8} {'ours/peer':>9} "
+          f"{'95% CI (held-out windows)':>26} {'masks differ':>12}  goal <= {GOAL}")
+    worst = 0.0
+    for seed, label, method, our_ppl, peer_ppl, low, high, differ, _, _ in rows:
+        ratio = our_ppl / peer_ppl
+        worst = max(worst, ratio)
+        print(f"{seed:>4} {label:>5} {method:<9} {our_ppl:8.3f} {peer_ppl:8.3f} {ratio:9.4f} "
+              f"{f'[{low:.4f}, {high:.4f}]':>26} {np.mean(list(differ.values())):12.3%}  "
+              f"{'OK' if ratio <= GOAL else 'ABOVE GOAL'}")
+    print(f"dense {dense_ppl:.3f}; worst ratio {worst:.4f} (goal <= {GOAL})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""The peer side of bench/peer.py: prune with llm-compressor's SparseGPT or Wanda, save the weights.
+
+Runs in the peer's own virtual environment (llmcompressor installed there, never in the
+project's), as a subprocess of bench/peer.py; it imports nothing from the project. It reads the
+calibration windows bench/peer.py wrote (safetensors, ``input_ids`` [windows, tokens]), runs
+``oneshot`` with the sequential pipeline (one decoder layer at a time, each layer's outputs
+recomputed with its pruned weights before the next layer calibrates, as our engine does) and
+writes every pruned weight as safetensors, keyed by parameter name, plus a JSON of versions.
+
+Not run by ``make bench``: it needs the peer environment (see docs/pruning-methods.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--model", required=True, help="the dense model directory (safetensors)")
+    parser.add_argument("--windows", required=True, help="safetensors file with input_ids [n, seqlen]")
+    parser.add_argument("--method", choices=("sparsegpt", "wanda"), required=True)
+    parser.add_argument("--sparsity", type=float, default=0.5)
+    parser.add_argument("--mask-structure", default="0:0",
+                        help="llm-compressor's N:M, N = weights PRUNED per M (2:4 is the same either way)")
+    parser.add_argument("--block-size", type=int, default=128)
+    parser.add_argument("--dampening", type=float, default=0.01)
+    parser.add_argument("--batch-size", type=int, default=8, help="windows per forward; no effect on the result")
+    parser.add_argument("--out", required=True, help="directory for weights.safetensors and versions.json")
+    args = parser.parse_args()
+
+    import compressed_tensors
+    import llmcompressor
+    import torch
+    import transformers
+    from datasets import Dataset
+    from llmcompressor import oneshot
+    from llmcompressor.modifiers.pruning import WandaPruningModifier
+    from llmcompressor.modifiers.pruning.sparsegpt import SparseGPTModifier
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(0)
+    windows = load_file(args.windows)["input_ids"]  # [n, seqlen] int64
+    model = transformers.AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    model.eval()
+    decoder_class = type(model.model.layers[0]).__name__  # e.g. LlamaDecoderLayer
+    # targets = the decoder layers: every Linear inside them is pruned; embeddings, norms and
+    # lm_head (outside the decoder layers) are not, as in our engine.
+    common = {"sparsity": args.sparsity, "mask_structure": args.mask_structure,
+              "targets": [decoder_class], "ignore": ["re:.*lm_head"]}
+    if args.method == "sparsegpt":
+        modifier = SparseGPTModifier(block_size=args.block_size, dampening_frac=args.dampening, **common)
+    else:
+        modifier = WandaPruningModifier(**common)
+    dataset = Dataset.from_dict({"input_ids": windows.tolist()})
+    oneshot(
+        model=model,
+        dataset=dataset,
+        recipe=[modifier],
+        num_calibration_samples=windows.shape[0],
+        max_seq_length=windows.shape[1],
+        shuffle_calibration_samples=False,
+        batch_size=args.batch_size,
+        pipeline="sequential",
+        sequential_targets=[decoder_class],
+    )
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    # Only the decoder layers' linear weights: the rest is the dense checkpoint, unchanged.
+    weights = {
+        f"{name}.weight": module.weight.detach().to("cpu", torch.float32).contiguous()
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and ".layers." in f".{name}"
+    }
+    save_file(weights, str(out / "weights.safetensors"))
+    versions = {"llmcompressor": llmcompressor.__version__, "compressed_tensors": compressed_tensors.__version__,
+                "transformers": transformers.__version__, "torch": torch.__version__}
+    (out / "versions.json").write_text(json.dumps(versions))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
