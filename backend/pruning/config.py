@@ -113,10 +113,8 @@ class PruneConfig:
         """UserError for anything the engine would refuse, before any work."""
         method = self.info
         method.check_request(self.method_options, self.spec)
-        if self.protection is not None and not method.protects:
-            protecting = ", ".join(name for name, entry in methods().items() if entry.protects)
-            raise UserError(f"method {self.method!r} does not take protected neurons; "
-                            f"protection works with {protecting}")
+        if self.protection is not None:
+            require_protection_support(method)
         if method.needs_calibration and not self.calibration.startswith("file:"):
             from backend.data.sources import list_text_sets
 
@@ -128,6 +126,14 @@ class PruneConfig:
             raise UserError(f"nsamples must be positive, got {self.nsamples}")
         if self.seqlen <= 0:
             raise UserError(f"seqlen must be positive, got {self.seqlen}")
+
+
+def require_protection_support(method: PruningMethod[Any]) -> None:
+    """UserError when ``method`` does not honour protected neurons (structured methods, e.g.)."""
+    if not method.protects:
+        protecting = ", ".join(name for name, entry in methods().items() if entry.protects)
+        raise UserError(f"method {method.name!r} does not take protected neurons; "
+                        f"protection works with {protecting}")
 
 
 def calibration_identity(name: str) -> str:
