@@ -68,12 +68,12 @@ def _nsa_result(result_id: str, settings=None) -> dict:
 
     path = api_settings(settings or get_settings()).nsa_db
     if not path.is_file():  # never create an empty database for a lookup
-        raise UserError(f"unknown NSA result {result_id!r} (no NSA results stored yet)")
+        raise NotFoundError(f"unknown NSA result {result_id!r} (no NSA results stored yet)")
     store = NsaResultStore(path)
     try:
         body = store.require_bytes(result_id)
     except NotFoundError:
-        raise UserError(f"unknown NSA result {result_id!r}") from None
+        raise NotFoundError(f"unknown NSA result {result_id!r}") from None
     finally:
         store.close()
     return json.loads(body)
