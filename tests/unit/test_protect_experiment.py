@@ -131,3 +131,17 @@ def test_experiment_cli_bad_input_is_one_line(isolated_cache, capsys):
     assert "unknown protection experiment" in capsys.readouterr().err
     assert main(["experiment", "list"]) == 0
     assert "no experiments yet" in capsys.readouterr().out
+
+
+def test_protection_from_task_runs_nsa_on_texts_outside_the_evaluation_sample():
+    from backend.pruning.protection_sources import protection_from_task
+    from tests.conftest import tiny_loaded
+
+    loaded = tiny_loaded("llama")
+    protection = protection_from_task(loaded, "sst2", 0.05, n_texts=3, seed=1, evaluation_limit=200)
+    assert protection.count == round(0.05 * 2 * 64)  # the top 5 % of all neurons, overall
+    source = protection.source
+    assert source["kind"] == "nsa_task" and source["texts"] == 3 and source["overlap_with_evaluation"] == 0
+    assert source["evaluation_examples_excluded"] == 200
+    with pytest.raises(UserError, match=r"\(0, 0.5\]"):
+        protection_from_task(loaded, "sst2", 0.6)
