@@ -40,6 +40,7 @@ def _experiment(parser: argparse.ArgumentParser):
     show = actions.add_parser("show", help="print a stored experiment's table")
     show.add_argument("id")
     show.add_argument("--json", action="store_true")
+    show.add_argument("--markdown", action="store_true", help="the table in Markdown")
     listing = actions.add_parser("list", help="list the stored experiments")
     listing.add_argument("--json", action="store_true")
 
@@ -48,6 +49,7 @@ def _experiment(parser: argparse.ArgumentParser):
             ProtectExperimentSpec,
             format_table,
             list_experiments,
+            markdown_table,
             read_experiment,
             run_experiment,
         )
@@ -65,7 +67,8 @@ def _experiment(parser: argparse.ArgumentParser):
             return 0
         if args.action == "show":
             document = read_experiment(args.id)
-            print(json.dumps(document, indent=2) if args.json else format_table(document))
+            print(json.dumps(document, indent=2) if args.json
+                  else markdown_table(document) if args.markdown else format_table(document))
             return 0
         from backend.config import get_settings
         from backend.evaluation.runner import DEFAULT_SAMPLE_SEED

@@ -272,3 +272,22 @@ def format_table(document: dict) -> str:
     if verdicts and all(verdict == NOT_DISTINGUISHABLE for verdict in verdicts):
         lines.append("every protected arm is within chance of the unprotected one (all 95% intervals cover 0)")
     return "\n".join(lines)
+
+
+def markdown_table(document: dict) -> str:
+    """The table in Markdown (for docs): accuracy % [95 % CI]; paired Δ to unprotected with p."""
+    lines = ["| sparsity | task | arm | accuracy % [95% CI] | Δ vs unprotected, pts [95% CI] | McNemar p | reading |",
+             "|---|---|---|---|---|---:|---|"]
+    for row in document.get("rows", []):
+        accuracy = "n/a" if row["accuracy"] is None else f"{100 * row['accuracy']:.1f}"
+        if row["low"] is not None:
+            accuracy += f" [{100 * row['low']:.1f}, {100 * row['high']:.1f}]"
+        versus = row.get("vs_unprotected")
+        difference = p_value = reading = ""
+        if versus is not None:
+            difference = (f"{100 * versus['difference']:+.1f} [{100 * versus['low']:+.1f}, "
+                          f"{100 * versus['high']:+.1f}]")
+            p_value, reading = f"{versus['p_value']:.2f}", versus["verdict"]
+        sparsity = "—" if row["arm"] == "dense" else row["sparsity"]
+        lines.append(f"| {sparsity} | {row['task']} | {row['arm']} | {accuracy} | {difference} | {p_value} | {reading} |")
+    return "\n".join(lines)

@@ -10,7 +10,12 @@ from scipy import stats
 
 from backend.cli import main
 from backend.errors import UserError
-from backend.evaluation.protect_experiment import ProtectExperimentSpec, format_table, table_rows
+from backend.evaluation.protect_experiment import (
+    ProtectExperimentSpec,
+    format_table,
+    markdown_table,
+    table_rows,
+)
 from backend.evaluation.store import ResultKey, ResultsStore
 from backend.evaluation.uncertainty import Z95
 from backend.pruning.protection import Protection
@@ -83,6 +88,8 @@ def test_the_dashboard_view_of_the_table(stored):
     assert "sst2 (protected)" in set(frame["task"])
     text = format_table(document)
     assert "NSA" not in text.splitlines()[1] and "nsa" in text and "p=" in text
+    markdown = markdown_table(document).splitlines()
+    assert len(markdown) == 2 + 4 and markdown[4].startswith("| 0.5 | sst2 | nsa |")
 
 
 def test_protection_fields_of_the_prune_form():
