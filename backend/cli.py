@@ -18,7 +18,7 @@ from backend.errors import UserError
 
 # Feature packages keep their subcommands next to their code; importing one registers them.
 # Their imports stay inside the runners, so `prunelens --help` does not load torch.
-FEATURE_COMMAND_MODULES: tuple[str, ...] = ("backend.pruning.commands", "backend.data.commands", "backend.evaluation.commands", "backend.nsa.commands", "backend.api.commands", "backend.export.commands", "frontend.commands",
+FEATURE_COMMAND_MODULES: tuple[str, ...] = ("backend.pruning.commands", "backend.data.commands", "backend.evaluation.commands", "backend.evaluation.experiment_commands", "backend.nsa.commands", "backend.api.commands", "backend.export.commands", "frontend.commands",
                                              "frontend.figure_commands")
 
 # Populated by @command: name -> (help text, configure(parser) -> run(args) -> exit code)

@@ -172,6 +172,14 @@ class BackendClient:
         """Calibration sets ranked for ``task`` by the proxy, with its validation (404: none stored)."""
         return self._request("GET", "/calibration-advice", params=self._params({"task": task, "model": model}))
 
+    def protect_experiments(self) -> list[dict]:
+        """Stored protected-neurons experiments (id, status, spec), newest first."""
+        return self._request("GET", "/experiments/protect")
+
+    def protect_experiment(self, experiment_id: str) -> dict:
+        """One protected-neurons experiment: spec, protected neurons, table rows."""
+        return self._request("GET", f"/experiments/protect/{_segment(experiment_id)}")
+
     def table(self, kind: str, **params) -> dict:
         return self._request("GET", f"/tables/{_segment(kind)}", params=self._params(params))
 

@@ -143,6 +143,22 @@ class PruneRequest(Strict):
         description="The method's options by name, e.g. {\"alpha\": 0.5} for ria; names, defaults "
         "and bounds come from the method's options schema in GET /methods (omitted = default).",
     )
+    protect: str | None = Field(
+        default=None, min_length=1, max_length=64, pattern=r"^[0-9a-f]{20}(:[0-9]{1,6})?$",
+        description="Protect the neurons of a stored NSA result: 'RESULT_ID' or 'RESULT_ID:TOP_K' "
+        "(its first TOP_K by score). See docs/guided-pruning.md.",
+    )
+    protect_task: Literal["sst2", "rte"] | None = Field(
+        default=None, description="Protect the neurons NSA selects on this task's examples.")
+    protect_ratio: float | None = Field(
+        default=None, gt=0, le=0.5,
+        description="With protect_task: the fraction of all MLP neurons protected, in (0, 0.5] (default 0.01).")
+    protect_mode: Literal["keep", "upweight"] = Field(
+        default="keep", description="keep: protected weights are never pruned, the quota moves to other "
+        "weights; upweight: their saliency is multiplied by protect_factor.")
+    protect_factor: float = Field(default=10.0, ge=1, le=1e6, description="Upweight factor.")
+    protect_texts: int = Field(default=32, ge=1, le=512,
+                               description="With protect_task: how many examples NSA selects on.")
 
     # Checked against the registry as it is at request time (methods may be registered later).
     @field_validator("method")
@@ -165,12 +181,21 @@ class PruneRequest(Strict):
             raise ValueError(str(exc)) from None
         return self
 
+    def protection_request(self):
+        """The protection fields as a ``ProtectionRequest`` (UserError on a bad combination)."""
+        from backend.pruning.protection_sources import ProtectionRequest
+
+        return ProtectionRequest(reference=self.protect, task=self.protect_task, ratio=self.protect_ratio,
+                                 mode=self.protect_mode, factor=self.protect_factor, texts=self.protect_texts,
+                                 seed=self.seed)
+
 
 class MethodInfo(BaseModel):
     name: str = Field(description="Method name, as in PruneRequest.method.")
     description: str = Field(description="What it scores and where it comes from.")
     structured: bool = Field(description="Removes whole MLP neurons (sparsity 'neurons:R').")
     needs_calibration: bool = Field(description="Whether it uses calibration data.")
+    protects: bool = Field(default=False, description="Honours protected neurons (protect, protect_task).")
     options: dict[str, Any] = Field(description="JSON schema of its options (defaults, bounds, help).")
 
 

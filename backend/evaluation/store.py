@@ -80,6 +80,14 @@ CREATE TABLE IF NOT EXISTS sweep_cells (
     updated_at TEXT NOT NULL,
     PRIMARY KEY (sweep, cell)
 );
+CREATE TABLE IF NOT EXISTS experiments (
+    kind TEXT NOT NULL,
+    id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    body TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (kind, id)
+);
 """
 
 
@@ -380,3 +388,28 @@ class ResultsStore:
                    "detail": json.loads(detail or "{}"), "updated_at": updated_at}
             for cell, status, variant_id, error, detail, updated_at in rows
         }
+
+    # ------------------------------------------------------------------ experiments
+
+    def put_experiment(self, kind: str, experiment_id: str, status: str, body: dict) -> None:
+        """Store (or replace) an experiment's document, e.g. kind "protect"
+        (backend.evaluation.protect_experiment); written whole, in one transaction."""
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO experiments VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, id) DO UPDATE SET "
+                "status=excluded.status, body=excluded.body, updated_at=excluded.updated_at",
+                (kind, experiment_id, status, json.dumps(body, default=str), now_iso()),
+            )
+
+    def experiment(self, kind: str, experiment_id: str) -> dict | None:
+        with self._reader() as conn:
+            row = conn.execute("SELECT body FROM experiments WHERE kind = ? AND id = ?",
+                               (kind, experiment_id)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def experiments(self, kind: str) -> list[dict]:
+        """Every stored experiment of ``kind``, most recently updated first."""
+        with self._reader() as conn:
+            rows = conn.execute("SELECT body FROM experiments WHERE kind = ? ORDER BY updated_at DESC",
+                                (kind,)).fetchall()
+        return [json.loads(row[0]) for row in rows]

@@ -83,6 +83,35 @@ def options_from_args(args, option_names: list[str]) -> dict:
     return {name: getattr(args, name) for name in option_names if getattr(args, name) is not None}
 
 
+def add_protection_arguments(parser: argparse.ArgumentParser) -> None:
+    """--protect / --protect-task / --protect-ratio / --protect-mode / --protect-factor (docs/guided-pruning.md)."""
+    from backend.pruning.protection import DEFAULT_UPWEIGHT_FACTOR, PROTECTION_MODES
+    from backend.pruning.protection_sources import DEFAULT_RATIO, PROTECT_TASKS, PROTECT_TEXTS
+
+    parser.add_argument("--protect", default=None, metavar="RESULT_ID[:TOP_K]",
+                        help="protect the neurons of a stored NSA result (its first TOP_K by score; default all)")
+    parser.add_argument("--protect-task", default=None, choices=list(PROTECT_TASKS),
+                        help="protect the neurons NSA selects on this task's examples (outside the "
+                             "default evaluation sample)")
+    parser.add_argument("--protect-ratio", type=float, default=None,
+                        help=f"with --protect-task: fraction of all MLP neurons, in (0, 0.5] (default {DEFAULT_RATIO})")
+    parser.add_argument("--protect-texts", type=int, default=PROTECT_TEXTS,
+                        help=f"with --protect-task: examples NSA selects on (default {PROTECT_TEXTS})")
+    parser.add_argument("--protect-mode", default="keep", choices=PROTECTION_MODES,
+                        help="keep: protected weights are never pruned (the quota moves to other weights); "
+                             "upweight: their saliency is multiplied by --protect-factor")
+    parser.add_argument("--protect-factor", type=float, default=DEFAULT_UPWEIGHT_FACTOR,
+                        help=f"upweight factor (default {DEFAULT_UPWEIGHT_FACTOR:g})")
+
+
+def protection_request_from_args(args):
+    from backend.pruning.protection_sources import ProtectionRequest
+
+    return ProtectionRequest(reference=args.protect, task=args.protect_task, ratio=args.protect_ratio,
+                             mode=args.protect_mode, factor=args.protect_factor, texts=args.protect_texts,
+                             seed=args.seed)
+
+
 @command("prune", "prune a model with a method and calibration set; prints the variant id")
 def _prune(parser: argparse.ArgumentParser):
     parser.add_argument("--model", default=None, help="embedded name, hub id or local directory")
@@ -105,20 +134,34 @@ def _prune(parser: argparse.ArgumentParser):
                         help="tokens per window, capped at the model's context (default 2048)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the window draw (default 0)")
     option_names = add_option_arguments(parser)
+    add_protection_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print the manifest as JSON")
 
     def run(args) -> int:
+        from dataclasses import replace
+
         from backend.pruning.engine import PruneConfig, create_variant
 
+        protect = protection_request_from_args(args)  # checked before any work
         config = PruneConfig(
             method=args.method, calibration=args.calibration, spec=spec_from_args(args),
             nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed,
             options=options_from_args(args, option_names),
         )
         config.validate()  # before loading the model: bad input costs nothing
+        if protect.wanted:
+            from backend.config import get_settings
+            from backend.models.loader import parse_model_ref
+            from backend.pruning.config import require_protection_support
+
+            require_protection_support(config.info)
+            # a stored result is read now: an unknown id or another model's result fails here
+            protect.from_store(parse_model_ref(args.model or get_settings().default_model).name)
         from backend.models.loader import load_model
 
         loaded = load_model(args.model)
+        if protect.wanted:
+            config = replace(config, protection=protect.resolve(loaded))
         bar, update = tqdm_progress(f"{args.method} {config.spec.label}")
         try:
             result = create_variant(loaded, config, progress=update)
@@ -133,6 +176,11 @@ def _prune(parser: argparse.ArgumentParser):
             print(f"achieved sparsity {manifest['achieved_sparsity']['overall']:.4f} "
                   f"(target {config.spec.target_sparsity:.4f}) over "
                   f"{len(manifest['achieved_sparsity']['per_linear'])} linear layers")
+            protection = manifest.get("protection")
+            if protection:
+                print(f"protected {protection['count']} neurons ({protection['mode']}, "
+                      f"{protection['source'].get('kind')}); protected weights pruned: "
+                      f"{protection['protected_weights_pruned']} of {protection['protected_weights']}")
         return 0
 
     return run

@@ -24,6 +24,7 @@ from types import ModuleType
 from typing import Any
 
 from backend.errors import UserError
+from backend.pruning.protection import Protection
 from backend.pruning.registry import MethodOptions, PruningMethod, get_method, methods
 from backend.pruning.spec import SparsitySpec
 
@@ -35,6 +36,7 @@ PRODUCING_MODULES = (
     "backend.pruning.registry",
     "backend.pruning.spec",
     "backend.pruning.stats",
+    "backend.pruning.protection",
     "backend.models.adapters",
     "backend.models.hooks",
     # the calibration text: which documents, their formatting and the windows cut from them
@@ -92,14 +94,18 @@ class PruneConfig:
     seed: int = 0
     batch_size: int | None = None  # windows per forward; does not change the result
     options: dict = field(default_factory=dict)  # as given; validated by the method's options model
+    # Protected neurons (backend.pruning.protection); an empty one is the same as None.
+    protection: Protection | None = None
 
     def __init__(self, method: str, calibration: str = "c4", spec: SparsitySpec | None = None,
                  nsamples: int = 128, seqlen: int = 2048, seed: int = 0, batch_size: int | None = None,
-                 options: dict | None = None, **option_values) -> None:
+                 options: dict | None = None, protection: Protection | None = None,
+                 **option_values) -> None:
         values = {"method": method, "calibration": calibration,
                   "spec": spec or SparsitySpec.unstructured(0.5), "nsamples": nsamples,
                   "seqlen": seqlen, "seed": seed, "batch_size": batch_size,
-                  "options": {**(options or {}), **option_values}}
+                  "options": {**(options or {}), **option_values},
+                  "protection": None if protection is None or protection.empty else protection}
         for name, value in values.items():
             object.__setattr__(self, name, value)
 
@@ -115,6 +121,8 @@ class PruneConfig:
         """UserError for anything the engine would refuse, before any work."""
         method = self.info
         method.check_request(self.method_options, self.spec)
+        if self.protection is not None:
+            require_protection_support(method)
         if method.needs_calibration and not self.calibration.startswith("file:"):
             from backend.data.sources import list_text_sets
 
@@ -126,6 +134,14 @@ class PruneConfig:
             raise UserError(f"nsamples must be positive, got {self.nsamples}")
         if self.seqlen <= 0:
             raise UserError(f"seqlen must be positive, got {self.seqlen}")
+
+
+def require_protection_support(method: PruningMethod[Any]) -> None:
+    """UserError when ``method`` does not honour protected neurons (structured methods, e.g.)."""
+    if not method.protects:
+        protecting = ", ".join(name for name, entry in methods().items() if entry.protects)
+        raise UserError(f"method {method.name!r} does not take protected neurons; "
+                        f"protection works with {protecting}")
 
 
 def calibration_identity(name: str) -> str:
@@ -152,6 +168,8 @@ def variant_identity(base: str, config: PruneConfig, seqlen: int) -> dict:
         "seqlen": seqlen if uses_data else 0,
         "seed": config.seed if uses_data else 0,
         "options": config.method_options.model_dump(mode="json"),
+        # Only when something is protected: an empty protection keeps the unprotected id.
+        **({"protection": config.protection.identity()} if config.protection is not None else {}),
     }
 
 
@@ -161,5 +179,6 @@ def identity_slug(identity: dict, spec: SparsitySpec) -> str:
                  "neurons": f"n{spec.ratio:g}"}[spec.kind]
     calibration = identity["calibration"]
     calib_slug = "file" if calibration.startswith("file:") else calibration
-    raw = f"{identity['method']}-{calib_slug}-{spec_slug}-{digest}".lower()
+    protected = f"-protect{identity['protection']['count']}" if identity.get("protection") else ""
+    raw = f"{identity['method']}-{calib_slug}-{spec_slug}{protected}-{digest}".lower()
     return re.sub(r"[^a-z0-9._-]", "-", raw)

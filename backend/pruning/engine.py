@@ -166,7 +166,16 @@ def prune_layer(loaded, index: int, layer: nn.Module, config: PruneConfig, input
             skip_leading=needs.skip_leading)
     timings["statistics"] = timings.get("statistics", 0.0) + time.perf_counter() - tick
     tick = time.perf_counter()
-    changes = method.prune(LayerToPrune(index, linears, statistics, adapter), config.method_options, config.spec)
+    guard = None if config.protection is None else config.protection.layer_guards(
+        index, linears, adapter.mlp_inputs, adapter.mlp_output, lambda name: weight_matrix(linears[name]))
+    changes = method.prune(LayerToPrune(index, linears, statistics, adapter, guard), config.method_options,
+                           config.spec)
+    if guard is not None:
+        for change in changes:
+            if change.param == "weight" and change.linear in guard:
+                protected = guard[change.linear].protected
+                change.info = {**change.info, "protected_weights": int(protected.count_nonzero()),
+                               "protected_weights_pruned": int((change.mask & protected).count_nonzero())}
     timings["masks"] = timings.get("masks", 0.0) + time.perf_counter() - tick
     return linears, changes
 
@@ -181,6 +190,8 @@ def create_variant(loaded, config: PruneConfig, *, progress: Progress | None = N
     config.validate()
     report = progress or (lambda _fraction, _message: None)
     layers = _prunable_layers(loaded)
+    if config.protection is not None:
+        config.protection.check_fits(len(layers), loaded.adapter.neuron_count(loaded.model))
     target = variant_id(loaded, config)
     if variant_exists(target, settings):
         report(1.0, f"reused existing variant {target}")
@@ -226,6 +237,7 @@ def _manifest(loaded, config: PruneConfig, applied: AppliedChanges, timings: dic
         "requested_seqlen": config.seqlen,
         "seed": identity["seed"],
         "options": identity["options"],
+        "protection": None if config.protection is None else _protection_record(config, applied),
         "achieved_sparsity": {"overall": applied.pruned / max(applied.total, 1),
                               "per_linear": applied.per_linear},
         "method_notes": applied.notes,
@@ -236,3 +248,12 @@ def _manifest(loaded, config: PruneConfig, applied: AppliedChanges, timings: dic
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "timings": timings,
     }
+
+
+def _protection_record(config: PruneConfig, applied: AppliedChanges) -> dict:
+    """What was protected, by which source and how, and how many protected weights stayed."""
+    assert config.protection is not None
+    notes = [note for note in applied.notes.values() if "protected_weights" in note]
+    return {**config.protection.describe(),
+            "protected_weights": sum(note["protected_weights"] for note in notes),
+            "protected_weights_pruned": sum(note["protected_weights_pruned"] for note in notes)}

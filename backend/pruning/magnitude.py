@@ -9,24 +9,27 @@ from __future__ import annotations
 
 import torch
 
+from backend.pruning.protection import WeightGuard, guarded_mask_for_spec
 from backend.pruning.registry import NoOptions, PruningMethod, each_weight
-from backend.pruning.spec import SparsitySpec, mask_for_spec, require_weight_spec
+from backend.pruning.spec import SparsitySpec, require_weight_spec
 
 
 @torch.no_grad()
-def magnitude_mask(weight: torch.Tensor, spec: SparsitySpec) -> torch.Tensor:
+def magnitude_mask(weight: torch.Tensor, spec: SparsitySpec, guard: WeightGuard | None = None) -> torch.Tensor:
     """Mask (True = pruned) of the smallest |w|.  weight: [out, in] -> mask [out, in]
 
     Unstructured: one threshold over the whole matrix, exactly ``round(ratio * numel)`` pruned.
     N:M: in each group of m consecutive inputs of a row, the m - n smallest are pruned.
+    ``guard``: protected weights (backend.pruning.protection), same counts.
     """
     require_weight_spec(spec, "magnitude pruning")
-    return mask_for_spec(weight.detach().float().abs(), spec, per_row=False)
+    return guarded_mask_for_spec(weight.detach().float().abs(), spec, guard, per_row=False)
 
 
 METHOD: PruningMethod[NoOptions] = PruningMethod(
     name="magnitude",
     description="|W|, one threshold per linear layer (baseline)",
-    prune=each_weight(lambda weight, _stats, _options, spec: magnitude_mask(weight, spec)),
+    prune=each_weight(lambda weight, _stats, _options, spec, guard: magnitude_mask(weight, spec, guard)),
     needs=None,
+    protects=True,
 )

@@ -23,6 +23,7 @@ from torch import nn
 
 from backend.errors import UserError
 from backend.models.adapters import ArchitectureAdapter, weight_matrix
+from backend.pruning.protection import WeightGuard
 from backend.pruning.spec import SparsitySpec
 from backend.pruning.stats import InputStatistics
 
@@ -72,9 +73,14 @@ class LayerToPrune:
     linears: dict[str, nn.Module]  # prunable linears by name relative to the layer
     statistics: dict[str, InputStatistics]  # per linear named in ``needs``; shared inputs share one
     adapter: ArchitectureAdapter
+    # Protected weights per linear (backend.pruning.protection); None: nothing protected here.
+    guard: dict[str, WeightGuard] | None = None
 
     def weight(self, name: str) -> torch.Tensor:
         return weight_matrix(self.linears[name])  # [out, in]
+
+    def guard_of(self, name: str) -> WeightGuard | None:
+        return None if self.guard is None else self.guard.get(name)
 
     def input_groups(self) -> list[list[str]]:
         """The linears grouped by shared statistics (the same input), in the layer's order."""
@@ -118,6 +124,7 @@ class PruningMethod(Generic[OptionsT]):
     options: type[OptionsT] = NoOptions  # type: ignore[assignment]
     needs: InputNeeds | None = InputNeeds()
     structured: bool = False  # removes whole MLP neurons: takes a 'neurons:' spec
+    protects: bool = False  # honours LayerToPrune.guard (protected neurons, --protect)
     # Checks across options and spec, before any work: raise UserError.
     check: Callable[[OptionsT, SparsitySpec], None] | None = None
     # The statistics as the chosen options ask for them (None: always ``needs``).
@@ -154,7 +161,7 @@ class PruningMethod(Generic[OptionsT]):
     def describe(self) -> dict:
         """JSON for GET /methods and `prunelens methods`."""
         return {"name": self.name, "description": self.description, "structured": self.structured,
-                "needs_calibration": self.needs_calibration,
+                "needs_calibration": self.needs_calibration, "protects": self.protects,
                 "options": self.options.model_json_schema()}
 
 
@@ -200,12 +207,18 @@ def get_method(name: str) -> PruningMethod[Any]:
 # ----------------------------------------------------------------------------- building blocks
 
 
-def each_weight(mask_of: Callable[[torch.Tensor, InputStatistics | None, OptionsT, SparsitySpec],
-                                  torch.Tensor]) -> LayerPruner[OptionsT]:
-    """A layer pruner from ``mask_of(weight [out, in], its input statistics, options, spec) -> mask``."""
+MaskOf = Callable[[torch.Tensor, InputStatistics | None, OptionsT, SparsitySpec, WeightGuard | None],
+                  torch.Tensor]
+
+
+def each_weight(mask_of: MaskOf[OptionsT]) -> LayerPruner[OptionsT]:
+    """A layer pruner from ``mask_of(weight [out, in], its input statistics, options, spec, guard)
+    -> mask``; ``guard`` is the linear's protected weights or None (the method must honour it,
+    see ``backend.pruning.protection.guarded_mask_for_spec``)."""
 
     def prune(layer: LayerToPrune, options: OptionsT, spec: SparsitySpec) -> list[Pruned]:
-        return [Pruned(name, mask_of(layer.weight(name), layer.statistics.get(name), options, spec))
+        return [Pruned(name, mask_of(layer.weight(name), layer.statistics.get(name), options, spec,
+                                     layer.guard_of(name)))
                 for name in layer.linears]
 
     # The method's own code, for backend.pruning.config.code_version (inspect.unwrap); a function

@@ -26,11 +26,10 @@ import torch
 from pydantic import Field
 
 from backend.errors import UserError
+from backend.pruning.protection import WeightGuard, active, guarded_mask_for_spec
 from backend.pruning.registry import LayerToPrune, MethodOptions, Pruned, PruningMethod
 from backend.pruning.spec import (
     SparsitySpec,
-    lowest_per_group,
-    mask_for_spec,
     require_divisible,
     require_weight_spec,
 )
@@ -65,6 +64,7 @@ def ria_mask(
     per_output: bool = False,
     lsa_refinement: bool = True,
     lsa_block_groups: int = 512,
+    guard: WeightGuard | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """RIA mask (True = pruned) and, with channel permutation, the input permutation used.
 
@@ -74,12 +74,14 @@ def ria_mask(
 
     Unstructured: exactly ``round(ratio * numel)`` pruned over the matrix (or ``int(in * ratio)``
     per row with ``per_output``). ``lsa_block_groups`` bounds each assignment problem to that many
-    N:M groups (RIA's "fast" mode), keeping its cubic cost small on wide layers.
+    N:M groups (RIA's "fast" mode), keeping its cubic cost small on wide layers. ``guard``:
+    protected weights (backend.pruning.protection); with channel permutation the permutation is
+    chosen as without protection and the guard applies within the permuted groups.
     """
     require_weight_spec(spec, "RIA")
     metric = ria_metric(weight, act_norm, alpha)
     if not channel_permutation:
-        return mask_for_spec(metric, spec, per_row=per_output), None
+        return guarded_mask_for_spec(metric, spec, guard, per_row=per_output), None
     if spec.kind != "nm":
         raise UserError("RIA channel permutation only applies to N:M sparsity (e.g. 2:4)")
     require_divisible(metric.shape[1], spec.m)
@@ -89,7 +91,9 @@ def ria_mask(
             metric, permutation, spec.n, spec.m, lsa_block_groups
         )
     mask = torch.empty_like(metric, dtype=torch.bool)
-    mask[:, permutation] = lowest_per_group(metric[:, permutation], spec.n, spec.m)
+    permuted_guard = (WeightGuard(guard.protected[:, permutation], guard.mode, guard.factor)
+                      if guard is not None and active(guard) else None)
+    mask[:, permutation] = guarded_mask_for_spec(metric[:, permutation], spec, permuted_guard, per_row=False)
     return mask, permutation
 
 
@@ -182,7 +186,8 @@ def _prune_ria(layer: LayerToPrune, options: RiaOptions, spec: SparsitySpec) -> 
     changes = []
     for name in layer.linears:
         mask, permutation = ria_mask(layer.weight(name), layer.statistics[name].act_norm, spec,
-                                     alpha=options.alpha, channel_permutation=options.channel_permutation)
+                                     alpha=options.alpha, channel_permutation=options.channel_permutation,
+                                     guard=layer.guard_of(name))
         changes.append(Pruned(name, mask, info={"permuted": permutation is not None}))
     return changes
 
@@ -193,4 +198,5 @@ METHOD = PruningMethod(
     prune=_prune_ria,
     options=RiaOptions,
     check=_check_ria,
+    protects=True,
 )

@@ -13,12 +13,15 @@ update). N:M masks are chosen every m columns, from the weights as updated so fa
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from pydantic import Field
 
 from backend.errors import UserError
+from backend.pruning.protection import WeightGuard, active, guarded_lowest_k
 from backend.pruning.registry import InputNeeds, LayerToPrune, MethodOptions, Pruned, PruningMethod
 from backend.pruning.spec import (
     SparsitySpec,
@@ -54,6 +57,7 @@ def sparsegpt_prune(
     *,
     blocksize: int = 128,
     percdamp: float = 0.01,
+    guard: WeightGuard | None = None,
 ) -> SparseGPTResult:
     """Prune ``weight`` to ``spec`` with SparseGPT.  weight: [out, in], hessian: [in, in]
 
@@ -62,10 +66,12 @@ def sparsegpt_prune(
     N:M: m - n per group of m consecutive inputs of each row. Input channels that never fired
     (H_jj == 0) have their weights zeroed and are part of the mask, as in the reference.
     Multiplying ``hessian`` by a positive constant changes nothing (up to rounding).
-    Neither input tensor is modified.
+    Neither input tensor is modified. ``guard``: protected weights (backend.pruning.protection),
+    applied in each block's (or group's) selection; kept protected weights still take the OBS
+    update, like every kept weight.
     """
     return sparsegpt_prune_together(
-        [weight], hessian, spec, blocksize=blocksize, percdamp=percdamp
+        [weight], hessian, spec, blocksize=blocksize, percdamp=percdamp, guards=[guard]
     )[0]
 
 
@@ -77,6 +83,7 @@ def sparsegpt_prune_together(
     *,
     blocksize: int = 128,
     percdamp: float = 0.01,
+    guards: list[WeightGuard | None] | None = None,
 ) -> list[SparseGPTResult]:
     """SparseGPT on several linears that read the same input (q/k/v, gate/up): one result each,
     equal to pruning each alone with ``sparsegpt_prune``.
@@ -125,6 +132,7 @@ def sparsegpt_prune_together(
         *itertools.accumulate(row_counts),
     ]  # linear i owns work_t[:, bounds[i]:bounds[i + 1]]
     gram = hessian.detach().to(device=device, dtype=torch.float32)  # [in, in], never modified
+    guard_t = _stacked_guard(guards, weights, device)  # [in, out] in Wᵀ's layout, or None
     dead = torch.diagonal(gram) == 0  # [in]: inputs that were zero on every calibration token
     if bool(dead.any()):
         # A dead input's row and column of H are zero; any positive diagonal entry makes H
@@ -136,13 +144,17 @@ def sparsegpt_prune_together(
         placeholder = float(live.mean()) if live.numel() else 1.0
         gram = gram.clone()
         gram[dead, dead] = placeholder
-        work_t[dead] = 0.0
+        if guard_t is None:
+            work_t[dead] = 0.0
+        else:  # a protected weight on a dead input keeps its value (no update reaches it)
+            work_t[dead] = torch.where(guard_t.protected[dead], work_t[dead], 0.0)
 
     inverse_factor, damp, retries = _inverse_hessian_factor(
         gram, percdamp
     )  # upper Cholesky of H^-1
 
     mask_t = torch.zeros_like(work_t, dtype=torch.bool)  # [in, out]
+    quota_upto = _quota_schedules(spec, row_counts, bounds, columns, guard_t)
     for start in range(0, columns, blocksize):
         end = min(start + blocksize, columns)
         block = work_t[start:end]  # [block, out], a view: updated in place
@@ -150,19 +162,19 @@ def sparsegpt_prune_together(
         factor_diag = torch.diagonal(factor).unsqueeze(1)  # [block, 1]
         if spec.kind == "unstructured":
             saliency = block.pow(2) / factor_diag.pow(2)  # [block, out]
-            quotas = [
-                pruned_count(rows * end, spec.ratio) - pruned_count(rows * start, spec.ratio)
-                for rows in row_counts
-            ]  # each linear prunes its own share of the block
+            quotas = [upto(end) - upto(start) for upto in quota_upto]  # each linear's share of the block
+            block_guard = None if guard_t is None else guard_t.rows(start, end)
             if len(row_counts) == 1:
-                block_mask = lowest_in_matrix(saliency, quotas[0])
+                block_mask = _lowest_in_block(saliency, quotas[0], block_guard)
             else:
                 block_mask = torch.empty_like(block, dtype=torch.bool)
                 for quota, low, high in zip(quotas, bounds, bounds[1:], strict=False):
-                    block_mask[:, low:high] = lowest_in_matrix(saliency[:, low:high], quota)
+                    block_mask[:, low:high] = _lowest_in_block(
+                        saliency[:, low:high], quota, None if block_guard is None else block_guard.columns(low, high))
         else:
             block_mask = torch.zeros_like(block, dtype=torch.bool)  # chosen group by group below
-        errors = _obs_block(block, factor, block_mask, spec)
+        errors = _obs_block(block, factor, block_mask, spec,
+                            None if guard_t is None else guard_t.rows(start, end))
         block.mul_(~block_mask)  # zero the pruned weights (masked_fill_ is 5x slower on CPU)
         work_t[end:].addmm_(
             inverse_factor[start:end, end:].T, errors, alpha=-1.0
@@ -171,7 +183,7 @@ def sparsegpt_prune_together(
 
     # Dead inputs' rows of W^T were zeroed above and no update reaches them: their rows and
     # columns of H^-1 (and so of U) are zero off the diagonal.
-    mask_t |= dead.unsqueeze(1)
+    mask_t |= dead.unsqueeze(1) if guard_t is None else dead.unsqueeze(1) & ~guard_t.protected
     return [
         SparseGPTResult(
             weight=work_t[:, low:high].t().contiguous().to(weight.dtype),
@@ -183,11 +195,66 @@ def sparsegpt_prune_together(
     ]
 
 
+def _stacked_guard(guards: list[WeightGuard | None] | None, weights: list[torch.Tensor],
+                   device: torch.device) -> WeightGuard | None:
+    """The linears' guards side by side in Wᵀ's layout [in, out_total]; None when none protects."""
+    if guards is None or not any(active(guard) for guard in guards):
+        return None
+    if len(guards) != len(weights):
+        raise ValueError(f"{len(guards)} guards for {len(weights)} weights")
+    first = next(guard for guard in guards if guard is not None and active(guard))
+    parts = [torch.zeros(weight.shape, dtype=torch.bool, device=device) if guard is None
+             else guard.protected.to(device) for guard, weight in zip(guards, weights, strict=True)]
+    return WeightGuard(torch.cat([part.t() for part in parts], dim=1), first.mode, first.factor)
+
+
+def _quota_schedules(spec: SparsitySpec, row_counts: list[int], bounds: list[int], columns: int,
+                     guard_t: WeightGuard | None) -> list[Callable[[int], int]]:
+    """Per linear, ``upto(c)``: how many of its weights the blocks before column c prune.
+
+    Cumulative rounding of ratio · rows · c (each block prunes its share, the total is exact).
+    Under ``keep`` a linear's quota follows its *unprotected* weights instead, so a block with
+    protected columns prunes less and the others more; the total is the same.
+    """
+    schedules: list[Callable[[int], int]] = []
+    for rows, low, high in zip(row_counts, bounds, bounds[1:], strict=False):
+        plain = partial(_plain_quota, rows, spec.ratio)
+        protected = None if guard_t is None or guard_t.mode != "keep" else guard_t.protected[:, low:high]
+        if spec.kind != "unstructured" or protected is None or not bool(protected.any()):
+            schedules.append(plain)
+            continue
+        total = pruned_count(rows * columns, spec.ratio)
+        open_upto = [0, *(~protected).sum(dim=1).cumsum(0).tolist()]  # [in + 1]
+        # Protected weights must go too when too few are open: then the plain schedule.
+        schedules.append(plain if open_upto[-1] < total else partial(_open_quota, open_upto, total))
+    return schedules
+
+
+def _plain_quota(rows: int, ratio: float, column: int) -> int:
+    return pruned_count(rows * column, ratio)
+
+
+def _open_quota(open_upto: list[int], total: int, column: int) -> int:
+    """round(total · open(column) / open(all)), halves up, in integers."""
+    available = open_upto[-1]
+    return (2 * total * open_upto[column] + available) // (2 * available)
+
+
+def _lowest_in_block(saliency: torch.Tensor, quota: int, guard: WeightGuard | None) -> torch.Tensor:
+    """``quota`` lowest of one linear's part of a block, protected weights last (or up-weighted)."""
+    if not active(guard):
+        return lowest_in_matrix(saliency, quota)
+    assert guard is not None
+    flat = WeightGuard(guard.protected.reshape(1, -1), guard.mode, guard.factor)
+    return guarded_lowest_k(saliency.reshape(1, -1), quota, flat).view_as(saliency)
+
+
 SUB_BLOCK = 16  # columns solved one by one; the rest of the block waits for one matrix product
 
 
 def _obs_block(
-    block: torch.Tensor, factor: torch.Tensor, block_mask: torch.Tensor, spec: SparsitySpec
+    block: torch.Tensor, factor: torch.Tensor, block_mask: torch.Tensor, spec: SparsitySpec,
+    guard: WeightGuard | None = None,
 ) -> torch.Tensor:
     """The OBS column loop over one block, in place; returns the block's errors [block, out].
 
@@ -226,7 +293,11 @@ def _obs_block(
                     alpha=-1.0,
                 )  # [m, out]
                 saliency = current.pow(2) / factor_diag[group].pow(2)
-                block_mask[group] = lowest_k(saliency.T, spec.m - spec.n).T
+                if guard is None:
+                    block_mask[group] = lowest_k(saliency.T, spec.m - spec.n).T
+                else:
+                    group_guard = WeightGuard(guard.protected[group].T, guard.mode, guard.factor)
+                    block_mask[group] = guarded_lowest_k(saliency.T, spec.m - spec.n, group_guard).T
                 error_scale[group] = block_mask[group] / factor_diag[group]
             if offset:
                 block_rows[column].addmv_(sub_errors_t, coefficients[offset], alpha=-1.0)
@@ -307,7 +378,8 @@ def _prune_sparsegpt(layer: LayerToPrune, options: SparseGPTOptions, spec: Spars
         # Pruned together: one factorisation of the shared Hessian and one column loop for all.
         results = sparsegpt_prune_together([layer.weight(name) for name in group],
                                            layer.statistics[group[0]].hessian, spec,
-                                           blocksize=options.blocksize, percdamp=options.percdamp)
+                                           blocksize=options.blocksize, percdamp=options.percdamp,
+                                           guards=[layer.guard_of(name) for name in group])
         changes += [Pruned(name, result.mask, new_value=result.weight,
                            info={"damp": result.damp, "retries": result.retries})
                     for name, result in zip(group, results, strict=True)]
@@ -321,4 +393,5 @@ METHOD = PruningMethod(
     options=SparseGPTOptions,
     needs=InputNeeds(hessian=True),
     check=_check_sparsegpt,
+    protects=True,
 )

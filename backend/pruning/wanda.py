@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import torch
 
+from backend.pruning.protection import WeightGuard, guarded_mask_for_spec
 from backend.pruning.registry import NoOptions, PruningMethod, each_weight
-from backend.pruning.spec import SparsitySpec, mask_for_spec, require_weight_spec
+from backend.pruning.spec import SparsitySpec, require_weight_spec
 from backend.pruning.stats import InputStatistics
 
 
@@ -24,14 +25,17 @@ def wanda_metric(weight: torch.Tensor, act_norm: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def wanda_mask(weight: torch.Tensor, act_norm: torch.Tensor, spec: SparsitySpec) -> torch.Tensor:
+def wanda_mask(weight: torch.Tensor, act_norm: torch.Tensor, spec: SparsitySpec,
+               guard: WeightGuard | None = None) -> torch.Tensor:
     """Mask (True = pruned).  weight: [out, in], act_norm: [in] -> mask [out, in]
 
     Unstructured: exactly ``int(in * ratio)`` lowest-scoring weights of every output row.
     N:M: the m - n lowest of each group of m consecutive inputs of a row.
+    ``guard``: protected weights; a fully protected row's quota moves to the other rows
+    (backend.pruning.protection), so the matrix total stays out * int(in * ratio).
     """
     require_weight_spec(spec, "Wanda")
-    return mask_for_spec(wanda_metric(weight, act_norm), spec, per_row=True)
+    return guarded_mask_for_spec(wanda_metric(weight, act_norm), spec, guard, per_row=True)
 
 
 def _check_act_norm(weight: torch.Tensor, act_norm: torch.Tensor) -> None:
@@ -43,14 +47,15 @@ def _check_act_norm(weight: torch.Tensor, act_norm: torch.Tensor) -> None:
 
 
 def _wanda_linear_mask(weight: torch.Tensor, stats: InputStatistics | None, _options: NoOptions,
-                       spec: SparsitySpec) -> torch.Tensor:
+                       spec: SparsitySpec, guard: WeightGuard | None) -> torch.Tensor:
     """The registry's per-linear call: weight [out, in] -> mask [out, in]."""
     assert stats is not None, "the engine collects every linear's input statistics (needs='all')"
-    return wanda_mask(weight, stats.act_norm, spec)
+    return wanda_mask(weight, stats.act_norm, spec, guard)
 
 
 METHOD = PruningMethod(
     name="wanda",
     description="|W_ij|·‖X_j‖₂, compared within each output row (Sun et al. 2023)",
     prune=each_weight(_wanda_linear_mask),
+    protects=True,
 )

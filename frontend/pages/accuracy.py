@@ -10,7 +10,7 @@ import streamlit as st
 
 from frontend import ui
 from frontend.links import ViewState
-from frontend.views import display, figures, static_figures, tables
+from frontend.views import display, figures, protect_view, static_figures, tables
 
 KINDS = {
     "task-calibration": "Task x calibration set (mean over methods and sparsities)",
@@ -73,3 +73,18 @@ else:
     ui.figure_downloads(lambda: static_figures.accuracy_sparsity_static(lines), "accuracy-vs-sparsity",
                         key="acc_lines_figure")
     st.caption("Mean over methods and calibration sets; dense at 0 %. Diamonds: semi-structured N:M.")
+
+st.subheader("Protected neurons: NSA-protected vs matched-random vs unprotected")
+experiments = ui.fetch(api.protect_experiments, what="protection experiments") or []
+if not experiments:
+    st.caption("No protection experiment stored yet: run `prunelens experiment protect` "
+               "(docs/guided-pruning.md).")
+else:
+    chosen = st.selectbox("Experiment", [row["id"] for row in experiments], key="acc_protect_experiment")
+    document = ui.fetch(api.protect_experiment, chosen, what="protection experiment")
+    if document is not None:
+        st.caption(protect_view.experiment_caption(document))
+        st.dataframe(protect_view.experiment_frame(document), hide_index=True, key="acc_protect_table")
+        st.caption("Accuracy 95% interval from lm-eval's stderr; Δ: paired difference to the unprotected "
+                   "arm on the same examples (bootstrap 95% interval, exact McNemar p); 'not "
+                   "distinguishable' when the interval contains 0.")

@@ -445,3 +445,35 @@ def test_jobs_page_offers_offline_sets_first_and_withholds_hub_ones_offline(dash
     assert options == offline  # c4 and the other hub sets are not offered offline
     assert at.selectbox(key="jobs_calibration").value == "lambada"  # offline general text
     assert any("c4" in caption.value and "cannot be reached" in caption.value for caption in at.caption)
+
+
+def test_accuracy_page_shows_the_protection_experiment(dashboard, backend):
+    from backend.evaluation.store import ResultsStore
+
+    at = _open(dashboard(), "accuracy")
+    _clean(at)
+    assert any("No protection experiment stored yet" in caption.value for caption in at.caption)
+    versus = {"difference": -0.05, "low": -0.12, "high": 0.02, "p_value": 0.27, "verdict": "not distinguishable"}
+    rows = [{"sparsity": "0.5", "task": "sst2", "arm": arm, "accuracy": accuracy, "low": accuracy - 0.07,
+             "high": accuracy + 0.07, "n": 200, "protected_task": True,
+             "vs_unprotected": versus if arm == "nsa" else None}
+            for arm, accuracy in (("dense", 0.6), ("unprotected", 0.5), ("nsa", 0.45))]
+    document = {"id": "protect-sst2-0123456789ab", "status": "done", "rows": rows, "created_at": "now",
+                "spec": {"model": "tiny-llama", "method": "wanda", "ratio": 0.01, "task": "sst2", "limit": 200,
+                         "mode": "keep"}, "selection": {"texts": 32, "overlap_with_evaluation": 0},
+                "protection": {"nsa": {"count": 7}}}
+    ResultsStore.from_settings().put_experiment("protect", document["id"], "done", document)
+    at = _open(dashboard(), "accuracy")
+    _clean(at)
+    frame = _frame(at, "Δ vs unprotected (pts)", "reading").set_index("arm")
+    assert frame.loc["NSA-protected", "accuracy %"] == 45.0
+    assert frame.loc["NSA-protected", "Δ vs unprotected (pts)"] == -5.0
+    assert frame.loc["NSA-protected", "reading"] == "not distinguishable"
+    assert any("7 neurons protected" in caption.value for caption in at.caption)
+
+
+def test_jobs_page_has_the_protection_inputs(dashboard, backend):
+    at = _open(dashboard(), "jobs")
+    _clean(at)
+    assert at.selectbox(key="jobs_protect").options == ["none", "NSA result", "NSA on a task"]
+    assert at.selectbox(key="jobs_protect_mode").options == ["keep", "upweight"]

@@ -7,6 +7,7 @@ from fastapi import APIRouter
 from backend.api.routes import (
     calibration,
     evaluations,
+    experiments,
     export,
     health,
     jobs,
@@ -32,6 +33,7 @@ def build_routers(settings) -> list[APIRouter]:
         nsa.build_router(settings.api_max_upload_bytes),
         evaluations.router,
         tables.router,
+        experiments.router,
     ]
 
 

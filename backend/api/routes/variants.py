@@ -116,8 +116,12 @@ def delete_variant_endpoint(variant_id: VariantId, state: State) -> dict:
 # ----------------------------------------------------------------------------- pruning
 
 
-def prune_config(request: PruneRequest):
-    """The engine's PruneConfig for a request; UserError on anything the engine would refuse."""
+def prune_config(request: PruneRequest, model: str | None = None, settings=None):
+    """The engine's PruneConfig for a request; UserError on anything the engine would refuse.
+
+    With ``protect`` (a stored NSA result) the protection is read now, for ``model``: an unknown
+    id or another model's result is refused before any job exists. ``protect_task`` is checked
+    here and run by the job (``resolve_protection``)."""
     from backend.data.sources import FILE_PREFIX
     from backend.pruning.engine import PruneConfig
     from backend.pruning.spec import SparsitySpec
@@ -138,6 +142,15 @@ def prune_config(request: PruneRequest):
         options=request.options,
     )
     config.validate()
+    protect = request.protection_request()
+    if protect.wanted:
+        from dataclasses import replace
+
+        from backend.pruning.config import require_protection_support
+
+        require_protection_support(config.info)
+        if model is not None and protect.reference is not None:
+            config = replace(config, protection=protect.from_store(model, settings))
     return config
 
 
@@ -164,14 +177,16 @@ def job_accepted(job: Job, **extra) -> JobAccepted:
     summary="Prune a model: starts a job, returns its id",
 )
 def create_variant_job(body: PruneRequest, state: State) -> JobAccepted:
-    config = prune_config(body)  # bad input is refused now, not as a failed job later
     model = state.pool.allowed_reference(body.model)
+    config = prune_config(body, model, state.settings)  # bad input is refused now, not as a failed job later
     params = {**body.model_dump(), "model": model, "calibration": config.calibration}
     default = state.pool.default
     from backend.pruning.engine import variant_id
 
-    # Known now only when the job will prune the loaded default model; else the job records it.
-    predicted = variant_id(default, config) if default is not None and default.name == model else None
+    # Known now only when the job will prune the loaded default model (and no NSA selection has
+    # to run first); else the job records it.
+    predicted = (variant_id(default, config) if default is not None and default.name == model
+                 and body.protect_task is None else None)
     if predicted is not None:
         params["variant_id"] = predicted
     job = state.jobs.submit("prune", params)
@@ -189,6 +204,12 @@ def register_jobs(state: ApiState) -> None:
         with state.gate.hold(f"prune job {job.id[:8]}", bounded=False):
             progress(0.0, "loading the model")
             loaded = state.pool.get(request.model)
+            protect = request.protection_request()
+            if protect.wanted:
+                from dataclasses import replace
+
+                progress(0.0, "choosing the protected neurons")
+                config = replace(config, protection=protect.resolve(loaded, state.settings))
             if "variant_id" not in job.params:
                 state.jobs.store.add_params(
                     job.id, {"variant_id": variant_id(loaded, config)}

@@ -1,0 +1,98 @@
+"""``prunelens experiment protect | show | list``: the protected-neurons experiment from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from backend.cli import command
+from backend.errors import UserError
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+@command("experiment", "controlled experiments: `experiment protect` (NSA-protected vs matched-random "
+                       "protected vs unprotected pruning), `experiment show ID`, `experiment list`")
+def _experiment(parser: argparse.ArgumentParser):
+    actions = parser.add_subparsers(dest="action", required=True, parser_class=type(parser))
+    protect = actions.add_parser("protect", help="run (or resume) the protected-neurons experiment")
+    protect.add_argument("--model", default=None, help="embedded name, hub id or local directory")
+    protect.add_argument("--task", default="sst2", help="the protected task: sst2 or rte (default sst2)")
+    protect.add_argument("--controls", default="rte,arc_easy", help="control tasks (default rte,arc_easy)")
+    protect.add_argument("--ratio", type=float, default=0.01,
+                         help="fraction of all MLP neurons protected, in (0, 0.5] (default 0.01)")
+    protect.add_argument("--sparsities", default="0.5", help="comma-separated, e.g. 0.5,2:4 (default 0.5)")
+    protect.add_argument("--method", default="wanda", help="magnitude, wanda, ria or sparsegpt (default wanda)")
+    protect.add_argument("--calibration", default="lambada", help="calibration set (default lambada, offline)")
+    protect.add_argument("--nsamples", type=int, default=32, help="calibration windows (default 32)")
+    protect.add_argument("--seqlen", type=int, default=512, help="tokens per window (default 512)")
+    protect.add_argument("--limit", type=int, default=200, help="seeded examples per task (default 200)")
+    protect.add_argument("--sample-seed", type=int, default=None, help="which examples (default 1234)")
+    protect.add_argument("--seed", type=int, default=0, help="selection texts and random draw (default 0)")
+    protect.add_argument("--texts", type=int, default=32, help="NSA selection texts (default 32)")
+    protect.add_argument("--mode", default="keep", choices=("keep", "upweight"))
+    protect.add_argument("--factor", type=float, default=10.0, help="upweight factor (default 10)")
+    protect.add_argument("--batch-size", type=int, default=16)
+    protect.add_argument("--json", action="store_true", help="print the document as JSON")
+    show = actions.add_parser("show", help="print a stored experiment's table")
+    show.add_argument("id")
+    show.add_argument("--json", action="store_true")
+    show.add_argument("--markdown", action="store_true", help="the table in Markdown")
+    listing = actions.add_parser("list", help="list the stored experiments")
+    listing.add_argument("--json", action="store_true")
+
+    def run(args) -> int:
+        from backend.evaluation.protect_experiment import (
+            ProtectExperimentSpec,
+            format_table,
+            list_experiments,
+            markdown_table,
+            read_experiment,
+            run_experiment,
+        )
+
+        if args.action == "list":
+            rows = list_experiments()
+            if args.json:
+                print(json.dumps(rows, indent=2))
+            for row in [] if args.json else rows:
+                spec = row["spec"] or {}
+                print(f"{row['id']}\t{row['status']}\t{spec.get('model')}\t{spec.get('method')} "
+                      f"{','.join(spec.get('sparsities', []))}\t{row['updated_at']}")
+            if not rows and not args.json:
+                print("no experiments yet: run `prunelens experiment protect`")
+            return 0
+        if args.action == "show":
+            document = read_experiment(args.id)
+            print(json.dumps(document, indent=2) if args.json
+                  else markdown_table(document) if args.markdown else format_table(document))
+            return 0
+        from backend.config import get_settings
+        from backend.evaluation.runner import DEFAULT_SAMPLE_SEED
+        from backend.models.loader import parse_model_ref
+
+        model = parse_model_ref(args.model or get_settings().default_model).name
+        if args.sample_seed is not None and args.sample_seed < 0:
+            raise UserError("--sample-seed must be 0 or more")
+        spec = ProtectExperimentSpec(
+            model=model, task=args.task, controls=_names(args.controls), ratio=args.ratio,
+            sparsities=_names(args.sparsities), method=args.method, calibration=args.calibration,
+            nsamples=args.nsamples, seqlen=args.seqlen, limit=args.limit,
+            sample_seed=DEFAULT_SAMPLE_SEED if args.sample_seed is None else args.sample_seed,
+            seed=args.seed, texts=args.texts, mode=args.mode, factor=args.factor, batch_size=args.batch_size)
+        spec.check()  # before loading the model: bad input costs nothing
+        from backend.pruning.commands import tqdm_progress
+
+        print(f"experiment {spec.id}", file=sys.stderr)
+        bar, update = tqdm_progress("protect experiment")
+        try:
+            document = run_experiment(spec, progress=update)
+        finally:
+            bar.close()
+        print(json.dumps(document, indent=2) if args.json else format_table(document))
+        return 0
+
+    return run
