@@ -34,6 +34,7 @@ CONFIGS = [  # the comparisons the table exists for come first
     ("mi (paper, no comp.)", "mi", {"compensate": False}),
     ("magnitude", "magnitude-neurons", {}),
     ("mi (joint + comp.)", "mi", {"estimator": "joint"}),
+    ("mi (joint, weigh-output + comp.)", "mi", {"estimator": "joint", "weigh_output": True}),
     ("mi (weigh-output + comp., sink 1)", "mi", {"weigh_output": True, "sink_tokens": 1}),
     ("mi (paper + comp., sink 1)", "mi", {"sink_tokens": 1}),
     ("flap (sink 1)", "flap", {"sink_tokens": 1}),
