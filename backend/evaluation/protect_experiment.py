@@ -235,6 +235,8 @@ def table_rows(document: dict, store: ResultsStore) -> list[dict]:
     rows = []
     dense = document["arms"].get("dense")
     for sparsity in spec["sparsities"]:
+        if not any(f"{sparsity}/{arm}" in document["arms"] for arm in ARMS[1:]):
+            continue  # nothing measured at this sparsity (yet): no block of dense rows alone
         for task in (spec["task"], *[name for name in spec["controls"] if name != spec["task"]]):
             reference = document["arms"].get(f"{sparsity}/unprotected")
             for arm in ARMS:
