@@ -147,9 +147,11 @@ def run_experiment(spec: ProtectExperimentSpec, *, progress: Progress | None = N
     document: dict = {"id": spec.id, "kind": KIND, "status": "running", "spec": spec.to_json(),
                       "created_at": datetime.now(UTC).isoformat(timespec="seconds"), "arms": {}, "rows": []}
 
-    report(0.0, f"NSA selection on {spec.texts} {spec.task} texts")
-    nsa = protection_from_task(loaded, spec.task, spec.ratio, spec.mode, spec.factor, n_texts=spec.texts,
-                               seed=spec.seed, evaluation_limit=spec.limit, evaluation_seed=spec.sample_seed)
+    nsa = reusable_protection(spec, store)
+    if nsa is None:
+        report(0.0, f"NSA selection on {spec.texts} {spec.task} texts")
+        nsa = protection_from_task(loaded, spec.task, spec.ratio, spec.mode, spec.factor, n_texts=spec.texts,
+                                   seed=spec.seed, evaluation_limit=spec.limit, evaluation_seed=spec.sample_seed)
     random_arm = matched_random(nsa, loaded.adapter.neuron_count(loaded.model), seed=spec.seed)
     document["protection"] = {"nsa": nsa.describe(), "random": random_arm.describe()}
     document["selection"] = {key: nsa.source[key] for key in
@@ -183,6 +185,30 @@ def run_experiment(spec: ProtectExperimentSpec, *, progress: Progress | None = N
     return document
 
 
+# The spec fields that decide the NSA selection (not the sparsities, method or controls).
+SELECTION_FIELDS = ("model", "task", "ratio", "texts", "seed", "limit", "sample_seed", "mode", "factor")
+
+
+def reusable_protection(spec: ProtectExperimentSpec, store: ResultsStore):
+    """The NSA protection of a stored experiment whose selection inputs equal ``spec``'s, or None.
+
+    The selection (NSA steps 1-2 on the same texts, greedy generation) is deterministic and the
+    slowest part on a CPU (minutes per text set), so an experiment with other sparsities or
+    controls reuses it; the source records which experiment it came from.
+    """
+    from backend.pruning.protection import Protection
+
+    wanted = spec.to_json()
+    for document in store.experiments(KIND):
+        stored = (document.get("protection") or {}).get("nsa")
+        if stored is None or any(document["spec"].get(name) != wanted[name] for name in SELECTION_FIELDS):
+            continue
+        neurons = {int(layer): indices for layer, indices in stored["neuron_indices"].items()}
+        return Protection.create(neurons, spec.mode, spec.factor,
+                                 source={**stored["source"], "reused_from": document["id"]})
+    return None
+
+
 def _arm_key(sparsity: str, arm: str) -> str:
     return arm if arm == "dense" else f"{sparsity}/{arm}"
 
@@ -209,6 +235,8 @@ def table_rows(document: dict, store: ResultsStore) -> list[dict]:
     rows = []
     dense = document["arms"].get("dense")
     for sparsity in spec["sparsities"]:
+        if not any(f"{sparsity}/{arm}" in document["arms"] for arm in ARMS[1:]):
+            continue  # nothing measured at this sparsity (yet): no block of dense rows alone
         for task in (spec["task"], *[name for name in spec["controls"] if name != spec["task"]]):
             reference = document["arms"].get(f"{sparsity}/unprotected")
             for arm in ARMS:

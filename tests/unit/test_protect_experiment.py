@@ -152,3 +152,19 @@ def test_protection_from_task_runs_nsa_on_texts_outside_the_evaluation_sample():
     assert source["evaluation_examples_excluded"] == 200
     with pytest.raises(UserError, match=r"\(0, 0.5\]"):
         protection_from_task(loaded, "sst2", 0.6)
+
+
+def test_a_stored_selection_is_reused_only_for_the_same_selection_inputs(isolated_cache):
+    from backend.evaluation.protect_experiment import KIND, reusable_protection
+
+    store = ResultsStore.from_settings()
+    first = ProtectExperimentSpec(model="tiny", sparsities=("0.5",))
+    protection = Protection.create({0: [3, 1], 5: [2]}, source={"kind": "nsa_task", "texts": 32})
+    store.put_experiment(KIND, first.id, "done", {"id": first.id, "spec": first.to_json(),
+                                                  "protection": {"nsa": protection.describe()}})
+    other_sparsity = ProtectExperimentSpec(model="tiny", sparsities=("2:4",), controls=())
+    reused = reusable_protection(other_sparsity, store)
+    assert reused is not None and reused.neurons == protection.neurons
+    assert reused.source["reused_from"] == first.id
+    for changes in ({"ratio": 0.02}, {"texts": 16}, {"seed": 1}, {"limit": 100}, {"model": "other"}):
+        assert reusable_protection(ProtectExperimentSpec(**{"model": "tiny", **changes}), store) is None
