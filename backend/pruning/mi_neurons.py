@@ -27,6 +27,8 @@ Constant neurons (variance <= min_variance x the layer's mean variance; dead one
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from backend.pruning.spec import pruned_count
@@ -70,7 +72,6 @@ def mi_removal_order(
         )
     if not 0 <= count < neurons:
         raise ValueError(f"can remove 0 to {neurons - 1} of {neurons} neurons, not {count}")
-    device = covariance.device
     variance = torch.diagonal(covariance).detach().float().clamp_min(0)  # [n]
     scale = float(variance.mean())
     constant = variance <= min_variance * scale  # all of them when every variance is 0
@@ -84,19 +85,10 @@ def mi_removal_order(
 
     live_ids = torch.nonzero(~constant).squeeze(1)  # [live]
     information = gaussian_mutual_information(covariance[live_ids][:, live_ids])  # [live, live]
-    information.fill_diagonal_(float("-inf"))  # a neuron is not redundant with itself
-    redundancy, partner = information.max(dim=1)  # [live]: largest MI with another kept neuron
-    kept = torch.ones(live_ids.numel(), dtype=torch.bool, device=device)
-    removed = []
-    for _ in range(count - constant_ids.numel()):
-        candidate = torch.argmax(torch.where(kept, redundancy, float("-inf")))
-        removed.append(candidate)
-        kept[candidate] = False
-        information[:, candidate] = float("-inf")
-        affected = kept & (partner == candidate)
-        if bool(affected.any()):
-            redundancy[affected], partner[affected] = information[affected].max(dim=1)
-    greedy_ids = live_ids[torch.stack(removed)]
+    removed = _greedy_by_best_partner(
+        information, count - constant_ids.numel(),
+        lambda redundancy, kept: int(torch.argmax(torch.where(kept, redundancy, float("-inf")))))
+    greedy_ids = live_ids[removed.to(live_ids.device)]
     return torch.cat([constant_ids, greedy_ids]).to(torch.long)
 
 
@@ -235,13 +227,28 @@ def unexplained_output_removal(
         raise ValueError(f"can remove 0 to {neurons - 1} of {neurons} neurons, not {count}")
     energy = output_energy(covariance, mean, down_weight)  # [n]
     information = gaussian_mutual_information(covariance.detach().cpu()).double()  # [n, n]
-    information.fill_diagonal_(float("-inf"))
+
+    def least_unexplained(redundancy: torch.Tensor, kept: torch.Tensor) -> int:
+        score = torch.exp(-2.0 * redundancy.clamp_min(0)) * energy
+        return int(torch.argmin(torch.where(kept, score, float("inf"))))
+
+    return _greedy_by_best_partner(information, count, least_unexplained)
+
+
+def _greedy_by_best_partner(information: torch.Tensor, count: int,
+                            pick: Callable[[torch.Tensor, torch.Tensor], int]) -> torch.Tensor:
+    """Remove ``count`` neurons one at a time; ``pick(redundancy [n], kept [n] bool)`` names the next.
+
+    ``redundancy`` is each neuron's largest pairwise MI with a kept neuron (``information``
+    [n, n], overwritten). After a removal only the neurons whose best partner it was are
+    rescored: everyone else's best partner is still kept. -> LongTensor [count], removal order.
+    """
+    information.fill_diagonal_(float("-inf"))  # a neuron is not redundant with itself
     redundancy, partner = information.max(dim=1)  # [n]
-    kept = torch.ones(neurons, dtype=torch.bool)
+    kept = torch.ones(information.shape[0], dtype=torch.bool, device=information.device)
     removed = []
     for _ in range(count):
-        score = torch.exp(-2.0 * redundancy.clamp_min(0)) * energy
-        candidate = int(torch.argmin(torch.where(kept, score, float("inf"))))
+        candidate = pick(redundancy, kept)
         removed.append(candidate)
         kept[candidate] = False
         information[:, candidate] = float("-inf")
