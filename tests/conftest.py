@@ -120,6 +120,14 @@ def tiny_model_dir(tmp_path) -> callable:
 
 
 @pytest.fixture
+def calibration_file(tmp_path) -> str:
+    """A ``file:`` calibration set of the tiny corpus, long enough for a few short windows."""
+    path = tmp_path / "calibration.txt"
+    path.write_text("\n\n".join(TINY_CORPUS * 6), encoding="utf-8")
+    return f"file:{path}"
+
+
+@pytest.fixture
 def isolated_cache(tmp_path, monkeypatch) -> Settings:
     """Point PRUNELENS_CACHE_DIR at a fresh folder, but let the embedded checkpoint be shared."""
     cache = tmp_path / "cache"

@@ -19,14 +19,11 @@ from backend.evaluation.sweep import (
     run_sweep,
     sweep_cells,
 )
-from tests.conftest import TINY_CORPUS
 
 
 @pytest.fixture
-def calibration(tmp_path) -> str:
-    path = tmp_path / "calibration.txt"
-    path.write_text("\n\n".join(TINY_CORPUS * 6), encoding="utf-8")
-    return f"file:{path}"
+def calibration(calibration_file) -> str:
+    return calibration_file
 
 
 def _spec(models, calibration, **overrides) -> SweepSpec:

@@ -23,13 +23,6 @@ from tests.conftest import TINY_CORPUS
 TOKENS = torch.tensor([[5, 17, 99, 250, 3, 42, 7, 128, 64, 300, 11, 2]])  # [batch, tokens]
 
 
-@pytest.fixture
-def calibration_file(tmp_path):
-    path = tmp_path / "calibration.txt"
-    path.write_text("\n\n".join(TINY_CORPUS * 6), encoding="utf-8")
-    return f"file:{path}"
-
-
 def _variant(model_dir, calibration: str, method: str = "wanda", spec: str = "0.5") -> str:
     loaded = load_model(str(model_dir))
     config = PruneConfig(method=method, calibration=calibration, spec=SparsitySpec.parse(spec),

@@ -20,7 +20,7 @@ from backend.pruning.mi_neurons import (
 from backend.pruning.spec import SparsitySpec
 from backend.pruning.stats import InputStatistics
 from backend.pruning.variants import list_variants
-from tests.conftest import TINY_CORPUS, tiny_loaded
+from tests.conftest import tiny_loaded
 
 
 def _pair_case():
@@ -163,13 +163,6 @@ def test_new_options_are_part_of_the_variant_identity():
     flap = variant_identity("m", PruneConfig(method="flap", calibration="lambada", spec=SparsitySpec.neurons(0.2),
                                              sink_tokens=2), 64)
     assert flap["options"]["sink_tokens"] == 2
-
-
-@pytest.fixture
-def calibration_file(tmp_path):
-    path = tmp_path / "calibration.txt"
-    path.write_text("\n\n".join(TINY_CORPUS * 6), encoding="utf-8")
-    return f"file:{path}"
 
 
 def test_cli_flags_reach_the_manifest(isolated_cache, tiny_model_dir, calibration_file, capsys):

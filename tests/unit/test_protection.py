@@ -15,7 +15,7 @@ from backend.pruning.sparsegpt import sparsegpt_prune
 from backend.pruning.spec import SparsitySpec
 from backend.pruning.variants import variant_masks
 from backend.pruning.wanda import wanda_mask
-from tests.conftest import TINY_CORPUS, tiny_loaded
+from tests.conftest import tiny_loaded
 
 OUT, IN = 24, 32
 
@@ -175,13 +175,6 @@ NEURONS = {0: [1, 5, 40], 1: [3, 63]}
 def _config(method: str, calibration: str, spec: str, protection: Protection | None) -> PruneConfig:
     return PruneConfig(method=method, calibration=calibration, spec=SparsitySpec.parse(spec), nsamples=4,
                        seqlen=32, seed=0, protection=protection)
-
-
-@pytest.fixture
-def calibration_file(tmp_path):
-    path = tmp_path / "calibration.txt"
-    path.write_text("\n\n".join(TINY_CORPUS * 6), encoding="utf-8")
-    return f"file:{path}"
 
 
 @pytest.mark.parametrize("family", ["llama", "opt"])

@@ -18,13 +18,6 @@ from tests.conftest import TINY_CORPUS
 WIDTH_KEY = {"llama": "intermediate_size", "opt": "ffn_dim", "gpt2": "n_inner"}
 
 
-@pytest.fixture
-def calibration_file(tmp_path):
-    path = tmp_path / "calibration.txt"
-    path.write_text("\n\n".join(TINY_CORPUS * 6), encoding="utf-8")
-    return f"file:{path}"
-
-
 @pytest.mark.parametrize("method", ["structured-obs", "flap"])
 def test_shrunk_model_loads_and_equals_the_zeroed_variant(tiny, isolated_cache, calibration_file,
                                                           tmp_path, method):

@@ -13,17 +13,10 @@ from backend.pruning.config import PruneConfig
 from backend.pruning.engine import create_variant
 from backend.pruning.spec import SparsitySpec
 from backend.pruning.variants import variant_applied
-from tests.conftest import TINY_CORPUS, tiny_loaded
+from tests.conftest import tiny_loaded
 
 NSAMPLES, SEQLEN = 4, 32
 METHODS = ("random-neurons", "magnitude-neurons", "flap", "structured-obs", "mi")
-
-
-@pytest.fixture
-def calibration_file(tmp_path):
-    path = tmp_path / "calibration.txt"
-    path.write_text("\n\n".join(TINY_CORPUS * 6), encoding="utf-8")
-    return f"file:{path}"
 
 
 def _config(method, calibration, ratio, **options):
