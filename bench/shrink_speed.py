@@ -12,14 +12,14 @@ seconds and the median of the per-repeat speed-up ratios (with their range), all
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_cache import isolated_cache  # bench/ is the script's folder, first on sys.path
 
 
 def main() -> int:
@@ -32,11 +32,7 @@ def main() -> int:
                         help="torch threads (1: on a loaded shared CPU more threads mostly spin)")
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="prunelens-bench-shrink-"))
-    shared = Path(os.environ.get("PRUNELENS_TEST_SHARED_CACHE", "models_cache")) / "models"
-    (work / "cache").mkdir()
-    (work / "cache" / "models").symlink_to(shared.resolve())
-    os.environ["PRUNELENS_CACHE_DIR"] = str(work / "cache")
+    work = isolated_cache("prunelens-bench-shrink-")
 
     import torch
     from transformers import AutoModelForCausalLM
@@ -53,7 +49,7 @@ def main() -> int:
     variant = create_variant(loaded, PruneConfig(method="random-neurons",
                                                  spec=SparsitySpec.neurons(args.ratio))).variant_id
     info = shrink_structured(loaded, variant, work / "shrunk")
-    dense_path = shared / "smollm2-135m-instruct"
+    dense_path = work / "cache" / "models" / "smollm2-135m-instruct"
     del loaded
     dense = AutoModelForCausalLM.from_pretrained(dense_path, dtype=torch.float32).eval()
     small = AutoModelForCausalLM.from_pretrained(work / "shrunk", dtype=torch.float32).eval()

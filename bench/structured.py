@@ -15,13 +15,13 @@ Prints a markdown table (perplexity; dense first). Run: python bench/structured.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_cache import isolated_cache  # bench/ is the script's folder, first on sys.path
 
 # (label, method, options)
 CONFIGS = [  # the comparisons the table exists for come first
@@ -117,10 +117,7 @@ def main() -> int:
     parser.add_argument("--heldout", default="lambada")
     args = parser.parse_args()
 
-    cache = Path(tempfile.mkdtemp(prefix="prunelens-bench-structured-"))
-    shared = Path(os.environ.get("PRUNELENS_TEST_SHARED_CACHE", "models_cache")) / "models"
-    (cache / "models").symlink_to(shared.resolve())
-    os.environ["PRUNELENS_CACHE_DIR"] = str(cache)
+    isolated_cache("prunelens-bench-structured-")
 
     import torch
 

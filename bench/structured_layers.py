@@ -14,13 +14,12 @@ energy E[h²]·‖W_j‖², and whether each method removed them. Run: python be
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_cache import isolated_cache  # bench/ is the script's folder, first on sys.path
 
 # (label, method, options)
 CONFIGS = [
@@ -45,10 +44,7 @@ def main() -> int:
     parser.add_argument("--heldout", default="lambada")
     args = parser.parse_args()
 
-    cache = Path(tempfile.mkdtemp(prefix="prunelens-bench-layers-"))
-    shared = Path(os.environ.get("PRUNELENS_TEST_SHARED_CACHE", "models_cache")) / "models"
-    (cache / "models").symlink_to(shared.resolve())
-    os.environ["PRUNELENS_CACHE_DIR"] = str(cache)
+    isolated_cache("prunelens-bench-layers-")
 
     import torch
     from structured import OneShot
