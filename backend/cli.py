@@ -1,4 +1,7 @@
-"""The ``prunelens`` command line: thin wrappers over the backend's functions.
+"""The ``prunelens`` entry point: builds the parser from the registered subcommands and runs one.
+
+The subcommands live next to their code (``backend/<package>/commands.py``), registered with
+``backend.commands.command``.
 
 Every problem the user can fix is a ``UserError``: printed as one line on stderr, exit code 2.
 """
@@ -7,32 +10,26 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
-import os
 import sys
 import warnings
-from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
 
+from backend.commands import registered_commands
 from backend.errors import UserError
 
 # Feature packages keep their subcommands next to their code; importing one registers them.
 # Their imports stay inside the runners, so `prunelens --help` does not load torch.
-FEATURE_COMMAND_MODULES: tuple[str, ...] = ("backend.pruning.commands", "backend.data.commands", "backend.evaluation.commands", "backend.evaluation.experiment_commands", "backend.nsa.commands", "backend.api.commands", "backend.export.commands", "frontend.commands",
-                                             "frontend.figure_commands")
-
-# Populated by @command: name -> (help text, configure(parser) -> run(args) -> exit code)
-_COMMANDS: dict[str, tuple[str, Callable]] = {}
-
-
-def command(name: str, help_text: str):
-    """Register a subcommand: the decorated function adds arguments and returns the runner."""
-
-    def register(configure: Callable[[argparse.ArgumentParser], Callable]):
-        _COMMANDS[name] = (help_text, configure)
-        return configure
-
-    return register
+FEATURE_COMMAND_MODULES: tuple[str, ...] = (
+    "backend.models.commands",
+    "backend.pruning.commands",
+    "backend.data.commands",
+    "backend.evaluation.commands",
+    "backend.evaluation.experiment_commands",
+    "backend.nsa.commands",
+    "backend.api.commands",
+    "backend.export.commands",
+    "frontend.commands",
+    "frontend.figure_commands",
+)
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -40,93 +37,6 @@ class _OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         raise UserError(f"{self.prog}: {message}")
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write next to the target and rename it in place: never a half-written file."""
-    write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    """Write next to the target and rename it in place: never a half-written file."""
-    target = Path(path)
-    if not target.parent.is_dir():
-        raise UserError(f"{target.parent}: folder does not exist")
-    staging = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        staging.write_bytes(data)
-        os.replace(staging, target)
-    except OSError as exc:
-        staging.unlink(missing_ok=True)
-        raise UserError(f"{target}: cannot write ({exc.strerror})") from exc
-
-
-def write_json_atomic(path: str | Path, payload: dict) -> None:
-    write_text_atomic(path, json.dumps(payload))
-
-
-def print_listing(rows: list[dict], as_json: bool, lines: Callable[[list[dict]], Iterable[str]]) -> int:
-    """A listing command's output: the rows as JSON (``--json``) or the table ``lines`` writes."""
-    if as_json:
-        print(json.dumps(rows, indent=2))
-    else:
-        for line in lines(rows):
-            print(line)
-    return 0
-
-
-def parse_int_list(text: str, what: str) -> list[int]:
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError as exc:
-        raise UserError(f"{what}: expected comma-separated integers, got {text!r}") from exc
-
-
-# --------------------------------------------------------------------------- commands
-
-
-@command("models", "list the embedded default and cached models")
-def _models(parser: argparse.ArgumentParser):
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-
-    def run(args) -> int:
-        from backend.models.loader import list_models
-
-        def lines(rows: list[dict]) -> Iterator[str]:
-            for row in rows:
-                state = "ready" if row["converted"] else "converted on first use"
-                marker = " (default)" if row["default"] else ""
-                yield f"{row['name']}{marker}\t{row['source']}\t{state}"
-
-        return print_listing(list_models(), args.json, lines)
-
-    return run
-
-
-@command("activations", "record neuron activations (down-projection inputs) for a text")
-def _activations(parser: argparse.ArgumentParser):
-    parser.add_argument("--model", default=None, help="embedded name, hub id or local directory")
-    parser.add_argument("--text", required=True, help="the text to run through the model")
-    parser.add_argument("--layers", default=None, help="comma-separated layer indices (default: all)")
-    parser.add_argument("--json", dest="json_out", required=True, help="output JSON file")
-
-    def run(args) -> int:
-        from backend.models.loader import load_model
-        from backend.nsa.capture import capture_text
-
-        layers = parse_int_list(args.layers, "--layers") if args.layers else None
-        if not args.text.strip():
-            raise UserError("--text is empty")
-        loaded = load_model(args.model)
-        result = capture_text(loaded, args.text, layers)
-        if result.truncated:
-            print(f"warning: text truncated to the model's context of {loaded.max_length} tokens",
-                  file=sys.stderr)
-        write_json_atomic(args.json_out, result.to_json())
-        print(f"{len(result.tokens)} tokens x {len(result.layers)} layers -> {args.json_out}")
-        return 0
-
-    return run
 
 
 def _one_line_warnings() -> None:
@@ -153,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_OneLineParser)
     subparsers.required = True
-    for name, (help_text, configure) in _COMMANDS.items():
+    for name, (help_text, configure) in registered_commands().items():
         sub = subparsers.add_parser(name, help=help_text, description=help_text)
         sub.set_defaults(run=configure(sub))
     return parser

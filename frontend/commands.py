@@ -13,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 
-from backend.cli import command
+from backend.commands import command
 from backend.errors import UserError
 
 

@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from backend.cli import command
+from backend.commands import command
 from backend.errors import UserError
 
 
@@ -73,7 +73,7 @@ def _figure(parser: argparse.ArgumentParser):
     parser.add_argument("--backend", default=None, help="read the result from this backend URL")
 
     def run(args) -> int:
-        from backend.cli import write_bytes_atomic
+        from backend.storage import write_bytes_atomic
         from frontend.views.static_figures import FIGURE_FORMATS, figure_bytes
 
         out = Path(args.out)

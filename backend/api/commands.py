@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 
-from backend.cli import command
+from backend.commands import command
 from backend.errors import UserError
 
 LOOPBACK_NAMES = frozenset({"localhost", "ip6-localhost"})

@@ -6,7 +6,7 @@ import argparse
 import json
 from collections.abc import Iterator
 
-from backend.cli import command, print_listing
+from backend.commands import command, print_listing
 
 
 @command("datasets", "list the named text sets for calibration, perplexity and NSA")

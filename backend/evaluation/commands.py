@@ -8,7 +8,8 @@ import math
 import sys
 from collections.abc import Iterator
 
-from backend.cli import command, print_listing, write_text_atomic
+from backend.commands import command, print_listing
+from backend.storage import write_text_atomic
 from backend.errors import UserError
 
 

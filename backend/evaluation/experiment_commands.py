@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from backend.cli import command
+from backend.commands import command
 from backend.errors import UserError
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from backend.cli import command
+from backend.commands import command
 
 
 @command("export", "write a variant as a standard checkpoint folder (transformers, lm-eval, vLLM)")

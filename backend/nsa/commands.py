@@ -6,8 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from backend.cli import command, write_json_atomic
+from backend.commands import command, parse_int_list
 from backend.errors import UserError
+from backend.storage import write_json_atomic
 
 
 def file_inputs(path: str) -> tuple[list[dict], list[list[str]] | None]:
@@ -160,6 +161,32 @@ def _attribute(parser: argparse.ArgumentParser):
         print(_summary(result))
         if args.json_out:
             print(f"-> {args.json_out}")
+        return 0
+
+    return run
+
+
+@command("activations", "record neuron activations (down-projection inputs) for a text")
+def _activations(parser: argparse.ArgumentParser):
+    parser.add_argument("--model", default=None, help="embedded name, hub id or local directory")
+    parser.add_argument("--text", required=True, help="the text to run through the model")
+    parser.add_argument("--layers", default=None, help="comma-separated layer indices (default: all)")
+    parser.add_argument("--json", dest="json_out", required=True, help="output JSON file")
+
+    def run(args) -> int:
+        from backend.models.loader import load_model
+        from backend.nsa.capture import capture_text
+
+        layers = parse_int_list(args.layers, "--layers") if args.layers else None
+        if not args.text.strip():
+            raise UserError("--text is empty")
+        loaded = load_model(args.model)
+        result = capture_text(loaded, args.text, layers)
+        if result.truncated:
+            print(f"warning: text truncated to the model's context of {loaded.max_length} tokens",
+                  file=sys.stderr)
+        write_json_atomic(args.json_out, result.to_json())
+        print(f"{len(result.tokens)} tokens x {len(result.layers)} layers -> {args.json_out}")
         return 0
 
     return run

@@ -253,7 +253,7 @@ def advice_path(model: str, task: str, cache_settings=None):
 
 def save_advice(payload: dict, cache_settings=None) -> None:
     """Write the advice where ``load_advice`` finds it (temp file, then rename)."""
-    from backend.cli import write_json_atomic
+    from backend.storage import write_json_atomic
 
     path = advice_path(payload["model"], payload["task"], cache_settings)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ import json
 import sys
 import typing
 
-from backend.cli import command
+from backend.commands import command
 from backend.errors import UserError
 
 
