@@ -21,13 +21,15 @@ STAMP := $(VENV)/.installed
 
 venv: $(STAMP)
 
+# The --no-deps packages go in last: a resolving install after them would report the pins they
+# declare (and we deliberately ignore) as an "ERROR" line.
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_SPEC)
 	$(PIP) install -q -e ".[dev]"
-	$(PIP) install -q --no-deps $(OFFLINE_NODEPS) $(NODEPS_EXTRAS)
 	$(PIP) install -q $(OFFLINE_PACKS) "$(NODEPS_EXTRAS_NEEDS)"
+	$(PIP) install -q --no-deps $(OFFLINE_NODEPS) $(NODEPS_EXTRAS)
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -50,10 +52,12 @@ test-e2e: $(STAMP)
 bench: $(STAMP)
 	for b in bench/*.py; do case $$b in bench/peer*) continue;; esac; echo "== $$b"; $(PY) $$b || exit 1; done
 
-# ruff on everything; mypy on backend/ and frontend/ (its settings: [tool.mypy] in pyproject.toml)
+# ruff on everything; mypy on backend/ and frontend/ (its settings: [tool.mypy] in pyproject.toml);
+# lint-imports: the layer contract ([tool.importlinter] in pyproject.toml, docs/architecture.md)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check backend frontend tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 clean-venv:
 	rm -rf $(VENV)

@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     def variants_dir(self) -> Path:
         return self.cache_dir / "variants"
 
+    @property
+    def nsa_db(self) -> Path:
+        """The NSA result store (``backend.nsa.results_store``), shared by the API and the CLI."""
+        return self.cache_dir / "nsa_results.db"
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

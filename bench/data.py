@@ -3,7 +3,8 @@
 The reference code for WikiText2/PTB tokenizes a set's whole joined text and cuts random
 windows from it; ours tokenizes only the documents each window covers. For the offline sets,
 with the embedded model's tokenizer, 128 x 2048 windows (loading excluded: the documents are
-cached first); windows best of 3 runs, the whole set tokenized once. Goal: <= 1.25 on every set (small sets are tokenized
+cached first); windows best of 3 runs, the whole set tokenized once. Goal: <= 1.25 on every set
+(small sets are tokenized
 whole, so about 1.0 there; large ones window by window, far below 1).
 """
 

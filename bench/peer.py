@@ -19,9 +19,11 @@ and the fraction of weights whose pruned/kept decision differs, per layer (two u
 random masks at 50 % differ on 50 % of the weights; --noise-floor measures what float rounding
 alone gives, by running the peer twice). Goal: ratio <= 1.03 for each method.
 
-Not run by ``make bench``: it needs the peer environment, set up once with
-  python3 -m venv /work/peer-venv && /work/peer-venv/bin/pip install torch==2.13.0 &&
-  /work/peer-venv/bin/pip install llmcompressor==0.14.0.1
+Not run by ``make bench``: it needs the peer environment, a virtual environment of its own
+outside the project's .venv, set up once from the repository root with
+  python3 -m venv ../peer-venv && ../peer-venv/bin/pip install torch==2.13.0 &&
+  ../peer-venv/bin/pip install llmcompressor==0.14.0.1
+and named with --peer-python or the PRUNELENS_PEER_PYTHON environment variable.
 """
 
 from __future__ import annotations
@@ -164,8 +166,9 @@ def sparsity(masks: dict[str, torch.Tensor]) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--peer-python", default="/work/peer-venv/bin/python",
-                        help="python of the virtual environment where llmcompressor is installed")
+    parser.add_argument("--peer-python", default=os.environ.get("PRUNELENS_PEER_PYTHON", "../peer-venv/bin/python"),
+                        help="python of the virtual environment where llmcompressor is installed "
+                             "(default: $PRUNELENS_PEER_PYTHON, else ../peer-venv/bin/python)")
     parser.add_argument("--nsamples", type=int, default=32)
     parser.add_argument("--seqlen", type=int, default=256)
     parser.add_argument("--heldout-windows", type=int, default=64)

@@ -7,7 +7,8 @@ disjoint split: backend/data/sources.py) with the project's perplexity function.
 
 Default (one-shot): the neuron statistics of every layer come from ONE forward pass of the dense
 model, and every method/ratio prunes all layers from them with the engine's own per-layer call
-(method.prune on a LayerToPrune, applied by AppliedChanges); on a shared 2-core CPU the engine's layer-sequential run (each layer calibrated on the already-pruned earlier
+(method.prune on a LayerToPrune, applied by AppliedChanges); on a shared 2-core CPU the engine's
+layer-sequential run (each layer calibrated on the already-pruned earlier
 layers: ``--sequential``) cost ~7 minutes per cell.
 Prints a markdown table (perplexity; dense first). Run: python bench/structured.py
 """

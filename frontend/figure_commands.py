@@ -32,8 +32,8 @@ def load_result(result_id: str, backend_url: str | None) -> dict:
             return BackendClient(backend_url).nsa_result(result_id)["result"]
         except BackendError as exc:
             raise UserError(f"NSA result {result_id}: {exc}") from exc
-    from backend.api.nsa_results import NsaResultStore
     from backend.api.settings import api_settings
+    from backend.nsa.results_store import NsaResultStore
 
     body = NsaResultStore(api_settings().nsa_db).get_bytes(result_id)
     if body is None:

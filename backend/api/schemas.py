@@ -183,7 +183,7 @@ class PruneRequest(Strict):
 
     def protection_request(self):
         """The protection fields as a ``ProtectionRequest`` (UserError on a bad combination)."""
-        from backend.pruning.protection_sources import ProtectionRequest
+        from backend.guided.protection_sources import ProtectionRequest
 
         return ProtectionRequest(reference=self.protect, task=self.protect_task, ratio=self.protect_ratio,
                                  mode=self.protect_mode, factor=self.protect_factor, texts=self.protect_texts,

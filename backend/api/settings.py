@@ -53,10 +53,6 @@ class ApiSettings(Settings):
     def jobs_db(self) -> Path:
         return self.cache_dir / "jobs.db"
 
-    @property
-    def nsa_db(self) -> Path:
-        return self.cache_dir / "nsa_results.db"
-
 
 def api_settings(settings: Settings | None = None) -> ApiSettings:
     """ApiSettings from the environment, or built on top of given backend Settings."""

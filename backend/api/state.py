@@ -9,9 +9,9 @@ from fastapi import Depends, Request
 
 from backend.api.compute import ComputeGate
 from backend.api.model_pool import ModelPool
-from backend.api.nsa_results import NsaResultStore
 from backend.api.settings import ApiSettings
 from backend.jobs import JobStore, JobWorker
+from backend.nsa.results_store import NsaResultStore
 
 if TYPE_CHECKING:
     from backend.models.loader import LoadedModel

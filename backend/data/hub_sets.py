@@ -66,14 +66,13 @@ def hub_switched_off() -> bool:
     )
 
 
-def _unavailable(set_name: str, reason: str) -> UserError:
-    from backend.data.sources import FILE_PREFIX, offline_set_names
+class HubUnavailable(UserError):
+    """A hub set that cannot be read here. ``backend.data.sources``, which knows the offline
+    sets, adds them to the message (this module stays below it: no import back up)."""
 
-    offline = ", ".join(offline_set_names() + [f"{FILE_PREFIX}PATH"])
-    return UserError(
-        f"{set_name} is not available: it comes from the Hugging Face Hub and {reason}; "
-        f"sets that work offline: {offline}"
-    )
+
+def _unavailable(set_name: str, reason: str) -> HubUnavailable:
+    return HubUnavailable(f"{set_name} is not available: it comes from the Hugging Face Hub and {reason}")
 
 
 def read_hub_table(set_name: str, hub_file: HubFile):

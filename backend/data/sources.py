@@ -233,7 +233,16 @@ def _named_corpus(name: str, split: str) -> TextCorpus:
         raise UserError(
             f"{text_set.name} has no {split!r} split; it has: {', '.join(text_set.splits)}"
         )
-    return loader()
+    return _loaded(loader)
+
+
+def _loaded(loader: Callable):
+    """Run a set's loader; a hub set that cannot be read says which sets work offline."""
+    try:
+        return loader()
+    except hub_sets.HubUnavailable as exc:
+        offline = ", ".join(offline_set_names() + [f"{FILE_PREFIX}PATH"])
+        raise UserError(f"{exc}; sets that work offline: {offline}") from exc
 
 
 def load_corpus(name: str, split: str = CALIBRATION) -> TextCorpus:
@@ -273,7 +282,7 @@ def labelled_examples(name: str, n: int, seed: int = 0, split: str = "validation
             f"{text_set.name} has no labelled {split!r} split; "
             f"it has: {', '.join(text_set.labelled)}"
         )
-    examples = loader()
+    examples = _loaded(loader)
     if n > len(examples):
         raise UserError(f"{text_set.name} {split} has {len(examples)} examples, fewer than n={n}")
     chosen = random.Random(seed).sample(range(len(examples)), n)

@@ -153,7 +153,8 @@ def evaluate(
 
     Results already in the store are returned as they are; the others are computed with lm-eval
     and stored. ``limit`` takes N documents of each task's evaluation split at random, drawn with
-    ``sample_seed`` (the same seed gives the same documents to every model). ``data_files`` maps a task to a local file that replaces its data.
+    ``sample_seed`` (the same seed gives the same documents to every model). ``data_files`` maps a
+    task to a local file that replaces its data.
     ``cache_settings``: whose cache holds the variants and the results (default: the environment's).
     """
     from backend.pruning.variants import read_manifest, validate_variant_id, variant_applied

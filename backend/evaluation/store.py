@@ -6,7 +6,8 @@ version, code version) and keeps lm-eval's own result dict (``{"acc,none": 0.61,
 "acc_stderr,none": 0.02, ...}``) and, in ``example_outcomes``, each example's score (doc id -> 0/1),
 so that two results on the same examples can be compared pair by pair. A stored result of the
 current code is reused, never recomputed; one stored by other code (``code_version.py``) is listed
-with ``stale: true``, left out of tables and computed again. Several writers at once (processes, Ray workers on a shared disk)
+with ``stale: true``, left out of tables and computed again. Several writers at once (processes, Ray
+workers on a shared disk)
 are safe: WAL journal, a busy timeout, and every write is one short IMMEDIATE transaction; when
 two writers insert the same key the first row stays (both computed the same thing).
 """
@@ -18,19 +19,20 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 from backend.errors import UserError
-from backend.evaluation.code_version import evaluation_code_version
+from backend.evaluation.result_records import (
+    DENSE,
+    FIRST_ROWS,
+    NO_SAMPLE,
+    WHOLE_SPLIT,
+    ResultKey,
+    StoredResult,
+    now_iso,
+)
 
 SCHEMA_VERSION = 3  # 2: results.sample_seed and example_outcomes; 3: results.code_version
-DENSE = ""  # variant_id of the dense (unpruned) model
-WHOLE_SPLIT = -1  # the stored limit of a run without --limit (NULLs would never be equal in a key)
-# The stored sample seed of a run on the whole split, and of a schema-1 run on the first N rows
-# (kept and shown, never reused for a seeded sample).
-NO_SAMPLE, FIRST_ROWS = -1, -2
 BUSY_TIMEOUT_S = 120.0
 
 _RESULTS_TABLE = """
@@ -101,78 +103,6 @@ def database_path(location: str | Path) -> Path:
     if not text:
         raise UserError("empty results location")
     return Path(text).expanduser()
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-@dataclass(frozen=True)
-class ResultKey:
-    """What identifies a result: the same key means the same numbers."""
-
-    base_model: str
-    variant_id: str  # DENSE for the unpruned model
-    task: str
-    limit: int | None  # None: the whole split
-    data_source: str  # "packaged", "hub" or "file:<content hash>"
-    harness_version: str
-    sample_seed: int | None = None  # which random `limit` examples; None: whole split (or FIRST_ROWS)
-    # The evaluation code that computed it (default: this code); see backend/evaluation/code_version.py.
-    code_version: str = field(default_factory=evaluation_code_version)
-
-    def row(self) -> tuple:
-        limit = WHOLE_SPLIT if self.limit is None else int(self.limit)
-        seed = NO_SAMPLE if self.limit is None or self.sample_seed is None else int(self.sample_seed)
-        return (self.base_model, self.variant_id, self.task, limit, seed, self.data_source,
-                self.harness_version, self.code_version)
-
-
-@dataclass
-class StoredResult:
-    key: ResultKey
-    n_examples: int
-    metrics: dict  # lm-eval's results[task]: "acc,none", "acc_stderr,none", "alias", ...
-    task_version: str | None
-    seconds: float | None
-    created_at: str
-    variant: dict | None = None  # method, calibration, sparsity, seqlen, nsamples, seed (None: dense)
-
-    @property
-    def stale(self) -> bool:
-        """Computed by other evaluation code than this one: not a current number."""
-        return self.key.code_version != evaluation_code_version()
-
-    def metric(self, name: str = "acc,none") -> float | None:
-        value = self.metrics.get(name)
-        return float(value) if isinstance(value, (int, float)) else None
-
-    def stderr(self, name: str = "acc,none") -> float | None:
-        metric, _, filter_name = name.partition(",")
-        value = self.metrics.get(f"{metric}_stderr,{filter_name or 'none'}")
-        return float(value) if isinstance(value, (int, float)) else None
-
-    def to_json(self) -> dict:
-        from backend.evaluation.uncertainty import metric_intervals
-
-        return {
-            "base_model": self.key.base_model,
-            "variant_id": self.key.variant_id or None,
-            "task": self.key.task,
-            "limit": self.key.limit,
-            "sample_seed": self.key.sample_seed,
-            "data_source": self.key.data_source,
-            "harness_version": self.key.harness_version,
-            "code_version": self.key.code_version,
-            "stale": self.stale,
-            "n_examples": self.n_examples,
-            "metrics": self.metrics,
-            "intervals": metric_intervals(self.metrics),
-            "task_version": self.task_version,
-            "seconds": self.seconds,
-            "created_at": self.created_at,
-            "variant": self.variant,
-        }
 
 
 _RESULT_COLUMNS = (
@@ -393,7 +323,7 @@ class ResultsStore:
 
     def put_experiment(self, kind: str, experiment_id: str, status: str, body: dict) -> None:
         """Store (or replace) an experiment's document, e.g. kind "protect"
-        (backend.evaluation.protect_experiment); written whole, in one transaction."""
+        (backend.guided.protect_experiment); written whole, in one transaction."""
         with self._transaction() as conn:
             conn.execute(
                 "INSERT INTO experiments VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, id) DO UPDATE SET "

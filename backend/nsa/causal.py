@@ -2,7 +2,8 @@
 
 Neurons chosen for their score on some examples look special on those examples by construction,
 so they are tested on other ones: the labelled examples are split in two folds
-(``backend.nsa.stats.fold_split``, the same seeded folds as the held-out statistics), the neurons selected on one fold are patched and ablated on the other, and
+(``backend.nsa.stats.fold_split``, the same seeded folds as the held-out statistics), the neurons
+selected on one fold are patched and ablated on the other, and
 the per-example margins of both folds are pooled. Every comparison is against matched-random
 sets (``backend.nsa.matched_null``: same layers, same dense activation level on the selection
 fold), run in the same batched forward passes as the selected set.
@@ -138,7 +139,8 @@ def causal_check(model, adapter, probes: Sequence[ProbeEncoding], labels: Sequen
         rows_by_fold = [flat_to_rows(fold.selected, null[f], width) for f, fold in enumerate(folds)]
         margin_rows = []
         for i in order:
-            margin_rows.append(_margins(ablated_log_probs(model, adapter, probes[i], rows_by_fold[fold_of[i]]), labels[i]))
+            ablated = ablated_log_probs(model, adapter, probes[i], rows_by_fold[fold_of[i]])
+            margin_rows.append(_margins(ablated, labels[i]))
             done += 1
             _report(progress, done, total, f"ablation {done - len(probes)}/{len(probes)}")
         margins = np.stack(margin_rows)  # [examples, rows]

@@ -85,8 +85,8 @@ def options_from_args(args, option_names: list[str]) -> dict:
 
 def add_protection_arguments(parser: argparse.ArgumentParser) -> None:
     """--protect / --protect-task / --protect-ratio / --protect-mode / --protect-factor (docs/guided-pruning.md)."""
+    from backend.guided.protection_sources import DEFAULT_RATIO, PROTECT_TASKS, PROTECT_TEXTS
     from backend.pruning.protection import DEFAULT_UPWEIGHT_FACTOR, PROTECTION_MODES
-    from backend.pruning.protection_sources import DEFAULT_RATIO, PROTECT_TASKS, PROTECT_TEXTS
 
     parser.add_argument("--protect", default=None, metavar="RESULT_ID[:TOP_K]",
                         help="protect the neurons of a stored NSA result (its first TOP_K by score; default all)")
@@ -105,7 +105,7 @@ def add_protection_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def protection_request_from_args(args):
-    from backend.pruning.protection_sources import ProtectionRequest
+    from backend.guided.protection_sources import ProtectionRequest
 
     return ProtectionRequest(reference=args.protect, task=args.protect_task, ratio=args.protect_ratio,
                              mode=args.protect_mode, factor=args.protect_factor, texts=args.protect_texts,

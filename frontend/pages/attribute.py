@@ -94,7 +94,8 @@ for text in texts:
     if influential.get("missing"):
         details.append("not in the text: " + ", ".join(influential["missing"]))
     if influential.get("rejected"):
-        details.append("rejected: " + ", ".join(f"{r.get('word')} ({r.get('reason')})" for r in influential["rejected"]))
+        rejected = ", ".join(f"{r.get('word')} ({r.get('reason')})" for r in influential["rejected"])
+        details.append("rejected: " + rejected)
     if influential.get("raw_generation") or details:
         with st.expander(f"Text {text['index']}: source {influential.get('source')}"):
             st.text(nsa_view.text_preview(text["text"], 400))

@@ -89,7 +89,8 @@ previews = {row["id"]: row["preview"] for row in summaries}
 if st.session_state.get("cal_result") not in result_ids:
     st.session_state["cal_result"] = result_ids[0]
 result_id = st.selectbox("Text (stored NSA result)", result_ids, key="cal_result",
-                         format_func=lambda rid: f"{nsa_view.text_preview(str(previews.get(rid, rid)), 70)} \u00b7 {rid}")
+                         format_func=lambda rid: (
+                             f"{nsa_view.text_preview(str(previews.get(rid, rid)), 70)} \u00b7 {rid}"))
 envelope, result = ui.checked_nsa_result(result_id)
 present = [vid for vid in ids if vid in nsa_view.variant_labels(result)]
 keys = nsa_view.neuron_keys(result)

@@ -195,5 +195,6 @@ def open_selected_row() -> None:
         st.session_state["ex_layer"], st.session_state["ex_neuron"] = int(layer_pick), int(neuron_pick)
 
 
-st.dataframe(display.readable_neuron_table(table), hide_index=True, key="ex_table", on_select=open_selected_row, selection_mode="single-row")
+st.dataframe(display.readable_neuron_table(table), hide_index=True, key="ex_table", on_select=open_selected_row,
+             selection_mode="single-row")
 st.caption("Choose a row to open its heatmap above.")

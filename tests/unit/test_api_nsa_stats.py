@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from backend.api import nsa_results, routes
+from backend.api import routes
+from backend.nsa import results_store as nsa_results
 from tests.unit.test_api import SENTENCE, client, make_client  # noqa: F401  (fixtures)
 
 TEXTS = [

@@ -16,7 +16,7 @@ from backend.api.settings import ApiSettings
 from backend.cli import main
 from backend.data.windows import calibration_windows
 from backend.evaluation.store import ResultsStore
-from backend.pruning.advice import (
+from backend.guided.advice import (
     AdviceSettings,
     calibration_advice,
     chosen_layers,

@@ -390,7 +390,7 @@ def test_an_unexpected_backend_answer_is_a_message_not_a_traceback():
 
 
 def test_calibration_page_shows_the_stored_advice_and_says_when_it_does_not_predict(dashboard, backend):
-    from backend.pruning.advice import reading, save_advice
+    from backend.guided.advice import reading, save_advice
 
     validation = {"dense": {"accuracy": 0.75, "interval": [0.55, 0.95], "n_examples": 20}, "limit": 20,
                   "sample_seed": 1234, "all_sets": {"rho": -0.2, "p_value": 0.68, "n": 6},

@@ -354,10 +354,14 @@ def test_sparsity_labels():
 
 def test_calibration_groups_keep_variants_that_differ_only_in_calibration_together():
     variants = [
-        {"id": "a", "method": "wanda", "sparsity": "0.5", "calibration": "sst2", "nsamples": 16, "seqlen": 256, "seed": 0},
-        {"id": "b", "method": "wanda", "sparsity": "0.5", "calibration": "c4", "nsamples": 16, "seqlen": 256, "seed": 0},
-        {"id": "c", "method": "wanda", "sparsity": "0.5", "calibration": "c4", "nsamples": 128, "seqlen": 256, "seed": 0},
-        {"id": "d", "method": "ria", "sparsity": "2:4", "calibration": "c4", "nsamples": 16, "seqlen": 256, "seed": 0},
+        {"id": "a", "method": "wanda", "sparsity": "0.5", "calibration": "sst2", "nsamples": 16, "seqlen": 256,
+         "seed": 0},
+        {"id": "b", "method": "wanda", "sparsity": "0.5", "calibration": "c4", "nsamples": 16, "seqlen": 256,
+         "seed": 0},
+        {"id": "c", "method": "wanda", "sparsity": "0.5", "calibration": "c4", "nsamples": 128, "seqlen": 256,
+         "seed": 0},
+        {"id": "d", "method": "ria", "sparsity": "2:4", "calibration": "c4", "nsamples": 16, "seqlen": 256,
+         "seed": 0},
     ]
     groups = jobs_view.calibration_groups(variants)
     assert [v["id"] for v in groups[("wanda", "0.5", 16, 256, 0)]] == ["b", "a"]  # sorted by calibration
@@ -487,7 +491,8 @@ def test_the_dashboard_imports_neither_torch_nor_the_backend():
         "import frontend.views.static_figures\n"
         "print('ok')\n"
     )
-    done = subprocess.run([sys.executable, "-c", probe], check=False, cwd=REPO, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", probe], check=False, cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().endswith("ok")
 

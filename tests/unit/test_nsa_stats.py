@@ -151,7 +151,8 @@ def test_set_figures_equal_compare_text_on_full_activations():
 
     def observation(a):
         columns = torch.stack([a[:, n.layer, n.index] for n in selection.neurons], 1)
-        mass = {layer: LayerMass(a[:, layer].abs().sum(1), torch.stack([a[w, layer].abs().amax(0).sum() for w in WORDS]))
+        mass = {layer: LayerMass(a[:, layer].abs().sum(1),
+                                 torch.stack([a[w, layer].abs().amax(0).sum() for w in WORDS]))
                 for layer in range(LAYERS)}
         return TextObservation(columns, mass)
 

@@ -10,16 +10,16 @@ from scipy import stats
 
 from backend.cli import main
 from backend.errors import UserError
-from backend.evaluation.protect_experiment import (
+from backend.evaluation.store import ResultKey, ResultsStore
+from backend.evaluation.uncertainty import Z95
+from backend.guided.protect_experiment import (
     ProtectExperimentSpec,
     format_table,
     markdown_table,
     table_rows,
 )
-from backend.evaluation.store import ResultKey, ResultsStore
-from backend.evaluation.uncertainty import Z95
+from backend.guided.protection_sources import evaluation_texts, matched_random, selection_examples
 from backend.pruning.protection import Protection
-from backend.pruning.protection_sources import evaluation_texts, matched_random, selection_examples
 from frontend.views.protect_view import experiment_frame, protection_fields
 
 N = 40
@@ -141,7 +141,7 @@ def test_experiment_cli_bad_input_is_one_line(isolated_cache, capsys):
 
 
 def test_protection_from_task_runs_nsa_on_texts_outside_the_evaluation_sample():
-    from backend.pruning.protection_sources import protection_from_task
+    from backend.guided.protection_sources import protection_from_task
     from tests.conftest import tiny_loaded
 
     loaded = tiny_loaded("llama")
@@ -155,7 +155,7 @@ def test_protection_from_task_runs_nsa_on_texts_outside_the_evaluation_sample():
 
 
 def test_a_stored_selection_is_reused_only_for_the_same_selection_inputs(isolated_cache):
-    from backend.evaluation.protect_experiment import KIND, reusable_protection
+    from backend.guided.protect_experiment import KIND, reusable_protection
 
     store = ResultsStore.from_settings()
     first = ProtectExperimentSpec(model="tiny", sparsities=("0.5",))

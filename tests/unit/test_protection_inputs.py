@@ -10,13 +10,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from backend.api.app import create_app
-from backend.api.nsa_results import NsaResultStore, request_id
 from backend.api.settings import ApiSettings, api_settings
 from backend.cli import main
 from backend.config import get_settings
-from backend.evaluation.protect_experiment import KIND
 from backend.evaluation.store import ResultsStore
+from backend.guided.protect_experiment import KIND
 from backend.models.loader import load_model
+from backend.nsa.results_store import NsaResultStore, request_id
 from backend.nsa.service import attribute
 from tests.conftest import TINY_CORPUS, tiny_loaded
 from tests.unit.test_api import wait_for_job

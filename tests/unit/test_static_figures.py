@@ -107,8 +107,8 @@ def test_figure_formats_are_refused_by_name():
 
 @pytest.fixture
 def stored_result(isolated_cache) -> str:
-    from backend.api.nsa_results import NsaResultStore
     from backend.api.settings import api_settings
+    from backend.nsa.results_store import NsaResultStore
 
     store = NsaResultStore(api_settings().nsa_db)
     store.put("abc123", {"model": "m", "texts": ["good film bad"], "variants": ["v-a", "v-b"]}, _nsa_result())

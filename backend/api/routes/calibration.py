@@ -75,7 +75,7 @@ def read_calibration_advice(
     ``validation`` (Spearman rho and exact p over all sets and without the task's own set) and
     ``reading``, the sentence to show next to it."""
     from backend.evaluation.registry import get_task
-    from backend.pruning.advice import load_advice
+    from backend.guided.advice import load_advice
 
     get_task(task)  # unknown task -> 400
     name = state.pool.allowed_reference(model)

@@ -18,7 +18,7 @@ ExperimentId = Annotated[str, Path(pattern=r"^protect-[a-z0-9_]{1,32}-[0-9a-f]{1
 @router.get("/experiments/protect", response_model=list[dict[str, Any]],
             summary="Protected-neurons experiments: id, status, spec (newest first)")
 def list_protect_experiments(state: State) -> list[dict]:
-    from backend.evaluation.protect_experiment import list_experiments
+    from backend.guided.protect_experiment import list_experiments
 
     return list_experiments(results_store(state))
 
@@ -27,6 +27,6 @@ def list_protect_experiments(state: State) -> list[dict]:
             summary="One experiment: spec, protected neurons, and the table rows (accuracy, 95% "
                     "interval, paired difference to the unprotected arm with its p-value)")
 def read_protect_experiment(experiment_id: ExperimentId, state: State) -> dict:
-    from backend.evaluation.protect_experiment import read_experiment
+    from backend.guided.protect_experiment import read_experiment
 
     return read_experiment(experiment_id, results_store(state))

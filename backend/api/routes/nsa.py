@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Annotated
 from fastapi import APIRouter, File, Form, Path, Query, UploadFile
 from fastapi.responses import Response
 
-from backend.api.nsa_results import marked_if_stale, request_id
 from backend.api.schemas import (
     MAX_NSA_TEXTS,
     MAX_VARIANTS,
@@ -32,6 +31,7 @@ from backend.api.uploads import (
     words_from_records,
 )
 from backend.errors import UserError
+from backend.nsa.results_store import marked_if_stale, request_id
 
 if TYPE_CHECKING:
     from backend.models.loader import LoadedModel

@@ -12,13 +12,13 @@ from __future__ import annotations
 from fastapi import APIRouter
 from pydantic import Field, model_validator
 
-from backend.api.nsa_results import request_id
 from backend.api.routes.nsa import normalised_request
 from backend.api.routes.variants import job_accepted
 from backend.api.schemas import MAX_VARIANTS, MAX_WORDS, JobAccepted, Strict
 from backend.api.state import ApiState, State
 from backend.errors import UserError
 from backend.jobs import Job
+from backend.nsa.results_store import request_id
 
 MAX_JOB_TEXTS = 1000
 

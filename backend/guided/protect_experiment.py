@@ -6,7 +6,7 @@ same seeded evaluation examples:
 - ``dense``: the unpruned model;
 - ``unprotected``: the method as it is;
 - ``nsa``: the method with the top ``ratio`` of neurons by NSA score on the protected task's
-  examples kept (``backend.pruning.protection_sources.protection_from_task``; the selection texts
+  examples kept (``backend.guided.protection_sources.protection_from_task``; the selection texts
   are drawn from the task's split outside the evaluation sample, and the overlap is recorded);
 - ``random``: the same number of neurons per layer drawn at random (seeded) and kept the same way,
   the control for "protecting any neurons at all".
@@ -69,9 +69,9 @@ class ProtectExperimentSpec:
     def check(self) -> None:
         """UserError for anything that would fail later; before loading a model."""
         from backend.evaluation.registry import choose_sources, parse_task_names
+        from backend.guided.protection_sources import check_ratio, check_task
         from backend.pruning.config import PruneConfig
         from backend.pruning.protection import check_mode
-        from backend.pruning.protection_sources import check_ratio, check_task
         from backend.pruning.spec import SparsitySpec
 
         check_task(self.task)
@@ -129,9 +129,9 @@ def run_experiment(spec: ProtectExperimentSpec, *, progress: Progress | None = N
                    store: ResultsStore | None = None, loaded=None) -> dict:
     """Run (or resume: stored variants and results are reused) the experiment; returns its document."""
     from backend.evaluation.runner import evaluate
+    from backend.guided.protection_sources import matched_random, protection_from_task
     from backend.pruning.config import PruneConfig
     from backend.pruning.engine import create_variant
-    from backend.pruning.protection_sources import matched_random, protection_from_task
     from backend.pruning.spec import SparsitySpec
 
     spec.check()
@@ -317,5 +317,6 @@ def markdown_table(document: dict) -> str:
                           f"{100 * versus['high']:+.1f}]")
             p_value, reading = f"{versus['p_value']:.2f}", versus["verdict"]
         sparsity = "—" if row["arm"] == "dense" else row["sparsity"]
-        lines.append(f"| {sparsity} | {row['task']} | {row['arm']} | {accuracy} | {difference} | {p_value} | {reading} |")
+        cells = (sparsity, row['task'], row['arm'], accuracy, difference, p_value, reading)
+        lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
     return "\n".join(lines)

@@ -1,9 +1,11 @@
-"""``prunelens experiment protect | show | list``: the protected-neurons experiment from the command line."""
+"""Guided pruning from the command line: ``prunelens experiment protect | show | list`` (the
+protected-neurons experiment) and ``prunelens calibration-advice``."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
 from backend.commands import command
@@ -45,7 +47,7 @@ def _experiment(parser: argparse.ArgumentParser):
     listing.add_argument("--json", action="store_true")
 
     def run(args) -> int:
-        from backend.evaluation.protect_experiment import (
+        from backend.guided.protect_experiment import (
             ProtectExperimentSpec,
             format_table,
             list_experiments,
@@ -93,6 +95,58 @@ def _experiment(parser: argparse.ArgumentParser):
         finally:
             bar.close()
         print(json.dumps(document, indent=2) if args.json else format_table(document))
+        return 0
+
+    return run
+
+
+@command("calibration-advice", "rank calibration sets for a task by a cheap proxy; --validate measures it")
+def _calibration_advice(parser: argparse.ArgumentParser):
+    parser.add_argument("--task", required=True, help="an evaluation task (e.g. sst2)")
+    parser.add_argument("--model", default=None, help="embedded name, hub id or local directory")
+    parser.add_argument("--sets", default=None, help="comma-separated calibration sets (default: all offline)")
+    parser.add_argument("--task-text", default=None,
+                        help="text set (or file:PATH) standing for the task's inputs (default: the set "
+                             "named like the task)")
+    parser.add_argument("--sparsity", default="0.5")
+    parser.add_argument("--nsamples", type=int, default=16)
+    parser.add_argument("--seqlen", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--validate", action="store_true",
+                        help="prune with Wanda on every set, evaluate on the task and correlate")
+    parser.add_argument("--limit", type=int, default=200, help="examples per evaluation with --validate")
+    parser.add_argument("--json", action="store_true", help="print the advice as JSON")
+
+    def run(args) -> int:
+        from backend.guided.advice import (
+            AdviceSettings,
+            calibration_advice,
+            check_request,
+            save_advice,
+        )
+
+        sets = [name.strip() for name in args.sets.split(",") if name.strip()] if args.sets else None
+        task_text, sets = check_request(args.task, sets, args.task_text, args.sparsity, args.nsamples,
+                                        args.seqlen)
+        if args.limit < 1:
+            raise UserError("--limit must be at least 1")
+        from backend.models.loader import load_model
+
+        loaded = load_model(args.model)
+        settings = AdviceSettings(args.task, task_text, args.sparsity, args.nsamples, args.seqlen, args.seed)
+        payload = calibration_advice(loaded, settings, sets, validate=args.validate, limit=args.limit)
+        save_advice(payload)
+        if args.json:
+            print(json.dumps(payload, indent=2))
+            return 0
+        print(f"{payload['proxy']}; best first:")
+        for row in payload["ranking"]:
+            measured = ""
+            if "accuracy" in row:
+                low, high = row["interval"] or (math.nan, math.nan)
+                measured = f"\t{args.task} acc {row['accuracy']:.3f} [{low:.3f}, {high:.3f}]"
+            print(f"{row['rank']}\t{row['calibration']}\tagreement {row['score']:.4f}{measured}")
+        print(payload["reading"])
         return 0
 
     return run

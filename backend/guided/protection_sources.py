@@ -62,11 +62,10 @@ def parse_reference(text: str) -> tuple[str, int | None]:
 
 
 def _nsa_result(result_id: str, settings=None) -> dict:
-    from backend.api.nsa_results import NsaResultStore
-    from backend.api.settings import api_settings
     from backend.config import get_settings
+    from backend.nsa.results_store import NsaResultStore
 
-    path = api_settings(settings or get_settings()).nsa_db
+    path = (settings or get_settings()).nsa_db
     if not path.is_file():  # never create an empty database for a lookup
         raise NotFoundError(f"unknown NSA result {result_id!r} (no NSA results stored yet)")
     store = NsaResultStore(path)
