@@ -18,13 +18,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backend.pruning.magnitude import magnitude_mask
-from backend.pruning.mi_neurons import mi_neurons_to_remove
-from backend.pruning.ria import ria_mask
-from backend.pruning.sparsegpt import sparsegpt_prune
+from backend.pruning.methods.magnitude import magnitude_mask
+from backend.pruning.methods.mi_neurons import mi_neurons_to_remove
+from backend.pruning.methods.ria import ria_mask
+from backend.pruning.methods.sparsegpt import sparsegpt_prune
+from backend.pruning.methods.wanda import wanda_mask
 from backend.pruning.spec import SparsitySpec
 from backend.pruning.stats import InputStatistics
-from backend.pruning.wanda import wanda_mask
 
 SMOLLM_SHAPES = {
     "q_proj": (576, 576),

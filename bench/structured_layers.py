@@ -54,7 +54,7 @@ def main() -> int:
     from backend.models.loader import load_model
     from backend.pruning import neuron_math
     from backend.pruning.config import PruneConfig
-    from backend.pruning.mi_neurons import output_energy
+    from backend.pruning.methods.mi_neurons import output_energy
     from backend.pruning.registry import LayerToPrune
     from backend.pruning.spec import SparsitySpec
     from backend.pruning.stats import InputStatistics

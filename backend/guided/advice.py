@@ -22,9 +22,9 @@ from typing import Any
 import torch
 
 from backend.errors import UserError
+from backend.pruning.methods.wanda import wanda_mask
 from backend.pruning.spec import SparsitySpec
 from backend.pruning.stats import InputStatistics
-from backend.pruning.wanda import wanda_mask
 
 DEFAULT_LAYER_FRACTIONS = (0.1, 0.35, 0.6, 0.85)  # where in depth the proxy looks
 REFERENCE_SEED_OFFSET = 1  # the task's reference windows: other windows than a set of that name

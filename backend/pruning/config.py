@@ -50,7 +50,7 @@ PRODUCING_MODULES = (
     # the structured (neuron) methods' shared math, behind their registry entries
     "backend.pruning.structured",
     "backend.pruning.neuron_math",
-    "backend.pruning.mi_neurons",
+    "backend.pruning.methods.mi_neurons",
 )
 
 

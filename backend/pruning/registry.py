@@ -29,15 +29,15 @@ from backend.pruning.stats import InputStatistics
 
 # One line per built-in method: its module defines METHOD.
 BUILTIN_METHOD_MODULES = (
-    "backend.pruning.magnitude",
-    "backend.pruning.wanda",
-    "backend.pruning.sparsegpt",
-    "backend.pruning.ria",
-    "backend.pruning.mi",
-    "backend.pruning.random_neurons",
-    "backend.pruning.magnitude_neurons",
-    "backend.pruning.flap",
-    "backend.pruning.structured_obs",
+    "backend.pruning.methods.magnitude",
+    "backend.pruning.methods.wanda",
+    "backend.pruning.methods.sparsegpt",
+    "backend.pruning.methods.ria",
+    "backend.pruning.methods.mi",
+    "backend.pruning.methods.random_neurons",
+    "backend.pruning.methods.magnitude_neurons",
+    "backend.pruning.methods.flap",
+    "backend.pruning.methods.structured_obs",
 )
 
 

@@ -163,7 +163,7 @@ def _block(options: NeuronOptions, neurons: int) -> int:
 
 
 def _mi_selection(down_weight, covariance, mean, count, options: NeuronOptions) -> torch.Tensor:
-    from backend.pruning.mi_neurons import (
+    from backend.pruning.methods.mi_neurons import (
         mi_threshold_removal,
         output_energy,
         unexplained_output_removal,

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from backend.models.adapters import weight_matrix
-from backend.pruning.magnitude import magnitude_mask
-from backend.pruning.ria import nm_kept_score, ria_mask, ria_metric
-from backend.pruning.sparsegpt import sparsegpt_prune
+from backend.pruning.methods.magnitude import magnitude_mask
+from backend.pruning.methods.ria import nm_kept_score, ria_mask, ria_metric
+from backend.pruning.methods.sparsegpt import sparsegpt_prune
+from backend.pruning.methods.wanda import wanda_mask
 from backend.pruning.spec import SparsitySpec
 from backend.pruning.stats import InputStatistics
-from backend.pruning.wanda import wanda_mask
 
 pytestmark = pytest.mark.integration
 

@@ -25,8 +25,8 @@ from backend.guided.advice import (
     save_advice,
     spearman_with_exact_p,
 )
+from backend.pruning.methods.wanda import wanda_mask
 from backend.pruning.spec import SparsitySpec
-from backend.pruning.wanda import wanda_mask
 from tests.conftest import tiny_loaded
 
 SETS = ["lambada", "rte", "sst2"]

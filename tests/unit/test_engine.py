@@ -17,6 +17,7 @@ from backend.pruning.engine import (
     collect_statistics,
     create_variant,
 )
+from backend.pruning.methods.wanda import wanda_mask
 from backend.pruning.spec import SparsitySpec
 from backend.pruning.variants import (
     apply_overlay,
@@ -25,7 +26,6 @@ from backend.pruning.variants import (
     variant_applied,
     variant_masks,
 )
-from backend.pruning.wanda import wanda_mask
 from tests.conftest import TINY_CORPUS, tiny_loaded
 
 NSAMPLES, SEQLEN = 4, 32

@@ -11,7 +11,7 @@ from backend.cli import main
 from backend.pruning import neuron_math
 from backend.pruning.config import PruneConfig, variant_identity
 from backend.pruning.engine import capture_decoder_inputs, collect_statistics
-from backend.pruning.mi_neurons import (
+from backend.pruning.methods.mi_neurons import (
     gaussian_mutual_information,
     mi_threshold_removal,
     output_energy,

@@ -12,7 +12,7 @@ from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaMLP
 
 from backend.pruning import neuron_math
-from backend.pruning.mi_neurons import gaussian_mutual_information, mi_threshold_removal
+from backend.pruning.methods.mi_neurons import gaussian_mutual_information, mi_threshold_removal
 from backend.pruning.stats import InputStatistics
 
 

@@ -8,13 +8,13 @@ import torch
 
 from backend.errors import UserError
 from backend.pruning.engine import PruneConfig, create_variant, variant_id
-from backend.pruning.magnitude import magnitude_mask
+from backend.pruning.methods.magnitude import magnitude_mask
+from backend.pruning.methods.ria import ria_mask
+from backend.pruning.methods.sparsegpt import sparsegpt_prune
+from backend.pruning.methods.wanda import wanda_mask
 from backend.pruning.protection import Protection, WeightGuard, guarded_mask_for_spec
-from backend.pruning.ria import ria_mask
-from backend.pruning.sparsegpt import sparsegpt_prune
 from backend.pruning.spec import SparsitySpec
 from backend.pruning.variants import variant_masks
-from backend.pruning.wanda import wanda_mask
 from tests.conftest import tiny_loaded
 
 OUT, IN = 24, 32

@@ -10,15 +10,21 @@ import torch
 
 from backend.errors import UserError
 from backend.pruning import spec as spec_module
-from backend.pruning.magnitude import magnitude_mask
-from backend.pruning.mi_neurons import mi_neurons_to_remove, mi_removal_order
-from backend.pruning.ria import heuristic_channel_reallocation, nm_kept_score, ria_mask, ria_metric
-from backend.pruning.sparsegpt import (
+from backend.pruning.methods.magnitude import magnitude_mask
+from backend.pruning.methods.mi_neurons import mi_neurons_to_remove, mi_removal_order
+from backend.pruning.methods.ria import (
+    heuristic_channel_reallocation,
+    nm_kept_score,
+    ria_mask,
+    ria_metric,
+)
+from backend.pruning.methods.sparsegpt import (
     HessianNotPositiveDefiniteError,
     _inverse_hessian_factor,
     sparsegpt_prune,
     sparsegpt_prune_together,
 )
+from backend.pruning.methods.wanda import wanda_mask
 from backend.pruning.spec import (
     SAMPLED_SELECTION_MIN,
     SparsitySpec,
@@ -28,7 +34,6 @@ from backend.pruning.spec import (
     lowest_per_row,
 )
 from backend.pruning.stats import GRAM_BLOCK, InputStatistics
-from backend.pruning.wanda import wanda_mask
 
 NM_SPECS = [SparsitySpec.nm(2, 4), SparsitySpec.nm(4, 8)]
 
@@ -554,7 +559,7 @@ def test_sparsegpt_equals_brute_force_obs(spec, blocksize):
     ids=["0.5-sub5", "2:4-sub16", "4:8-sub16", "3:6-sub12", "2:4-sub5"],
 )
 def test_sparsegpt_sub_blocks_equal_brute_force_obs(spec, blocksize, sub_block, monkeypatch):
-    from backend.pruning import sparsegpt as sparsegpt_module
+    from backend.pruning.methods import sparsegpt as sparsegpt_module
 
     monkeypatch.setattr(sparsegpt_module, "SUB_BLOCK", sub_block)
     _check_sparsegpt_against_brute_force(spec, blocksize, columns=72 if spec.m == 6 else 40)
