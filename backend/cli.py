@@ -23,6 +23,7 @@ FEATURE_COMMAND_MODULES: tuple[str, ...] = (
     "backend.pruning.commands",
     "backend.data.commands",
     "backend.evaluation.commands",
+    "backend.evaluation.speed_commands",
     "backend.guided.commands",
     "backend.nsa.commands",
     "backend.api.commands",

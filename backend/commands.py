@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from backend.errors import UserError
 
@@ -33,8 +34,9 @@ def registered_commands() -> dict[str, tuple[str, Callable]]:
     return dict(_COMMANDS)
 
 
-def print_listing(rows: list[dict], as_json: bool, lines: Callable[[list[dict]], Iterable[str]]) -> int:
-    """A listing command's output: the rows as JSON (``--json``) or the table ``lines`` writes."""
+def print_listing(rows: Any, as_json: bool, lines: Callable[[Any], Iterable[str]]) -> int:
+    """A command's output: ``rows`` (a list of rows or one object) as JSON (``--json``), or the
+    lines that ``lines(rows)`` writes."""
     if as_json:
         print(json.dumps(rows, indent=2))
     else:
