@@ -99,3 +99,29 @@ def test_a_variant_of_another_model_is_refused(isolated_cache, calibration_file)
     other = tiny_loaded("opt")
     with pytest.raises(UserError, match="pruned from"):
         measure_speed(other, variant, FAST)
+
+
+def test_speed_over_http_as_a_job_stored_and_listed(isolated_cache):
+    from fastapi.testclient import TestClient
+
+    from backend.api.app import create_app
+    from backend.api.settings import ApiSettings
+    from tests.unit.test_api import SMALL_PRUNE, assert_json_error, wait_for_job
+
+    app = create_app(ApiSettings(**isolated_cache.model_dump()), loaded=tiny_loaded("llama"))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        accepted = client.post("/variants", json={**SMALL_PRUNE, "method": "magnitude"})
+        variant = accepted.json()["variant_id"]
+        assert wait_for_job(client, accepted.json()["job"]["id"])["state"] == "succeeded"
+        assert client.get(f"/variants/{variant}/speed").json() == []
+        started = client.post(f"/variants/{variant}/speed", json={"batch": 1, "seqlen": 8, "repeats": 2})
+        assert started.status_code == 202, started.text
+        job = wait_for_job(client, started.json()["job"]["id"])
+        assert job["state"] == "succeeded", job
+        stored = client.get(f"/variants/{variant}/speed").json()
+        assert [row["speedup"] for row in stored] == [job["result"]["speedup"]]
+        assert client.get("/speed").json()[0]["variant_id"] == variant
+        assert_json_error(client.get(f"/variants/{'0' * 20}/speed"), 404)
+        assert client.post(f"/variants/{variant}/speed", json={"batch": 0}).status_code == 422
+        assert_json_error(client.post(f"/variants/{variant}/speed", json={"batch": 256, "seqlen": 8192}), 400,
+                          "tokens")

@@ -14,6 +14,7 @@ from backend.api.routes import (
     models,
     nsa,
     nsa_jobs,
+    speed,
     tables,
     tasks,
     variants,
@@ -28,6 +29,7 @@ def build_routers(settings) -> list[APIRouter]:
         tasks.router,
         variants.router,
         export.router,
+        speed.router,
         jobs.router,
         nsa_jobs.router,
         nsa.build_router(settings.api_max_upload_bytes),
@@ -42,3 +44,4 @@ def register_job_kinds(state) -> None:
     variants.register_jobs(state)
     evaluations.register_jobs(state)
     nsa_jobs.register_jobs(state)
+    speed.register_jobs(state)
