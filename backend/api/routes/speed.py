@@ -22,7 +22,8 @@ class SpeedRequest(BaseModel):
 
     batch: int = Field(default=1, ge=1, le=256, description="Sequences per timed forward.")
     seqlen: int = Field(default=128, ge=1, le=8192, description="Tokens per sequence.")
-    repeats: int = Field(default=9, ge=1, le=100, description="Interleaved timed repeats (the median ratio is reported).")
+    repeats: int = Field(default=9, ge=1, le=100,
+                         description="Interleaved timed repeats (the median ratio is reported).")
     warmup: int = Field(default=2, ge=0, le=20, description="Untimed repeats first.")
 
 
