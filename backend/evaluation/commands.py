@@ -9,8 +9,8 @@ import sys
 from collections.abc import Iterator
 
 from backend.commands import command, print_listing
-from backend.storage import write_text_atomic
 from backend.errors import UserError
+from backend.storage import write_text_atomic
 
 
 def _data_files(pairs: list[str] | None) -> dict[str, str]:
