@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import typing
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -43,6 +44,48 @@ def print_listing(rows: Any, as_json: bool, lines: Callable[[Any], Iterable[str]
         for line in lines(rows):
             print(line)
     return 0
+
+
+def add_field_argument(parser: argparse.ArgumentParser, name: str, annotation: object, help_text: str) -> None:
+    """One ``--name`` flag for a pydantic field of type ``annotation`` (bool: --name/--no-name;
+    Literal: its choices). The default stays None, so a flag not given leaves the model's
+    default, and the model checks values and bounds."""
+    flag = "--" + name.replace("_", "-")
+    if annotation is bool:
+        parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+    elif typing.get_origin(annotation) is typing.Literal:
+        parser.add_argument(flag, dest=name, choices=typing.get_args(annotation), default=None, help=help_text)
+    else:
+        parse = int if annotation is int else float if annotation is float else str
+        parser.add_argument(flag, dest=name, type=parse, default=None, help=help_text)
+
+
+def field_help(info) -> str:
+    """A pydantic field's help line: its description, bounds and default (argparse escapes %)."""
+    bounds = [f"{symbol} {getattr(rule, attr)}" for rule in info.metadata
+              for attr, symbol in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+              if getattr(rule, attr, None) is not None]
+    default = "" if info.is_required() else f"default {info.default}"
+    detail = ", ".join([*bounds, default] if default else bounds)
+    description = (info.description or "").rstrip(".")
+    return f"{description} ({detail})".replace("%", "%%") if detail else description
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, model: type, *, skip: Iterable[str] = ()) -> list[str]:
+    """One flag per field of the pydantic ``model`` (but ``skip``): the CLI side of options
+    declared once. Returns the field names, for ``given_arguments``."""
+    names = []
+    for name, info in model.model_fields.items():  # type: ignore[attr-defined]
+        if name in skip:
+            continue
+        add_field_argument(parser, name, info.annotation, field_help(info))
+        names.append(name)
+    return names
+
+
+def given_arguments(args: argparse.Namespace, names: Iterable[str]) -> dict:
+    """The flags of ``names`` given on the command line (None = not given: the model's default)."""
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
 def parse_int_list(text: str, what: str) -> list[int]:

@@ -152,6 +152,14 @@ class BackendClient:
         """The NSA task types (sentiment, question answering, …) with their label words."""
         return self._request("GET", "/nsa/tasks")
 
+    def nsa_options(self) -> dict:
+        """JSON schema of NSA's options (defaults, bounds, help)."""
+        return self._request("GET", "/nsa/options")
+
+    def methods(self) -> list[dict]:
+        """The registered pruning methods, each with the JSON schema of its options."""
+        return self._request("GET", "/methods")
+
     def nsa_result(self, result_id: str) -> dict:
         return self._request("GET", f"/nsa/{_segment(result_id)}")
 

@@ -182,6 +182,20 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error(500, "internal error (the server logged the details)")
 
 
+def _multipart_when_it_holds_a_file(operation: dict, schema: dict) -> None:
+    """A form model with a file field (POST /nsa/upload's ``NsaUpload``) is documented by FastAPI
+    as url-encoded; it is sent as multipart/form-data."""
+    content = operation.get("requestBody", {}).get("content", {})
+    form = content.get("application/x-www-form-urlencoded")
+    if form is None:
+        return
+    name = form.get("schema", {}).get("$ref", "").rsplit("/", 1)[-1]
+    fields = schema.get("components", {}).get("schemas", {}).get(name, {}).get("properties", {})
+    if any(field.get("contentMediaType") == "application/octet-stream" or field.get("format") == "binary"
+           for field in fields.values()):
+        content["multipart/form-data"] = content.pop("application/x-www-form-urlencoded")
+
+
 def _customise_openapi(app: FastAPI, *, bearer: bool) -> None:
     """Errors are JSON on every operation (the event stream's too), and with a token configured
     the Bearer scheme is documented, so /docs can send it."""
@@ -193,6 +207,7 @@ def _customise_openapi(app: FastAPI, *, bearer: bool) -> None:
         schema = base_openapi()
         for operations in schema.get("paths", {}).values():
             for operation in operations.values():
+                _multipart_when_it_holds_a_file(operation, schema)
                 for status, response in operation.get("responses", {}).items():
                     content = response.get("content", {})
                     if int(status) >= 400 and "text/event-stream" in content:

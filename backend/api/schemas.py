@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from fastapi import UploadFile
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from backend.nsa.options import NsaOptions
 
 # Ids as they appear in URLs. Variant ids follow backend.pruning.variants.validate_variant_id.
 VARIANT_ID_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,127}$"
 JOB_ID_PATTERN = r"^[0-9a-f]{32}$"
 NSA_ID_PATTERN = r"^[0-9a-f]{20}$"
-MAX_NSA_TEXTS = 64
+MAX_NSA_TEXTS = 64  # POST /nsa, answered while the client waits
+MAX_JOB_TEXTS = 1000  # POST /nsa/jobs
 MAX_TEXT_CHARS = 100_000
 MAX_WORDS = 200
 MAX_VARIANTS = 8
@@ -259,47 +263,45 @@ class JobAccepted(BaseModel):
 # ----------------------------------------------------------------------------- NSA
 
 
-class NsaRequest(Strict):
+class NsaRequest(NsaOptions):
+    """The one NSA request: POST /nsa answers it while the client waits (at most MAX_NSA_TEXTS
+    texts), POST /nsa/jobs runs it as a job; the options are ``backend.nsa.options.NsaOptions``."""
+
     model: str | None = Field(
-        default=None, description="Dense model (a name from GET /models); default: the server's."
+        default=None, max_length=300, description="Dense model (a name from GET /models); default: the server's."
     )
     text: str | None = Field(
-        default=None, max_length=MAX_TEXT_CHARS, description="One text (or give `texts`)."
+        default=None, max_length=MAX_TEXT_CHARS, description="One text (or give `texts` or `dataset`)."
     )
     texts: list[str] | None = Field(
         default=None,
         min_length=1,
-        max_length=MAX_NSA_TEXTS,
-        description=f"Several texts, scores aggregated over them (at most {MAX_NSA_TEXTS}).",
+        max_length=MAX_JOB_TEXTS,
+        description=f"Several texts, scores aggregated over them (POST /nsa: at most {MAX_NSA_TEXTS}; "
+        f"a job: at most {MAX_JOB_TEXTS}).",
     )
+    labels: list[str] | None = Field(
+        default=None, max_length=MAX_JOB_TEXTS, description="One gold label per text (e.g. positive/negative)."
+    )
+    dataset: str | None = Field(
+        default=None, max_length=64,
+        description="Labelled examples from an offline set instead of texts: sst2, imdb, rte or boolq.",
+    )
+    n: int = Field(default=100, ge=1, le=MAX_JOB_TEXTS, description="Examples drawn from `dataset`.")
     words: list[str] | None = Field(
         default=None,
         max_length=MAX_WORDS,
         description="Influential words chosen by the user (override step 1's generation).",
     )
-    task: str = Field(
-        default="sentiment",
-        min_length=1,
-        max_length=64,
-        description="sentiment | question_answering | semantic_similarity | logical_reasoning.",
+    text_words: list[list[str]] | None = Field(
+        default=None,
+        max_length=MAX_JOB_TEXTS,
+        description="Influential words per text, aligned with `texts` (instead of `words`).",
     )
     variants: list[str] = Field(
         default_factory=list,
         max_length=MAX_VARIANTS,
         description="Pruned variant ids of the same model to compare with the dense one.",
-    )
-    top_k: int = Field(default=20, ge=1, le=500, description="Neurons selected by score.")
-    ablate: bool = Field(
-        default=False, description="Also zero the top neurons and measure the label margin change."
-    )
-    text_words: list[list[str]] | None = Field(
-        default=None,
-        max_length=MAX_NSA_TEXTS,
-        description="Influential words per text, aligned with `texts` (instead of `words`).",
-    )
-    split: bool = Field(
-        default=True,
-        description="Cross-fitted held-out figures (with >= 4 texts); false: in-sample only.",
     )
 
     @field_validator("texts")
@@ -324,22 +326,40 @@ class NsaRequest(Strict):
 
     @model_validator(mode="after")
     def _one_source_of_text(self) -> NsaRequest:
-        if (self.text is None) == (self.texts is None):
-            raise ValueError("give exactly one of `text` or `texts`")
+        if [self.text, self.texts, self.dataset].count(None) != 2:
+            raise ValueError("give exactly one of `text`, `texts` or `dataset`: either texts or dataset examples")
         if self.text is not None and not self.text.strip():
             raise ValueError("text is empty")
+        if self.labels is not None and (self.dataset is not None or len(self.labels) != len(self.all_texts())):
+            raise ValueError("labels must give one label per text")
         if self.text_words is not None and (
-            self.words is not None or len(self.text_words) != len(self.all_texts())
+            self.words is not None or self.dataset is not None or len(self.text_words) != len(self.all_texts())
         ):
             raise ValueError("`text_words` needs one list per text, and no `words`")
         return self
 
     def all_texts(self) -> list[str]:
+        """The given texts (empty with `dataset`: its examples are drawn by the route)."""
         return [self.text] if self.text is not None else list(self.texts or [])
 
     def all_words(self) -> list[str] | list[list[str]] | None:
         """One list for every text (`words`) or one per text (`text_words`)."""
         return self.words if self.text_words is None else self.text_words
+
+
+class NsaUpload(NsaOptions):
+    """POST /nsa/upload's form: the file, the NSA options as form fields, and the other inputs."""
+
+    # The UploadFile object, checked by FastAPI before the model sees it.
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    file: UploadFile = Field(
+        description=".txt (paragraphs split on blank lines), .csv with a 'text' column, or .jsonl with a "
+        "'text' field per line (and optionally 'label' and 'words')."
+    )
+    model: str | None = Field(default=None, max_length=300, description="Dense model; default: the server's.")
+    words: str | None = Field(default=None, max_length=20000, description="Comma-separated influential words.")
+    variants: str | None = Field(default=None, max_length=2000, description="Comma-separated variant ids.")
 
 
 class NsaStored(BaseModel):

@@ -6,8 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from backend.commands import command, parse_int_list
+from backend.commands import add_model_arguments, command, given_arguments, parse_int_list
 from backend.errors import UserError
+from backend.nsa.options import NsaOptions, nsa_options
 from backend.storage import write_json_atomic
 
 
@@ -97,31 +98,16 @@ def _attribute(parser: argparse.ArgumentParser):
                         "\"label\"?, \"words\"?) or .csv (text, label?, words? columns)")
     source.add_argument("--dataset", help="labelled examples from a dataset, e.g. sst2")
     parser.add_argument("--n", type=int, default=10, help="examples to take with --dataset (default 10)")
-    parser.add_argument("--seed", type=int, default=0, help="example sampling and random-neuron seed")
     parser.add_argument("--words", default=None, help="comma-separated influential words (skip step 1)")
-    parser.add_argument("--task", default="sentiment",
-                        help="sentiment, question_answering, semantic_similarity or logical_reasoning")
-    parser.add_argument("--top-k", type=int, default=20, help="neurons to select (default 20)")
-    parser.add_argument("--ablate", action="store_true", help="also zero the top neurons vs random ones")
-    parser.add_argument("--patch", action="store_true",
-                        help="cross-fitted patching: restore the neurons' dense activations in each variant "
-                             "(needs --variants and a label per text)")
     parser.add_argument("--explainer-model", default=None, help="another model to answer step 1")
-    parser.add_argument("--activation", default="abs", choices=("abs", "positive"),
-                        help="A = |a| (default) or max(a, 0)")
-    parser.add_argument("--max-new-tokens", type=int, default=48, help="step-1 generation length")
-    parser.add_argument("--no-split", dest="split", action="store_false",
-                        help="no cross-fitting: only in-sample figures (default: held-out with >= 4 texts)")
-    parser.add_argument("--null-draws", type=int, default=200,
-                        help="matched-null neuron sets and specificity permutations (default 200, 0: off)")
-    parser.add_argument("--resamples", type=int, default=1000,
-                        help="bootstrap resamples for the 95%% intervals (default 1000, 0: off)")
+    option_names = add_model_arguments(parser, NsaOptions)
     parser.add_argument("--json", dest="json_out", default=None, help="write the result JSON here")
 
     def run(args) -> int:
         if args.text is not None and not args.text.strip():
             raise UserError("--text is empty")
-        if args.patch and not args.variants.strip():
+        options = nsa_options(**given_arguments(args, option_names))  # checked before any work
+        if options.patch and not args.variants.strip():
             raise UserError("--patch needs --variants")
         if args.json_out and not Path(args.json_out).resolve().parent.is_dir():
             raise UserError(f"{Path(args.json_out).parent}: folder does not exist")
@@ -129,7 +115,7 @@ def _attribute(parser: argparse.ArgumentParser):
         if args.dataset:
             from backend.nsa.service import dataset_examples
 
-            texts = dataset_examples(args.dataset, args.n, args.seed)
+            texts = dataset_examples(args.dataset, args.n, options.seed)
         elif args.file:
             texts, file_words = file_inputs(args.file)
         else:
@@ -148,12 +134,8 @@ def _attribute(parser: argparse.ArgumentParser):
                 bar.set_postfix_str(message)
                 bar.update(round(100 * fraction) - bar.n)
 
-            result = attribute(
-                loaded, texts, words=args.words or file_words, task=args.task, variants=variants, top_k=args.top_k,
-                ablate=args.ablate, patch=args.patch, explainer=explainer, activation=args.activation,
-                max_new_tokens=args.max_new_tokens, seed=args.seed, progress=progress,
-                split=args.split, null_draws=args.null_draws, resamples=args.resamples,
-            )
+            result = attribute(loaded, texts, words=args.words or file_words, variants=variants, options=options,
+                               explainer=explainer, progress=progress)
         for warning in result["warnings"]:
             print(f"warning: {warning}", file=sys.stderr)
         if args.json_out:

@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 
 from backend.errors import UserError
+from backend.nsa.options import DEFAULT_NULL_DRAWS
 
-DEFAULT_NULL_DRAWS = 200
 DEFAULT_LEVEL_BINS = 8
 
 

@@ -22,18 +22,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 import torch
 
 from backend.errors import UserError
 from backend.models.hooks import StopForward, call_until_stopped
 from backend.nsa.capture import NeuronCapture
+from backend.nsa.options import ActivationMode
 
 if TYPE_CHECKING:
     from backend.models.loader import LoadedModel
 
-ACTIVATION_MODES = ("abs", "positive")
+ACTIVATION_MODES = get_args(ActivationMode)
 NEGLIGIBLE_FRACTION = 0.5
 
 

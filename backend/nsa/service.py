@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -31,10 +31,9 @@ from backend.nsa.compare import (
 )
 from backend.nsa.influential import find_word_spans, influential_words
 from backend.nsa.inputs import encode_for_attribution
-from backend.nsa.matched_null import DEFAULT_NULL_DRAWS
+from backend.nsa.options import NsaOptions, nsa_options
 from backend.nsa.probe import encode_probe
 from backend.nsa.scoring import (
-    ACTIVATION_MODES,
     NEGLIGIBLE_FRACTION,
     Selection,
     TextScores,
@@ -44,7 +43,6 @@ from backend.nsa.scoring import (
     select_neurons,
 )
 from backend.nsa.stats import (
-    DEFAULT_RESAMPLES,
     StatsOptions,
     make_plan,
     specificity,
@@ -150,23 +148,15 @@ def attribute(
     texts,
     *,
     words=None,
-    task: str = "sentiment",
     variants: Sequence[str] = (),
-    top_k: int = 20,
-    ablate: bool = False,
-    patch: bool = False,
+    options: NsaOptions | None = None,
     explainer: LoadedModel | None = None,
-    activation: str = "abs",
     negligible_fraction: float = NEGLIGIBLE_FRACTION,
-    max_new_tokens: int = 48,
     causal_draws: int = CAUSAL_DRAWS,
-    seed: int = 0,
     progress: Progress | None = None,
     settings=None,
-    split: bool = True,
-    null_draws: int = DEFAULT_NULL_DRAWS,
-    resamples: int = DEFAULT_RESAMPLES,
     word_check: bool = True,
+    **option_values: Any,
 ) -> dict:
     """Run NSA on ``texts`` (strings, or dicts with "text" and optionally "label_text").
 
@@ -175,7 +165,9 @@ def attribute(
     ``patch``: the cross-fitted causal check (``backend.nsa.causal``) patches the selected
     neurons in every variant (needs a gold label per text); ``ablate`` with two texts or more
     adds its dense ablation against the matched null. ``explainer``: another LoadedModel that
-    answers step 1. Returns the result dict
+    answers step 1. ``options`` (``backend.nsa.options.NsaOptions``: task, top_k, ablate,
+    patch, split, activation, max_new_tokens, null_draws, resamples, seed), or its fields as
+    keywords (applied over ``options``; checked, UserError). Returns the result dict
     described by ``backend.nsa.schema.NsaResult``. ``settings``: where variants live
     (default: the environment's settings). ``split``: cross-fitted held-out figures (>= 4
     texts); ``null_draws``: matched-null sets (and specificity permutations); ``resamples``:
@@ -183,16 +175,14 @@ def attribute(
     ``word_check``: the step-1 occlusion check of every word.
     """
     started = time.perf_counter()
-    spec = get_task(task)
-    if activation not in ACTIVATION_MODES:
-        raise UserError(f"unknown activation mode {activation!r}: use {' or '.join(ACTIVATION_MODES)}")
-    if max_new_tokens < 1:
-        raise UserError("--max-new-tokens must be at least 1")
+    chosen = nsa_options(options, **option_values)
+    top_k, ablate, patch, split, activation = chosen.top_k, chosen.ablate, chosen.patch, chosen.split, chosen.activation
+    max_new_tokens, null_draws = chosen.max_new_tokens, chosen.null_draws
+    resamples, seed = chosen.resamples, chosen.seed
+    spec = get_task(chosen.task)
     rows = _normalise_texts(texts)
     word_lists = _normalise_words(words, rows)
-    if null_draws < 0 or resamples < 0:
-        raise UserError("--null-draws and --resamples must be >= 0")
-    options = StatsOptions(split=split, null_draws=null_draws, resamples=resamples, seed=seed)
+    stats_options = StatsOptions(split=split, null_draws=null_draws, resamples=resamples, seed=seed)
     manifests = _manifests(loaded, variants, settings)
     statistics_on = bool(manifests) and bool(split or null_draws or resamples)  # figures of variants only
     if patch:
@@ -256,7 +246,7 @@ def attribute(
     if statistics_on:
         dense_sums = [_state_sums(scores.layers, layer_count, neuron_count, record)
                       for scores, record in zip(text_scores, records, strict=True)]
-        plan = make_plan(dense_sums, [s.scores() for s in text_scores], selection, top_k, options)
+        plan = make_plan(dense_sums, [s.scores() for s in text_scores], selection, top_k, stats_options)
     if null_draws:
         neuron_specificity = specificity(
             [activation_magnitude(obs.activations, activation) for obs in dense],
@@ -292,7 +282,7 @@ def attribute(
                 removed = weights_removed(dense_slices, neuron_weight_slices(loaded, selection))
             stats_clock = time.perf_counter()
             statistics = None if plan is None or dense_sums is None else variant_statistics(
-                plan, dense_sums, variant_sums, [[w.word for w in r.influential.words] for r in records], options)
+                plan, dense_sums, variant_sums, [[w.word for w in r.influential.words] for r in records], stats_options)
             timings["statistics"] += time.perf_counter() - stats_clock
             variant_records.append(VariantRecord(variant_info(manifest), observations, removed, statistics))
     timings["step3_variants"] = time.perf_counter() - clock
@@ -335,8 +325,9 @@ def attribute(
         "word_check": word_check,
     }
     statistics_settings = None if plan is None else {
-        "confidence": options.confidence, "seed": seed, "interval": "BCa bootstrap over texts (scipy.stats.bootstrap)",
-        "null": f"{null_draws} random neuron sets, same layers and {options.level_bins} per-layer level bins",
+        "confidence": stats_options.confidence, "seed": seed,
+        "interval": "BCa bootstrap over texts (scipy.stats.bootstrap)",
+        "null": f"{null_draws} random neuron sets, same layers and {stats_options.level_bins} per-layer level bins",
         "folds": [fold.select_on for fold in plan.folds] or None, "held_out_note": plan.held_out_note,
     }
     model_info = {"name": loaded.name, "family": loaded.adapter.family, "layers": layer_count,

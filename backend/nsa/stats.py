@@ -36,11 +36,11 @@ from backend.nsa.matched_null import (
     matched_null_sets,
     percentile_and_p_value,
 )
+from backend.nsa.options import DEFAULT_RESAMPLES
 from backend.nsa.scoring import Selection, select_neurons
 from backend.nsa.sums import StateSums
 
 MIN_SPLIT_TEXTS = 4
-DEFAULT_RESAMPLES = 1000
 CONFIDENCE = 0.95
 FIGURES = ("drop_influential", "baseline_all_neurons", "baseline_non_influential", "excess_drop")
 NOT_DISTINGUISHABLE = "not distinguishable from the baseline"

@@ -10,9 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import typing
 
-from backend.commands import command
+from backend.commands import add_field_argument, command, field_help, given_arguments
 from backend.errors import UserError
 
 
@@ -62,25 +61,14 @@ def add_option_arguments(parser: argparse.ArgumentParser) -> list[str]:
         for name, info in method.options.model_fields.items():
             takers.setdefault(name, []).append((method.name, info))
     for name, entries in takers.items():
-        help_text = "; ".join(f"{method}: {info.description} (default {info.default})"
-                              for method, info in entries)
-        flag = "--" + name.replace("_", "-")
-        annotation = entries[0][1].annotation
-        if annotation is bool:
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None,
-                                help=help_text)
-        elif typing.get_origin(annotation) is typing.Literal:
-            parser.add_argument(flag, dest=name, choices=typing.get_args(annotation), default=None,
-                                help=help_text)
-        else:
-            parse = int if annotation is int else float if annotation is float else str
-            parser.add_argument(flag, dest=name, type=parse, default=None, help=help_text)
+        help_text = "; ".join(f"{method}: {field_help(info)}" for method, info in entries)
+        add_field_argument(parser, name, entries[0][1].annotation, help_text)
     return list(takers)
 
 
 def options_from_args(args, option_names: list[str]) -> dict:
     """The options given on the command line; one the method does not take is refused by it."""
-    return {name: getattr(args, name) for name in option_names if getattr(args, name) is not None}
+    return given_arguments(args, option_names)
 
 
 def add_protection_arguments(parser: argparse.ArgumentParser) -> None:

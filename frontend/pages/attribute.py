@@ -13,7 +13,14 @@ import streamlit as st
 
 from frontend import ui
 from frontend.links import ViewState
-from frontend.views import display, nsa_stats, nsa_view, static_figures, verdict_view
+from frontend.views import (
+    display,
+    nsa_stats,
+    nsa_view,
+    schema_widgets,
+    static_figures,
+    verdict_view,
+)
 from frontend.views.heatmap import styled_fragment
 
 UPLOAD_TYPES = ["txt", "csv", "jsonl"]
@@ -31,9 +38,12 @@ c1, c2, c3, c4 = st.columns([3, 2, 1, 1])
 model = ui.pick_model(api, state.model, key="at_model", container=c1)
 tasks = [row["name"] for row in ui.fetch(api.nsa_tasks, what="NSA tasks") or []] or ["sentiment"]
 task = c2.selectbox("Task type", tasks, key="at_task")
-top_k = c3.number_input("Top-k neurons", min_value=1, max_value=500, value=20, key="at_top_k")
-ablate = c4.checkbox("Ablation check", key="at_ablate",
-                     help="Also zero the top neurons and compare the label margin change with random neurons")
+# Bounds, defaults and help come from the backend's NsaOptions (GET /nsa/options).
+nsa_options = (ui.fetch(api.nsa_options, what="NSA options") or {}).get("properties", {})
+top_k = schema_widgets.field_widget(c3, "top_k", nsa_options.get("top_k", {"type": "integer", "minimum": 1}),
+                                    key="at_top_k", label="Top-k neurons")
+ablate = schema_widgets.field_widget(c4, "ablate", nsa_options.get("ablate", {"type": "boolean"}), key="at_ablate",
+                                     label="Ablation check")
 variants = (ui.fetch(api.variants, base=model, what="variants") or []) if model else []
 variant_ids = [v["id"] for v in variants]
 chosen_variants = st.multiselect(
@@ -50,9 +60,8 @@ if mode == "Paste text":
 else:
     uploaded = st.file_uploader("Text file", type=UPLOAD_TYPES, key="at_file")
 
-split = st.checkbox("Held-out figures (cross-fitting)", value=True, key="at_split",
-                    help="With 4 or more texts, neurons are selected on one half of the texts and measured on the "
-                         "other (both ways): the headline figure is not inflated by the selection")
+split = schema_widgets.field_widget(st, "split", nsa_options.get("split", {"type": "boolean", "default": True}),
+                                    key="at_split", label="Held-out figures (cross-fitting)")
 common = {"model": model, "task": task, "variants": chosen_variants, "top_k": int(top_k), "ablate": ablate,
           "split": split}
 if st.button("Run NSA", type="primary", key="at_run"):

@@ -1,6 +1,8 @@
 """/nsa: Neuron Semantic Attribution over HTTP, and stored results shared by id.
 
-POST /nsa and POST /nsa/upload are the heavy requests: they run the NSA service on the model
+One request shape (``NsaRequest``: inputs plus ``NsaOptions``) for POST /nsa and POST /nsa/jobs;
+the upload's form fields are the same options. POST /nsa and POST /nsa/upload are the heavy
+requests: they run the NSA service on the model
 under the compute lock (queued, 429/503 when the line is full or the wait too long). A request
 that was answered before is answered again from the store, without the lock. GET /nsa/{id}
 returns a stored result as the bytes that were stored.
@@ -10,8 +12,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated
 
-from fastapi import APIRouter, File, Form, Path, Query, UploadFile
+from fastapi import APIRouter, Form, Path, Query
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from pydantic import ValidationError
 
 from backend.api.schemas import (
     MAX_NSA_TEXTS,
@@ -22,6 +26,7 @@ from backend.api.schemas import (
     NsaRequest,
     NsaStored,
     NsaSummary,
+    NsaUpload,
 )
 from backend.api.state import ApiState, State
 from backend.api.uploads import (
@@ -31,6 +36,7 @@ from backend.api.uploads import (
     words_from_records,
 )
 from backend.errors import UserError
+from backend.nsa.options import NsaOptions, options_of
 from backend.nsa.results_store import marked_if_stale, request_id
 
 if TYPE_CHECKING:
@@ -42,43 +48,49 @@ MULTIPART_OVERHEAD = (
 )  # form fields and part headers around the file (see app.BodyLimitMiddleware)
 
 
-def run_attribution(loaded: LoadedModel, request: dict, settings) -> dict:
+def request_texts(request: dict) -> list[dict]:
+    """A stored request's texts as the service takes them (with their gold labels, if any)."""
+    labels = request.get("labels") or [None] * len(request["texts"])
+    return [{"text": text, "label_text": label} if label is not None else {"text": text}
+            for text, label in zip(request["texts"], labels, strict=True)]
+
+
+def run_attribution(loaded: LoadedModel, request: dict, settings, progress=None) -> dict:
     """The NSA service on a normalised request (the one seam tests may replace); variants are
     read from the server's cache (``settings``), not the environment's default."""
     from backend.nsa.service import attribute
 
-    return attribute(
-        loaded,
-        request["texts"],
-        words=request["words"],
-        task=request["task"],
-        variants=tuple(request["variants"]),
-        top_k=request["top_k"],
-        ablate=request["ablate"],
-        split=request.get("split", True),
-        settings=settings,
-    )
+    options = NsaOptions.model_validate({name: request[name] for name in NsaOptions.model_fields if name in request})
+    return attribute(loaded, request_texts(request), words=request["words"], variants=tuple(request["variants"]),
+                     options=options, progress=progress, settings=settings)
 
 
-def normalised_request(
-    state: ApiState,
-    *,
-    model: str | None,
-    texts: list[str],
-    words: list[str] | list[list[str]] | None,
-    task: str,
-    variants: list[str],
-    top_k: int,
-    ablate: bool,
-    split: bool = True,
-) -> dict:
-    """Validate names and ids and put the request in the canonical form its result id hashes."""
+def normalised_request(state: ApiState, body: NsaRequest) -> dict:
+    """Validate names and ids, draw dataset examples, and put the request in the canonical form
+    its result id hashes: the inputs, the first options always, the others when not default."""
     from backend.nsa.tasks import get_task
     from backend.pruning.variants import read_manifest, validate_variant_id
 
-    model_name = state.pool.allowed_reference(model)
+    model_name = state.pool.allowed_reference(body.model)
+    task = get_task(body.task)
+    if body.dataset is not None:
+        from backend.data.sources import labelled_examples
+
+        examples = labelled_examples(body.dataset, body.n, body.seed)
+        texts: list[str] = [example["text"] for example in examples]
+        labels: list[str] | None = [str(example["label_text"]) for example in examples]
+    else:
+        texts, labels = body.all_texts(), body.labels
+    if any(not text.strip() for text in texts):
+        raise UserError("empty text")
+    if body.patch:
+        if not body.variants:
+            raise UserError("patching needs at least one variant")
+        if labels is None or any(task.label_index(label) is None for label in labels):
+            label_words = ", ".join(word.strip() for word in task.label_words)
+            raise UserError(f"patching needs a gold label ({label_words}) for every text")
     chosen: list[str] = []
-    for variant_id in variants:
+    for variant_id in body.variants:
         manifest = read_manifest(validate_variant_id(variant_id), state.settings)  # 400 / 404
         if manifest.get("base_model") != model_name:
             raise UserError(
@@ -87,16 +99,14 @@ def normalised_request(
             )
         if variant_id not in chosen:
             chosen.append(variant_id)
+    options = options_of(body).model_copy(update={"task": task.name})
     return {
         "model": model_name,
         "texts": texts,
-        "words": words,
-        "task": get_task(task).name,
+        "words": body.all_words(),
         "variants": chosen,
-        "top_k": top_k,
-        "ablate": ablate,
-        # Only when turned off, so that default requests keep their canonical form.
-        **({} if split else {"split": False}),
+        **options.request_fields(),
+        **({} if labels is None else {"labels": labels}),
     }
 
 
@@ -114,6 +124,15 @@ def attribute_or_reuse(state: ApiState, request: dict) -> bytes:
         loaded = state.pool.get(request["model"])
         result = run_attribution(loaded, request, state.settings)
     return state.nsa_results.put(result_id, request, result)
+
+
+def _at_most_sync_texts(request: dict) -> None:
+    """POST /nsa holds the client while it runs: more texts than MAX_NSA_TEXTS go to POST /nsa/jobs."""
+    if len(request["texts"]) > MAX_NSA_TEXTS:
+        raise RequestValidationError([{
+            "loc": ("body", "texts"), "type": "too_long",
+            "msg": f"at most {MAX_NSA_TEXTS} texts in POST /nsa; POST /nsa/jobs takes more",
+        }])
 
 
 def _comma_list(text: str | None, what: str, limit: int) -> list[str]:
@@ -153,70 +172,39 @@ def build_router(max_upload_bytes: int) -> APIRouter:
         "/nsa", response_model=NsaStored, summary="Attribute neurons to the words of a text"
     )
     def attribute_texts(body: NsaRequest, state: State) -> Response:
-        request = normalised_request(
-            state,
-            model=body.model,
-            texts=body.all_texts(),
-            words=body.all_words(),
-            task=body.task,
-            variants=body.variants,
-            top_k=body.top_k,
-            ablate=body.ablate,
-            split=body.split,
-        )
+        request = normalised_request(state, body)
+        _at_most_sync_texts(request)
         return Response(attribute_or_reuse(state, request), media_type=JSON)
+
+    @router.get("/nsa/options", summary="NSA's options: JSON schema with defaults, bounds and help")
+    async def nsa_options_schema() -> dict:
+        return NsaOptions.model_json_schema()
 
     @router.post(
         "/nsa/upload",
         response_model=NsaStored,
         summary="Attribute over the texts of an uploaded .txt, .csv or .jsonl file",
     )
-    def attribute_upload(
-        state: State,
-        file: Annotated[
-            UploadFile,
-            File(
-                description=".txt (paragraphs split on blank lines), .csv with a 'text' "
-                "column, or .jsonl with a 'text' field per line."
-            ),
-        ],
-        task: Annotated[str, Form(max_length=64, description="NSA task type.")] = "sentiment",
-        words: Annotated[
-            str | None, Form(max_length=20000, description="Comma-separated influential words.")
-        ] = None,
-        variants: Annotated[
-            str | None, Form(max_length=2000, description="Comma-separated variant ids.")
-        ] = None,
-        top_k: Annotated[int, Form(ge=1, le=500, description="Neurons selected by score.")] = 20,
-        ablate: Annotated[bool, Form(description="Also run the ablation check.")] = False,
-        split: Annotated[
-            bool, Form(description="Cross-fitted held-out figures (>= 4 texts).")
-        ] = True,
-        model: Annotated[
-            str | None, Form(max_length=300, description="Dense model; default: the server's.")
-        ] = None,
-    ) -> Response:
-        raw = file.file.read(max_upload_bytes + 1)
+    def attribute_upload(state: State, form: Annotated[NsaUpload, Form()]) -> Response:
+        raw = form.file.file.read(max_upload_bytes + 1)
         if len(raw) > max_upload_bytes:
             raise UploadTooLargeError(
-                f"{display_name(file.filename)}: larger than the upload limit of "
+                f"{display_name(form.file.filename)}: larger than the upload limit of "
                 f"{max_upload_bytes} bytes"
             )
-        records = records_from_upload(file.filename, raw, max_texts=MAX_NSA_TEXTS)
-        texts = [record["text"] for record in records]
-        request = normalised_request(
-            state,
-            model=model,
-            texts=texts,
-            words=_comma_list(words, "words", MAX_WORDS)
-            or words_from_records(records),
-            task=task,
-            variants=_comma_list(variants, "variants", MAX_VARIANTS),
-            top_k=top_k,
-            ablate=ablate,
-            split=split,
-        )
-        return Response(attribute_or_reuse(state, request), media_type=JSON)
+        records = records_from_upload(form.file.filename, raw, max_texts=MAX_NSA_TEXTS)
+        try:
+            body = NsaRequest(
+                **options_of(form).model_dump(),
+                model=form.model,
+                texts=[record["text"] for record in records],
+                words=_comma_list(form.words, "words", MAX_WORDS) or None,
+                text_words=None if form.words else words_from_records(records),
+                variants=_comma_list(form.variants, "variants", MAX_VARIANTS),
+            )
+        except ValidationError as exc:  # the same checks as a JSON body, the same 422
+            raise RequestValidationError(exc.errors()) from None
+        return Response(attribute_or_reuse(state, normalised_request(state, body)), media_type=JSON)
 
     @router.get("/nsa/{result_id}", response_model=NsaStored, summary="A stored NSA result")
     async def read_result(
