@@ -6,8 +6,23 @@ import argparse
 import json
 import sys
 
-from backend.commands import command
+from backend.commands import add_model_arguments, command, given_arguments
 from backend.errors import UserError
+from backend.pruning.options import CalibrationOptions, ProtectOptions
+
+# Prune-request fields -> the experiment spec's (and its flags') names.
+SPEC_OF_FLAG = {"calibration": "calibration", "nsamples": "nsamples", "seqlen": "seqlen", "protect_ratio": "ratio",
+                "protect_texts": "texts", "protect_mode": "mode", "protect_factor": "factor"}
+
+
+def _spec_defaults() -> dict:
+    """The experiment's defaults (``ProtectExperimentSpec``), shown in the help of the shared flags."""
+    from dataclasses import fields
+
+    from backend.evaluation.protect_experiment import ProtectExperimentSpec
+
+    defaults = {spec_field.name: spec_field.default for spec_field in fields(ProtectExperimentSpec)}
+    return {name: defaults[spec_name] for name, spec_name in SPEC_OF_FLAG.items()}
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -22,19 +37,16 @@ def _experiment(parser: argparse.ArgumentParser):
     protect.add_argument("--model", default=None, help="embedded name, hub id or local directory")
     protect.add_argument("--task", default="sst2", help="the protected task: sst2 or rte (default sst2)")
     protect.add_argument("--controls", default="rte,arc_easy", help="control tasks (default rte,arc_easy)")
-    protect.add_argument("--ratio", type=float, default=0.01,
-                         help="fraction of all MLP neurons protected, in (0, 0.5] (default 0.01)")
     protect.add_argument("--sparsities", default="0.5", help="comma-separated, e.g. 0.5,2:4 (default 0.5)")
     protect.add_argument("--method", default="wanda", help="magnitude, wanda, ria or sparsegpt (default wanda)")
-    protect.add_argument("--calibration", default="lambada", help="calibration set (default lambada, offline)")
-    protect.add_argument("--nsamples", type=int, default=32, help="calibration windows (default 32)")
-    protect.add_argument("--seqlen", type=int, default=512, help="tokens per window (default 512)")
     protect.add_argument("--limit", type=int, default=200, help="seeded examples per task (default 200)")
     protect.add_argument("--sample-seed", type=int, default=None, help="which examples (default 1234)")
     protect.add_argument("--seed", type=int, default=0, help="selection texts and random draw (default 0)")
-    protect.add_argument("--texts", type=int, default=32, help="NSA selection texts (default 32)")
-    protect.add_argument("--mode", default="keep", choices=("keep", "upweight"))
-    protect.add_argument("--factor", type=float, default=10.0, help="upweight factor (default 10)")
+    # The calibration and protection flags of `prunelens prune`, declared once (backend.pruning.options),
+    # with this experiment's defaults: --calibration, --nsamples, --seqlen, --ratio, --texts, --mode, --factor.
+    shared = [*add_model_arguments(protect, CalibrationOptions, only=SPEC_OF_FLAG, defaults=_spec_defaults()),
+              *add_model_arguments(protect, ProtectOptions, only=SPEC_OF_FLAG, defaults=_spec_defaults(),
+                                   rename=lambda name: SPEC_OF_FLAG[name])]
     protect.add_argument("--batch-size", type=int, default=16)
     protect.add_argument("--json", action="store_true", help="print the document as JSON")
     show = actions.add_parser("show", help="print a stored experiment's table")
@@ -78,11 +90,11 @@ def _experiment(parser: argparse.ArgumentParser):
         if args.sample_seed is not None and args.sample_seed < 0:
             raise UserError("--sample-seed must be 0 or more")
         spec = ProtectExperimentSpec(
-            model=model, task=args.task, controls=_names(args.controls), ratio=args.ratio,
-            sparsities=_names(args.sparsities), method=args.method, calibration=args.calibration,
-            nsamples=args.nsamples, seqlen=args.seqlen, limit=args.limit,
+            model=model, task=args.task, controls=_names(args.controls),
+            sparsities=_names(args.sparsities), method=args.method, limit=args.limit,
             sample_seed=DEFAULT_SAMPLE_SEED if args.sample_seed is None else args.sample_seed,
-            seed=args.seed, texts=args.texts, mode=args.mode, factor=args.factor, batch_size=args.batch_size)
+            seed=args.seed, batch_size=args.batch_size,
+            **{SPEC_OF_FLAG[name]: value for name, value in given_arguments(args, shared).items()})
         spec.check()  # before loading the model: bad input costs nothing
         from backend.pruning.commands import tqdm_progress
 
