@@ -40,10 +40,18 @@ def registered_commands() -> dict[str, tuple[str, Callable]]:
 
 def print_listing(rows: list[dict], as_json: bool, lines: Callable[[list[dict]], Iterable[str]]) -> int:
     """A listing command's output: the rows as JSON (``--json``) or the table ``lines`` writes."""
+    return print_result(rows, as_json, lines)
+
+
+ResultT = typing.TypeVar("ResultT")
+
+
+def print_result(result: ResultT, as_json: bool, lines: Callable[[ResultT], Iterable[str]]) -> int:
+    """A command's output, one object or a listing: as JSON (``--json``) or the text ``lines`` writes."""
     if as_json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(result, indent=2))
     else:
-        for line in lines(rows):
+        for line in lines(result):
             print(line)
     return 0
 

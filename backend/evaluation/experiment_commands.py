@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+from collections.abc import Iterator
 
-from backend.commands import add_model_arguments, command, given_arguments
+from backend.commands import (
+    add_model_arguments,
+    command,
+    given_arguments,
+    print_listing,
+    print_result,
+)
 from backend.errors import UserError
 from backend.pruning.options import CalibrationOptions, ProtectOptions
 
@@ -67,21 +73,18 @@ def _experiment(parser: argparse.ArgumentParser):
         )
 
         if args.action == "list":
-            rows = list_experiments()
-            if args.json:
-                print(json.dumps(rows, indent=2))
-            for row in [] if args.json else rows:
-                spec = row["spec"] or {}
-                print(f"{row['id']}\t{row['status']}\t{spec.get('model')}\t{spec.get('method')} "
-                      f"{','.join(spec.get('sparsities', []))}\t{row['updated_at']}")
-            if not rows and not args.json:
-                print("no experiments yet: run `prunelens experiment protect`")
-            return 0
+            def lines(rows: list[dict]) -> Iterator[str]:
+                for row in rows:
+                    spec = row["spec"] or {}
+                    yield (f"{row['id']}\t{row['status']}\t{spec.get('model')}\t{spec.get('method')} "
+                           f"{','.join(spec.get('sparsities', []))}\t{row['updated_at']}")
+                if not rows:
+                    yield "no experiments yet: run `prunelens experiment protect`"
+
+            return print_listing(list_experiments(), args.json, lines)
         if args.action == "show":
-            document = read_experiment(args.id)
-            print(json.dumps(document, indent=2) if args.json
-                  else markdown_table(document) if args.markdown else format_table(document))
-            return 0
+            return print_result(read_experiment(args.id), args.json,
+                                lambda document: [markdown_table(document) if args.markdown else format_table(document)])
         from backend.config import get_settings
         from backend.evaluation.runner import DEFAULT_SAMPLE_SEED
         from backend.models.loader import parse_model_ref
@@ -104,7 +107,6 @@ def _experiment(parser: argparse.ArgumentParser):
             document = run_experiment(spec, progress=update)
         finally:
             bar.close()
-        print(json.dumps(document, indent=2) if args.json else format_table(document))
-        return 0
+        return print_result(document, args.json, lambda shown: [format_table(shown)])
 
     return run

@@ -8,8 +8,8 @@ options model.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+from collections.abc import Iterator
 
 from backend.commands import (
     add_field_argument,
@@ -17,6 +17,8 @@ from backend.commands import (
     command,
     field_help,
     given_arguments,
+    print_listing,
+    print_result,
     validated_options,
 )
 from backend.errors import UserError
@@ -102,21 +104,18 @@ def _prune(parser: argparse.ArgumentParser):
             result = prune_variant(loaded, request, protection=protection, progress=update)
         finally:
             bar.close()
-        manifest = result.manifest
-        if args.json:
-            print(json.dumps(manifest, indent=2))
-        else:
-            reused = " (reused)" if result.reused else ""
-            print(f"{result.variant_id}{reused}")
-            print(f"achieved sparsity {manifest['achieved_sparsity']['overall']:.4f} "
-                  f"(target {config.spec.target_sparsity:.4f}) over "
-                  f"{len(manifest['achieved_sparsity']['per_linear'])} linear layers")
+        def lines(manifest: dict) -> Iterator[str]:
+            yield f"{result.variant_id}{' (reused)' if result.reused else ''}"
+            yield (f"achieved sparsity {manifest['achieved_sparsity']['overall']:.4f} "
+                   f"(target {config.spec.target_sparsity:.4f}) over "
+                   f"{len(manifest['achieved_sparsity']['per_linear'])} linear layers")
             protection_info = manifest.get("protection")
             if protection_info:
-                print(f"protected {protection_info['count']} neurons ({protection_info['mode']}, "
-                      f"{protection_info['source'].get('kind')}); protected weights pruned: "
-                      f"{protection_info['protected_weights_pruned']} of {protection_info['protected_weights']}")
-        return 0
+                yield (f"protected {protection_info['count']} neurons ({protection_info['mode']}, "
+                       f"{protection_info['source'].get('kind')}); protected weights pruned: "
+                       f"{protection_info['protected_weights_pruned']} of {protection_info['protected_weights']}")
+
+        return print_result(result.manifest, args.json, lines)
 
     return run
 
@@ -128,17 +127,15 @@ def _methods(parser: argparse.ArgumentParser):
     def run(args) -> int:
         from backend.pruning.registry import methods
 
-        described = [method.describe() for method in methods().values()]
-        if args.json:
-            print(json.dumps(described, indent=2))
-            return 0
-        for method in described:
-            kind = "structured (neurons)" if method["structured"] else "weights"
-            print(f"{method['name']}\t{kind}\t{method['description']}")
-            for name, schema in method["options"].get("properties", {}).items():
-                print(f"    --{name.replace('_', '-')}\t{schema.get('description', '')} "
-                      f"(default {schema.get('default')})")
-        return 0
+        def lines(described: list[dict]) -> Iterator[str]:
+            for method in described:
+                kind = "structured (neurons)" if method["structured"] else "weights"
+                yield f"{method['name']}\t{kind}\t{method['description']}"
+                for name, schema in method["options"].get("properties", {}).items():
+                    yield (f"    --{name.replace('_', '-')}\t{schema.get('description', '')} "
+                           f"(default {schema.get('default')})")
+
+        return print_listing([method.describe() for method in methods().values()], args.json, lines)
 
     return run
 
@@ -151,17 +148,15 @@ def _variants(parser: argparse.ArgumentParser):
     def run(args) -> int:
         from backend.pruning.variants import list_variants
 
-        rows = list_variants(args.base)
-        if args.json:
-            print(json.dumps(rows, indent=2))
-            return 0
-        if not rows:
-            print("no variants yet: create one with `prunelens prune`")
-        for row in rows:
-            print(f"{row['id']}\t{row['base_model']}\t{row['method']}\t{row['calibration']}\t"
-                  f"{row['sparsity']}\tachieved {row['achieved_sparsity']['overall']:.4f}"
-                  f"{chr(9) + 'stale (other code version; a new prune recomputes)' if row['stale'] else ''}")
-        return 0
+        def lines(rows: list[dict]) -> Iterator[str]:
+            if not rows:
+                yield "no variants yet: create one with `prunelens prune`"
+            for row in rows:
+                stale = "\tstale (other code version; a new prune recomputes)" if row["stale"] else ""
+                yield (f"{row['id']}\t{row['base_model']}\t{row['method']}\t{row['calibration']}\t"
+                       f"{row['sparsity']}\tachieved {row['achieved_sparsity']['overall']:.4f}{stale}")
+
+        return print_listing(list_variants(args.base), args.json, lines)
 
     return run
 
