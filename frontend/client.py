@@ -160,6 +160,10 @@ class BackendClient:
         """The registered pruning methods, each with the JSON schema of its options."""
         return self._request("GET", "/methods")
 
+    def request_schema(self, name: str) -> dict:
+        """The JSON schema of one of the API's request bodies (e.g. PruneRequest), from its OpenAPI document."""
+        return self._request("GET", "/openapi.json")["components"]["schemas"].get(name, {})
+
     def nsa_result(self, result_id: str) -> dict:
         return self._request("GET", f"/nsa/{_segment(result_id)}")
 
