@@ -175,6 +175,10 @@ class BackendClient:
         """Stored lm-eval results; filters: base_model, variant ('dense' or an id), task."""
         return self._request("GET", "/evaluations", params=self._params(filters))
 
+    def speeds(self) -> list[dict]:
+        """Every current speed measurement (``prunelens speed`` / POST /variants/{id}/speed)."""
+        return self._request("GET", "/speed")
+
     def compare(self, base_model: str, variant: str, metric: str = "acc,none") -> list[dict]:
         """A variant against the dense model per task: intervals and the paired difference."""
         return self._request("GET", "/evaluations/compare",
