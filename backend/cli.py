@@ -28,8 +28,6 @@ FEATURE_COMMAND_MODULES: tuple[str, ...] = (
     "backend.nsa.commands",
     "backend.api.commands",
     "backend.export.commands",
-    "frontend.commands",
-    "frontend.figure_commands",
 )
 
 

@@ -55,6 +55,8 @@ def accuracy_speed_frame(evaluations: Sequence[dict], speeds: Sequence[dict], ta
     rows = []
     for variant_id, values in by_variant.items():
         speed = measured.get(variant_id)
+        kind: str | None
+        device_name: str | None
         if variant_id == DENSE_ID:
             speedup, low, high, kind, device_name = 1.0, 1.0, 1.0, "dense", None
         else:
