@@ -8,6 +8,9 @@ per-layer call all read this registry, so an option is declared once.
 
 The engine calls ``method.prune(layer, options, spec)`` once per decoder layer, after
 collecting the input statistics the method asks for (``needs``), and applies what it returns.
+A structured (MLP-neuron) method's module defines a selection function instead and its entry is
+``neuron_method(name, description, select, options)`` (``backend.pruning.structured``), which
+keeps the selection as ``PruningMethod.selection``.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast
 
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -26,6 +29,9 @@ from backend.models.adapters import ArchitectureAdapter, weight_matrix
 from backend.pruning.protection import WeightGuard
 from backend.pruning.spec import SparsitySpec
 from backend.pruning.stats import InputStatistics
+
+if TYPE_CHECKING:  # structured.py builds on this module: the type only
+    from backend.pruning.structured import NeuronSelector
 
 # One line per built-in method: its module defines METHOD.
 BUILTIN_METHOD_MODULES = (
@@ -129,6 +135,9 @@ class PruningMethod(Generic[OptionsT]):
     check: Callable[[OptionsT, SparsitySpec], None] | None = None
     # The statistics as the chosen options ask for them (None: always ``needs``).
     needs_for: Callable[[OptionsT], InputNeeds] | None = None
+    # A structured method's selection (backend.pruning.structured.NeuronSelector), which ``prune``
+    # wraps: which neurons of a layer go and how the kept ones compensate.
+    selection: NeuronSelector[OptionsT] | None = None
 
     @property
     def needs_calibration(self) -> bool:
