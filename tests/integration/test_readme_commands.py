@@ -19,7 +19,7 @@ def first_table_commands() -> list[str]:
     text = README.read_text(encoding="utf-8")
     table = text[text.index("## What it does"):]
     table = table[:table.index("\n\n", table.index("| command"))]
-    return [match.group(1) for match in re.finditer(r"^\| `(prunelens [^`]+)`", table, re.M)]
+    return [match.group(1) for match in re.finditer(r"^\| `(prunelens [^`]+)`", table, re.MULTILINE)]
 
 
 def filled(command: str, variant: str, tmp_path: Path) -> list[str]:
@@ -52,7 +52,7 @@ def test_the_quick_commands_run_offline(isolated_cache, monkeypatch, tmp_path, c
     # the table's prune, on fewer and shorter windows so that it takes seconds
     assert main([*filled(prune, "", tmp_path), "--nsamples", "2", "--seqlen", "32"]) == 0
     printed = capsys.readouterr().out
-    variant = re.search(r"^(wanda-lambada-\S+)", printed, re.M).group(1)  # the id `prune` prints
+    variant = re.search(r"^(wanda-lambada-\S+)", printed, re.MULTILINE).group(1)  # the id `prune` prints
     for command in commands:
         name = command.split()[1]
         if name in {"models", "methods", "variants", "tasks", "datasets", "activations"}:
