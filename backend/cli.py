@@ -24,6 +24,7 @@ FEATURE_COMMAND_MODULES: tuple[str, ...] = (
     "backend.data.commands",
     "backend.evaluation.commands",
     "backend.guided.commands",
+    "backend.studies.commands",
     "backend.nsa.commands",
     "backend.api.commands",
     "backend.export.commands",

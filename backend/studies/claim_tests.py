@@ -27,6 +27,7 @@ class Outcomes:
     category: str
     conditions: tuple[str, ...]
     scores: np.ndarray  # [conditions, examples] 0/1
+    docs: tuple[int, ...] = ()  # the examples' doc ids, in column order (empty: not known)
 
     @property
     def n(self) -> int:

@@ -45,6 +45,7 @@ class ClaimEvidence:
     scores: dict[tuple[str, str], dict[int, float]]  # (cell key, task) -> {doc id: 0/1}
     nsa: list[tuple[NsaRequest, dict]] = field(default_factory=list)  # request -> stored NSA body
     nsa_errors: list[str] = field(default_factory=list)
+    excluded: frozenset[str] = frozenset()  # tasks the dense model is at chance on: no claim uses them
 
     def failures(self) -> list[str]:
         """One line per cell that did not finish (e.g. a calibration set that needs the hub)."""
@@ -71,6 +72,8 @@ class ClaimEvidence:
         tables = []
         for (method, fixed), members in groups.items():
             for task in self.sweep.tasks:
+                if task in self.excluded:
+                    continue
                 columns = [(str(getattr(cell, axis)), self.scores.get((cell.key, task))) for cell in members]
                 dense = self.dense_scores(task)
                 if dense_as is not None and dense is not None:
@@ -83,7 +86,8 @@ class ClaimEvidence:
                     continue
                 matrix = np.array([[scores[doc] for doc in shared] for _, scores in present])  # [conditions, examples]
                 label = f"{task} ({method}" + "".join(f", {value}" for _, value in fixed if value is not None) + ")"
-                tables.append(Outcomes(label, TASKS[task].category, tuple(name for name, _ in present), matrix))
+                tables.append(Outcomes(label, TASKS[task].category, tuple(name for name, _ in present), matrix,
+                                       tuple(shared)))
         return tables
 
 
@@ -124,8 +128,26 @@ def read_evidence(sweep: SweepSpec, store=None) -> ClaimEvidence:
 
 
 def run_claim_cells(sweep: SweepSpec, *, ray_address: str | None, progress: Progress | None) -> list[CellOutcome]:
-    """The sweep's missing cells, computed (locally or on Ray); complete ones are skipped."""
-    return run_sweep(sweep, ray_address=ray_address, progress=progress).outcomes
+    """The sweep's missing cells, computed (locally or on Ray); complete ones are skipped. A grid
+    without tasks (NSA only) has its variants pruned here, each recorded as its sweep's cell."""
+    if sweep.tasks:
+        return run_sweep(sweep, ray_address=ray_address, progress=progress).outcomes
+    from backend.evaluation.store import ResultsStore
+    from backend.evaluation.sweep import _model_for, prune_for_cell
+
+    store = ResultsStore.from_settings()
+    outcomes = []
+    for cell in sweep_cells(sweep):
+        if cell.method is None or store.cells(sweep.name).get(cell.key, {}).get("status") == "done":
+            continue
+        try:
+            variant_id = prune_for_cell(_model_for(cell.model), cell, sweep)
+            outcome = CellOutcome(cell.key, "done", variant_id)
+        except Exception as exc:  # noqa: BLE001 - recorded as the cell's error, like a sweep's cell
+            outcome = CellOutcome(cell.key, "failed", error=(str(exc).splitlines() or [""])[0][:300])
+        store.record_cell(sweep.name, cell.key, outcome.status, variant_id=outcome.variant_id, error=outcome.error)
+        outcomes.append(outcome)
+    return outcomes
 
 
 def nsa_request_body(model: str, request: NsaRequest, variants: list[str], seed: int, resamples: int) -> dict:
