@@ -84,7 +84,8 @@ def dense_against_chance(task: str, scores: dict[int, float], labels: TaskLabels
     gold_shares = {(names[label] if names else str(label)): count / len(docs)
                    for label, count in sorted(gold_counts.items())}
     test = stats.binomtest(hits, len(docs), p=majority_share, alternative="greater")
-    interval = test.proportion_ci(confidence_level=0.95, method="wilson")
+    # the test is one-sided; the interval shown is the two-sided 95% Wilson interval
+    interval = stats.binomtest(hits, len(docs)).proportion_ci(confidence_level=0.95, method="wilson")
     informative = test.pvalue < alpha
     return {"task": task, "n": len(docs), "accuracy": hits / len(docs), "low": float(interval.low),
             "high": float(interval.high), "majority_baseline": majority_share, "gold_shares": gold_shares,

@@ -14,6 +14,7 @@ from backend.api.routes import (
     models,
     nsa,
     nsa_jobs,
+    studies,
     tables,
     tasks,
     variants,
@@ -34,6 +35,7 @@ def build_routers(settings) -> list[APIRouter]:
         evaluations.router,
         tables.router,
         experiments.router,
+        studies.router,
     ]
 
 
@@ -42,3 +44,4 @@ def register_job_kinds(state) -> None:
     variants.register_jobs(state)
     evaluations.register_jobs(state)
     nsa_jobs.register_jobs(state)
+    studies.register_jobs(state)
