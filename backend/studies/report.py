@@ -97,15 +97,15 @@ def markdown(result: dict, version: dict) -> str:
     if result.get("paper"):
         lines += [f"Paper: {result['paper']}", ""]
     settings = result["settings"]
-    lines += [f"Model `{settings['model']}`, {settings['limit'] or 'all'} seeded examples per task, "
+    lines += [(f"Model `{settings['model']}`, {settings['limit'] or 'all'} seeded examples per task, "
               f"{settings['nsamples']} calibration windows, seed {settings['seed']}, alpha {settings['alpha']} "
               f"(Holm within a claim), {settings['resamples']} resamples. Took {result['seconds']} s. "
               f"Code: git {version.get('git_commit') or 'n/a'}{' (dirty)' if version.get('git_dirty') else ''}, "
-              f"evaluation {version['evaluation_code']}, NSA {version['nsa_code']}.", "", "## Claims", ""]
+              f"evaluation {version['evaluation_code']}, NSA {version['nsa_code']}."), "", "## Claims", ""]
     lines += _md_table(_CLAIM_HEADER, _claim_rows(result))
     lines += ["", "## Dense model against chance", "",
-              "Tasks where the dense model is not better than always answering the majority label "
-              "(one-sided binomial test) are uninformative for this model and left out of every claim.", ""]
+              ("Tasks where the dense model is not better than always answering the majority label "
+              "(one-sided binomial test) are uninformative for this model and left out of every claim."), ""]
     lines += _md_table(_CHANCE_HEADER, _chance_rows(result))
     for claim in result["claims"]:
         lines += ["", f"## {claim['id']}: {claim['title']} ({claim['source']})", "",
@@ -136,8 +136,8 @@ def html_page(result: dict, version: dict) -> str:
     """One file, no external assets: the same content as report.md."""
     parts = [f"<h1>Study {html.escape(result['study'])} (profile {html.escape(result['profile'])})</h1>",
              f"<p>{html.escape(result.get('paper') or '')}</p>",
-             f"<p>Model <code>{html.escape(result['settings']['model'])}</code>; took {result['seconds']} s; "
-             f"git {html.escape(str(version.get('git_commit')))}.</p>",
+             (f"<p>Model <code>{html.escape(result['settings']['model'])}</code>; took {result['seconds']} s; "
+             f"git {html.escape(str(version.get('git_commit')))}.</p>"),
              "<h2>Claims</h2>", _html_table(_CLAIM_HEADER, _claim_rows(result), verdict_column=5),
              "<h2>Dense model against chance</h2>", _html_table(_CHANCE_HEADER, _chance_rows(result))]
     for claim in result["claims"]:

@@ -30,7 +30,7 @@ def test_shipped_spec_has_every_claim_and_three_profiles():
     assert sorted(spec.profiles) == ["7b", "embedded", "quick"]
     quick = resolve(spec, "quick")
     assert quick.settings.limit == 100 and quick.skipped == ("C5",)
-    assert quick.claims["C1"].grid.calibrations == ("sst2", "arc_challenge", "boolq")
+    assert quick.claims["C1"].grid.calibrations == ("sst2", "boolq")
     assert resolve(spec, "7b").settings.limit is None
 
 
