@@ -26,7 +26,8 @@ def code_version() -> dict:
     from backend.source_digest import files_digest
 
     package = Path(__file__).resolve().parent
-    version = {"evaluation_code": evaluation_code_version(), "nsa_code": nsa_code_version(),
+    version: dict[str, str | bool | None] = {
+        "evaluation_code": evaluation_code_version(), "nsa_code": nsa_code_version(),
                "studies_code": files_digest(sorted(package.glob("*.py")), package)[:16], "git_commit": None,
                "git_dirty": None}
     try:

@@ -78,9 +78,10 @@ def run_study(study: ResolvedStudy, *, ray_address: str | None = None, compute: 
     for index, (label, sweep) in enumerate(sweeps):
         if compute:
             report(index / (len(sweeps) + 1), f"{label}: cells")
-            outcomes = run_claim_cells(sweep, ray_address=ray_address,
-                                       progress=lambda fraction, message, at=index: report(
-                                           (at + fraction) / (len(sweeps) + 1), message))
+            def cell_progress(fraction: float, message: str, at: int = index) -> None:
+                report((at + fraction) / (len(sweeps) + 1), message)
+
+            outcomes = run_claim_cells(sweep, ray_address=ray_address, progress=cell_progress)
             cell_counts[label] = {"computed_now": len(outcomes),
                                   "failed_now": sum(outcome.status != "done" for outcome in outcomes)}
 

@@ -26,14 +26,14 @@ class _Strict(BaseModel):
 class Settings(_Strict):
     """What every cell of a run shares."""
 
-    model: str = Field("smollm2-135m-instruct", description="embedded name, hub id or local folder")
-    limit: int | None = Field(200, ge=1, description="seeded examples per task (null: whole splits)")
-    nsamples: int = Field(128, ge=1, description="calibration windows per variant")
-    seed: int = Field(0, ge=0, description="calibration and test seed")
-    batch_size: int = Field(16, ge=1)
-    alpha: float = Field(0.05, gt=0, lt=0.5, description="test level (Holm-corrected within a claim)")
-    power: float = Field(0.8, gt=0, lt=1, description="power at which the minimum detectable effect is given")
-    resamples: int = Field(2000, ge=100, description="permutation and bootstrap resamples")
+    model: str = Field(default="smollm2-135m-instruct", description="embedded name, hub id or local folder")
+    limit: int | None = Field(default=200, ge=1, description="seeded examples per task (null: whole splits)")
+    nsamples: int = Field(default=128, ge=1, description="calibration windows per variant")
+    seed: int = Field(default=0, ge=0, description="calibration and test seed")
+    batch_size: int = Field(default=16, ge=1)
+    alpha: float = Field(default=0.05, gt=0, lt=0.5, description="test level (Holm-corrected within a claim)")
+    power: float = Field(default=0.8, gt=0, lt=1, description="power at which the minimum detectable effect is given")
+    resamples: int = Field(default=2000, ge=100, description="permutation and bootstrap resamples")
 
 
 class NsaRequest(_Strict):
@@ -42,8 +42,8 @@ class NsaRequest(_Strict):
     dataset: str
     task: str
     category: str = Field(description="the evaluation category it stands for (sentiment, reasoning, ...)")
-    n: int = Field(16, ge=4, description="texts (>= 4 for held-out figures)")
-    top_k: int = Field(20, ge=1)
+    n: int = Field(default=16, ge=4, description="texts (>= 4 for held-out figures)")
+    top_k: int = Field(default=20, ge=1)
 
 
 class Grid(_Strict):
@@ -52,7 +52,7 @@ class Grid(_Strict):
     sparsities: tuple[str, ...] = ("0.5",)
     seqlens: tuple[int, ...] = (2048,)
     tasks: tuple[str, ...] = ()
-    dense: bool = Field(False, description="also evaluate the dense model (C3's sparsity 0, chance checks)")
+    dense: bool = Field(default=False, description="also evaluate the dense model (C3's sparsity 0, chance checks)")
     nsa: tuple[NsaRequest, ...] = ()
 
     @field_validator("sparsities", mode="before")
@@ -64,8 +64,8 @@ class Grid(_Strict):
 
 
 class Claim(_Strict):
-    grid: Grid = Grid()
-    margin: float | None = Field(None, gt=0, description="C2: the spread below which a task counts as robust")
+    grid: Grid = Field(default_factory=Grid)
+    margin: float | None = Field(default=None, gt=0, description="C2: the spread below which a task counts as robust")
 
 
 class Profile(_Strict):
@@ -78,7 +78,7 @@ class Profile(_Strict):
 class StudySpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
     paper: str = ""
-    settings: Settings = Settings()
+    settings: Settings = Field(default_factory=Settings)
     claims: dict[str, Claim]
     profiles: dict[str, Profile] = Field(default_factory=dict)
 
