@@ -25,6 +25,7 @@ FEATURE_COMMAND_MODULES: tuple[str, ...] = (
     "backend.evaluation.commands",
     "backend.evaluation.speed_commands",
     "backend.guided.commands",
+    "backend.studies.commands",
     "backend.nsa.commands",
     "backend.api.commands",
     "backend.export.commands",

@@ -15,6 +15,7 @@ from backend.api.routes import (
     nsa,
     nsa_jobs,
     speed,
+    studies,
     tables,
     tasks,
     variants,
@@ -36,6 +37,7 @@ def build_routers(settings) -> list[APIRouter]:
         evaluations.router,
         tables.router,
         experiments.router,
+        studies.router,
     ]
 
 
@@ -45,3 +47,4 @@ def register_job_kinds(state) -> None:
     evaluations.register_jobs(state)
     nsa_jobs.register_jobs(state)
     speed.register_jobs(state)
+    studies.register_jobs(state)
