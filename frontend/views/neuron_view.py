@@ -98,18 +98,21 @@ def still_fires(rereads: Sequence[dict]) -> float | None:
 
 def histogram_figure(edges: Sequence[float], sides: Sequence[tuple[str, Sequence[int]]]) -> go.Figure:
     """Density histograms of |a| overlaid (one step line per model, as a share of its tokens) on a
-    log |a| axis. The first bin starts at 0, which a log axis cannot show: it is drawn from a
-    tenth of the next edge."""
+    log |a| axis. ``edges``: the bins' edges, or only their lower edges (the last bin open-ended,
+    drawn one octave wide). The first bin starts at 0, which a log axis cannot show: it is drawn
+    from a tenth of the next edge."""
     if len(edges) < 2:
         raise ValueError("a histogram needs at least two edges")
     shown = [float(edge) for edge in edges]
+    if sides and len(sides[0][1]) == len(edges):  # lower edges only: the last bin is open-ended
+        shown.append(shown[-1] * 2)
     if shown[0] <= 0:
         shown[0] = shown[1] / 10
     colours = ["#444", "#d62728", "#1f77b4", "#2ca02c"]
     figure = go.Figure()
     for number, (label, counts) in enumerate(sides):
-        if len(counts) != len(edges) - 1:
-            raise ValueError(f"{label}: {len(counts)} counts for {len(edges) - 1} bins")
+        if len(counts) != len(shown) - 1:
+            raise ValueError(f"{label}: {len(counts)} counts for {len(shown) - 1} bins")
         total = sum(counts) or 1
         shares = [count / total for count in counts]
         figure.add_trace(go.Scatter(

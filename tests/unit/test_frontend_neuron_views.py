@@ -83,6 +83,8 @@ def test_histogram_overlay_is_a_share_of_each_models_tokens_on_a_log_axis():
     dense = figure.data[0]
     assert list(dense.y[:-1]) == [0.5, 0.25, 0.2, 0.05]
     assert dense.x[0] == pytest.approx(0.001) and list(dense.x[1:]) == [0.01, 0.1, 1.0, 10.0]
+    lower_only = neuron_view.histogram_figure([0.0, 0.01, 0.1], [("dense", [1, 1, 2])])
+    assert list(lower_only.data[0].x) == [pytest.approx(0.001), 0.01, 0.1, 0.2]
     with pytest.raises(ValueError, match="3 counts for 4 bins"):
         neuron_view.histogram_figure(shown["histogram_edges"], [("bad", [1, 2, 3])])
 

@@ -12,6 +12,7 @@ from backend.api.routes import (
     health,
     jobs,
     models,
+    neurons,
     nsa,
     nsa_jobs,
     tables,
@@ -31,6 +32,7 @@ def build_routers(settings) -> list[APIRouter]:
         jobs.router,
         nsa_jobs.router,
         nsa.build_router(settings.api_max_upload_bytes),
+        neurons.router,
         evaluations.router,
         tables.router,
         experiments.router,
@@ -42,3 +44,4 @@ def register_job_kinds(state) -> None:
     variants.register_jobs(state)
     evaluations.register_jobs(state)
     nsa_jobs.register_jobs(state)
+    neurons.register_jobs(state)
