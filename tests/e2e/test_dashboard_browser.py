@@ -155,9 +155,10 @@ def _check_pdf_figure(data: bytes, title: str) -> None:
     assert coloured.mean() > 0.001
 
 
+@pytest.mark.timeout(900)  # the index pass runs the embedded model twice over the corpus on CPU
 @pytest.mark.skipif(_requirements() is not None, reason=str(_requirements()))
 def test_neuron_page_and_what_changed_from_a_real_index_in_chromium(tmp_path, embedded):
-    """A small real index (dense + one magnitude variant, 2000 corpus tokens) built through
+    """A small real index (dense + one magnitude variant, 1000 corpus tokens) built through
     POST /index/jobs; the neuron page shows examples and the overlaid histograms, the "what
     changed" page a ranked list whose links open neuron pages."""
     from playwright.sync_api import expect, sync_playwright
@@ -167,8 +168,8 @@ def test_neuron_page_and_what_changed_from_a_real_index_in_chromium(tmp_path, em
     with running_servers(cache, ARTIFACTS / "e2e-logs-neurons") as (api, dashboard):
         job = wait_for_job(api, api.create_variant({"method": "magnitude", "sparsity": "0.5"})["job"]["id"])
         variant = job["result"]["variant_id"]
-        job = wait_for_job(api, api.create_index({"variants": [variant], "tokens": 2000, "max_length": 64,
-                                                  "top_k": 5})["job"]["id"])
+        job = wait_for_job(api, api.create_index({"variants": [variant], "tokens": 1000, "max_length": 64,
+                                                  "top_k": 5})["job"]["id"], timeout_s=720)
         assert job["state"] == "succeeded", job
         index = job["result"]["index_id"]
         model = api.index(index)["model"]
