@@ -118,3 +118,6 @@ def test_text(dense: LoadedModel, layer: int, neuron: int, text: str,
         with context as model:
             result["variant"] = _text_activations(model, layer, neuron, encoded.input_ids)
     return result
+
+
+test_text.__test__ = False  # type: ignore[attr-defined]  # a product function, not a pytest test
