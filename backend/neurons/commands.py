@@ -43,11 +43,12 @@ def _index(parser: argparse.ArgumentParser):
     def run(args: argparse.Namespace) -> int:
         from tqdm import tqdm
 
-        from backend.neurons.service import build_index
+        from backend.neurons.service import build_index, checked_index_id
 
         request = _request_from_args(args)
         if args.ray_address:
             raise UserError("--ray-address: sharded builds are not available in this version")
+        checked_index_id(request)  # bad input: one line before the progress bar appears
         with tqdm(total=1000, desc="index", unit="‰", leave=False) as bar:
             def progress(fraction: float, message: str) -> None:
                 bar.n = int(fraction * 1000)
