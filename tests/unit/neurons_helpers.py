@@ -12,9 +12,7 @@ import torch
 from backend.models.loader import LoadedModel
 from backend.nsa.capture import NeuronCapture
 
-WORDS = ("movie slow acting beautiful delightful warm funny film question color sky blue cats animals "
-         "pruning weights calibration data unicode numbers river stone light dark quick brown fox jumps "
-         "over lazy dog sings quietly loudly market price rises falls").split()
+WORDS = ["movie", "slow", "acting", "beautiful", "delightful", "warm", "funny", "film", "question", "color", "sky", "blue", "cats", "animals", "pruning", "weights", "calibration", "data", "unicode", "numbers", "river", "stone", "light", "dark", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "sings", "quietly", "loudly", "market", "price", "rises", "falls"]
 
 
 def distinct_corpus(path: Path, documents: int = 24, seed: int = 0) -> str:

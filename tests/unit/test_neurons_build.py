@@ -51,7 +51,7 @@ def _brute_top(column: np.ndarray, keys: np.ndarray, k: int, sign: int) -> tuple
 
 
 def test_statistics_equal_full_tensors(built):
-    dense, _variant, inputs, state, (dense_layers, _, where), (variant_layers, _, _) = built
+    _dense, _variant, inputs, state, (dense_layers, _, where), (variant_layers, _, _) = built
     assert state.tokens == sum(len(ids) - 1 for ids in inputs.corpus.documents) == len(where)
     for model, layers in ((DENSE, dense_layers), ("v", variant_layers)):
         for layer, full in layers.items():  # full: [tokens, neurons]
@@ -159,7 +159,7 @@ def test_result_does_not_depend_on_batch_tokens_or_shard_order(built):
     bigger = IndexInputs(**{**inputs.__dict__, "request": inputs.request.model_copy(update={"batch_tokens": 700})})
     _assert_states_equal(state, accumulate(dense, {"v": variant}, bigger, range(len(inputs.corpus.documents))))
     count = len(inputs.corpus.documents)
-    first = accumulate(dense, {"v": variant}, inputs, range(0, count // 3))
+    first = accumulate(dense, {"v": variant}, inputs, range(count // 3))
     second = accumulate(dense, {"v": variant}, inputs, range(count // 3, count))
     _assert_states_equal(state, merge_states([first, second]))
     _assert_states_equal(state, merge_states([second, first]))

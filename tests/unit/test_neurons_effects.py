@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from backend.errors import UserError
+from backend.models.hooks import neuron_hooks
 from backend.neurons.agreement import multiset_overlap, rowwise_pearson
 from backend.neurons.effects import logit_direction, logit_effects, weights_removed
 from backend.neurons.effects import test_text as neuron_test_text
-from backend.models.hooks import neuron_hooks
 from tests.conftest import tiny_loaded
 from tests.unit.neurons_helpers import pruned_copy
 

@@ -59,10 +59,11 @@ def test_neuron_page_holds_the_state(written):
     for example in page["dense"]["top_positive"]:
         document = inputs.corpus.documents[example["document"]]
         assert example["token_ids"][example["focus"]] == document[example["position"]]
-        assert example["activations"][example["focus"]] == pytest.approx(example["activation"])
+        assert example["activations"][example["focus"]] == pytest.approx(example["activation"], rel=1e-3, abs=1e-4)
     reread = page["variant"]["dense_top_reread"]
     assert len(reread) == len(page["dense"]["top_positive"]) + len(page["dense"]["top_negative"])
-    assert all(row["variant_activation"] == pytest.approx(row["variant_activations"][row["focus"]]) for row in reread)
+    assert all(row["variant_activation"] == pytest.approx(row["variant_activations"][row["focus"]], rel=1e-3, abs=1e-4)
+               for row in reread)  # windows are stored as float16
     agreement = page["variant"]["agreement"]
     assert set(agreement) >= {"pearson", "mass_ratio", "mass_lost", "topk_overlap", "profile_correlation",
                               "profile_correlation_floor", "token_overlap", "token_overlap_floor", "not_distinguishable"}
