@@ -25,6 +25,7 @@ FEATURE_COMMAND_MODULES: tuple[str, ...] = (
     "backend.evaluation.commands",
     "backend.evaluation.experiment_commands",
     "backend.nsa.commands",
+    "backend.neurons.commands",
     "backend.api.commands",
     "backend.export.commands",
     "frontend.commands",

@@ -25,7 +25,13 @@ from backend.errors import UserError
 from backend.models.hooks import neuron_hooks
 from backend.models.loader import LoadedModel
 from backend.neurons.accumulators import SIDES, IndexState, KLState, LayerStats, merge_states
-from backend.neurons.corpus import BatchTensors, IndexCorpus, batch_tensors, encode_corpus, plan_batches
+from backend.neurons.corpus import (
+    BatchTensors,
+    IndexCorpus,
+    batch_tensors,
+    encode_corpus,
+    plan_batches,
+)
 from backend.neurons.effects import weights_removed
 from backend.neurons.request import KL_TOP, PROFILE_TOKENS, IndexRequest
 from backend.neurons.topk import TopK, batch_top

@@ -30,15 +30,17 @@ def weights_removed(dense: LoadedModel, variant: LoadedModel) -> list[torch.Tens
     dense_layers = dense.adapter.decoder_layers(dense.model)
     variant_layers = variant.adapter.decoder_layers(variant.model)
     for dense_layer, variant_layer in zip(dense_layers, variant_layers, strict=True):
-        removed_in = size_in = 0
+        neurons = dense.adapter.neuron_count(dense.model)
+        removed_in = torch.zeros(neurons, dtype=torch.long)
+        size_in = 0
         for before_module, after_module in zip(dense.adapter.neuron_input_modules(dense_layer),
                                                variant.adapter.neuron_input_modules(variant_layer), strict=True):
             before, after = weight_matrix(before_module), weight_matrix(after_module)  # [N, hidden]
-            removed_in = removed_in + ((before != 0) & (after == 0)).sum(1)
+            removed_in = removed_in + ((before != 0) & (after == 0)).sum(1).cpu()
             size_in += before.shape[1]
         before = weight_matrix(dense.adapter.neuron_module(dense_layer))  # [hidden, N]
         after = weight_matrix(variant.adapter.neuron_module(variant_layer))
-        removed_out = ((before != 0) & (after == 0)).sum(0)
+        removed_out = ((before != 0) & (after == 0)).sum(0).cpu()
         size_out = before.shape[0]
         out.append(torch.stack([(removed_in + removed_out) / (size_in + size_out),
                                 removed_in / size_in, removed_out / size_out]).double())
@@ -64,7 +66,8 @@ def logit_direction(loaded: LoadedModel, layer: int, neuron: int) -> torch.Tenso
         raise UserError(f"neuron {neuron} out of range: layers have neurons 0..{neurons - 1}")
     column = weight_matrix(loaded.adapter.neuron_module(loaded.adapter.decoder_layers(model)[layer]))[:, neuron]
     norm = _final_norm(model)
-    direction = column.float() * norm.weight.float() if getattr(norm, "weight", None) is not None else column.float()
+    scale = getattr(norm, "weight", None)
+    direction = column.float() * scale.float() if isinstance(scale, torch.Tensor) else column.float()
     project_out = getattr(getattr(getattr(model, "model", None), "decoder", None), "project_out", None)
     if project_out is not None:
         direction = weight_matrix(project_out).float() @ direction
@@ -118,3 +121,6 @@ def test_text(dense: LoadedModel, layer: int, neuron: int, text: str,
         with context as model:
             result["variant"] = _text_activations(model, layer, neuron, encoded.input_ids)
     return result
+
+
+test_text.__test__ = False  # type: ignore[attr-defined]  # a product function, not a pytest test

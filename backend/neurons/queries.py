@@ -178,7 +178,8 @@ def changed_neurons(index_id: str, variant: str, layer: int | None = None, order
         raise UserError(f"unknown order {order!r}: use {', '.join(ORDERS)}")
     if limit < 1:
         raise UserError("limit must be at least 1")
-    conditions, parameters = ["variant = ?"], [variant]
+    conditions: list[str] = ["variant = ?"]
+    parameters: list[object] = [variant]
     if layer is not None:
         index.check_neuron(layer, 0)
         conditions.append("layer = ?")

@@ -11,13 +11,19 @@ from backend.neurons.store import discard_partial, index_exists, index_id
 from backend.neurons.writer import write_index
 
 
+def checked_index_id(request: IndexRequest) -> str:
+    """The id ``request`` would build, after checking what can be checked without loading a model
+    (variants of this model, a readable corpus file): bad input fails here, before any work."""
+    check_variants(request)
+    return index_id(request, model_name(request))
+
+
 def build_index(request: IndexRequest, *, progress: Progress | None = None,
                 should_stop: Callable[[], bool] | None = None) -> str:
     """Build (or reuse) the index of ``request``; returns its id. A killed build leaves only a
     staging folder, removed here before starting over."""
     report = progress or (lambda _fraction, _message: None)
-    check_variants(request)
-    target = index_id(request, model_name(request))
+    target = checked_index_id(request)
     if index_exists(target):
         report(1.0, f"reused existing index {target}")
         return target

@@ -75,48 +75,57 @@ def _sorted(table: pa.Table) -> pa.Table:
     return table.sort_by([("layer", "ascending"), ("neuron", "ascending")])
 
 
-def _example_block(model: str, side: str, layer: int, top_keys: np.ndarray, scores: np.ndarray,
-                   windows: np.ndarray, sign: int, lookup: TokenLookup) -> dict:
-    """Rows of one (model, side, layer) block: keys/scores [N, k], windows [N, k, W]."""
-    filled = top_keys != KEY_EMPTY
-    neuron, rank = np.nonzero(filled)
+EXAMPLE_SIDES = ("positive", "negative", "reread_positive", "reread_negative")
+
+
+def _example_block(model: int, side: int, top_keys: np.ndarray, scores: np.ndarray, windows: np.ndarray,
+                   sign: int, lookup: TokenLookup) -> dict[str, np.ndarray]:
+    """Rows of one (model, side) block of a layer: keys/scores [N, k], windows [N, k, W]."""
+    neuron, rank = np.nonzero(top_keys != KEY_EMPTY)
     keys = top_keys[neuron, rank]
-    centre = windows.shape[2] // 2
-    activation = windows[neuron, rank, centre] if side.startswith("reread") else sign * scores[neuron, rank]
+    reread = EXAMPLE_SIDES[side].startswith("reread")
+    activation = windows[neuron, rank, windows.shape[2] // 2] if reread else sign * scores[neuron, rank]
     return {
-        "model": [model] * len(keys), "side": [side] * len(keys),
-        "layer": np.full(len(keys), layer, dtype=np.int32), "neuron": neuron.astype(np.int32),
-        "rank": rank.astype(np.int16), "document": (keys >> POSITION_BITS).astype(np.int32),
+        "model": np.full(len(keys), model, dtype=np.int8), "side": np.full(len(keys), side, dtype=np.int8),
+        "neuron": neuron.astype(np.int32), "rank": rank.astype(np.int16),
+        "document": (keys >> POSITION_BITS).astype(np.int32),
         "position": (keys & ((1 << POSITION_BITS) - 1)).astype(np.int32),
         "activation": activation.astype(np.float32), "token_id": lookup(keys).astype(np.int32),
-        "window": windows[neuron, rank].astype(np.float32),
+        # float16: the window is for display (colour scale); the example's own activation is float32
+        "window": windows[neuron, rank].astype(np.float16),
     }
 
 
 def _example_rows(state: IndexState, inputs: IndexInputs, variants: list[str], lookup: TokenLookup) -> pa.Table:
-    blocks = []
+    models = [DENSE, *variants]
+    layers = []
     for layer in range(inputs.layers):
+        blocks = []
         for side, sign in zip(SIDES, (1, -1), strict=True):
+            code = EXAMPLE_SIDES.index(side)
             dense_top = overall_top(state.layers[DENSE][layer], side)
             keys, scores = _np(dense_top.keys), _np(dense_top.scores)
-            blocks.append(_example_block(DENSE, side, layer, keys, scores, _np(dense_top.payload["window"]), sign, lookup))
-            for variant in variants:
+            blocks.append(_example_block(0, code, keys, scores, _np(dense_top.payload["window"]), sign, lookup))
+            for number, variant in enumerate(variants, start=1):
                 reread = _np(dense_top.payload[f"reread:{variant}"])
-                blocks.append(_example_block(variant, f"reread_{side}", layer, keys, scores, reread, sign, lookup))
+                blocks.append(_example_block(number, code + 2, keys, scores, reread, sign, lookup))
                 top = overall_top(state.layers[variant][layer], side)
-                blocks.append(_example_block(variant, side, layer, _np(top.keys), _np(top.scores),
+                blocks.append(_example_block(number, code, _np(top.keys), _np(top.scores),
                                              _np(top.payload["window"]), sign, lookup))
+        merged = {name: np.concatenate([block[name] for block in blocks]) for name in blocks[0]}
+        order = np.argsort(merged["neuron"], kind="stable")  # rows sorted by neuron within the layer
+        layers.append({name: values[order] for name, values in merged.items()}
+                      | {"layer": np.full(len(order), layer, dtype=np.int32)})
+    columns = {name: np.concatenate([part[name] for part in layers]) for name in layers[0]}
     width = 2 * inputs.request.context + 1
-    arrays = {}
-    for name in blocks[0]:
-        if name in ("model", "side"):
-            arrays[name] = pa.array([value for block in blocks for value in block[name]])
-        elif name == "window":
-            flat = np.concatenate([block[name].reshape(-1) for block in blocks])
-            arrays[name] = pa.FixedSizeListArray.from_arrays(pa.array(flat, type=pa.float32()), width)
-        else:
-            arrays[name] = pa.array(np.concatenate([block[name] for block in blocks]))
-    return _sorted(pa.table(arrays))
+    arrays = {
+        "model": pa.DictionaryArray.from_arrays(pa.array(columns.pop("model")), pa.array(models)),
+        "side": pa.DictionaryArray.from_arrays(pa.array(columns.pop("side")), pa.array(list(EXAMPLE_SIDES))),
+        "window": pa.FixedSizeListArray.from_arrays(pa.array(columns.pop("window").reshape(-1)), width),
+    }
+    arrays |= {name: pa.array(values) for name, values in columns.items()}
+    return pa.table({name: arrays[name] for name in ("model", "side", "layer", "neuron", "rank", "document",
+                                                     "position", "activation", "token_id", "window")})
 
 
 def _agreement_rows(state: IndexState, inputs: IndexInputs, variants: list[str], lookup: TokenLookup) -> pa.Table:
@@ -176,7 +185,7 @@ def _documents_table(documents: list[list[int]]) -> pa.Table:
 
 def _versions() -> dict:
     names = ("torch", "transformers", "pyarrow", "duckdb")
-    out = {}
+    out: dict[str, str | None] = {}
     for name in names:
         try:
             out[name] = importlib.metadata.version(name)
