@@ -66,7 +66,9 @@ if rows is not None:
         "neuron page": st.column_config.LinkColumn("neuron page", display_text="open"),
         "mass lost": percent, "top-k kept": percent, "token overlap": percent, "overlap floor": percent})
     if rows:
-        st.plotly_chart(changed_view.changed_figure(rows), key="ch_figure")
+        left, right = st.columns([2, 3])
+        left.markdown(changed_view.ranked_links(rows, href))
+        right.plotly_chart(changed_view.changed_figure(rows), key="ch_figure")
 
 st.subheader("Where the variant's predictions diverge")
 report = ui.fetch(api.divergence, index_id, variant, 30, what="divergence")

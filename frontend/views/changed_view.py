@@ -39,6 +39,18 @@ def changed_table(rows: Sequence[dict], href: Callable[[int, int], str]) -> pd.D
     return pd.DataFrame(table, columns=CHANGED_COLUMNS)
 
 
+def ranked_links(rows: Sequence[dict], href: Callable[[int, int], str], count: int = 10) -> str:
+    """The first ``count`` neurons of the ranking as a Markdown list of links to their pages."""
+    lines = []
+    for rank, row in enumerate(rows[:count], start=1):
+        pearson = "n/a" if row.get("pearson") is None else f"{row['pearson']:.3f}"
+        lost = "n/a" if row.get("mass_lost") is None else f"{row['mass_lost']:.0%}"
+        reading = NOISE_LABEL if row.get("not_distinguishable") else "changed"
+        lines.append(f"{rank}. [layer {row['layer']}, neuron {row['neuron']}]({href(row['layer'], row['neuron'])})"
+                     f" · correlation {pearson} · mass lost {lost} · {reading}")
+    return "\n".join(lines)
+
+
 def noise_summary(rows: Sequence[dict]) -> str:
     inside = sum(bool(row.get("not_distinguishable")) for row in rows)
     return (f"{len(rows) - inside} of {len(rows)} listed neurons changed beyond their split-half floor; "

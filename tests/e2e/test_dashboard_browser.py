@@ -187,12 +187,16 @@ def test_neuron_page_and_what_changed_from_a_real_index_in_chromium(tmp_path, em
                 expect(page.get_by_text("Neurons ranked by change")).to_be_visible(timeout=60_000)
                 expect(page.get_by_text("listed neurons changed beyond their split-half floor")).to_be_visible(
                     timeout=60_000)
-                expect(page.get_by_test_id("stDataFrame").first).to_be_visible()
                 expect(page.get_by_text("Mean KL(dense")).to_be_visible()
+                # The ranked list, in the API's order, each entry a link to its neuron page.
+                top_link = page.get_by_role("link", name=f"layer {first['layer']}, neuron {first['neuron']}").first
+                expect(top_link).to_be_visible(timeout=30_000)
+                second = ranked[1]
+                expect(page.get_by_role("link", name=f"layer {second['layer']}, neuron {second['neuron']}").first
+                       ).to_be_visible()
                 page.screenshot(path=str(ARTIFACTS / "e2e-changed.png"), full_page=True)
 
-                page.goto(f"{dashboard}/neuron?model={model}&index={index}&variant={variant}"
-                          f"&layer={first['layer']}&neuron={first['neuron']}")
+                page.goto(top_link.get_attribute("href"))
                 expect(page.get_by_text(f"Layer {first['layer']}, neuron {first['neuron']}")).to_be_visible(
                     timeout=60_000)
                 examples = page.locator(".pl-example")

@@ -140,6 +140,10 @@ def test_changed_rows_link_to_their_neuron_pages_and_label_the_noise_floor():
     assert link.path == "neuron" and parse_qs(link.query) == {
         "model": ["m"], "layer": ["1"], "neuron": ["5"], "index": ["i"], "variant": ["v"]}
     assert changed_view.noise_summary(rows).startswith("1 of 2 listed neurons changed")
+    links = changed_view.ranked_links(rows, lambda lay, neu: f"neuron?layer={lay}&neuron={neu}").splitlines()
+    assert links[0] == ("1. [layer 1, neuron 5](neuron?layer=1&neuron=5) \u00b7 correlation 0.200 \u00b7 "
+                        "mass lost 60% \u00b7 changed")
+    assert links[1].endswith(neuron_view.NOISE_LABEL)
     figure = changed_view.changed_figure(rows)
     assert [len(trace.x) for trace in figure.data] == [1, 1]
 
