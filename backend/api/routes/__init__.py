@@ -12,6 +12,7 @@ from backend.api.routes import (
     health,
     jobs,
     models,
+    neurons,
     nsa,
     nsa_jobs,
     speed,
@@ -34,6 +35,7 @@ def build_routers(settings) -> list[APIRouter]:
         jobs.router,
         nsa_jobs.router,
         nsa.build_router(settings.api_max_upload_bytes),
+        neurons.router,
         evaluations.router,
         tables.router,
         experiments.router,
@@ -48,3 +50,4 @@ def register_job_kinds(state) -> None:
     nsa_jobs.register_jobs(state)
     speed.register_jobs(state)
     studies.register_jobs(state)
+    neurons.register_jobs(state)
