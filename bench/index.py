@@ -50,8 +50,13 @@ def child(tokens: int, variant: str, batch_tokens: int) -> dict:
     started = time.perf_counter()
     write_index(state, inputs, dense.tokenizer, f"bench-{tokens}")
     written = time.perf_counter() - started
-    return {"tokens": state.tokens, "plain_s": plain, "pass_s": indexed, "write_s": written,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {
+        "tokens": state.tokens,
+        "plain_s": plain,
+        "pass_s": indexed,
+        "write_s": written,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def main() -> int:
@@ -77,24 +82,42 @@ def main() -> int:
     from backend.pruning.spec import SparsitySpec
 
     loaded = load_model("smollm2-135m-instruct")
-    variant = create_variant(loaded, PruneConfig("wanda", calibration="lambada", spec=SparsitySpec.parse("0.5"),
-                                                 nsamples=16, seqlen=256)).variant_id
+    variant = create_variant(
+        loaded, PruneConfig("wanda", calibration="lambada", spec=SparsitySpec.parse("0.5"), nsamples=16, seqlen=256)
+    ).variant_id
     del loaded
     tokens = 4000 if args.quick else args.tokens
     results = {}
     for count in (tokens, max(1000, tokens // 10)):
-        output = subprocess.run([sys.executable, __file__, "--child", str(count), "--variant", variant,
-                                 "--batch-tokens", str(args.batch_tokens)],
-                                check=True, capture_output=True, text=True).stdout
+        output = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                str(count),
+                "--variant",
+                variant,
+                "--batch-tokens",
+                str(args.batch_tokens),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         results[count] = json.loads(output.strip().splitlines()[-1])
     big, small = results[tokens], results[max(1000, tokens // 10)]
     ratio = (big["pass_s"] + big["write_s"]) / big["plain_s"]
     print(f"index bench: embedded model + {variant}, batch_tokens {args.batch_tokens}")
     for row in (big, small):
-        print(f"  {row['tokens']:>7} tokens: plain forwards {row['plain_s']:7.1f} s, index pass {row['pass_s']:7.1f} s, "
-              f"write {row['write_s']:5.1f} s, peak RSS {row['peak_rss_mb']:7.0f} MB")
-    print(f"  time: index (pass + write) / plain forwards = {ratio:.2f} (pass only {big['pass_s'] / big['plain_s']:.2f}); "
-          f"goal <= {TIME_GOAL}")
+        print(
+            f"  {row['tokens']:>7} tokens: plain forwards {row['plain_s']:7.1f} s, index pass {row['pass_s']:7.1f} s, "
+            f"write {row['write_s']:5.1f} s, peak RSS {row['peak_rss_mb']:7.0f} MB"
+        )
+    print(
+        f"  time: index (pass + write) / plain forwards = {ratio:.2f} "
+        f"(pass only {big['pass_s'] / big['plain_s']:.2f}); "
+        f"goal <= {TIME_GOAL}"
+    )
     rss = big["peak_rss_mb"] / small["peak_rss_mb"]
     print(f"  memory: peak RSS {big['tokens']} / {small['tokens']} tokens = {rss:.3f}; goal <= {RSS_GOAL}")
     return 0

@@ -75,7 +75,8 @@ def _indexes(parser: argparse.ArgumentParser):
             for row in rows:
                 stale = "  stale" if row["stale"] else ""
                 variants = ",".join(row["variants"]) or "-"
-                yield f"{row['id']}  {row['model']}  {row['tokens']} tokens  {row['corpus']}  variants {variants}  {row['created']}{stale}"
+                yield (f"{row['id']}  {row['model']}  {row['tokens']} tokens  {row['corpus']}  variants {variants}  "
+                       f"{row['created']}{stale}")
 
         return print_listing(list_indexes(args.model), args.json, lines)
 
@@ -153,7 +154,8 @@ def _changed(parser: argparse.ArgumentParser):
             for row in rows:
                 noise = "not distinguishable" if row["not_distinguishable"] else ""
                 yield (f"{row['layer']:>5} {row['neuron']:>6} {fmt(row['pearson'])} {fmt(row['mass_lost'])} "
-                       f"{fmt(row['topk_overlap'])} {fmt(row['profile_correlation'])} ({fmt(row['profile_correlation_floor'])}) "
+                       f"{fmt(row['topk_overlap'])} {fmt(row['profile_correlation'])} "
+                       f"({fmt(row['profile_correlation_floor'])}) "
                        f"{fmt(row['token_overlap'])} ({fmt(row['token_overlap_floor'])}) {noise}")
 
         return print_listing(rows, args.json, lines)

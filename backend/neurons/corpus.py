@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
+from backend.data.encoding import encode_for_attribution
 from backend.data.sources import FILE_PREFIX, load_documents
 from backend.errors import UserError
-from backend.nsa.inputs import encode_for_attribution
 
 MIX_SETS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("lambada", ("lambada",)),  # novel passages (calibration split: the held-out ones excluded)

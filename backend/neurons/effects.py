@@ -106,7 +106,7 @@ def test_text(dense: LoadedModel, layer: int, neuron: int, text: str,
               variant: LoadedModel | str | None = None) -> dict:
     """The neuron's activation on each token of ``text``, dense and (optionally) under a variant
     (a loaded variant model, or a variant id applied to ``dense`` for the call)."""
-    from backend.nsa.inputs import encode_for_attribution
+    from backend.data.encoding import encode_for_attribution
     from backend.pruning.variants import variant_applied
 
     checked_layers(dense.model, dense.adapter, [layer])

@@ -150,7 +150,8 @@ def neuron_page(index_id: str, layer: int, neuron: int, variant: str | None = No
                           [layer, neuron, variant])[0]
         reread = []
         for side in ("positive", "negative"):
-            for dense_example, variant_example in zip(listed(DENSE, side), listed(variant, f"reread_{side}"), strict=True):
+            pairs = zip(listed(DENSE, side), listed(variant, f"reread_{side}"), strict=True)
+            for dense_example, variant_example in pairs:
                 reread.append({**dense_example, "side": side, "dense_activation": dense_example["activation"],
                                "variant_activation": variant_example["activation"],
                                "dense_activations": dense_example["activations"],

@@ -28,7 +28,7 @@ _READ_MODULES = (
     "backend/models/adapters.py", "backend/models/hooks.py", "backend/models/loader.py",
     "backend/data/sources.py", "backend/data/corpus.py", "backend/data/offline_sets.py",
     "backend/data/prompt_formats.py", "backend/data/user_files.py",
-    "backend/nsa/inputs.py", "backend/nsa/capture.py", "backend/pruning/variants.py",
+    "backend/data/encoding.py", "backend/nsa/capture.py", "backend/pruning/variants.py",
 )
 _INDEX_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
 

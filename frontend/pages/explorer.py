@@ -146,8 +146,9 @@ else:
     ui.figure_downloads(lambda: static_figures.neuron_heatmap_static(result, text_index, layer, neuron,
                                                                      shown_variants),
                         f"heatmap-{result_id}-L{layer}-N{neuron}-text{text_index}", key="ex_heatmap_figure")
+first_variant = next(iter(shown_variants), None)
 st.markdown(f"[Layer {layer}, neuron {neuron} over a whole corpus →]"
-            f"({neuron_href(model, layer, neuron, variant=next(iter(shown_variants), None), current_url=st.context.url)})"
+            f"({neuron_href(model, layer, neuron, variant=first_variant, current_url=st.context.url)})"
             " (its neuron page: top examples, density, what each variant changed)")
 if st.context.url:
     st.caption(f"Link to this view: `{share_url(st.context.url, 'explorer', view)}`")

@@ -19,9 +19,11 @@ from frontend.views.heatmap import styled_fragment
 DENSE_ONLY = "(dense only)"
 
 st.title("Neuron")
-st.caption("One neuron over a whole corpus: its top examples, how often it fires, what its output "
-           "promotes, and what a pruned variant left of it. Colours: blue < 0 < red, one scale fixed "
-           "by the dense model's largest |activation|.")
+st.caption(
+    "One neuron over a whole corpus: its top examples, how often it fires, what its output "
+    "promotes, and what a pruned variant left of it. Colours: blue < 0 < red, one scale fixed "
+    "by the dense model's largest |activation|."
+)
 ui.how_to_read("neuron")
 state = ui.view_state()
 api = ui.client()
@@ -33,8 +35,10 @@ if model is None:
     st.stop()
 indexes = ui.fetch(api.indexes, model, what="neuron indexes") or []
 if not indexes:
-    st.info("No neuron index of this model yet. Build one with `prunelens index --model ... --variants ...` "
-            "or `POST /index/jobs`; the demo builds a small one in the background once its variants exist.")
+    st.info(
+        "No neuron index of this model yet. Build one with `prunelens index --model ... --variants ...` "
+        "or `POST /index/jobs`; the demo builds a small one in the background once its variants exist."
+    )
     st.stop()
 by_id = {row["id"]: row for row in indexes}
 newest_first = sorted(by_id, key=lambda i: by_id[i].get("created") or "", reverse=True)
@@ -44,7 +48,9 @@ ids = sorted(newest_first, key=lambda i: bool(by_id[i].get("stale")))  # fresh o
 def describe(index_id: str) -> str:
     row = by_id[index_id]
     stale = " \u00b7 stale" if row.get("stale") else ""
-    return f"{row.get('tokens') or '?'} tokens \u00b7 {len(row.get('variants', []))} variant(s){stale} \u00b7 {index_id}"
+    return (
+        f"{row.get('tokens') or '?'} tokens \u00b7 {len(row.get('variants', []))} variant(s){stale} \u00b7 {index_id}"
+    )
 
 
 index_id = ui.pick("Index", ids, state.index, key="np_index", format_func=describe, container=c_index)
@@ -62,9 +68,10 @@ if page is None:
 label = variant or "variant"
 scale = neuron_view.dense_scale(page)
 st.subheader(f"Layer {layer}, neuron {neuron}")
-st.caption(f"Index `{page['index']}` \u00b7 {page.get('tokens') or '?'} corpus tokens \u00b7 corpus "
-           f"{page.get('corpus')}" + (f" \u00b7 link: `{share_url(st.context.url, 'neuron', view)}`"
-                                      if st.context.url else ""))
+st.caption(
+    f"Index `{page['index']}` \u00b7 {page.get('tokens') or '?'} corpus tokens \u00b7 corpus "
+    f"{page.get('corpus')}" + (f" \u00b7 link: `{share_url(st.context.url, 'neuron', view)}`" if st.context.url else "")
+)
 
 left, right = st.columns(2)
 left.markdown("**Activation statistics**")
@@ -84,8 +91,13 @@ if page.get("variant"):
     st.caption(neuron_view.weights_removed_text(page.get("weights_removed")))
 
 st.markdown("#### Top examples")
-sign = st.radio("Side", ["positive", "negative"], horizontal=True, key="np_sign",
-                help="SwiGLU neurons fire both ways: the largest positive and the most negative activations.")
+sign = st.radio(
+    "Side",
+    ["positive", "negative"],
+    horizontal=True,
+    key="np_sign",
+    help="SwiGLU neurons fire both ways: the largest positive and the most negative activations.",
+)
 side = f"top_{sign}"
 columns = st.columns(2 if page.get("variant") else 1)
 columns[0].html(neuron_view.examples_html(page["dense"][side], scale, "dense"))
@@ -93,27 +105,42 @@ if page.get("variant"):
     columns[1].html(neuron_view.examples_html(page["variant"][side], scale, label))
     rereads = page["variant"].get("dense_top_reread") or []
     share = neuron_view.still_fires(rereads)
-    st.markdown("#### The dense top examples, re-read under the variant"
-                + ("" if share is None else f" \u2014 still fires on {share:.0%}"))
-    st.caption("Same tokens, both models (the variant keeps 'firing' when it keeps at least half of the "
-               "dense activation with the same sign). Hover a cell for the value and the drop.")
+    st.markdown(
+        "#### The dense top examples, re-read under the variant"
+        + ("" if share is None else f" \u2014 still fires on {share:.0%}")
+    )
+    st.caption(
+        "Same tokens, both models (the variant keeps 'firing' when it keeps at least half of the "
+        "dense activation with the same sign). Hover a cell for the value and the drop."
+    )
     st.html(styled_fragment(neuron_view.reread_html(rereads, scale, label)))
 
 st.markdown("#### Logit effects")
-st.caption("The neuron's down-projection column through the final norm and the unembedding: the tokens its "
-           "output raises and lowers, per unit of activation (its weights only, as a direction).")
+st.caption(
+    "The neuron's down-projection column through the final norm and the unembedding: the tokens its "
+    "output raises and lowers, per unit of activation (its weights only, as a direction)."
+)
 logits = ui.fetch(api.neuron_logits, model, layer, neuron, variant, what="logit effects")
 if logits is not None:
-    st.dataframe(neuron_view.logits_table(logits["dense"], logits.get("variant"), label), hide_index=True,
-                 key="np_logits")
+    st.dataframe(
+        neuron_view.logits_table(logits["dense"], logits.get("variant"), label), hide_index=True, key="np_logits"
+    )
 
 st.markdown("#### NSA results that selected this neuron")
 selections = ui.fetch(api.neuron_nsa, model, layer, neuron, what="NSA results") or []
 if selections:
-    table = neuron_view.nsa_table(selections, lambda rid: page_href(
-        "explorer", ViewState(model=model, result=rid, layer=layer, neuron=neuron), st.context.url))
-    st.dataframe(table, hide_index=True, key="np_nsa",
-                 column_config={"result": st.column_config.LinkColumn("result", display_text="open in explorer")})
+    table = neuron_view.nsa_table(
+        selections,
+        lambda rid: page_href(
+            "explorer", ViewState(model=model, result=rid, layer=layer, neuron=neuron), st.context.url
+        ),
+    )
+    st.dataframe(
+        table,
+        hide_index=True,
+        key="np_nsa",
+        column_config={"result": st.column_config.LinkColumn("result", display_text="open in explorer")},
+    )
 else:
     st.caption("No stored NSA result selected this neuron.")
 
@@ -127,5 +154,7 @@ answer = st.session_state.get("np_test_answer")
 if answer is not None:
     st.html(styled_fragment(neuron_view.text_test_html(answer, scale, label)))
 
-st.caption(f"Neighbours: [previous neuron]({neuron_href(model, layer, max(0, neuron - 1), index=index_id, variant=variant)})"
-           f" \u00b7 [next neuron]({neuron_href(model, layer, neuron + 1, index=index_id, variant=variant)})")
+st.caption(
+    f"Neighbours: [previous neuron]({neuron_href(model, layer, max(0, neuron - 1), index=index_id, variant=variant)})"
+    f" \u00b7 [next neuron]({neuron_href(model, layer, neuron + 1, index=index_id, variant=variant)})"
+)

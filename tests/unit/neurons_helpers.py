@@ -12,7 +12,46 @@ import torch
 from backend.models.loader import LoadedModel
 from backend.nsa.capture import NeuronCapture
 
-WORDS = ["movie", "slow", "acting", "beautiful", "delightful", "warm", "funny", "film", "question", "color", "sky", "blue", "cats", "animals", "pruning", "weights", "calibration", "data", "unicode", "numbers", "river", "stone", "light", "dark", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "sings", "quietly", "loudly", "market", "price", "rises", "falls"]
+WORDS = [
+    "movie",
+    "slow",
+    "acting",
+    "beautiful",
+    "delightful",
+    "warm",
+    "funny",
+    "film",
+    "question",
+    "color",
+    "sky",
+    "blue",
+    "cats",
+    "animals",
+    "pruning",
+    "weights",
+    "calibration",
+    "data",
+    "unicode",
+    "numbers",
+    "river",
+    "stone",
+    "light",
+    "dark",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "lazy",
+    "dog",
+    "sings",
+    "quietly",
+    "loudly",
+    "market",
+    "price",
+    "rises",
+    "falls",
+]
 
 
 def distinct_corpus(path: Path, documents: int = 24, seed: int = 0) -> str:
@@ -34,12 +73,15 @@ def pruned_copy(loaded: LoadedModel, fraction: float = 0.5, seed: int = 1) -> Lo
         for name, param in model.named_parameters():
             if param.dim() == 2 and not any(part in name for part in ("embed", "wte", "wpe", "lm_head")):
                 param.mul_(torch.rand(param.shape, generator=generator) >= fraction)
-    return LoadedModel(name=loaded.name, model=model, tokenizer=loaded.tokenizer, adapter=loaded.adapter,
-                       source=loaded.source)
+    return LoadedModel(
+        name=loaded.name, model=model, tokenizer=loaded.tokenizer, adapter=loaded.adapter, source=loaded.source
+    )
 
 
 @torch.inference_mode()
-def full_activations(loaded: LoadedModel, documents: list[list[int]]) -> tuple[dict[int, torch.Tensor], torch.Tensor, list[tuple[int, int]]]:
+def full_activations(
+    loaded: LoadedModel, documents: list[list[int]]
+) -> tuple[dict[int, torch.Tensor], torch.Tensor, list[tuple[int, int]]]:
     """Each document run alone: per layer [counted tokens, neurons] (start token dropped), the
     logits [counted tokens, vocab], and the (document, position) of each row."""
     layers: dict[int, list[torch.Tensor]] = {}

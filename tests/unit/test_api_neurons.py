@@ -160,7 +160,7 @@ def test_logit_effects_and_text_test_equal_a_hand_computation(served):
     hook = model.layers[layer].mlp.down_proj.register_forward_pre_hook(keep)
     try:
         # NSA's encoding: the start token in front.
-        from backend.nsa.inputs import encode_for_attribution
+        from backend.data.encoding import encode_for_attribution
 
         with torch.no_grad():
             loaded.model(torch.tensor([encode_for_attribution(loaded.tokenizer, text, 256).input_ids]))

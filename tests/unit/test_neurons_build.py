@@ -33,8 +33,9 @@ def built(request, tmp_path_factory, one_thread):
     tmp_path = tmp_path_factory.mktemp("corpus")
     dense = tiny_loaded(request.param)
     variant = pruned_copy(dense)
-    index_request = IndexRequest(corpus=distinct_corpus(tmp_path / "corpus.txt"), tokens=1000, top_k=K,
-                                 context=CONTEXT, batch_tokens=96)
+    index_request = IndexRequest(
+        corpus=distinct_corpus(tmp_path / "corpus.txt"), tokens=1000, top_k=K, context=CONTEXT, batch_tokens=96
+    )
     inputs = IndexInputs.prepare(index_request, dense)
     numbers = range(len(inputs.corpus.documents))
     state = accumulate(dense, {"v": variant}, inputs, numbers)
@@ -72,9 +73,14 @@ def test_pearson_equals_numpy(built):
     for layer in dense_layers:
         d, v = dense_layers[layer].double().numpy(), variant_layers[layer].double().numpy()
         expected = np.array([np.corrcoef(d[:, n], v[:, n])[0, 1] for n in range(d.shape[1])])
-        got = pearson_from_sums(state.tokens, state.layers[DENSE][layer].sum.numpy(), state.layers["v"][layer].sum.numpy(),
-                                state.layers[DENSE][layer].sum_sq.numpy(), state.layers["v"][layer].sum_sq.numpy(),
-                                state.cross["v"][layer].numpy())
+        got = pearson_from_sums(
+            state.tokens,
+            state.layers[DENSE][layer].sum.numpy(),
+            state.layers["v"][layer].sum.numpy(),
+            state.layers[DENSE][layer].sum_sq.numpy(),
+            state.layers["v"][layer].sum_sq.numpy(),
+            state.cross["v"][layer].numpy(),
+        )
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
@@ -91,7 +97,9 @@ def test_top_k_equals_brute_force_with_windows_and_reread(built):
                     got_keys = top.keys[neuron].numpy()
                     filled = got_keys != KEY_EMPTY
                     assert np.array_equal(got_keys[filled], expected_keys), (model, layer, side, neuron)
-                    np.testing.assert_allclose(top.scores[neuron].numpy()[filled], expected_scores, rtol=1e-5, atol=1e-6)
+                    np.testing.assert_allclose(
+                        top.scores[neuron].numpy()[filled], expected_scores, rtol=1e-5, atol=1e-6
+                    )
                     for rank, key in enumerate(expected_keys):  # windows: activations around the example
                         row = row_of[int(key)]
                         document, position = where[row]
@@ -123,8 +131,9 @@ def test_start_token_never_counted(built):
 
 def test_token_kl_equals_kl_div(built):
     _, _, _, state, (_, dense_logits, where), (_, variant_logits, _) = built
-    expected = F.kl_div(F.log_softmax(variant_logits, -1), F.log_softmax(dense_logits, -1),
-                        log_target=True, reduction="none").sum(-1)  # [tokens]
+    expected = F.kl_div(
+        F.log_softmax(variant_logits, -1), F.log_softmax(dense_logits, -1), log_target=True, reduction="none"
+    ).sum(-1)  # [tokens]
     kl = state.kl["v"]
     assert float(kl.sum) / state.tokens == pytest.approx(expected.double().mean().item(), rel=1e-4)
     keys = np.array([(doc << POSITION_BITS) | pos for doc, pos in where])
@@ -145,7 +154,9 @@ def _assert_states_equal(a, b):
                 assert torch.equal(top.keys, right.top[key].keys)
                 torch.testing.assert_close(top.scores, right.top[key].scores, rtol=1e-5, atol=1e-6)
                 for name, payload in top.payload.items():
-                    torch.testing.assert_close(payload, right.top[key].payload[name], rtol=1e-5, atol=1e-6, equal_nan=True)
+                    torch.testing.assert_close(
+                        payload, right.top[key].payload[name], rtol=1e-5, atol=1e-6, equal_nan=True
+                    )
     for variant in a.kl:
         torch.testing.assert_close(a.kl[variant].sum, b.kl[variant].sum, rtol=1e-5, atol=1e-6)
         assert torch.equal(a.kl[variant].top.keys, b.kl[variant].top.keys)

@@ -19,7 +19,11 @@ from tests.unit.neurons_helpers import pruned_copy
 # Where each family keeps the final norm, the down projection and the unembedding, spelled out.
 HAND = {
     "llama": lambda m, l: (m.model.norm.weight, m.model.layers[l].mlp.down_proj.weight, m.lm_head.weight),
-    "opt": lambda m, l: (m.model.decoder.final_layer_norm.weight, m.model.decoder.layers[l].fc2.weight, m.lm_head.weight),
+    "opt": lambda m, l: (
+        m.model.decoder.final_layer_norm.weight,
+        m.model.decoder.layers[l].fc2.weight,
+        m.lm_head.weight,
+    ),
     "gpt2": lambda m, l: (m.transformer.ln_f.weight, m.transformer.h[l].mlp.c_proj.weight.t(), m.lm_head.weight),
 }
 

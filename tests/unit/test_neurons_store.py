@@ -39,7 +39,9 @@ def one_thread():
 def written(isolated_cache, tmp_path):
     dense = tiny_loaded("llama")
     variant = pruned_copy(dense)
-    request = IndexRequest(corpus=distinct_corpus(tmp_path / "c.txt"), tokens=1000, top_k=4, context=2, batch_tokens=128)
+    request = IndexRequest(
+        corpus=distinct_corpus(tmp_path / "c.txt"), tokens=1000, top_k=4, context=2, batch_tokens=128
+    )
     inputs = IndexInputs.prepare(request, dense)
     state = accumulate(dense, {"v": variant}, inputs, range(len(inputs.corpus.documents)))
     write_index(state, inputs, dense.tokenizer, "tiny-index")
@@ -62,11 +64,22 @@ def test_neuron_page_holds_the_state(written):
         assert example["activations"][example["focus"]] == pytest.approx(example["activation"], rel=1e-3, abs=1e-4)
     reread = page["variant"]["dense_top_reread"]
     assert len(reread) == len(page["dense"]["top_positive"]) + len(page["dense"]["top_negative"])
-    assert all(row["variant_activation"] == pytest.approx(row["variant_activations"][row["focus"]], rel=1e-3, abs=1e-4)
-               for row in reread)  # windows are stored as float16
+    assert all(
+        row["variant_activation"] == pytest.approx(row["variant_activations"][row["focus"]], rel=1e-3, abs=1e-4)
+        for row in reread
+    )  # windows are stored as float16
     agreement = page["variant"]["agreement"]
-    assert set(agreement) >= {"pearson", "mass_ratio", "mass_lost", "topk_overlap", "profile_correlation",
-                              "profile_correlation_floor", "token_overlap", "token_overlap_floor", "not_distinguishable"}
+    assert set(agreement) >= {
+        "pearson",
+        "mass_ratio",
+        "mass_lost",
+        "topk_overlap",
+        "profile_correlation",
+        "profile_correlation_floor",
+        "token_overlap",
+        "token_overlap_floor",
+        "not_distinguishable",
+    }
     assert agreement["mass_lost"] == pytest.approx(1 - agreement["mass_ratio"])
     assert 0.3 < page["weights_removed"]["fraction"] < 0.7
     json.dumps(page)  # plain JSON
@@ -115,8 +128,11 @@ def test_listing_latest_and_stale(written):
 def _variant_of(model_dir, variant_id: str, base: str) -> str:
     loaded = tiny_loaded("llama")
     generator = torch.Generator().manual_seed(0)
-    masks = {name: torch.rand(param.shape, generator=generator) < 0.5
-             for name, param in loaded.model.named_parameters() if name.endswith("mlp.down_proj.weight")}
+    masks = {
+        name: torch.rand(param.shape, generator=generator) < 0.5
+        for name, param in loaded.model.named_parameters()
+        if name.endswith("mlp.down_proj.weight")
+    }
     write_variant(variant_id, {"base_model": base, "method": "random"}, masks=masks)
     return variant_id
 
@@ -125,8 +141,21 @@ def test_cli_builds_and_reads(isolated_cache, tiny_model_dir, tmp_path, capsys):
     model_dir = tiny_model_dir("llama")
     variant = _variant_of(model_dir, "tiny-random", str(model_dir.resolve()))
     corpus = distinct_corpus(tmp_path / "c.txt")
-    argv = ["index", "--model", str(model_dir), "--variants", variant, "--corpus", corpus, "--tokens", "1000",
-            "--top-k", "3", "--batch-tokens", "256"]
+    argv = [
+        "index",
+        "--model",
+        str(model_dir),
+        "--variants",
+        variant,
+        "--corpus",
+        corpus,
+        "--tokens",
+        "1000",
+        "--top-k",
+        "3",
+        "--batch-tokens",
+        "256",
+    ]
     assert main(argv) == 0
     index_id = capsys.readouterr().out.strip().splitlines()[-1]
     assert [row["id"] for row in list_indexes()] == [index_id]
@@ -137,8 +166,13 @@ def test_cli_builds_and_reads(isolated_cache, tiny_model_dir, tmp_path, capsys):
     assert {"document", "position", "activation", "tokens", "focus"} <= set(page["dense"]["top_positive"][0])
     assert main(["changed", index_id, "--variant", variant, "--limit", "3", "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)) == 3
-    for bad in (["neuron", index_id, "2:0"], ["neuron", index_id, "0:64"], ["neuron", index_id, "x"],
-                ["neuron", "nope", "0:0"], ["changed", index_id, "--variant", "nope"]):
+    for bad in (
+        ["neuron", index_id, "2:0"],
+        ["neuron", index_id, "0:64"],
+        ["neuron", index_id, "x"],
+        ["neuron", "nope", "0:0"],
+        ["changed", index_id, "--variant", "nope"],
+    ):
         assert main(bad) == 2, bad
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and len(err.splitlines()) == 1
@@ -171,8 +205,13 @@ def test_killed_build_leaves_no_index_and_a_rerun_completes(isolated_cache, tiny
     corpus = distinct_corpus(tmp_path / "c.txt", documents=400)
     argv = ["index", "--model", str(model_dir), "--corpus", corpus, "--tokens", "8000", "--batch-tokens", "64"]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "backend.cli", *argv], cwd=REPO_ROOT, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "backend.cli", *argv],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     seen = threading.Event()
 
     def watch() -> None:  # tqdm writes "batch N/M" to stderr while the pass runs
