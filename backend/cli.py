@@ -27,6 +27,7 @@ FEATURE_COMMAND_MODULES: tuple[str, ...] = (
     "backend.guided.commands",
     "backend.studies.commands",
     "backend.nsa.commands",
+    "backend.neurons.commands",
     "backend.api.commands",
     "backend.export.commands",
 )
