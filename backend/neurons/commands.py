@@ -39,7 +39,8 @@ def _index(parser: argparse.ArgumentParser):
     parser.add_argument("--seed", type=int, help="shuffles the mix corpus (default 0)")
     parser.add_argument("--batch-tokens", type=int, help="padded tokens per forward batch (default 4096)")
     parser.add_argument("--ray-address",
-                        help="build as shards on Ray: a cluster address, 'auto', or 'local' (same index, merged exactly)")
+                        help="build as shards on Ray: a cluster address, 'auto', or 'local' "
+                        "(the same index, merged exactly)")
     parser.add_argument("--shards", type=int,
                         help="with --ray-address: corpus chunks, one Ray task each (default: 2 per worker slot)")
 

@@ -12,8 +12,8 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from backend.neurons.accumulators import HALVES, SIDES, IndexState, KLState, LayerStats
 from backend.neurons.topk import TopK
@@ -36,7 +36,8 @@ def _top_tensors(prefix: str, top: TopK, out: dict[str, torch.Tensor]) -> None:
 
 def _top_from(prefix: str, tensors: dict[str, torch.Tensor]) -> TopK:
     payload_prefix = f"{prefix}/payload/"
-    payload = {name[len(payload_prefix):]: values for name, values in tensors.items() if name.startswith(payload_prefix)}
+    payload = {name[len(payload_prefix):]: values
+               for name, values in tensors.items() if name.startswith(payload_prefix)}
     return TopK(tensors[f"{prefix}/scores"], tensors[f"{prefix}/keys"], payload)
 
 

@@ -32,7 +32,7 @@ from backend.neurons.accumulators import merge_states
 from backend.neurons.build import DENSE, IndexInputs, build_shard
 from backend.neurons.request import IndexRequest
 from backend.neurons.shard_files import read_shard, read_shard_meta, shard_name, write_shard
-from backend.neurons.store import index_exists, indexes_root
+from backend.neurons.store import index_dir, index_exists, indexes_root
 from backend.storage import write_json_atomic
 
 Progress = Callable[[float, str], None]
@@ -40,6 +40,7 @@ MAX_RETRIES = 3  # reruns of a shard whose worker died
 # Test-only fault injection: a folder; the first shard task to reach its second batch while the
 # folder has no "killed" file creates it and SIGKILLs its own worker process.
 KILL_ONCE_ENV = "PRUNELENS_TEST_KILL_SHARD_ONCE"
+SHARDS_RECORD = "shards.json"  # in the finished index: each shard's documents, node and worker
 
 
 def shards_dir(index_id: str) -> Path:
@@ -69,9 +70,11 @@ def _kill_once_progress(folder: Path) -> Progress:
         if fraction <= 0:
             return  # the first batch has not run yet: die mid-build, not before it
         try:
-            os.close(os.open(folder / "killed", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            marker = os.open(folder / "killed", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
             return
+        os.write(marker, str(os.getpid()).encode())
+        os.close(marker)
         os.kill(os.getpid(), signal.SIGKILL)
 
     return progress
@@ -137,27 +140,31 @@ def _shard_plan(folder: Path, documents: list[list[int]], shards: int) -> list[r
 
 def _run_shards(request: IndexRequest, index_id: str, folder: Path, ranges: list[range],
                 report: Progress) -> list[dict]:
+    """Every shard of ``ranges`` as a file in ``folder``: those already there are reused, the others
+    run as Ray tasks. Returns each shard's JSON facts, in plan order."""
     import ray
 
+    facts: dict[range, dict] = {shard: {**read_shard_meta(folder / shard_name(shard)), "reused": True}
+                                for shard in ranges if (folder / shard_name(shard)).is_file()}
     gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
     task = ray.remote(build_shard_file).options(
         num_cpus=1, num_gpus=gpus, max_retries=MAX_RETRIES, retry_exceptions=False,
         runtime_env={"env_vars": _worker_environment()})
     pending = {task.remote(request.model_dump(), shard, str(folder / shard_name(shard)), index_id): shard
-               for shard in ranges}
-    facts = []
+               for shard in ranges if shard not in facts}
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
         shard = pending.pop(ready[0])
         try:
-            facts.append(ray.get(ready[0]))
-        except Exception as exc:  # noqa: BLE001 - a shard that failed even after its reruns
+            facts[shard] = ray.get(ready[0])
+        except Exception as exc:
             for ref in pending:
                 ray.cancel(ref)
             line = (str(exc).strip().splitlines() or [""])[0][:300]
             raise UserError(f"shard of documents {shard.start}..{shard.stop - 1} failed: {line}") from exc
-        report(0.05 + 0.8 * len(facts) / len(ranges), f"shard {len(facts)}/{len(ranges)} on node {facts[-1]['node_id'][:8]}")
-    return facts
+        report(0.05 + 0.8 * len(facts) / len(ranges),
+               f"shard {len(facts)}/{len(ranges)} on node {facts[shard]['node_id'][:8]}")
+    return [facts[shard] for shard in ranges]
 
 
 def build_index_on_ray(request: IndexRequest, address: str, *, shards: int | None = None,
@@ -206,6 +213,10 @@ def build_index_on_ray(request: IndexRequest, address: str, *, shards: int | Non
         raise UserError(f"the shards of {target} do not cover the corpus; remove {folder} and build again")
     merged.timings["shards"] = float(len(ranges))
     write_index(merged, inputs, dense.tokenizer, target)
+    # Provenance beside the finished index (the index reads complete without it): where each shard ran.
+    write_json_atomic(index_dir(target) / SHARDS_RECORD, {"shards": [
+        {key: fact.get(key) for key in ("range", "documents", "tokens", "node_id", "worker_pid", "reused")}
+        for fact in facts]})
     shutil.rmtree(folder, ignore_errors=True)
     report(1.0, f"index {target}")
     return target

@@ -60,7 +60,7 @@ def _assert_same_state(got, expected, *, exact: bool) -> None:
 
 def test_shard_file_round_trip_is_exact(single, tmp_path):
     _, _, _, inputs, state = single
-    path = tmp_path / shard_name(range(0, len(inputs.corpus.documents)))
+    path = tmp_path / shard_name(range(len(inputs.corpus.documents)))
     write_shard(path, state, dense=DENSE, layers=inputs.layers, extra={"node_id": "n1"})
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no staging file left
     back, meta = read_shard(path)
