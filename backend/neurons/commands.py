@@ -38,7 +38,11 @@ def _index(parser: argparse.ArgumentParser):
     parser.add_argument("--context", type=int, help="tokens each side of an example (default 8)")
     parser.add_argument("--seed", type=int, help="shuffles the mix corpus (default 0)")
     parser.add_argument("--batch-tokens", type=int, help="padded tokens per forward batch (default 4096)")
-    parser.add_argument("--ray-address", help="build as shards on this Ray cluster (not available yet)")
+    parser.add_argument("--ray-address",
+                        help="build as shards on Ray: a cluster address, 'auto', or 'local' "
+                        "(the same index, merged exactly)")
+    parser.add_argument("--shards", type=int,
+                        help="with --ray-address: corpus chunks, one Ray task each (default: 2 per worker slot)")
 
     def run(args: argparse.Namespace) -> int:
         from tqdm import tqdm
@@ -46,15 +50,20 @@ def _index(parser: argparse.ArgumentParser):
         from backend.neurons.service import build_index, checked_index_id
 
         request = _request_from_args(args)
-        if args.ray_address:
-            raise UserError("--ray-address: sharded builds are not available in this version")
+        if args.shards is not None and not args.ray_address:
+            raise UserError("--shards: only with --ray-address")
         checked_index_id(request)  # bad input: one line before the progress bar appears
         with tqdm(total=1000, desc="index", unit="‰", leave=False) as bar:
             def progress(fraction: float, message: str) -> None:
                 bar.n = int(fraction * 1000)
                 bar.set_postfix_str(message, refresh=True)
 
-            index_id = build_index(request, progress=progress)
+            if args.ray_address:
+                from backend.neurons.sharded import build_index_on_ray
+
+                index_id = build_index_on_ray(request, args.ray_address, shards=args.shards, progress=progress)
+            else:
+                index_id = build_index(request, progress=progress)
         print(index_id)
         return 0
 
