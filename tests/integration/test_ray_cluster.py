@@ -1,7 +1,6 @@
-"""Sharded index builds and studies on a real two-node Ray cluster on loopback (``tests.ray_cluster``):
-the sharded index equals the single-process one, with shards on both nodes; a worker killed
-mid-shard loses nothing (the shard is rerun, a shard file already there is reused, none twice);
-a study run on Ray writes the same cells as a local run and stores no result twice."""
+"""Sharded index builds on a real two-node Ray cluster on loopback (``tests.ray_cluster``): the
+sharded index equals the single-process one, with shards on both nodes; a worker killed mid-shard
+loses nothing (the shard is rerun, a shard file already there is reused, none twice)."""
 
 from __future__ import annotations
 
