@@ -102,7 +102,9 @@ class Pruned:
     """One parameter change: zero ``mask`` in ``linear``'s ``param`` (and write ``new_value`` first).
 
     ``mask``: ``[out, in]`` for a weight, ``[out]`` for a bias; True = pruned. ``new_value``:
-    the updated tensor in the same layout (SparseGPT's weight update), or None to only zero.
+    the updated tensor in the same layout (SparseGPT's weight update), or None to only zero; it
+    is handed over to the engine, which zeroes it at ``mask`` in place and keeps it for the writer
+    (so it must be a tensor of its own, not a view of the model's parameters).
     """
 
     linear: str
