@@ -40,7 +40,8 @@ def _chance_rows(evidence: ClaimEvidence, alpha: float) -> tuple[list[dict], dic
     if not scored:
         return [], {}
     labels = gold_labels(list(scored), {task: sorted(scores) for task, scores in scored.items()})
-    rows = [dense_against_chance(task, scores, labels[task], alpha) for task, scores in scored.items()]
+    rows = [dense_against_chance(task, scores, labels[task], alpha) | {"num_fewshot": evidence.sweep.shots(task)}
+            for task, scores in scored.items()]
     return rows, labels
 
 
