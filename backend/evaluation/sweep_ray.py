@@ -69,9 +69,10 @@ def run_cells_on_ray(cells: list[SweepCell], spec: SweepSpec, address: str,
 
     try:
         gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-        # Workers start with the driver's settings in their environment (Ray's runtime_env).
+        # Workers start with the driver's settings in their environment (Ray's runtime_env). SPREAD:
+        # a cell is minutes of work, so cells go to every node rather than queue on the driver's.
         remote_cell = ray.remote(run_cell_on_worker).options(
-            num_cpus=1, num_gpus=gpus, max_retries=MAX_RETRIES, retry_exceptions=False,
+            num_cpus=1, num_gpus=gpus, max_retries=MAX_RETRIES, retry_exceptions=False, scheduling_strategy="SPREAD",
             runtime_env={"env_vars": worker_environment()},
         )
         pending = {remote_cell.remote(cell, spec): cell for cell in cells}
