@@ -1,6 +1,6 @@
 """Entry point of the PruneLens dashboard: `streamlit run frontend/app.py` (BACKEND_URL=...).
 
-Declares the seven pages with ``st.navigation``; each page's ``url_path`` is part of the links
+Declares the eight pages with ``st.navigation``; each page's ``url_path`` is part of the links
 that reproduce a view. Before any page draws, one health check: an unreachable backend is
 one clear notice, not five broken pages.
 """
@@ -41,6 +41,8 @@ PAGES = [
             url_path=PAGE_PATHS["accuracy"]),
     st.Page(HERE / "pages" / "jobs.py", title="Variants & jobs", icon=":material/pending_actions:",
             url_path=PAGE_PATHS["jobs"]),
+    st.Page(HERE / "pages" / "studies.py", title="Study reports", icon=":material/fact_check:",
+            url_path=PAGE_PATHS["studies"]),
 ]
 
 page = st.navigation(PAGES)

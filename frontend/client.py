@@ -196,6 +196,14 @@ class BackendClient:
         """One protected-neurons experiment: spec, protected neurons, table rows."""
         return self._request("GET", f"/experiments/protect/{_segment(experiment_id)}")
 
+    def studies(self) -> list[dict]:
+        """Study report folders, newest first: run, study, profile, seconds, verdict per claim."""
+        return self._request("GET", "/studies")
+
+    def study(self, run: str) -> dict:
+        """One study report (its study.json): settings, chance table, claims with verdicts."""
+        return self._request("GET", f"/studies/{_segment(run)}")
+
     def table(self, kind: str, **params) -> dict:
         return self._request("GET", f"/tables/{_segment(kind)}", params=self._params(params))
 

@@ -21,6 +21,7 @@ PAGE_PATHS = {
     "jobs": "jobs",
     "neuron": "neuron",
     "changed": "changed",
+    "studies": "studies",
 }
 
 
@@ -67,6 +68,7 @@ class ViewState:
     index: str | None = None  # a neuron index id (neuron and "what changed" pages)
     variant: str | None = None  # the one variant a neuron page compares with
     token: str | None = None  # "what changed": search neurons by this token
+    run: str | None = None  # a study report (GET /studies/{run})
 
     @classmethod
     def from_params(cls, params: Mapping) -> ViewState:

@@ -33,6 +33,7 @@ class DenseComparison(BaseModel):
     task: str = Field(description="Task name.")
     limit: int | None = Field(description="Examples limit (null: whole split).")
     sample_seed: int | None = Field(description="Seed of the random examples.")
+    num_fewshot: int = Field(default=0, description="Demonstrations before each example (dense: the same).")
     n_examples: int = Field(description="Examples the variant was scored on.")
     metric: str = Field(description="The lm-eval metric.")
     variant: float = Field(description="The variant's value.")
@@ -71,6 +72,12 @@ class EvaluationRequest(Strict):
         le=2**32 - 1,
         description="Which examples `limit` draws; the same seed gives dense and variants the same ones.",
     )
+    num_fewshot: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description="Demonstrations before each example (lm-eval's num_fewshot); part of the result's key.",
+    )
 
     @field_validator("tasks")
     @classmethod
@@ -91,6 +98,7 @@ class EvaluationResult(BaseModel):
         default=None,
         description="Seed of the random `limit` examples (null: whole split; -2: first rows).",
     )
+    num_fewshot: int = Field(default=0, description="Demonstrations before each example.")
     n_examples: int = Field(description="Examples scored.")
     metrics: dict[str, Any] = Field(
         description="lm-eval's result dict: 'acc,none', 'acc_stderr,none', ..."

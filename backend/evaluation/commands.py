@@ -54,6 +54,9 @@ def _evaluate(parser: argparse.ArgumentParser):
     parser.add_argument("--sample-seed", type=int, default=None,
                         help="which examples --limit draws (default 1234; the same for every model, "
                              "so dense and variants pair up)")
+    parser.add_argument("--num-fewshot", type=int, default=0, metavar="K",
+                        help="K demonstrations before each example (lm-eval's num_fewshot; default 0); "
+                             "part of the stored result's key")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--data", action="append", metavar="TASK=PATH",
                         help="read a task's evaluation split from a local file (repeatable); "
@@ -70,6 +73,10 @@ def _evaluate(parser: argparse.ArgumentParser):
             raise UserError("--limit must be at least 1")
         if args.sample_seed is not None and args.sample_seed < 0:
             raise UserError("--sample-seed must be 0 or more")
+        from backend.evaluation.runner import MAX_FEWSHOT
+
+        if not 0 <= args.num_fewshot <= MAX_FEWSHOT:
+            raise UserError(f"--num-fewshot must be from 0 to {MAX_FEWSHOT}")
         model = args.model
         if args.variant:
             from backend.pruning.variants import read_manifest, validate_variant_id
@@ -85,7 +92,8 @@ def _evaluate(parser: argparse.ArgumentParser):
         loaded = load_model(model)
         seed = DEFAULT_SAMPLE_SEED if args.sample_seed is None else args.sample_seed
         results = evaluate(loaded, names, variant_id=args.variant, limit=args.limit,
-                           batch_size=args.batch_size, data_files=data_files, sample_seed=seed)
+                           batch_size=args.batch_size, data_files=data_files, sample_seed=seed,
+                           num_fewshot=args.num_fewshot)
         rows = [r.stored.to_json() | {"reused": r.reused} for r in results]
         return print_listing(rows, args.json, lambda _rows: (result.summary_line() for result in results))
 
@@ -103,6 +111,8 @@ def _table(parser: argparse.ArgumentParser):
     parser.add_argument("--calibration", default=None)
     parser.add_argument("--sparsity", default=None, help="a sparsity label: 0.5, 2:4, neurons:0.2")
     parser.add_argument("--seqlen", default=None)
+    parser.add_argument("--num-fewshot", type=int, default=0, metavar="K",
+                        help="only results scored with K demonstrations (default 0)")
     parser.add_argument("--format", choices=("markdown", "csv", "json"), default="markdown")
     parser.add_argument("--output", default=None, help="write to this file instead of printing")
 
@@ -121,7 +131,8 @@ def _table(parser: argparse.ArgumentParser):
         store = ResultsStore.from_settings()
         table = build_table(args.kind, store.results(), metric=args.metric,
                             model=model, task=args.task, method=args.method, calibration=args.calibration,
-                            sparsity=args.sparsity, seqlen=args.seqlen, outcomes=store.outcomes)
+                            sparsity=args.sparsity, seqlen=args.seqlen, outcomes=store.outcomes,
+                            num_fewshot=args.num_fewshot)
         if not table.rows:
             print(f"no stored results for table {args.kind} with these filters "
                   f"(run `prunelens evaluate` or `prunelens sweep` first)", file=sys.stderr)

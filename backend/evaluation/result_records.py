@@ -35,12 +35,15 @@ class ResultKey:
     sample_seed: int | None = None  # which random `limit` examples; None: whole split (or FIRST_ROWS)
     # The evaluation code that computed it (default: this code); see backend/evaluation/code_version.py.
     code_version: str = field(default_factory=evaluation_code_version)
+    # Demonstrations before each example (lm-eval's num_fewshot): a 0-shot and a 5-shot score are
+    # different numbers and never stand in for each other.
+    num_fewshot: int = 0
 
     def row(self) -> tuple:
         limit = WHOLE_SPLIT if self.limit is None else int(self.limit)
         seed = NO_SAMPLE if self.limit is None or self.sample_seed is None else int(self.sample_seed)
         return (self.base_model, self.variant_id, self.task, limit, seed, self.data_source,
-                self.harness_version, self.code_version)
+                self.harness_version, self.code_version, int(self.num_fewshot))
 
 
 @dataclass
@@ -76,6 +79,7 @@ class StoredResult:
             "task": self.key.task,
             "limit": self.key.limit,
             "sample_seed": self.key.sample_seed,
+            "num_fewshot": self.key.num_fewshot,
             "data_source": self.key.data_source,
             "harness_version": self.key.harness_version,
             "code_version": self.key.code_version,

@@ -9,6 +9,9 @@ starts. Stored results are reused.
 ``limit`` N scores a seeded random sample of N examples (lm-eval's ``samples=`` argument), so the
 dense model and every variant evaluated with the same seed see the same examples, and each
 example's score is stored with the result (``log_samples``) to compare them pair by pair.
+
+``num_fewshot`` k puts k demonstrations before each example (lm-eval's ``num_fewshot``, drawn by
+its sampler with its fixed few-shot seed); k is part of the result's key.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import importlib.metadata
 import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -43,6 +46,24 @@ DEFAULT_BATCH_SIZE = 16
 # stderr, acc's included.
 DEFAULT_BOOTSTRAP_ITERS = 1000
 DEFAULT_SAMPLE_SEED = 1234  # which examples --limit takes; the same for every model by default
+MAX_FEWSHOT = 64  # more demonstrations than any task's context holds for the models we run
+
+# Shots for every task, or per task (a task not named gets 0).
+FewShot = int | Mapping[str, int]
+
+
+def check_fewshot(num_fewshot: FewShot) -> None:
+    """Every count a non-negative integer up to MAX_FEWSHOT (UserError naming the bad one)."""
+    counts = num_fewshot.items() if isinstance(num_fewshot, Mapping) else [("", num_fewshot)]
+    for task, count in counts:
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_FEWSHOT:
+            where = f" for {task}" if task else ""
+            raise UserError(f"num_fewshot{where} must be an integer from 0 to {MAX_FEWSHOT}, got {count!r}")
+
+
+def shots_for(task: str, num_fewshot: FewShot) -> int:
+    """The number of demonstrations ``task`` gets under ``num_fewshot``."""
+    return int(num_fewshot.get(task, 0)) if isinstance(num_fewshot, Mapping) else int(num_fewshot)
 
 
 def harness_version() -> str:
@@ -101,15 +122,15 @@ def example_outcomes(samples: list[dict]) -> dict[str, dict[int, float]]:
 
 
 def run_harness(lm, task, manager, limit: int | None, bootstrap_iters: int = DEFAULT_BOOTSTRAP_ITERS,
-                sample_seed: int = DEFAULT_SAMPLE_SEED) -> dict:
+                sample_seed: int = DEFAULT_SAMPLE_SEED, num_fewshot: int = 0) -> dict:
     """lm-eval's ``evaluate`` on one loaded Task, prepared as ``simple_evaluate`` prepares it, on
-    ``limit`` examples drawn with ``sample_seed`` (None: all): its full output dict, with the
-    per-example ``samples``.
+    ``limit`` examples drawn with ``sample_seed`` (None: all), each after ``num_fewshot``
+    demonstrations: its full output dict, with the per-example ``samples``.
 
     ``simple_evaluate`` would also collect ``pip list``, GPU details and ``git describe`` for its
     output's header (1-3 s per call on 2 CPU cores, for a report we do not keep), so this calls
-    the public ``lm_eval.evaluator.evaluate`` it wraps, after the same task preparation: a
-    num_fewshot of 0 where the task sets none, and the few-shot sampler's seed. Global RNGs are
+    the public ``lm_eval.evaluator.evaluate`` it wraps, after the same task preparation: the
+    task's num_fewshot set (our task configs set none), and the few-shot sampler's seed. Global RNGs are
     not reseeded: loglikelihood scoring draws no random numbers, and lm-eval's bootstrap seeds its
     own ``random.Random`` per chunk. Bootstrap runs in this process when DISABLE_MULTIPROC is set,
     which ``backend.process_setup`` does at process start.
@@ -124,8 +145,7 @@ def run_harness(lm, task, manager, limit: int | None, bootstrap_iters: int = DEF
         warnings.filterwarnings("ignore", module="sklearn")  # f1 of a one-class sample
         task_dict = manager.load([task])
         for task_object in task_dict["tasks"].values():
-            if task_object.get_config("num_fewshot") is None:
-                task_object.set_config(key="num_fewshot", value=0)
+            task_object.set_config(key="num_fewshot", value=num_fewshot)
             task_object.set_fewshot_seed(seed=DEFAULT_OTHER_SEED)
         output = lm_eval_evaluate(lm=lm, task_dict=task_dict, samples=samples, log_samples=True,
                                   bootstrap_iters=bootstrap_iters)
@@ -148,13 +168,16 @@ def evaluate(
     progress: Progress | None = None,
     cache_settings=None,
     sample_seed: int = DEFAULT_SAMPLE_SEED,
+    num_fewshot: FewShot = 0,
 ) -> list[TaskResult]:
     """Results of ``loaded`` (or of its variant ``variant_id``) on ``tasks``, in the given order.
 
     Results already in the store are returned as they are; the others are computed with lm-eval
     and stored. ``limit`` takes N documents of each task's evaluation split at random, drawn with
-    ``sample_seed`` (the same seed gives the same documents to every model). ``data_files`` maps a
-    task to a local file that replaces its data.
+    ``sample_seed`` (the same seed gives the same documents to every model). ``num_fewshot``: the
+    demonstrations before each example, for every task or per task (unnamed tasks: 0); a result
+    with other shots is another result. ``data_files`` maps a task to a local file that replaces
+    its data.
     ``cache_settings``: whose cache holds the variants and the results (default: the environment's).
     """
     from backend.pruning.variants import read_manifest, validate_variant_id, variant_applied
@@ -164,6 +187,7 @@ def evaluate(
         raise UserError(f"limit must be a positive number of examples, got {limit!r}")
     if isinstance(sample_seed, bool) or not isinstance(sample_seed, int) or sample_seed < 0:
         raise UserError(f"sample seed must be a non-negative integer, got {sample_seed!r}")
+    check_fewshot(num_fewshot)
     if batch_size < 1:
         raise UserError(f"batch size must be at least 1, got {batch_size}")
     report = progress or (lambda _fraction, _message: None)
@@ -183,7 +207,7 @@ def evaluate(
     sources = choose_sources(names, data_files=data_files, settings=settings)
     version = harness_version()
     keys = {name: ResultKey(loaded.name, variant_id or DENSE, name, limit, sources[name].identity, version,
-                            sample_seed)
+                            sample_seed, num_fewshot=shots_for(name, num_fewshot))
             for name in names}
     results: dict[str, TaskResult] = {}
     for name in names:
@@ -208,7 +232,7 @@ def evaluate(
                 report(done / len(missing), f"evaluating {name} ({done + 1}/{len(missing)})")
                 started = time.perf_counter()
                 output = run_harness(lm, task_objects[name], prepared.manager, limit, bootstrap_iters,
-                                     sample_seed)
+                                     sample_seed, keys[name].num_fewshot)
                 stored = store.put(
                     keys[name],
                     n_examples=int(output["n-samples"][name]["effective"]),

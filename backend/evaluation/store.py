@@ -2,7 +2,7 @@
 measure and the outcome of every sweep cell.
 
 A result is keyed by (base model, variant, task, limit, sample seed, data source, harness
-version, code version) and keeps lm-eval's own result dict (``{"acc,none": 0.61,
+version, code version, number of few-shot demonstrations) and keeps lm-eval's own result dict (``{"acc,none": 0.61,
 "acc_stderr,none": 0.02, ...}``) and, in ``example_outcomes``, each example's score (doc id -> 0/1),
 so that two results on the same examples can be compared pair by pair. A stored result of the
 current code is reused, never recomputed; one stored by other code (``code_version.py``) is listed
@@ -32,7 +32,8 @@ from backend.evaluation.result_records import (
     now_iso,
 )
 
-SCHEMA_VERSION = 3  # 2: results.sample_seed and example_outcomes; 3: results.code_version
+# 2: results.sample_seed and example_outcomes; 3: results.code_version; 4: results.num_fewshot
+SCHEMA_VERSION = 4
 BUSY_TIMEOUT_S = 120.0
 
 _RESULTS_TABLE = """
@@ -52,7 +53,9 @@ CREATE TABLE IF NOT EXISTS results (
     seconds REAL,
     created_at TEXT NOT NULL,
     sample_seed INTEGER NOT NULL DEFAULT -1,
-    UNIQUE (base_model, variant_id, task, limit_n, sample_seed, data_source, harness_version, code_version)
+    num_fewshot INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (base_model, variant_id, task, limit_n, sample_seed, data_source, harness_version, code_version,
+            num_fewshot)
 )"""
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -107,17 +110,17 @@ def database_path(location: str | Path) -> Path:
 
 _RESULT_COLUMNS = (
     "r.base_model, r.variant_id, r.task, r.limit_n, r.sample_seed, r.data_source, r.harness_version, "
-    "r.code_version, r.n_examples, "
+    "r.code_version, r.num_fewshot, r.n_examples, "
     "r.metrics, r.task_version, r.seconds, r.created_at, "
     "v.method, v.calibration, v.sparsity, v.seqlen, v.nsamples, v.seed"
 )
 
 
 def _result_from_row(row: tuple) -> StoredResult:
-    (base, variant_id, task, limit, sample_seed, source, harness, code, n_examples, metrics, task_version,
+    (base, variant_id, task, limit, sample_seed, source, harness, code, shots, n_examples, metrics, task_version,
      seconds, created_at, method, calibration, sparsity, seqlen, nsamples, seed) = row
     key = ResultKey(base, variant_id, task, None if limit == WHOLE_SPLIT else limit, source, harness,
-                    None if sample_seed == NO_SAMPLE else sample_seed, code)
+                    None if sample_seed == NO_SAMPLE else sample_seed, code, shots)
     variant = None
     if variant_id != DENSE:
         variant = {"method": method, "calibration": calibration, "sparsity": sparsity,
@@ -128,9 +131,11 @@ def _result_from_row(row: tuple) -> StoredResult:
 def _upgrade_results_table(conn: sqlite3.Connection) -> None:
     """Older results tables are rebuilt with today's key. One without sample_seed scored the first
     N rows, so its limited runs get FIRST_ROWS and are never taken for a seeded sample; one
-    without code_version gets "" and so reads as stale: nothing says which code computed it."""
+    without code_version gets "" and so reads as stale: nothing says which code computed it. One
+    without num_fewshot gets 0: until then every evaluation ran 0-shot (none of our task configs sets
+    a number, and the runner set 0 where a task sets none)."""
     columns = [row[1] for row in conn.execute("PRAGMA table_info(results)")]
-    if not columns or {"sample_seed", "code_version"} <= set(columns):
+    if not columns or {"sample_seed", "code_version", "num_fewshot"} <= set(columns):
         return
     conn.execute("ALTER TABLE results RENAME TO results_old")
     conn.execute(_RESULTS_TABLE)
@@ -142,6 +147,9 @@ def _upgrade_results_table(conn: sqlite3.Connection) -> None:
     if "code_version" not in columns:
         added.append("code_version")
         values.append("''")
+    if "num_fewshot" not in columns:
+        added.append("num_fewshot")
+        values.append("0")
     conn.execute(f"INSERT INTO results ({kept}, {', '.join(added)}) "
                  f"SELECT {kept}, {', '.join(values)} FROM results_old")
     conn.execute("DROP TABLE results_old")
@@ -222,7 +230,7 @@ class ResultsStore:
             row = conn.execute(
                 f"SELECT {_RESULT_COLUMNS} FROM results r LEFT JOIN variants v USING (variant_id) "
                 "WHERE r.base_model=? AND r.variant_id=? AND r.task=? AND r.limit_n=? AND r.sample_seed=? "
-                "AND r.data_source=? AND r.harness_version=? AND r.code_version=?",
+                "AND r.data_source=? AND r.harness_version=? AND r.code_version=? AND r.num_fewshot=?",
                 key.row(),
             ).fetchone()
         return _result_from_row(row) if row else None
@@ -235,8 +243,9 @@ class ResultsStore:
         with self._transaction() as conn:
             inserted = conn.execute(
                 "INSERT INTO results (base_model, variant_id, task, limit_n, sample_seed, data_source, "
-                "harness_version, code_version, n_examples, metrics, task_version, task_config, seconds, "
-                "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id",
+                "harness_version, code_version, num_fewshot, n_examples, metrics, task_version, task_config, "
+                "seconds, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING RETURNING id",
                 (*key.row(), int(n_examples), json.dumps(metrics, default=str),
                  None if task_version is None else str(task_version),
                  json.dumps(task_config, default=str) if task_config is not None else None,
@@ -255,7 +264,7 @@ class ResultsStore:
             row = conn.execute(
                 "SELECT o.outcomes FROM example_outcomes o JOIN results r ON r.id = o.result_id "
                 "WHERE r.base_model=? AND r.variant_id=? AND r.task=? AND r.limit_n=? AND r.sample_seed=? "
-                "AND r.data_source=? AND r.harness_version=? AND r.code_version=?",
+                "AND r.data_source=? AND r.harness_version=? AND r.code_version=? AND r.num_fewshot=?",
                 key.row(),
             ).fetchone()
         if row is None:

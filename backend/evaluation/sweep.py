@@ -11,7 +11,6 @@ on a multi-node cluster, point PRUNELENS_CACHE_DIR and PRUNELENS_RESULTS_URL at 
 from __future__ import annotations
 
 import itertools
-import os
 import re
 import sys
 import time
@@ -28,7 +27,7 @@ if TYPE_CHECKING:
 Progress = Callable[[float, str], None]
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _LIST_KEYS = ("models", "methods", "calibrations", "sparsities", "seqlens", "tasks")
-_SCALAR_KEYS = ("name", "limit", "nsamples", "seed", "dense", "batch_size")
+_SCALAR_KEYS = ("name", "limit", "nsamples", "seed", "dense", "batch_size", "num_fewshot")
 
 
 @dataclass(frozen=True)
@@ -47,6 +46,15 @@ class SweepSpec:
     seed: int = 0
     dense: bool = True  # also evaluate each dense model
     batch_size: int = 16
+    num_fewshot: int = 0  # demonstrations before each example, for every task ...
+    task_fewshot: tuple[tuple[str, int], ...] = ()  # ... except these (task, shots)
+
+    def shots(self, task: str) -> int:
+        return dict(self.task_fewshot).get(task, self.num_fewshot)
+
+    def fewshot(self) -> dict[str, int]:
+        """Shots per task of the sweep, as ``evaluate`` takes them."""
+        return {task: self.shots(task) for task in self.tasks}
 
 
 @dataclass(frozen=True)
@@ -81,6 +89,7 @@ class CellOutcome:
     reused: int = 0  # task results found in the store
     seconds: float = 0.0
     results: list[dict] = field(default_factory=list)
+    worker: dict | None = None  # on Ray: the node id and process id that ran it
 
 
 @dataclass
@@ -154,6 +163,7 @@ def parse_sweep_spec(data, default_name: str = "sweep") -> SweepSpec:
     if methods and (not calibrations or not all(calibrations)):
         raise UserError("sweep spec: 'calibrations' must name at least one calibration set")
     seqlens = [_positive_int(s, "each seqlen") for s in _as_list(data, "seqlens", (2048,))]
+    num_fewshot, task_fewshot = parse_fewshot(data.get("num_fewshot", 0), "sweep spec: num_fewshot")
     return SweepSpec(
         name=name, models=tuple(dict.fromkeys(models)), tasks=tuple(tasks), methods=tuple(dict.fromkeys(methods)),
         calibrations=tuple(dict.fromkeys(calibrations)), sparsities=tuple(dict.fromkeys(sparsities)),
@@ -163,7 +173,31 @@ def parse_sweep_spec(data, default_name: str = "sweep") -> SweepSpec:
         seed=_nonnegative_int(data.get("seed", 0)),
         dense=dense,
         batch_size=_positive_int(data.get("batch_size", 16), "batch_size"),
+        num_fewshot=num_fewshot, task_fewshot=task_fewshot,
     )
+
+
+def parse_fewshot(value, what: str) -> tuple[int, tuple[tuple[str, int], ...]]:
+    """``5`` (every task) or ``{sst2: 5, copa: 0}`` (named tasks; the others 0) -> (shots for every
+    task, per-task exceptions)."""
+    from backend.evaluation.registry import TASKS
+    from backend.evaluation.runner import check_fewshot
+
+    if isinstance(value, dict):
+        counts = {str(task): count for task, count in value.items()}
+        unknown = [task for task in counts if task not in TASKS]
+        if unknown:
+            raise UserError(f"{what}: unknown task {unknown[0]!r}")
+        try:
+            check_fewshot(counts)
+        except UserError as exc:
+            raise UserError(f"{what}: {exc}") from None
+        return 0, tuple(sorted(counts.items()))
+    try:
+        check_fewshot(value)
+    except UserError as exc:
+        raise UserError(f"{what}: {exc}") from None
+    return value, ()
 
 
 def _nonnegative_int(value) -> int:
@@ -251,7 +285,7 @@ def _one_line(exc: BaseException) -> str:
 
 def run_cell(cell: SweepCell, spec: SweepSpec) -> CellOutcome:
     """Prune and evaluate one cell; any error becomes a failed outcome (never an exception).
-    On Ray, the worker's environment (``_worker_environment``) names the cache and results."""
+    On Ray, the worker's environment (``sweep_ray.worker_environment``) names the cache and results."""
     from backend.evaluation.runner import evaluate
     from backend.evaluation.store import ResultsStore
 
@@ -262,7 +296,8 @@ def run_cell(cell: SweepCell, spec: SweepSpec) -> CellOutcome:
         if cell.method is not None:
             variant_id = prune_for_cell(loaded, cell, spec)
         results = evaluate(loaded, list(spec.tasks), variant_id=variant_id, limit=spec.limit,
-                           batch_size=spec.batch_size, store=ResultsStore.from_settings())
+                           batch_size=spec.batch_size, store=ResultsStore.from_settings(),
+                           num_fewshot=spec.fewshot())
     except Exception as exc:  # noqa: BLE001 - a failing cell must not stop the sweep
         return CellOutcome(cell.key, "failed", variant_id, _one_line(exc),
                            seconds=time.perf_counter() - started)
@@ -279,7 +314,8 @@ def run_cell(cell: SweepCell, spec: SweepSpec) -> CellOutcome:
 
 
 def _cell_complete(store, spec: SweepSpec, cell: SweepCell, record: dict | None) -> bool:
-    """Done in an earlier run, and every task of the spec still has a result with its limit."""
+    """Done in an earlier run, and every task of the spec still has a result with its limit and
+    its number of demonstrations."""
     if not record or record["status"] != "done":
         return False
     from backend.evaluation.runner import DEFAULT_SAMPLE_SEED
@@ -288,7 +324,8 @@ def _cell_complete(store, spec: SweepSpec, cell: SweepCell, record: dict | None)
     variant_id = record["variant_id"] or DENSE
     wanted = ResultKey("", "", "", spec.limit, "", "", DEFAULT_SAMPLE_SEED).row()[3:5]  # (limit, seed)
     stored = store.results(base_model=_base_name(cell.model), variant_id=variant_id)
-    have = {r.key.task for r in stored if not r.stale and r.key.row()[3:5] == wanted}
+    have = {r.key.task for r in stored
+            if not r.stale and r.key.row()[3:5] == wanted and r.key.num_fewshot == spec.shots(r.key.task)}
     return set(spec.tasks) <= have
 
 
@@ -300,20 +337,6 @@ def _base_name(reference: str) -> str:
         return parse_model_ref(reference).name
     except UserError:
         return reference
-
-
-def _worker_environment() -> dict[str, str]:
-    """backend.process_setup's settings and the driver's PRUNELENS_* ones, paths made absolute."""
-    from backend.config import get_settings
-    from backend.evaluation.settings import evaluation_settings
-    from backend.evaluation.store import database_path
-    from backend.process_setup import PROCESS_ENVIRONMENT
-
-    environment = {key: os.environ.get(key, value) for key, value in PROCESS_ENVIRONMENT.items()}
-    environment |= {key: value for key, value in os.environ.items() if key.startswith("PRUNELENS_")}
-    environment["PRUNELENS_CACHE_DIR"] = str(get_settings().cache_dir.resolve())
-    environment["PRUNELENS_RESULTS_URL"] = str(database_path(evaluation_settings().results_location).resolve())
-    return environment
 
 
 def run_sweep(
@@ -342,7 +365,8 @@ def run_sweep(
     def record(outcome: CellOutcome) -> None:
         store.record_cell(spec.name, outcome.cell, outcome.status, variant_id=outcome.variant_id,
                           error=outcome.error, detail={"computed": outcome.computed, "reused": outcome.reused,
-                                                       "seconds": round(outcome.seconds, 3)})
+                                                       "seconds": round(outcome.seconds, 3),
+                                                       **({"worker": outcome.worker} if outcome.worker else {})})
         report.outcomes.append(outcome)
         finished = report.skipped + len(report.outcomes)
         if bar is not None:
@@ -353,7 +377,9 @@ def run_sweep(
 
     try:
         if ray_address:
-            _run_on_ray(todo, spec, ray_address, record)
+            from backend.evaluation.sweep_ray import run_cells_on_ray
+
+            run_cells_on_ray(todo, spec, ray_address, record)
         else:
             for cell in todo:
                 record(run_cell(cell, spec))
@@ -361,39 +387,3 @@ def run_sweep(
         if bar is not None:
             bar.close()
     return report
-
-
-def _run_on_ray(cells: list[SweepCell], spec: SweepSpec, address: str, record: Callable) -> None:
-    try:
-        import ray
-    except ImportError:
-        raise UserError("--ray-address needs Ray: pip install 'prunelens[cluster]'") from None
-
-    started_here = not ray.is_initialized()
-    if started_here:
-        try:
-            if address == "local":
-                ray.init(include_dashboard=False, log_to_driver=False)
-            else:
-                ray.init(address=address, log_to_driver=False)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise UserError(f"cannot connect to Ray at {address!r}: {str(exc).splitlines()[0][:200]}") from exc
-    try:
-        gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-        # Workers start with the driver's settings in their environment (Ray's runtime_env).
-        remote_cell = ray.remote(run_cell).options(
-            num_cpus=1, num_gpus=gpus, max_retries=0,
-            runtime_env={"env_vars": _worker_environment()},
-        )
-        pending = {remote_cell.remote(cell, spec): cell for cell in cells}
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            cell = pending.pop(ready[0])
-            try:
-                outcome = ray.get(ready[0])
-            except Exception as exc:  # noqa: BLE001 - a worker that died (OOM, node lost)
-                outcome = CellOutcome(cell.key, "failed", error=f"Ray task failed: {_one_line(exc)}")
-            record(outcome)
-    finally:
-        if started_here:
-            ray.shutdown()

@@ -180,13 +180,14 @@ class Table:
         }
 
 
-def latest_results(results: Iterable[StoredResult]) -> list[StoredResult]:
-    """One current result per (model, variant, task): the one on the most examples, then the
-    newest, so a quick ``--limit`` run never dilutes a full one. Stale results (computed by other
-    evaluation code) are left out."""
+def latest_results(results: Iterable[StoredResult], num_fewshot: int = 0) -> list[StoredResult]:
+    """One current result per (model, variant, task) among those scored with ``num_fewshot``
+    demonstrations (a 0-shot and a 5-shot score never share a table): the one on the most
+    examples, then the newest, so a quick ``--limit`` run never dilutes a full one. Stale results
+    (computed by other evaluation code) are left out."""
     best: dict[tuple, StoredResult] = {}
     for result in results:
-        if result.stale:
+        if result.stale or result.key.num_fewshot != num_fewshot:
             continue
         slot = (result.key.base_model, result.key.variant_id, result.key.task)
         current = best.get(slot)
@@ -207,8 +208,10 @@ def build_table(
     sparsity: str | None = None,
     seqlen: str | int | None = None,
     outcomes: Outcomes | None = None,
+    num_fewshot: int = 0,
 ) -> Table:
-    """The table ``kind`` (see TABLE_KINDS) from stored results, after the given filters.
+    """The table ``kind`` (see TABLE_KINDS) from stored results, after the given filters, of the
+    results scored with ``num_fewshot`` demonstrations.
     ``outcomes`` (a store's ``outcomes``) gives the per-example scores for paired differences."""
     if kind not in TABLE_KINDS:
         raise UserError(f"unknown table {kind!r}; choose from {', '.join(TABLE_KINDS)}")
@@ -221,7 +224,7 @@ def build_table(
                "sparsity": sparsity, "seqlen": None if seqlen is None else str(seqlen)}
 
     cells: dict[tuple[str, str], list[StoredResult]] = defaultdict(list)
-    for result in latest_results(results):
+    for result in latest_results(results, num_fewshot):
         if any(value is not None and _dimension_value(result, dimension) != value
                for dimension, value in filters.items()):
             continue
@@ -240,7 +243,8 @@ def build_table(
     differences = [[difference_to_dense(cell, outcomes, metric) if outcomes and cell else None for cell in line]
                    for line in grid]
     cell_counts = [[len(cell) for cell in line] for line in grid]
-    return Table(kind, metric, spec.rows, column_labels, rows, cell_counts, filters, intervals, differences)
+    shown_filters = filters | ({"num_fewshot": str(num_fewshot)} if num_fewshot else {})
+    return Table(kind, metric, spec.rows, column_labels, rows, cell_counts, shown_filters, intervals, differences)
 
 
 def _mean(values: list[float]) -> float | None:

@@ -3,10 +3,18 @@
 A model at chance on a task gains or loses accuracy by shifting which label it prefers, not by
 knowing more. From the stored per-example scores and the task's gold labels (read through
 lm-eval's own task config) this gives, per task: the dense accuracy with its Wilson interval,
-the majority-label baseline of the sampled examples, a one-sided binomial test of the accuracy
-against that baseline (``scipy.stats.binomtest``), and, on tasks with one fixed label set (binary
-classification: a wrong answer is the other label), the share of predictions per label and the
-balanced accuracy (mean recall per label), which a change of label preference does not move.
+the baseline, a one-sided binomial test of the accuracy against it (``scipy.stats.binomtest``),
+and, on tasks with one fixed label set (binary classification: a wrong answer is the other
+label), the share of predictions per label and the balanced accuracy (mean recall per label),
+which a change of label preference does not move.
+
+The baseline depends on what a model can prefer. Where every example has the same labels
+(SST-2's negative/positive, BoolQ's no/yes) a model can prefer one label string, so the baseline
+is always answering the majority label of the sampled examples. Where the choices are the
+example's own texts (COPA, SciQ, WinoGrande), each is scored as its own continuation and its
+position is invisible to the model, so the baseline is picking a choice at random: the mean of
+1/(number of choices). (SciQ's correct answer is always the last choice; a position baseline
+would put it at 100%.)
 """
 
 from __future__ import annotations
@@ -26,6 +34,10 @@ class TaskLabels:
 
     gold: dict[int, int]
     label_names: tuple[str, ...] | None
+    choice_counts: dict[int, int] | None = None  # doc id -> number of choices (default: 2 each)
+
+    def choices_of(self, doc: int) -> int:
+        return (self.choice_counts or {}).get(doc, 2)
 
 
 def gold_labels(tasks: list[str], doc_ids: dict[str, list[int]]) -> dict[str, TaskLabels]:
@@ -37,16 +49,19 @@ def gold_labels(tasks: list[str], doc_ids: dict[str, list[int]]) -> dict[str, Ta
         for name in tasks:
             task = prepared.load(name)
             docs = task.eval_docs
-            gold, choice_sets = {}, set()
+            gold, choice_sets, counts = {}, set(), {}
             for doc_id in doc_ids.get(name, []):
                 doc = docs[doc_id]
                 choices = tuple(str(c) for c in task.doc_to_choice(doc))
-                target = task.doc_to_target(doc)
+                # lm-eval's rule (ConfigurableTask.process_results): a task with one context per
+                # choice (WinoGrande) gives the gold index by doc_to_text, the others by doc_to_target.
+                target = task.doc_to_text(doc) if getattr(task, "multiple_input", 0) else task.doc_to_target(doc)
                 gold[doc_id] = choices.index(str(target)) if isinstance(target, str) and str(target) in choices \
                     else int(target)
                 choice_sets.add(choices)
+                counts[doc_id] = len(choices)
             fixed = next(iter(choice_sets)) if len(choice_sets) == 1 else None
-            labels[name] = TaskLabels(gold, fixed)
+            labels[name] = TaskLabels(gold, fixed, counts)
     return labels
 
 
@@ -74,21 +89,30 @@ def label_profile(scores: dict[int, float], labels: TaskLabels) -> dict:
     return profile
 
 
+def chance_baseline(docs: list[int], labels: TaskLabels) -> tuple[float, str]:
+    """(accuracy of the baseline on ``docs``, what it is): the majority label where the labels are
+    fixed, else a random choice (see the module's docstring)."""
+    if labels.label_names is not None:
+        counts = Counter(labels.gold[d] for d in docs)
+        return max(counts.values()) / len(docs), "majority label"
+    return float(np.mean([1 / labels.choices_of(d) for d in docs])), "random choice"
+
+
 def dense_against_chance(task: str, scores: dict[int, float], labels: TaskLabels, alpha: float) -> dict:
-    """Is the dense model clearly better than always answering the majority label?"""
+    """Is the dense model clearly better than its baseline (``chance_baseline``)?"""
     docs = sorted(set(scores) & set(labels.gold))
     hits = int(sum(scores[d] >= 0.5 for d in docs))
     gold_counts = Counter(labels.gold[d] for d in docs)
-    majority_share = max(gold_counts.values()) / len(docs)
+    baseline, kind = chance_baseline(docs, labels)
     names = labels.label_names
     gold_shares = {(names[label] if names else str(label)): count / len(docs)
                    for label, count in sorted(gold_counts.items())}
-    test = stats.binomtest(hits, len(docs), p=majority_share, alternative="greater")
+    test = stats.binomtest(hits, len(docs), p=baseline, alternative="greater")
     # the test is one-sided; the interval shown is the two-sided 95% Wilson interval
     interval = stats.binomtest(hits, len(docs)).proportion_ci(confidence_level=0.95, method="wilson")
     informative = test.pvalue < alpha
     return {"task": task, "n": len(docs), "accuracy": hits / len(docs), "low": float(interval.low),
-            "high": float(interval.high), "majority_baseline": majority_share, "gold_shares": gold_shares,
+            "high": float(interval.high), "baseline": baseline, "baseline_kind": kind, "gold_shares": gold_shares,
             "p_value": float(test.pvalue), "status": INFORMATIVE if informative else UNINFORMATIVE,
             **{key: value for key, value in label_profile(scores, labels).items()
                if key in ("balanced_accuracy", "prediction_shares")}}

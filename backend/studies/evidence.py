@@ -17,7 +17,15 @@ import numpy as np
 
 from backend.errors import UserError
 from backend.evaluation.registry import TASKS
-from backend.evaluation.sweep import CellOutcome, SweepCell, SweepSpec, _base_name, run_sweep, sweep_cells
+from backend.evaluation.sweep import (
+    CellOutcome,
+    SweepCell,
+    SweepSpec,
+    _base_name,
+    parse_fewshot,
+    run_sweep,
+    sweep_cells,
+)
 from backend.studies.claim_tests import Outcomes
 from backend.studies.spec import Grid, NsaRequest, ResolvedStudy
 
@@ -27,11 +35,12 @@ AXES = ("calibration", "sparsity", "seqlen")
 
 def sweep_for(study: ResolvedStudy, claim_id: str, grid: Grid) -> SweepSpec:
     settings = study.settings
+    num_fewshot, task_fewshot = parse_fewshot(settings.num_fewshot, "settings.num_fewshot")
     return SweepSpec(
         name=f"{study.name}-{study.profile}-{claim_id}", models=(settings.model,), tasks=grid.tasks,
         methods=grid.methods, calibrations=grid.calibrations, sparsities=grid.sparsities, seqlens=grid.seqlens,
         limit=settings.limit, nsamples=settings.nsamples, seed=settings.seed, dense=grid.dense,
-        batch_size=settings.batch_size,
+        batch_size=settings.batch_size, num_fewshot=num_fewshot, task_fewshot=task_fewshot,
     )
 
 
@@ -91,11 +100,12 @@ class ClaimEvidence:
         return tables
 
 
-def _acc_scores(store, model: str, variant_id: str, task: str, limit: int | None) -> dict[int, float] | None:
+def _acc_scores(store, model: str, variant_id: str, task: str, limit: int | None,
+                num_fewshot: int = 0) -> dict[int, float] | None:
     from backend.evaluation.runner import DEFAULT_SAMPLE_SEED
 
     for result in store.results(base_model=_base_name(model), variant_id=variant_id, task=task):
-        if result.stale or result.key.limit != limit:
+        if result.stale or result.key.limit != limit or result.key.num_fewshot != num_fewshot:
             continue
         if limit is not None and result.key.sample_seed != DEFAULT_SAMPLE_SEED:
             continue
@@ -121,7 +131,7 @@ def read_evidence(sweep: SweepSpec, store=None) -> ClaimEvidence:
             continue
         variant_id = DENSE if cell.method is None else record["variant_id"]
         for task in sweep.tasks:
-            found = _acc_scores(store, sweep.models[0], variant_id, task, sweep.limit)
+            found = _acc_scores(store, sweep.models[0], variant_id, task, sweep.limit, sweep.shots(task))
             if found:
                 scores[(cell.key, task)] = found
     return ClaimEvidence(sweep, cells, records, scores)

@@ -67,7 +67,7 @@ def _claim_rows(result: dict) -> list[list[str]]:
 
 
 _CLAIM_HEADER = ["claim", "what", "paper", "ours (95% interval)", "minimum detectable", "verdict"]
-_CHANCE_HEADER = ["task", "n", "dense accuracy [95%]", "majority baseline", "balanced accuracy",
+_CHANCE_HEADER = ["task", "n", "shots", "dense accuracy [95%]", "baseline", "balanced accuracy",
                   "predicted shares", "p (> baseline)", "status"]
 
 
@@ -75,11 +75,14 @@ def _chance_rows(result: dict) -> list[list[str]]:
     rows = []
     for row in result["chance"]:
         if "accuracy" not in row:
-            rows.append([row["task"], "", "", "", "", "", "", row["status"]])
+            rows.append([row["task"], "", "", "", "", "", "", "", row["status"]])
             continue
         shares = row.get("prediction_shares")
-        rows.append([row["task"], str(row["n"]), f"{_pts(row['accuracy'])} [{_pts(row['low'])}, {_pts(row['high'])}]",
-                     _pts(row["majority_baseline"]), _pts(row.get("balanced_accuracy")),
+        baseline = row.get("baseline", row.get("majority_baseline"))  # reports written before "baseline"
+        rows.append([row["task"], str(row["n"]), str(row.get("num_fewshot", 0)),
+                     f"{_pts(row['accuracy'])} [{_pts(row['low'])}, {_pts(row['high'])}]",
+                     f"{_pts(baseline)} ({row.get('baseline_kind', 'majority label')})",
+                     _pts(row.get("balanced_accuracy")),
                      ", ".join(f"{k} {_pts(v)}" for k, v in shares.items()) if shares else "n/a",
                      f"{row['p_value']:.3g}", row["status"]])
     return rows
@@ -105,8 +108,9 @@ def markdown(result: dict, version: dict) -> str:
               f"evaluation {version['evaluation_code']}, NSA {version['nsa_code']}."), "", "## Claims", ""]
     lines += _md_table(_CLAIM_HEADER, _claim_rows(result))
     lines += ["", "## Dense model against chance", "",
-              ("Tasks where the dense model is not better than always answering the majority label "
-              "(one-sided binomial test) are uninformative for this model and left out of every claim."), ""]
+              ("Tasks where the dense model is not better than its baseline (one-sided binomial test) are "
+               "uninformative for this model and left out of every claim. The baseline is always answering "
+               "the majority label where every example has the same labels, else a random choice."), ""]
     lines += _md_table(_CHANCE_HEADER, _chance_rows(result))
     for claim in result["claims"]:
         lines += ["", f"## {claim['id']}: {claim['title']} ({claim['source']})", "",

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 
 from backend.errors import UserError
-from backend.evaluation.sweep import SweepSpec
+from backend.evaluation.sweep import SweepSpec, parse_fewshot
 from backend.studies.chance import INFORMATIVE, dense_against_chance, gold_labels, label_bias_note
 from backend.studies.claims import CLAIMS, NOT_RUN
 from backend.studies.evidence import ClaimEvidence, read_evidence, run_claim_cells, run_nsa_requests, sweep_for
@@ -27,9 +27,10 @@ def study_tasks(study: ResolvedStudy) -> tuple[str, ...]:
 
 def dense_sweep(study: ResolvedStudy) -> SweepSpec:
     settings = study.settings
+    num_fewshot, task_fewshot = parse_fewshot(settings.num_fewshot, "settings.num_fewshot")
     return SweepSpec(name=f"{study.name}-{study.profile}-dense", models=(settings.model,), tasks=study_tasks(study),
                      methods=(), limit=settings.limit, nsamples=settings.nsamples, seed=settings.seed, dense=True,
-                     batch_size=settings.batch_size)
+                     batch_size=settings.batch_size, num_fewshot=num_fewshot, task_fewshot=task_fewshot)
 
 
 def _chance_rows(evidence: ClaimEvidence, alpha: float) -> tuple[list[dict], dict]:
@@ -39,7 +40,8 @@ def _chance_rows(evidence: ClaimEvidence, alpha: float) -> tuple[list[dict], dic
     if not scored:
         return [], {}
     labels = gold_labels(list(scored), {task: sorted(scores) for task, scores in scored.items()})
-    rows = [dense_against_chance(task, scores, labels[task], alpha) for task, scores in scored.items()]
+    rows = [dense_against_chance(task, scores, labels[task], alpha) | {"num_fewshot": evidence.sweep.shots(task)}
+            for task, scores in scored.items()]
     return rows, labels
 
 

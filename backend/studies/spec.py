@@ -34,6 +34,9 @@ class Settings(_Strict):
     alpha: float = Field(default=0.05, gt=0, lt=0.5, description="test level (Holm-corrected within a claim)")
     power: float = Field(default=0.8, gt=0, lt=1, description="power at which the minimum detectable effect is given")
     resamples: int = Field(default=2000, ge=100, description="permutation and bootstrap resamples")
+    num_fewshot: int | dict[str, int] = Field(
+        default=0, description="demonstrations before each example: a number for every task, or "
+                               "{task: number} (unnamed tasks: 0); part of every result's key")
 
 
 class NsaRequest(_Strict):
@@ -135,6 +138,12 @@ def _check_grid(claim_id: str, grid: Grid, what: str) -> None:
         raise UserError(f"{where}.seqlens: each must be a positive integer")
 
 
+def _check_settings(settings: Settings, what: str) -> None:
+    from backend.evaluation.sweep import parse_fewshot
+
+    parse_fewshot(settings.num_fewshot, f"{what}: settings.num_fewshot")
+
+
 def parse_study(data: Any, what: str = "study spec") -> StudySpec:
     if not isinstance(data, dict):
         raise UserError(f"{what}: expected a mapping with name, settings, claims, profiles")
@@ -148,6 +157,7 @@ def parse_study(data: Any, what: str = "study spec") -> StudySpec:
         resolve(spec, name, what)  # a profile that cannot be applied fails at load time
     for claim_id, claim in spec.claims.items():
         _check_grid(claim_id, claim.grid, what)
+    _check_settings(spec.settings, what)
     return spec
 
 
@@ -175,6 +185,7 @@ def resolve(spec: StudySpec, profile: str | None, what: str = "study spec") -> R
             raise UserError(f"{what}: profiles.{profile}: claim {claim_id} is not in the study's claims")
     for claim_id, claim in claims.items():
         _check_grid(claim_id, claim.grid, f"{what}: profiles.{profile}")
+    _check_settings(settings, f"{what}: profiles.{profile}")
     return ResolvedStudy(name=spec.name, profile=profile, paper=spec.paper, settings=settings, claims=claims,
                          skipped=tuple(chosen.skip))
 

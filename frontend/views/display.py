@@ -111,6 +111,14 @@ def calibration_choices(rows: Sequence[dict]) -> tuple[list[str], dict[str, str]
 # ----------------------------------------------------------------------------- how to read this
 
 HOW_TO_READ = {
+    "studies": (
+        "A **study run** tested a paper's claims on stored evaluations (`prunelens study`). Each claim "
+        "has the paper's number, **ours** with its 95% interval, the smallest effect our number of "
+        "examples could detect (80% power), and a verdict: **replicated** (the paper's direction, "
+        "significant after Holm), **contradicted** (the opposite direction, significant), **not "
+        "distinguishable**, or **not run** (and why). Tasks where the dense model is not better than "
+        "its baseline are **uninformative for this model** and left out of every claim."
+    ),
     "explorer": (
         "Each row of the heatmap is one model on the same text: **dense** first, then each pruned "
         "variant. A cell's colour is that neuron's activation on the token: red > 0, blue < 0, white "

@@ -368,13 +368,15 @@ def test_variants_live_in_the_servers_cache_not_the_environments(make_client, is
     response = client.post("/nsa", json=body)
     assert response.status_code == 200, response.text
     assert [variant["id"] for variant in response.json()["result"]["variants"]] == [variant_id]
-    accepted = client.post("/evaluations", json={"variant": variant_id, "tasks": ["sst2"], "limit": 2})
+    accepted = client.post("/evaluations", json={"variant": variant_id, "tasks": ["sst2"], "limit": 2,
+                                                 "num_fewshot": 1})
     assert accepted.status_code == 202, accepted.text
     evaluated = wait_for_job(client, accepted.json()["job"]["id"], timeout=120)
     assert evaluated["state"] == "succeeded", evaluated
     assert (own_cache / "results.db").is_file() and not (isolated_cache.cache_dir / "results.db").exists()
     rows = client.get("/evaluations", params={"variant": variant_id}).json()
-    assert [(row["task"], row["n_examples"]) for row in rows] == [("sst2", 2)]
+    assert [(row["task"], row["n_examples"], row["num_fewshot"]) for row in rows] == [("sst2", 2, 1)]
+    assert_json_error(client.post("/evaluations", json={"tasks": ["sst2"], "num_fewshot": 65}), 422, "num_fewshot")
 
 
 def test_upload_of_each_format_gives_its_texts(client, monkeypatch):

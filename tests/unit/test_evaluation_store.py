@@ -134,3 +134,40 @@ def test_a_schema_1_store_is_upgraded_its_rows_stale_and_first_rows_runs_never_s
     assert store.outcomes(ResultKey("tiny", DENSE, "sst2", 40, "packaged", "0.4.13", 1234)) == {
         "acc": {3: 1.0, 9: 0.0}}
     assert ResultsStore(path).count() == 3  # reopening upgrades nothing twice
+
+
+def test_the_number_of_demonstrations_is_part_of_the_key(tmp_path):
+    store = ResultsStore(tmp_path / "results.db")
+    zero = ResultKey("tiny", DENSE, "sst2", 40, "packaged", "0.4.13", 1234)
+    five = ResultKey("tiny", DENSE, "sst2", 40, "packaged", "0.4.13", 1234, num_fewshot=5)
+    assert zero.num_fewshot == 0 and zero.row() != five.row()
+    store.put(zero, n_examples=40, metrics={"acc,none": 0.6}, outcomes={"acc": {1: 1.0}})
+    assert store.get(five) is None and store.outcomes(five) is None  # a 0-shot score never stands in
+    store.put(five, n_examples=40, metrics={"acc,none": 0.4}, outcomes={"acc": {1: 0.0}})
+    assert store.count() == 2
+    assert store.get(zero).metric() == 0.6 and store.get(five).metric() == 0.4
+    assert store.outcomes(zero) == {"acc": {1: 1.0}} and store.outcomes(five) == {"acc": {1: 0.0}}
+    assert {r.key.num_fewshot: r.metric() for r in store.results()} == {0: 0.6, 5: 0.4}
+    assert store.get(five).to_json()["num_fewshot"] == 5
+
+
+def test_a_schema_3_store_gets_zero_shots_for_its_rows(tmp_path):
+    path = tmp_path / "results.db"
+    key = ResultKey("tiny", DENSE, "sst2", 40, "packaged", "0.4.13", 1234)
+    with sqlite3.connect(path) as conn:  # the schema-3 results table (no num_fewshot), one current row
+        conn.execute("CREATE TABLE results (id INTEGER PRIMARY KEY, base_model TEXT NOT NULL, variant_id TEXT "
+                     "NOT NULL, task TEXT NOT NULL, limit_n INTEGER NOT NULL, data_source TEXT NOT NULL, "
+                     "harness_version TEXT NOT NULL, code_version TEXT NOT NULL, n_examples INTEGER NOT NULL, "
+                     "metrics TEXT NOT NULL, task_version TEXT, task_config TEXT, seconds REAL, created_at TEXT "
+                     "NOT NULL, sample_seed INTEGER NOT NULL DEFAULT -1, UNIQUE (base_model, variant_id, task, "
+                     "limit_n, sample_seed, data_source, harness_version, code_version))")
+        conn.execute("CREATE TABLE example_outcomes (result_id INTEGER PRIMARY KEY, outcomes TEXT NOT NULL)")
+        conn.execute("INSERT INTO results (id, base_model, variant_id, task, limit_n, data_source, harness_version, "
+                     "code_version, n_examples, metrics, created_at, sample_seed) VALUES (7, 'tiny', '', 'sst2', 40, "
+                     "'packaged', '0.4.13', ?, 40, '{\"acc,none\": 0.5}', 'then', 1234)", (key.code_version,))
+        conn.execute("INSERT INTO example_outcomes VALUES (7, '{\"acc\": {\"3\": 1.0}}')")
+    store = ResultsStore(path)
+    assert store.get(key).metric() == 0.5 and store.outcomes(key) == {"acc": {3: 1.0}}  # read as 0-shot
+    store.put(ResultKey(*key.row()[:3], 40, "packaged", "0.4.13", 1234, num_fewshot=3), n_examples=40,
+              metrics={"acc,none": 0.7})
+    assert store.count() == 2 and ResultsStore(path).count() == 2

@@ -44,6 +44,14 @@ def test_grid_pairs_methods_with_their_kind_of_sparsity():
     assert len(keys) == len(set(keys)) == 1 + 2 + 8 + 4
 
 
+def test_shots_for_every_task_or_per_task():
+    every = parse_sweep_spec({"models": ["m"], "tasks": ["sst2", "copa"], "num_fewshot": 3})
+    assert every.fewshot() == {"sst2": 3, "copa": 3}
+    named = parse_sweep_spec({"models": ["m"], "tasks": ["sst2", "copa"], "num_fewshot": {"sst2": 5}})
+    assert named.fewshot() == {"sst2": 5, "copa": 0}
+    assert parse_sweep_spec({"models": ["m"], "tasks": ["sst2"]}).fewshot() == {"sst2": 0}
+
+
 @pytest.mark.parametrize("data,message", [
     ({"models": ["m"], "tasks": ["sst2"], "sparsity": ["0.5"]}, "unknown key"),
     ({"models": ["m"], "tasks": ["sst9"]}, "unknown task 'sst9'"),
@@ -52,6 +60,8 @@ def test_grid_pairs_methods_with_their_kind_of_sparsity():
     ({"models": ["m"], "tasks": ["sst2"], "limit": 0}, "limit"),
     ({"models": [], "tasks": ["sst2"]}, "models"),
     (["not", "a", "mapping"], "mapping"),
+    ({"models": ["m"], "tasks": ["sst2"], "num_fewshot": -1}, "num_fewshot must be an integer from 0 to 64"),
+    ({"models": ["m"], "tasks": ["sst2"], "num_fewshot": {"sst9": 1}}, "num_fewshot: unknown task 'sst9'"),
 ])
 def test_malformed_specs_are_one_clear_line(data, message):
     with pytest.raises(UserError, match=message) as error:

@@ -504,7 +504,7 @@ def test_every_page_is_a_registered_page_of_the_app():
     app = (REPO / "frontend" / "app.py").read_text()
     pages = sorted(p.name for p in (REPO / "frontend" / "pages").glob("*.py"))
     assert pages == ["accuracy.py", "attribute.py", "calibration.py", "changed.py", "explorer.py", "jobs.py",
-                     "neuron.py"]
+                     "neuron.py", "studies.py"]
     for page in pages:
         assert f'"pages" / "{page}"' in app
 

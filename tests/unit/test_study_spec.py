@@ -41,6 +41,10 @@ def test_shipped_spec_has_every_claim_and_three_profiles():
     (lambda d: d["claims"]["C1"]["grid"].update({"colour": "red"}), "claims.C1.grid.colour: unknown field"),
     (lambda d: d["settings"].update({"limit": 0}), "settings.limit"),
     (lambda d: d["profiles"]["quick"]["claims"].update({"C1": {"tasks": ["bogus"]}}), "unknown task 'bogus'"),
+    (lambda d: d["settings"].update({"num_fewshot": -1}), "num_fewshot must be an integer from 0 to 64"),
+    (lambda d: d["settings"].update({"num_fewshot": {"nosuchtask": 2}}), "num_fewshot: unknown task 'nosuchtask'"),
+    (lambda d: d["profiles"]["quick"]["settings"].update({"num_fewshot": {"sst2": 99}}),
+     "profiles.quick: settings.num_fewshot: num_fewshot for sst2 must be an integer from 0 to 64"),
 ])
 def test_bad_specs_are_one_line(change, message):
     data = _spec()
@@ -70,7 +74,8 @@ def test_cli_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys
 
 def _planted_store(tmp_path, study, claim_id: str, accuracy) -> ResultsStore:
     """Every cell of the claim's sweep stored as done, with per-example scores drawn from
-    ``accuracy(task, calibration)`` on the same 150 seeded examples for every cell."""
+    ``accuracy(task, calibration)`` on the same 150 seeded examples for every cell, under the
+    sweep's number of demonstrations for the task."""
     from backend.evaluation.runner import DEFAULT_SAMPLE_SEED
 
     store = ResultsStore(tmp_path / "results.db")
@@ -82,7 +87,8 @@ def _planted_store(tmp_path, study, claim_id: str, accuracy) -> ResultsStore:
         store.record_cell(sweep.name, cell.key, "done", variant_id=variant_id)
         for task in sweep.tasks:
             scores = (rng.random(len(docs)) < accuracy(task, cell.calibration)).astype(float)
-            key = ResultKey(sweep.models[0], variant_id, task, sweep.limit, "packaged", "0.4", DEFAULT_SAMPLE_SEED)
+            key = ResultKey(sweep.models[0], variant_id, task, sweep.limit, "packaged", "0.4", DEFAULT_SAMPLE_SEED,
+                            num_fewshot=sweep.shots(task))
             store.put(key, n_examples=len(docs), metrics={"acc,none": float(scores.mean())},
                       outcomes={"acc": dict(zip(docs, scores.tolist(), strict=True))})
     return store
@@ -108,3 +114,28 @@ def test_c1_from_a_planted_results_store_is_replicated(tmp_path):
     # C4 on the same store: no C4/WikiText2 calibration -> not run, and it says why
     c4 = judge_c4(evidence, study.claims["C1"], study.settings)
     assert c4["verdict"] == NOT_RUN and "C4 or WikiText2" in c4["why"]
+
+
+def test_shots_per_task_reach_the_sweep_and_other_shots_are_never_read(tmp_path):
+    data = _spec()
+    data["settings"]["num_fewshot"] = 1
+    data["profiles"]["quick"]["settings"]["num_fewshot"] = {"sst2": 2}  # a profile replaces the setting
+    spec = parse_study(data)
+    default, quick = resolve(spec, None), resolve(spec, "quick")
+    assert sweep_for(default, "C1", default.claims["C1"].grid).fewshot() == dict.fromkeys(
+        default.claims["C1"].grid.tasks, 1)
+    sweep = sweep_for(quick, "C1", quick.claims["C1"].grid)
+    assert sweep.fewshot() == {"sst2": 2, "copa": 0}
+    store = _planted_store(tmp_path, quick, "C1", lambda task, calibration: 0.7)
+    planted = read_evidence(sweep, store).scores
+    assert len(planted) == 2 * 2  # two calibration cells, two tasks
+    # Results of the same cells with other shots (all wrong) change nothing that is read.
+    from backend.evaluation.runner import DEFAULT_SAMPLE_SEED
+
+    for record in store.cells(sweep.name).values():
+        for task, shots in (("sst2", 0), ("copa", 5)):
+            key = ResultKey(sweep.models[0], record["variant_id"], task, sweep.limit, "packaged", "0.4",
+                            DEFAULT_SAMPLE_SEED, num_fewshot=shots)
+            store.put(key, n_examples=150, metrics={"acc,none": 0.0},
+                      outcomes={"acc": dict.fromkeys(range(0, 300, 2), 0.0)})
+    assert read_evidence(sweep, store).scores == planted

@@ -96,6 +96,7 @@ def create_evaluation_job(body: EvaluationRequest, state: State) -> JobAccepted:
             "tasks": tasks,
             "limit": body.limit,
             "sample_seed": body.sample_seed,
+            "num_fewshot": body.num_fewshot,
         },
     )
     return job_accepted(job)
@@ -115,6 +116,7 @@ def register_jobs(state: ApiState) -> None:
                 variant_id=params.get("variant"),
                 limit=params.get("limit"),
                 sample_seed=params.get("sample_seed", DEFAULT_SAMPLE_SEED),
+                num_fewshot=params.get("num_fewshot", 0),
                 store=results_store(state),
                 progress=progress,
                 cache_settings=state.settings,

@@ -47,6 +47,9 @@ def read_table(
     seqlen: Annotated[
         str | None, Query(max_length=16, description="Only this calibration sequence length.")
     ] = None,
+    num_fewshot: Annotated[
+        int, Query(ge=0, le=64, description="Only results scored with this many demonstrations.")
+    ] = 0,
 ) -> dict:
     store = results_store(state)
     results = store.results(base_model=model, task=task)
@@ -61,5 +64,6 @@ def read_table(
         sparsity=sparsity,
         seqlen=seqlen,
         outcomes=store.outcomes,
+        num_fewshot=num_fewshot,
     )
     return table.to_json()

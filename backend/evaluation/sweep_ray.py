@@ -1,0 +1,89 @@
+"""A sweep's cells as Ray tasks: one CPU slot each (one GPU where the cluster has GPUs).
+
+Workers write their results straight into the results store named by the driver (its path made
+absolute and passed in the task's environment), so on a multi-node cluster the cache and the
+results must be on shared storage. A cell whose worker process dies (killed, out of memory) is
+run again by Ray, once; nothing is stored twice because a result is inserted under its key only
+once (``ResultsStore.put``) and a variant folder appears by an atomic rename.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from backend.errors import UserError
+from backend.evaluation.sweep import CellOutcome, SweepCell, SweepSpec, _one_line, run_cell
+
+# Reruns of a cell whose worker died; a cell that fails by itself is recorded, not rerun.
+MAX_RETRIES = 1
+
+
+def worker_environment() -> dict[str, str]:
+    """backend.process_setup's settings and the driver's PRUNELENS_* ones, paths made absolute."""
+    from backend.config import get_settings
+    from backend.evaluation.settings import evaluation_settings
+    from backend.evaluation.store import database_path
+    from backend.process_setup import PROCESS_ENVIRONMENT
+
+    environment = {key: os.environ.get(key, value) for key, value in PROCESS_ENVIRONMENT.items()}
+    environment |= {key: value for key, value in os.environ.items() if key.startswith("PRUNELENS_")}
+    environment["PRUNELENS_CACHE_DIR"] = str(get_settings().cache_dir.resolve())
+    environment["PRUNELENS_RESULTS_URL"] = str(database_path(evaluation_settings().results_location).resolve())
+    return environment
+
+
+def run_cell_on_worker(cell: SweepCell, spec: SweepSpec) -> CellOutcome:
+    """``run_cell`` in a Ray worker, its outcome marked with the node and process that ran it."""
+    import ray
+
+    outcome = run_cell(cell, spec)
+    outcome.worker = {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
+    return outcome
+
+
+def _connect(address: str) -> bool:
+    """Connect to Ray (an address, 'auto', or 'local' for an instance started here); True when
+    this call started the connection (and so must end it)."""
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--ray-address needs Ray: pip install 'prunelens[cluster]'") from None
+    if ray.is_initialized():
+        return False
+    try:
+        if address == "local":
+            ray.init(include_dashboard=False, log_to_driver=False)
+        else:
+            ray.init(address=address, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise UserError(f"cannot connect to Ray at {address!r}: {str(exc).splitlines()[0][:200]}") from exc
+    return True
+
+
+def run_cells_on_ray(cells: list[SweepCell], spec: SweepSpec, address: str,
+                     record: Callable[[CellOutcome], None]) -> None:
+    """Run ``cells`` as Ray tasks; ``record`` each outcome as it arrives (in the driver)."""
+    started_here = _connect(address)
+    import ray
+
+    try:
+        gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+        # Workers start with the driver's settings in their environment (Ray's runtime_env). SPREAD:
+        # a cell is minutes of work, so cells go to every node rather than queue on the driver's.
+        remote_cell = ray.remote(run_cell_on_worker).options(
+            num_cpus=1, num_gpus=gpus, max_retries=MAX_RETRIES, retry_exceptions=False, scheduling_strategy="SPREAD",
+            runtime_env={"env_vars": worker_environment()},
+        )
+        pending = {remote_cell.remote(cell, spec): cell for cell in cells}
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            cell = pending.pop(ready[0])
+            try:
+                outcome = ray.get(ready[0])
+            except Exception as exc:  # noqa: BLE001 - a worker that died past its retries, a node lost
+                outcome = CellOutcome(cell.key, "failed", error=f"Ray task failed: {_one_line(exc)}")
+            record(outcome)
+    finally:
+        if started_here:
+            ray.shutdown()
