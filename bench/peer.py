@@ -2,8 +2,10 @@
 
 The embedded SmolLM2-135M in float32 on CPU. Calibration: --nsamples windows x --seqlen tokens
 of LAMBADA's calibration passages, drawn once per --seeds value with the project's own
-``calibration_windows``; held-out: the first --heldout-windows consecutive windows of LAMBADA's
-held-out passages (``perplexity``'s windows; the two sets of passages are disjoint). Both sides
+``calibration_windows``; held-out (bench/protocol.py): the first --heldout-windows consecutive
+windows of LAMBADA's held-out passages (in domain; ``perplexity``'s windows; the two sets of
+passages are disjoint) and of two corpora the calibration never reads (IMDB reviews, BoolQ
+passages: out of domain), so "at parity" is checked where a user deploys, not only in domain. Both sides
 prune every linear layer of the decoder layers (not lm_head) layer by layer, each layer
 calibrated on the outputs of the already pruned layers before it, SparseGPT with blocksize 128
 and dampening 0.01 of the mean Hessian diagonal.
@@ -12,7 +14,7 @@ Ours: ``create_variant`` (the engine users run) on those windows. The peer: llm-
 ``oneshot`` with SparseGPTModifier / WandaPruningModifier, run by bench/peer_llmcompressor.py
 in the peer's own virtual environment (--peer-python), reading exactly our windows from a
 safetensors file; its pruned weights come back as safetensors and are measured here with the
-project's ``perplexity``. Printed per method: held-out perplexity of ours and of the peer, the
+project's ``perplexity``. Printed per method and held-out set: perplexity of ours and of the peer, the
 ratio ours/peer with a paired 95% bootstrap interval over the held-out windows (it covers the
 choice of held-out windows, not of calibration windows: that is what several --seeds show),
 and the fraction of weights whose pruned/kept decision differs, per layer (two unrelated
@@ -42,6 +44,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from protocol import held_out_sets  # bench/ is the script's folder, first on sys.path
 
 from backend.data.windows import calibration_windows
 from backend.evaluation.perplexity import perplexity
@@ -79,9 +83,16 @@ def zero_masks(model) -> dict[str, torch.Tensor]:
     return {name: (weight == 0).cpu() for name, weight in pruned_linears(model).items()}
 
 
-def measure(loaded, heldout: int, seqlen: int) -> tuple[float, np.ndarray, dict[str, torch.Tensor]]:
-    result = perplexity(loaded, CALIBRATION, seqlen=seqlen, max_windows=heldout)
-    return result["perplexity"], np.array(result["window_nll"]) / (seqlen - 1), zero_masks(loaded.model)
+Measured = dict[str, tuple[float, np.ndarray]]  # held-out set -> (perplexity, per-window mean NLL)
+
+
+def measure(loaded, sets: dict[str, str], heldout: int, seqlen: int) -> tuple[Measured, dict[str, torch.Tensor]]:
+    """Perplexity and per-window mean token NLL on every held-out set, and the model's zero masks."""
+    measured = {}
+    for label, text_set in sets.items():
+        result = perplexity(loaded, text_set, seqlen=seqlen, max_windows=heldout)
+        measured[label] = (result["perplexity"], np.array(result["window_nll"]) / (seqlen - 1))
+    return measured, zero_masks(loaded.model)
 
 
 def ours(loaded, method: str, spec: SparsitySpec, args, seed: int):
@@ -92,7 +103,7 @@ def ours(loaded, method: str, spec: SparsitySpec, args, seed: int):
     variant = create_variant(loaded, config).variant_id
     seconds = time.perf_counter() - started
     with variant_applied(loaded, variant):
-        return (*measure(loaded, args.heldout_windows, args.seqlen), seconds)
+        return (*measure(loaded, args.sets, args.heldout_windows, args.seqlen), seconds)
 
 
 def peer(loaded, method: str, spec: SparsitySpec, args, windows_file: Path, work: Path, batch_size: int = 8):
@@ -124,7 +135,7 @@ def peer(loaded, method: str, spec: SparsitySpec, args, windows_file: Path, work
         with torch.no_grad():
             for name, param in params.items():
                 param.copy_(weights[name])
-        measured = measure(loaded, args.heldout_windows, args.seqlen)
+        measured = measure(loaded, args.sets, args.heldout_windows, args.seqlen)
     finally:
         with torch.no_grad():
             for name, param in params.items():
@@ -201,13 +212,16 @@ def main() -> int:
     loaded = load_model(MODEL, device="cpu", dtype="float32")
     args.model_dir = (models / MODEL).resolve()
     work = Path(tempfile.mkdtemp(prefix="prunelens-peer-"))
+    args.sets = held_out_sets(work)
 
-    dense_ppl, _, dense_masks = measure(loaded, args.heldout_windows, args.seqlen)
+    dense, dense_masks = measure(loaded, args.sets, args.heldout_windows, args.seqlen)
     print(f"{MODEL} float32 CPU; calibration {args.nsamples} x {args.seqlen} tokens of {CALIBRATION} "
-          f"(calibration passages), held-out {args.heldout_windows} x {args.seqlen} (held-out passages)")
-    print(f"dense held-out perplexity {dense_ppl:.3f} (dense weights exactly zero: "
-          f"{sparsity(dense_masks):.2e}); work files in {work}")
+          f"(calibration passages), held-out {args.heldout_windows} x {args.seqlen} per set: "
+          f"{', '.join(args.sets)}")
+    print("dense held-out perplexity " + ", ".join(f"{label} {ppl:.3f}" for label, (ppl, _) in dense.items())
+          + f" (dense weights exactly zero: {sparsity(dense_masks):.2e}); work files in {work}")
     rows = []
+    versions: dict = {}
     for seed in args.seeds:
         windows = calibration_windows(loaded.tokenizer, CALIBRATION, args.nsamples, args.seqlen, seed,
                                       max_length=loaded.max_length)  # what create_variant draws
@@ -217,38 +231,46 @@ def main() -> int:
         save_file({"input_ids": windows.contiguous()}, str(windows_file))
         for spec in specs:
             for method in args.methods:
-                our_ppl, our_nll, our_masks, our_seconds = ours(loaded, method, spec, args, seed)
-                peer_ppl, peer_nll, peer_masks, peer_seconds, versions = peer(
-                    loaded, method, spec, args, windows_file, work)
-                low, high = ratio_interval(our_nll, peer_nll, seed)
+                our_sets, our_masks, our_seconds = ours(loaded, method, spec, args, seed)
+                peer_sets, peer_masks, peer_seconds, versions = peer(loaded, method, spec, args, windows_file, work)
                 differ = mask_differences(our_masks, peer_masks)
-                rows.append((seed, spec.label, method, our_ppl, peer_ppl, low, high, differ,
-                             sparsity(our_masks), sparsity(peer_masks)))
-                print(f"\nseed {seed} {spec.label} {method}: ours {our_ppl:.3f} ({our_seconds:.0f}s), "
-                      f"llm-compressor {versions['llmcompressor']} {peer_ppl:.3f} ({peer_seconds:.0f}s); "
-                      f"sparsity ours {sparsity(our_masks):.4f}, peer {sparsity(peer_masks):.4f}")
+                print(f"\nseed {seed} {spec.label} {method}: ours {our_seconds:.0f}s, llm-compressor "
+                      f"{versions['llmcompressor']} {peer_seconds:.0f}s; sparsity ours {sparsity(our_masks):.4f}, "
+                      f"peer {sparsity(peer_masks):.4f}")
                 print(f"  ours vs peer, weights whose pruned/kept decision differs per layer: "
                       f"{layer_summary(differ)}")
+                floor_sets = None
                 if args.noise_floor:
-                    floor_ppl, floor_nll, floor_masks, _, _ = peer(loaded, method, spec, args, windows_file,
-                                                                  work, batch_size=1)
-                    floor_low, floor_high = ratio_interval(floor_nll, peer_nll, seed)
-                    print(f"  peer batch 1 vs peer batch 8 (rounding only): perplexity {floor_ppl:.3f}, "
-                          f"ratio {floor_ppl / peer_ppl:.4f} [{floor_low:.4f}, {floor_high:.4f}]; "
-                          f"masks differ per layer: {layer_summary(mask_differences(floor_masks, peer_masks))}")
+                    floor_sets, floor_masks, _, _ = peer(loaded, method, spec, args, windows_file, work, batch_size=1)
+                    print(f"  peer batch 1 vs peer batch 8 (rounding only), masks differ per layer: "
+                          f"{layer_summary(mask_differences(floor_masks, peer_masks))}")
+                for label in args.sets:
+                    (our_ppl, our_nll), (peer_ppl, peer_nll) = our_sets[label], peer_sets[label]
+                    low, high = ratio_interval(our_nll, peer_nll, seed)
+                    rows.append((seed, spec.label, method, label, our_ppl, peer_ppl, low, high,
+                                 float(np.mean(list(differ.values())))))
+                    line = (f"  {label:<18} ours {our_ppl:8.3f}  peer {peer_ppl:8.3f}  "
+                            f"ratio {our_ppl / peer_ppl:.4f} [{low:.4f}, {high:.4f}]")
+                    if floor_sets is not None:
+                        floor_ppl, floor_nll = floor_sets[label]
+                        floor_low, floor_high = ratio_interval(floor_nll, peer_nll, seed)
+                        line += (f"; peer vs peer (batch 1 / 8) {floor_ppl / peer_ppl:.4f} "
+                                 f"[{floor_low:.4f}, {floor_high:.4f}]")
+                    print(line)
                 sys.stdout.flush()
 
     print(f"\npeer versions: {json.dumps(versions)}")
-    print(f"\n{'seed':>4} {'spec':>5} {'method':<9} {'ours':>8} {'peer':>8} {'ours/peer':>9} "
-          f"{'95% CI (held-out windows)':>26} {'masks differ':>12}  goal <= {GOAL}")
+    print(f"\n| seed | spec | method | held-out | ours | peer | ours/peer | 95% CI (held-out windows) "
+          f"| masks differ |   goal <= {GOAL}")
+    print("|---|---|---|---|---:|---:|---:|---|---:|")
     worst = 0.0
-    for seed, label, method, our_ppl, peer_ppl, low, high, differ, _, _ in rows:
+    for seed, label, method, text_set, our_ppl, peer_ppl, low, high, differ_mean in rows:
         ratio = our_ppl / peer_ppl
         worst = max(worst, ratio)
-        print(f"{seed:>4} {label:>5} {method:<9} {our_ppl:8.3f} {peer_ppl:8.3f} {ratio:9.4f} "
-              f"{f'[{low:.4f}, {high:.4f}]':>26} {np.mean(list(differ.values())):12.3%}  "
-              f"{'OK' if ratio <= GOAL else 'ABOVE GOAL'}")
-    print(f"dense {dense_ppl:.3f}; worst ratio {worst:.4f} (goal <= {GOAL})")
+        print(f"| {seed} | {label} | {method} | {text_set} | {our_ppl:.3f} | {peer_ppl:.3f} | {ratio:.4f} "
+              f"| [{low:.4f}, {high:.4f}] | {differ_mean:.3%} |")
+    print("dense " + ", ".join(f"{label} {ppl:.3f}" for label, (ppl, _) in dense.items())
+          + f"; worst ratio {worst:.4f} (goal <= {GOAL})")
     return 0
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from backend.errors import UserError
+from backend.spec_files import read_yaml_file
 
 if TYPE_CHECKING:
     from backend.models.loader import LoadedModel
@@ -207,20 +208,7 @@ def _nonnegative_int(value) -> int:
 
 
 def load_sweep_spec(path: str | Path) -> SweepSpec:
-    import yaml
-
-    location = Path(path).expanduser()
-    if not location.is_file():
-        raise UserError(f"sweep spec not found: {location}")
-    try:
-        data = yaml.safe_load(location.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UserError(f"{location}:{where} malformed YAML ({problem})") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{location}: cannot read ({exc})") from exc
+    data, location = read_yaml_file(path, "sweep spec")
     return parse_sweep_spec(data, default_name=location.stem)
 
 

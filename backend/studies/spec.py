@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from backend.errors import UserError
+from backend.spec_files import read_yaml_file
 
 CLAIM_IDS = ("C1", "C2", "C3", "C4", "C5", "C6")
 _GRID_FIELDS = ("methods", "calibrations", "sparsities", "seqlens", "tasks")
@@ -192,18 +193,5 @@ def resolve(spec: StudySpec, profile: str | None, what: str = "study spec") -> R
 
 def load_study(path: str | Path) -> StudySpec:
     """Read and validate a spec file (UserError: missing, unreadable, not YAML, invalid)."""
-    import yaml
-
-    location = Path(path).expanduser()
-    if not location.is_file():
-        raise UserError(f"study spec not found: {location}")
-    try:
-        data = yaml.safe_load(location.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UserError(f"{location}:{where} malformed YAML ({problem})") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{location}: cannot read ({exc})") from exc
+    data, location = read_yaml_file(path, "study spec")
     return parse_study(data, what=location.name)
