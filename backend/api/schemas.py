@@ -131,7 +131,8 @@ class PruneRequest(Strict):
         default="0.5",
         min_length=1,
         max_length=32,
-        description="'0.5' (unstructured ratio removed), '2:4' (N:M, n kept of every m), or 'neurons:0.2' (mi).",
+        description="'0.5' (unstructured ratio removed), '2:4' (N:M, n kept of every m), or 'neurons:0.2' "
+                    "(structured); ignored by depth methods (options.drop_blocks).",
     )
     nsamples: int = Field(default=128, ge=1, le=4096, description="Calibration windows.")
     seqlen: int = Field(
@@ -198,6 +199,8 @@ class MethodInfo(BaseModel):
     name: str = Field(description="Method name, as in PruneRequest.method.")
     description: str = Field(description="What it scores and where it comes from.")
     structured: bool = Field(description="Removes whole MLP neurons (sparsity 'neurons:R').")
+    depth: bool = Field(default=False, description="Removes whole decoder blocks (option drop_blocks; "
+                                                   "sparsity is ignored).")
     needs_calibration: bool = Field(description="Whether it uses calibration data.")
     protects: bool = Field(default=False, description="Honours protected neurons (protect, protect_task).")
     options: dict[str, Any] = Field(description="JSON schema of its options (defaults, bounds, help).")

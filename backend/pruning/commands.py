@@ -35,12 +35,17 @@ def spec_from_args(args):
     given = [flag for flag in ("sparsity", "pattern", "neuron_ratio") if getattr(args, flag) is not None]
     if len(given) > 1:
         raise UserError("give one of --sparsity, --pattern, --neuron-ratio")
+    from backend.pruning.registry import get_method
+
+    if get_method(args.method).depth:
+        if given:
+            raise UserError(f"method {args.method!r} removes whole decoder blocks: give --drop-blocks K, "
+                            f"not --{given[0].replace('_', '-')}")
+        return SparsitySpec.parse("0.5")  # not used by depth methods, nor part of their variant id
     if args.pattern is not None:
         return SparsitySpec.parse(args.pattern)
     if args.neuron_ratio is not None:
         return SparsitySpec.parse(f"neurons:{args.neuron_ratio}")
-    from backend.pruning.registry import get_method
-
     if get_method(args.method).structured:
         raise UserError(f"method {args.method!r} needs --neuron-ratio")
     return SparsitySpec.parse(args.sparsity if args.sparsity is not None else "0.5")
@@ -161,6 +166,10 @@ def _prune(parser: argparse.ArgumentParser):
         else:
             reused = " (reused)" if result.reused else ""
             print(f"{result.variant_id}{reused}")
+            if manifest.get("dropped_blocks") is not None:
+                print(f"dropped decoder blocks {manifest['dropped_blocks']}: {manifest['layers']['dense']} -> "
+                      f"{manifest['layers']['kept']} layers")
+                return 0
             print(f"achieved sparsity {manifest['achieved_sparsity']['overall']:.4f} "
                   f"(target {config.spec.target_sparsity:.4f}) over "
                   f"{len(manifest['achieved_sparsity']['per_linear'])} linear layers")
