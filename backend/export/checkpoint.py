@@ -19,7 +19,7 @@ from __future__ import annotations
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -71,7 +71,7 @@ def drop_blocks_if_depth(model: PreTrainedModel, manifest: dict) -> PreTrainedMo
     from backend.models.adapters import adapter_for
     from backend.pruning.depth import dropped_model
 
-    return dropped_model(model, adapter_for(model), manifest["dropped_blocks"])
+    return cast("PreTrainedModel", dropped_model(model, adapter_for(model), manifest["dropped_blocks"]))
 
 
 def _pruned_linear_names(loaded) -> list[str]:

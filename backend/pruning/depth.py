@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from pydantic import Field
@@ -64,7 +65,8 @@ class BlockChoice:
     info: dict = field(default_factory=dict)
 
 
-BlockChooser = Callable[[BlockContext, DepthOptions], BlockChoice]
+# (context, the method's DepthOptions subclass) -> choice; Any: each method takes its own options class.
+BlockChooser = Callable[[BlockContext, Any], BlockChoice]
 
 
 def lowest_blocks(scores: list[float], count: int) -> list[int]:
@@ -156,8 +158,8 @@ def dropped_model(model: nn.Module, adapter, dropped: list[int]) -> nn.Module:
     for index, layer in enumerate(kept):
         for module in layer.modules():  # the attention's cache slot follows the new position
             if hasattr(module, "layer_idx"):
-                module.layer_idx = index
-    config = smaller.config
+                setattr(module, "layer_idx", index)  # noqa: B010 - a plain attribute, not a submodule
+    config: Any = smaller.config
     if isinstance(getattr(config, "layer_types", None), list):
         config.layer_types = [kind for index, kind in enumerate(config.layer_types) if index not in set(dropped)]
     config.num_hidden_layers = len(kept)

@@ -227,11 +227,14 @@ def create_variant(loaded, config: PruneConfig, *, progress: Progress | None = N
         extra: dict = {}
         if getattr(config.method_options, "sparsity_profile", "uniform") == "owl":
             from backend.pruning.owl import owl_profile
+            from backend.pruning.profile_options import WeightProfileOptions
 
+            options = config.method_options
             assert inputs is not None, "OWL reads calibration data (config.uses_calibration)"
+            assert isinstance(options, WeightProfileOptions), "the registry joins the profile to weight methods"
             report(0.0, "OWL: outlier ratios of the dense layers")
             tick = time.perf_counter()
-            profile = owl_profile(loaded, layers, inputs.hidden, inputs.calls, config.method_options, config.spec)
+            profile = owl_profile(loaded, layers, inputs.hidden, inputs.calls, options, config.spec)
             timings["owl_profile"] = time.perf_counter() - tick
             layer_specs, extra["owl"] = list(profile.specs()), profile.record()
         for index, layer in enumerate(layers):
