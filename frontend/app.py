@@ -1,6 +1,6 @@
 """Entry point of the PruneLens dashboard: `streamlit run frontend/app.py` (BACKEND_URL=...).
 
-Declares the five pages with ``st.navigation``; each page's ``url_path`` is part of the links
+Declares the seven pages with ``st.navigation``; each page's ``url_path`` is part of the links
 that reproduce a view. Before any page draws, one health check: an unreachable backend is
 one clear notice, not five broken pages.
 """
@@ -29,6 +29,10 @@ st.set_page_config(page_title="PruneLens", page_icon=":material/content_cut:", l
 PAGES = [
     st.Page(HERE / "pages" / "explorer.py", title="Neuron explorer", icon=":material/grid_on:",
             default=True),  # served at the root (PAGE_PATHS["explorer"] == "")
+    st.Page(HERE / "pages" / "neuron.py", title="Neuron page", icon=":material/neurology:",
+            url_path=PAGE_PATHS["neuron"]),
+    st.Page(HERE / "pages" / "changed.py", title="What pruning changed", icon=":material/difference:",
+            url_path=PAGE_PATHS["changed"]),
     st.Page(HERE / "pages" / "attribute.py", title="Attribute your text", icon=":material/edit_note:",
             url_path=PAGE_PATHS["attribute"]),
     st.Page(HERE / "pages" / "calibration.py", title="Calibration side by side",

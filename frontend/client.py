@@ -160,6 +160,10 @@ class BackendClient:
         """The registered pruning methods, each with the JSON schema of its options."""
         return self._request("GET", "/methods")
 
+    def request_schema(self, name: str) -> dict:
+        """The JSON schema of one of the API's request bodies (e.g. PruneRequest), from its OpenAPI document."""
+        return self._request("GET", "/openapi.json")["components"]["schemas"].get(name, {})
+
     def nsa_result(self, result_id: str) -> dict:
         return self._request("GET", f"/nsa/{_segment(result_id)}")
 
@@ -170,6 +174,10 @@ class BackendClient:
     def evaluations(self, **filters) -> list[dict]:
         """Stored lm-eval results; filters: base_model, variant ('dense' or an id), task."""
         return self._request("GET", "/evaluations", params=self._params(filters))
+
+    def speeds(self) -> list[dict]:
+        """Every current speed measurement (``prunelens speed`` / POST /variants/{id}/speed)."""
+        return self._request("GET", "/speed")
 
     def compare(self, base_model: str, variant: str, metric: str = "acc,none") -> list[dict]:
         """A variant against the dense model per task: intervals and the paired difference."""
@@ -201,7 +209,61 @@ class BackendClient:
                                    "use Attribute your text instead", 404) from exc
             raise
 
+    # ------------------------------------------------------------------ neuron index
+
+    def indexes(self, model: str | None = None) -> list[dict]:
+        """The finished neuron indexes (id, model, variants, corpus, tokens, created, stale)."""
+        return self._request("GET", "/indexes", params=self._params({"model": model}))
+
+    def index(self, index_id: str) -> dict:
+        """One index's manifest."""
+        return self._request("GET", f"/indexes/{_segment(index_id)}")
+
+    def neuron(self, model: str, layer: int, neuron: int, *, variant: str | None = None,
+               index: str | None = None) -> dict:
+        """A neuron's page: top examples, density histogram, dense-vs-variant figures."""
+        return self._request("GET", f"/neurons/{_model_path(model)}/{int(layer)}/{int(neuron)}",
+                             params=self._params({"variant": variant, "index": index}))
+
+    def neuron_logits(self, model: str, layer: int, neuron: int, variant: str | None = None, k: int = 10) -> dict:
+        """Tokens the neuron promotes and suppresses, dense and under the variant."""
+        return self._request("GET", f"/neurons/{_model_path(model)}/{int(layer)}/{int(neuron)}/logits",
+                             params=self._params({"variant": variant, "k": k}), timeout=COMPUTE_TIMEOUT_S)
+
+    def neuron_nsa(self, model: str, layer: int, neuron: int) -> list[dict]:
+        """Stored NSA results that selected the neuron."""
+        return self._request("GET", f"/neurons/{_model_path(model)}/{int(layer)}/{int(neuron)}/nsa")
+
+    def neuron_test(self, model: str, layer: int, neuron: int, text: str, variant: str | None = None) -> dict:
+        """The neuron's activation on each token of a text, dense and under the variant."""
+        return self._request("POST", f"/neurons/{_model_path(model)}/{int(layer)}/{int(neuron)}/test",
+                             json={"text": text, "variant": variant}, timeout=COMPUTE_TIMEOUT_S)
+
+    def changed_neurons(self, index_id: str, variant: str, **filters) -> list[dict]:
+        """Neurons ranked by change; filters: layer, order, limit, include_noise."""
+        return self._request("GET", f"/indexes/{_segment(index_id)}/changed",
+                             params=self._params({"variant": variant, **filters}))
+
+    def divergence(self, index_id: str, variant: str, limit: int = 50) -> dict:
+        """Where the variant's next-token distribution diverges most (per-token KL)."""
+        return self._request("GET", f"/indexes/{_segment(index_id)}/divergence",
+                             params={"variant": variant, "limit": limit})
+
+    def search_neurons(self, index_id: str, token: str, variant: str | None = None, limit: int = 50) -> list[dict]:
+        """Neurons whose top examples fire on ``token``."""
+        return self._request("GET", f"/indexes/{_segment(index_id)}/search",
+                             params=self._params({"token": token, "variant": variant, "limit": limit}))
+
     # ------------------------------------------------------------------ writes
+
+    def create_index(self, request: Mapping[str, Any]) -> dict:
+        """Start a neuron index build (POST /index/jobs); returns the job."""
+        return self._request("POST", "/index/jobs", json=dict(request))
+
+    def resume_index(self, job_id: str) -> dict:
+        """Submit a stopped index build again; it continues from its checkpoints."""
+        return self._request("POST", f"/index/jobs/{_segment(job_id)}/resume")
+
 
     def create_variant(self, request: Mapping[str, Any]) -> dict:
         """Start a prune job; returns the job (its ``id`` and state)."""
@@ -238,6 +300,14 @@ def _segment(value: str) -> str:
     from urllib.parse import quote
 
     return quote(str(value), safe="")
+
+
+def _model_path(model: str) -> str:
+    """A model name in a path: hub ids keep their one slash (``facebook/opt-125m``); everything
+    else is percent-encoded."""
+    from urllib.parse import quote
+
+    return "/".join(quote(part, safe="") for part in str(model).split("/"))
 
 
 def parse_sse(lines) -> Iterator[dict]:

@@ -4,7 +4,8 @@
 and 2:4, each calibrated on a general-text set and on a task set; NSA results on real SST-2
 sentences (dense first, so the explorer has something to show within a minute, then each method
 with its four variants); evaluations of the dense model and every variant on four tasks with a
-limit. ``DemoPreparation`` carries the plan out over HTTP, one job at a time, so the dashboard
+limit; a small neuron index (dense + two variants) for the Neuron page once the variants exist.
+``DemoPreparation`` carries the plan out over HTTP, one job at a time, so the dashboard
 stays responsive between jobs and every step shows on the *Variants & jobs* page.
 
 Everything goes through the HTTP API; no torch is imported here.
@@ -53,6 +54,11 @@ class DemoPlan:
     nsa_dataset: str = "sst2"
     nsa_texts: int = 8
     top_k: int = 20
+    # The neuron index of the Neuron page: dense + the first two variants over the corpus mix.
+    # 50k tokens with a GPU; 20k on a CPU (three forward passes of 20k tokens: a few minutes).
+    index_variants: int = 2
+    index_tokens: int = 50_000
+    index_tokens_cpu: int = 20_000
 
     @property
     def calibrations(self) -> tuple[str, str]:
@@ -75,6 +81,12 @@ class DemoPlan:
             for start in range(0, len(ids), NSA_MAX_VARIANTS):
                 requests.append({**base, "variants": ids[start:start + NSA_MAX_VARIANTS]})
         return requests
+
+    def index_request(self, variant_ids: Sequence[str], device: str | None) -> dict:
+        """POST /index/jobs: the dense model and the first ``index_variants`` variants."""
+        on_cpu = not device or str(device).startswith("cpu")
+        return {"model": self.model, "variants": list(variant_ids[:self.index_variants]),
+                "tokens": self.index_tokens_cpu if on_cpu else self.index_tokens, "seed": self.seed}
 
     def evaluation_requests(self, variant_ids: Sequence[str]) -> list[dict]:
         """The dense model (variant None) and every variant, on the plan's tasks with its limit."""
@@ -154,11 +166,20 @@ class DemoPreparation:
                 self.variant_ids.setdefault(request["method"], []).append(variant_id)
                 self.say(f"[demo] {label}: variant {variant_id}")
 
+        all_variants = [vid for ids in self.variant_ids.values() for vid in ids]
+        if all_variants:
+            device = (self._call("health", self.api.health, "unreachable") or {}).get("device")
+            request = plan.index_request(all_variants, device)
+            label = f"neuron index: dense + {len(request['variants'])} variants, {request['tokens']} tokens"
+            self.say(f"[demo] {label} \u2026")
+            job = self._submit(label, partial(self.api.create_index, request))
+            if job is not None:
+                self.say(f"[demo] {label}: index {(job.get('result') or {}).get('index_id')}")
+
         if texts:
             for request in plan.nsa_requests(texts, self.variant_ids)[1:]:
                 self._nsa(f"{len(request['variants'])} variants on {len(texts)} sentences", request)
 
-        all_variants = [vid for ids in self.variant_ids.values() for vid in ids]
         evaluations = plan.evaluation_requests(all_variants)
         for number, request in enumerate(evaluations, start=1):
             label = (f"{number}/{len(evaluations)} evaluate {request['variant'] or 'dense'} on "

@@ -19,6 +19,8 @@ PAGE_PATHS = {
     "calibration": "calibration",
     "accuracy": "accuracy",
     "jobs": "jobs",
+    "neuron": "neuron",
+    "changed": "changed",
 }
 
 
@@ -62,6 +64,9 @@ class ViewState:
     sparsity: str | None = None
     task: str | None = None
     kind: str | None = None  # accuracy table kind
+    index: str | None = None  # a neuron index id (neuron and "what changed" pages)
+    variant: str | None = None  # the one variant a neuron page compares with
+    token: str | None = None  # "what changed": search neurons by this token
 
     @classmethod
     def from_params(cls, params: Mapping) -> ViewState:
@@ -95,6 +100,22 @@ def app_root(current_url: str) -> str:
             path = path[: -len(page_path) - 1]
             break
     return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+
+
+def page_href(page: str, state: ViewState, current_url: str | None = None) -> str:
+    """A link to a view: absolute when the current URL is known, else relative to the app's root
+    (pages are siblings under it, so ``neuron?layer=3`` from any page opens the neuron page)."""
+    if current_url:
+        return share_url(current_url, page, state)
+    query = urlencode(state.to_params())
+    return (PAGE_PATHS[page] or "./") + (f"?{query}" if query else "")
+
+
+def neuron_href(model: str | None, layer: int, neuron: int, *, index: str | None = None,
+                variant: str | None = None, current_url: str | None = None) -> str:
+    """The neuron page of (layer, neuron): every neuron number of the dashboard links here."""
+    return page_href("neuron", ViewState(model=model, index=index, layer=int(layer), neuron=int(neuron),
+                                         variant=variant), current_url)
 
 
 def share_url(current_url: str, page: str, state: ViewState) -> str:

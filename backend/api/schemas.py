@@ -8,6 +8,7 @@ from fastapi import UploadFile
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from backend.nsa.options import NsaOptions
+from backend.pruning.options import PruneOptions
 
 # Ids as they appear in URLs. Variant ids follow backend.pruning.variants.validate_variant_id.
 VARIANT_ID_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,127}$"
@@ -112,87 +113,14 @@ class AttributionTaskInfo(BaseModel):
 # ----------------------------------------------------------------------------- variants
 
 
-class PruneRequest(Strict):
-    model: str | None = Field(
-        default=None, description="Base model (a name from GET /models); default: the server's."
-    )
-    method: str = Field(
-        min_length=1,
-        max_length=64,
-        description="A registered pruning method (GET /methods lists them with their options).",
-    )
-    calibration: str = Field(
-        default="c4",
-        min_length=1,
-        max_length=64,
-        description="Calibration set name from GET /calibration-sets (files are not accepted over HTTP).",
-    )
-    sparsity: str = Field(
-        default="0.5",
-        min_length=1,
-        max_length=32,
-        description="'0.5' (unstructured ratio removed), '2:4' (N:M, n kept of every m), or 'neurons:0.2' "
-                    "(structured); ignored by depth methods (options.drop_blocks).",
-    )
-    nsamples: int = Field(default=128, ge=1, le=4096, description="Calibration windows.")
-    seqlen: int = Field(
-        default=2048,
-        ge=2,
-        le=32768,
-        description="Tokens per window (capped at the model's context).",
-    )
-    seed: int = Field(default=0, ge=0, le=2**31 - 1, description="Seed of the window draw.")
-    options: dict[str, bool | int | float | str] = Field(
-        default_factory=dict,
-        max_length=32,
-        description="The method's options by name, e.g. {\"alpha\": 0.5} for ria; names, defaults "
-        "and bounds come from the method's options schema in GET /methods (omitted = default).",
-    )
-    protect: str | None = Field(
-        default=None, min_length=1, max_length=64, pattern=r"^[0-9a-f]{20}(:[0-9]{1,6})?$",
-        description="Protect the neurons of a stored NSA result: 'RESULT_ID' or 'RESULT_ID:TOP_K' "
-        "(its first TOP_K by score). See docs/guided-pruning.md.",
-    )
-    protect_task: Literal["sst2", "rte"] | None = Field(
-        default=None, description="Protect the neurons NSA selects on this task's examples.")
-    protect_ratio: float | None = Field(
-        default=None, gt=0, le=0.5,
-        description="With protect_task: the fraction of all MLP neurons protected, in (0, 0.5] (default 0.01).")
-    protect_mode: Literal["keep", "upweight"] = Field(
-        default="keep", description="keep: protected weights are never pruned, the quota moves to other "
-        "weights; upweight: their saliency is multiplied by protect_factor.")
-    protect_factor: float = Field(default=10.0, ge=1, le=1e6, description="Upweight factor.")
-    protect_texts: int = Field(default=32, ge=1, le=512,
-                               description="With protect_task: how many examples NSA selects on.")
-
-    # Checked against the registry as it is at request time (methods may be registered later).
-    @field_validator("method")
-    @classmethod
-    def _registered_method(cls, value: str) -> str:
-        from backend.pruning.registry import methods
-
-        if value not in methods():
-            raise ValueError(f"unknown method {value!r}; GET /methods lists the registered ones")
-        return value
-
-    @model_validator(mode="after")
-    def _options_of_the_method(self) -> PruneRequest:
-        from backend.errors import UserError
-        from backend.pruning.registry import get_method
-
-        try:
-            get_method(self.method).parse_options(self.options)  # the one validation path of options
-        except UserError as exc:
-            raise ValueError(str(exc)) from None
-        return self
+class PruneRequest(PruneOptions):
+    """POST /variants: the fields of ``backend.pruning.options.PruneOptions`` (shared with the CLI)."""
 
     def protection_request(self):
         """The protection fields as a ``ProtectionRequest`` (UserError on a bad combination)."""
         from backend.guided.protection_sources import ProtectionRequest
 
-        return ProtectionRequest(reference=self.protect, task=self.protect_task, ratio=self.protect_ratio,
-                                 mode=self.protect_mode, factor=self.protect_factor, texts=self.protect_texts,
-                                 seed=self.seed)
+        return ProtectionRequest.of(self, self.seed)
 
 
 class MethodInfo(BaseModel):

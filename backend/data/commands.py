@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Iterator
 
-from backend.commands import command, print_listing
+from backend.commands import command, print_listing, print_result
 
 
 @command("datasets", "list the named text sets for calibration, perplexity and NSA")
@@ -38,14 +37,9 @@ def _datasets(parser: argparse.ArgumentParser):
                 "bytes": int(corpus.byte_lengths.sum()),
                 "first_document": first,
             }
-            if args.json:
-                print(json.dumps(summary, indent=2))
-            else:
-                print(
-                    f"{args.show} {args.split}: {len(corpus)} documents, {summary['bytes']} bytes"
-                )
-                print(first[:500])
-            return 0
+            return print_result(summary, args.json, lambda shown: (
+                f"{shown['name']} {shown['split']}: {shown['documents']} documents, {shown['bytes']} bytes",
+                shown["first_document"][:500]))
         def lines(rows: list[dict]) -> Iterator[str]:
             for row in rows:
                 where = "offline" if row["offline"] else "hub"

@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Iterator
 
-from backend.commands import command, print_listing
+from backend.commands import command, print_listing, print_result
 from backend.errors import UserError
 from backend.storage import write_text_atomic
 
@@ -86,12 +86,8 @@ def _evaluate(parser: argparse.ArgumentParser):
         seed = DEFAULT_SAMPLE_SEED if args.sample_seed is None else args.sample_seed
         results = evaluate(loaded, names, variant_id=args.variant, limit=args.limit,
                            batch_size=args.batch_size, data_files=data_files, sample_seed=seed)
-        if args.json:
-            print(json.dumps([r.stored.to_json() | {"reused": r.reused} for r in results], indent=2))
-        else:
-            for result in results:
-                print(result.summary_line())
-        return 0
+        rows = [r.stored.to_json() | {"reused": r.reused} for r in results]
+        return print_listing(rows, args.json, lambda _rows: (result.summary_line() for result in results))
 
     return run
 
@@ -154,15 +150,15 @@ def _sweep(parser: argparse.ArgumentParser):
         spec = load_sweep_spec(args.spec)
         print(f"sweep {spec.name}: {len(sweep_cells(spec))} cells x {len(spec.tasks)} tasks", file=sys.stderr)
         report = run_sweep(spec, ray_address=args.ray_address, show_bar=True)
-        if args.json:
-            print(json.dumps(report.to_json(), indent=2))
-        else:
+        def lines(_report: dict) -> Iterator[str]:
             computed = sum(o.computed for o in report.outcomes)
-            print(f"sweep {spec.name}: {report.cells} cells, {report.skipped} complete before, "
-                  f"{len(report.outcomes) - len(report.failed)} done now ({computed} task results computed), "
-                  f"{len(report.failed)} failed")
+            yield (f"sweep {spec.name}: {report.cells} cells, {report.skipped} complete before, "
+                   f"{len(report.outcomes) - len(report.failed)} done now ({computed} task results computed), "
+                   f"{len(report.failed)} failed")
             for outcome in report.failed:
-                print(f"failed\t{outcome.cell}\t{outcome.error}")
+                yield f"failed\t{outcome.cell}\t{outcome.error}"
+
+        print_result(report.to_json(), args.json, lines)
         return 1 if report.failed else 0
 
     return run

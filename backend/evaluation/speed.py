@@ -144,7 +144,7 @@ def _replace_decoder_layers(model: nn.Module, adapter, kept: nn.ModuleList) -> N
         attention = getattr(layer, "self_attn", None)
         if attention is not None and hasattr(attention, "layer_idx"):
             attention.layer_idx = index
-    model.config.num_hidden_layers = len(kept)
+    model.config.num_hidden_layers = len(kept)  # type: ignore[union-attr]  # a PreTrainedModel
 
 
 def semi_structured_model(model: nn.Module, adapter) -> tuple[nn.Module | None, str | None]:

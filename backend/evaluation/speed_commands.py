@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterator
 
-from backend.commands import command, print_listing
+from backend.commands import command, print_result
 
 
 def speed_lines(result: dict) -> Iterator[str]:
@@ -47,6 +47,6 @@ def _speed(parser: argparse.ArgumentParser):
         manifest = read_manifest(validate_variant_id(args.variant))  # unknown variant: before loading
         loaded = load_model(manifest["base_model"])
         result = measure_speed(loaded, args.variant, speed)
-        return print_listing(result, args.json, speed_lines)
+        return print_result(result, args.json, speed_lines)
 
     return run

@@ -4,12 +4,33 @@ protected-neurons experiment) and ``prunelens calibration-advice``."""
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
+from collections.abc import Iterator
 
-from backend.commands import command
+from backend.commands import (
+    add_model_arguments,
+    command,
+    given_arguments,
+    print_listing,
+    print_result,
+)
 from backend.errors import UserError
+from backend.pruning.options import CalibrationOptions, ProtectOptions
+
+# Prune-request fields -> the experiment spec's (and its flags') names.
+SPEC_OF_FLAG = {"calibration": "calibration", "nsamples": "nsamples", "seqlen": "seqlen", "protect_ratio": "ratio",
+                "protect_texts": "texts", "protect_mode": "mode", "protect_factor": "factor"}
+
+
+def _spec_defaults() -> dict:
+    """The experiment's defaults (``ProtectExperimentSpec``), shown in the help of the shared flags."""
+    from dataclasses import fields
+
+    from backend.guided.protect_experiment import ProtectExperimentSpec
+
+    defaults = {spec_field.name: spec_field.default for spec_field in fields(ProtectExperimentSpec)}
+    return {name: defaults[spec_name] for name, spec_name in SPEC_OF_FLAG.items()}
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -24,19 +45,16 @@ def _experiment(parser: argparse.ArgumentParser):
     protect.add_argument("--model", default=None, help="embedded name, hub id or local directory")
     protect.add_argument("--task", default="sst2", help="the protected task: sst2 or rte (default sst2)")
     protect.add_argument("--controls", default="rte,arc_easy", help="control tasks (default rte,arc_easy)")
-    protect.add_argument("--ratio", type=float, default=0.01,
-                         help="fraction of all MLP neurons protected, in (0, 0.5] (default 0.01)")
     protect.add_argument("--sparsities", default="0.5", help="comma-separated, e.g. 0.5,2:4 (default 0.5)")
     protect.add_argument("--method", default="wanda", help="magnitude, wanda, ria or sparsegpt (default wanda)")
-    protect.add_argument("--calibration", default="lambada", help="calibration set (default lambada, offline)")
-    protect.add_argument("--nsamples", type=int, default=32, help="calibration windows (default 32)")
-    protect.add_argument("--seqlen", type=int, default=512, help="tokens per window (default 512)")
     protect.add_argument("--limit", type=int, default=200, help="seeded examples per task (default 200)")
     protect.add_argument("--sample-seed", type=int, default=None, help="which examples (default 1234)")
     protect.add_argument("--seed", type=int, default=0, help="selection texts and random draw (default 0)")
-    protect.add_argument("--texts", type=int, default=32, help="NSA selection texts (default 32)")
-    protect.add_argument("--mode", default="keep", choices=("keep", "upweight"))
-    protect.add_argument("--factor", type=float, default=10.0, help="upweight factor (default 10)")
+    # The calibration and protection flags of `prunelens prune`, declared once (backend.pruning.options),
+    # with this experiment's defaults: --calibration, --nsamples, --seqlen, --ratio, --texts, --mode, --factor.
+    shared = [*add_model_arguments(protect, CalibrationOptions, only=SPEC_OF_FLAG, defaults=_spec_defaults()),
+              *add_model_arguments(protect, ProtectOptions, only=SPEC_OF_FLAG, defaults=_spec_defaults(),
+                                   rename=lambda name: SPEC_OF_FLAG[name])]
     protect.add_argument("--batch-size", type=int, default=16)
     protect.add_argument("--json", action="store_true", help="print the document as JSON")
     show = actions.add_parser("show", help="print a stored experiment's table")
@@ -57,21 +75,18 @@ def _experiment(parser: argparse.ArgumentParser):
         )
 
         if args.action == "list":
-            rows = list_experiments()
-            if args.json:
-                print(json.dumps(rows, indent=2))
-            for row in [] if args.json else rows:
-                spec = row["spec"] or {}
-                print(f"{row['id']}\t{row['status']}\t{spec.get('model')}\t{spec.get('method')} "
-                      f"{','.join(spec.get('sparsities', []))}\t{row['updated_at']}")
-            if not rows and not args.json:
-                print("no experiments yet: run `prunelens experiment protect`")
-            return 0
+            def lines(rows: list[dict]) -> Iterator[str]:
+                for row in rows:
+                    spec = row["spec"] or {}
+                    yield (f"{row['id']}\t{row['status']}\t{spec.get('model')}\t{spec.get('method')} "
+                           f"{','.join(spec.get('sparsities', []))}\t{row['updated_at']}")
+                if not rows:
+                    yield "no experiments yet: run `prunelens experiment protect`"
+
+            return print_listing(list_experiments(), args.json, lines)
         if args.action == "show":
-            document = read_experiment(args.id)
-            print(json.dumps(document, indent=2) if args.json
-                  else markdown_table(document) if args.markdown else format_table(document))
-            return 0
+            table = markdown_table if args.markdown else format_table
+            return print_result(read_experiment(args.id), args.json, lambda document: [table(document)])
         from backend.config import get_settings
         from backend.evaluation.runner import DEFAULT_SAMPLE_SEED
         from backend.models.loader import parse_model_ref
@@ -80,11 +95,11 @@ def _experiment(parser: argparse.ArgumentParser):
         if args.sample_seed is not None and args.sample_seed < 0:
             raise UserError("--sample-seed must be 0 or more")
         spec = ProtectExperimentSpec(
-            model=model, task=args.task, controls=_names(args.controls), ratio=args.ratio,
-            sparsities=_names(args.sparsities), method=args.method, calibration=args.calibration,
-            nsamples=args.nsamples, seqlen=args.seqlen, limit=args.limit,
+            model=model, task=args.task, controls=_names(args.controls),
+            sparsities=_names(args.sparsities), method=args.method, limit=args.limit,
             sample_seed=DEFAULT_SAMPLE_SEED if args.sample_seed is None else args.sample_seed,
-            seed=args.seed, texts=args.texts, mode=args.mode, factor=args.factor, batch_size=args.batch_size)
+            seed=args.seed, batch_size=args.batch_size,
+            **{SPEC_OF_FLAG[name]: value for name, value in given_arguments(args, shared).items()})
         spec.check()  # before loading the model: bad input costs nothing
         from backend.pruning.commands import tqdm_progress
 
@@ -94,8 +109,7 @@ def _experiment(parser: argparse.ArgumentParser):
             document = run_experiment(spec, progress=update)
         finally:
             bar.close()
-        print(json.dumps(document, indent=2) if args.json else format_table(document))
-        return 0
+        return print_result(document, args.json, lambda shown: [format_table(shown)])
 
     return run
 
@@ -136,17 +150,16 @@ def _calibration_advice(parser: argparse.ArgumentParser):
         settings = AdviceSettings(args.task, task_text, args.sparsity, args.nsamples, args.seqlen, args.seed)
         payload = calibration_advice(loaded, settings, sets, validate=args.validate, limit=args.limit)
         save_advice(payload)
-        if args.json:
-            print(json.dumps(payload, indent=2))
-            return 0
-        print(f"{payload['proxy']}; best first:")
-        for row in payload["ranking"]:
-            measured = ""
-            if "accuracy" in row:
-                low, high = row["interval"] or (math.nan, math.nan)
-                measured = f"\t{args.task} acc {row['accuracy']:.3f} [{low:.3f}, {high:.3f}]"
-            print(f"{row['rank']}\t{row['calibration']}\tagreement {row['score']:.4f}{measured}")
-        print(payload["reading"])
-        return 0
+        def lines(payload: dict) -> Iterator[str]:
+            yield f"{payload['proxy']}; best first:"
+            for row in payload["ranking"]:
+                measured = ""
+                if "accuracy" in row:
+                    low, high = row["interval"] or (math.nan, math.nan)
+                    measured = f"\t{args.task} acc {row['accuracy']:.3f} [{low:.3f}, {high:.3f}]"
+                yield f"{row['rank']}\t{row['calibration']}\tagreement {row['score']:.4f}{measured}"
+            yield payload["reading"]
+
+        return print_result(payload, args.json, lines)
 
     return run

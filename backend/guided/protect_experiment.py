@@ -38,6 +38,8 @@ from backend.evaluation.uncertainty import (
     paired_difference,
     paired_vectors,
 )
+from backend.pruning.options import DEFAULT_RATIO, PROTECT_TEXTS, ProtectOptions
+from backend.pruning.protection import DEFAULT_UPWEIGHT_FACTOR
 
 KIND = "protect"
 ARMS = ("dense", "unprotected", "nsa", "random")
@@ -52,7 +54,7 @@ class ProtectExperimentSpec:
     model: str
     task: str = "sst2"  # the protected task: NSA selects its neurons, and it is evaluated
     controls: tuple[str, ...] = ("rte", "arc_easy")
-    ratio: float = 0.01  # fraction of all MLP neurons protected
+    ratio: float = DEFAULT_RATIO  # fraction of all MLP neurons protected
     sparsities: tuple[str, ...] = ("0.5",)
     method: str = "wanda"
     calibration: str = "lambada"  # offline, general text (not one of the evaluated tasks)
@@ -61,9 +63,9 @@ class ProtectExperimentSpec:
     limit: int = 200
     sample_seed: int = DEFAULT_SAMPLE_SEED
     seed: int = 0  # selection texts and the random arm's draw
-    texts: int = 32  # NSA selection texts
-    mode: str = "keep"
-    factor: float = 10.0
+    texts: int = PROTECT_TEXTS  # NSA selection texts
+    mode: str = ProtectOptions.model_fields["protect_mode"].default
+    factor: float = DEFAULT_UPWEIGHT_FACTOR
     batch_size: int = field(default=DEFAULT_BATCH_SIZE, compare=False)
 
     def check(self) -> None:

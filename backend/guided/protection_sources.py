@@ -24,17 +24,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from backend.errors import NotFoundError, UserError
+from backend.pruning.options import DEFAULT_RATIO, PROTECT_TASKS, PROTECT_TEXTS, ProtectOptions
 from backend.pruning.protection import DEFAULT_UPWEIGHT_FACTOR, Protection, check_mode
 
 if TYPE_CHECKING:
     from backend.models.loader import LoadedModel
 
 RATIO_RANGE = (0.0, 0.5)  # (exclusive, inclusive)
-DEFAULT_RATIO = 0.01
-PROTECT_TEXTS = 32
 EVALUATION_LIMIT = 200  # the evaluation sample kept apart by default (the experiment's size)
-# Dataset -> the NSA task type whose step-1 prompt asks for its influential words.
-PROTECT_TASKS: dict[str, str] = {"sst2": "sentiment", "rte": "logical_reasoning"}
 
 
 def check_ratio(ratio: float) -> float:
@@ -204,6 +201,12 @@ class ProtectionRequest:
             raise UserError(f"--protect-texts must be an integer in [1, 512], got {self.texts!r}")
         if self.reference is not None:
             parse_reference(self.reference)
+
+    @classmethod
+    def of(cls, options: ProtectOptions, seed: int = 0) -> ProtectionRequest:
+        """From a prune request's protection fields (``seed``: its window seed draws the texts)."""
+        return cls(reference=options.protect, task=options.protect_task, ratio=options.protect_ratio,
+                   mode=options.protect_mode, factor=options.protect_factor, texts=options.protect_texts, seed=seed)
 
     @property
     def wanted(self) -> bool:

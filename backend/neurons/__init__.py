@@ -1,1 +1,1 @@
-"""The corpus-scale neuron index: top examples, densities and dense-vs-variant change per neuron."""
+"""The neuron index: per-neuron top examples, densities and dense-vs-variant change over a corpus."""

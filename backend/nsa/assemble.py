@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from backend.nsa.capture import EncodedText
+from backend.data.encoding import EncodedText
 from backend.nsa.compare import (
     TextObservation,
     aggregate_comparisons,

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Self
 import torch
 from torch import nn
 
-from backend.errors import UserError
+from backend.data.encoding import encode_text
 from backend.models.adapters import ArchitectureAdapter
 from backend.models.hooks import NeuronFn, checked_layers, neuron_hooks
 
@@ -95,29 +95,6 @@ class TextActivations:
             "truncated": self.truncated,
             "layers": {str(index): tensor.tolist() for index, tensor in self.layers.items()},
         }
-
-
-@dataclass
-class EncodedText:
-    text: str
-    input_ids: list[int]
-    tokens: list[str]
-    offsets: list[tuple[int, int]]
-    truncated: bool
-
-
-def encode_text(tokenizer, text: str, max_tokens: int) -> EncodedText:
-    """Tokenize ``text`` with character offsets, truncating to ``max_tokens`` (flagged)."""
-    if not text or not text.strip():
-        raise UserError("empty text")
-    encoded = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
-    ids: list[int] = list(encoded["input_ids"])
-    offsets = [tuple(span) for span in encoded["offset_mapping"]]
-    truncated = len(ids) > max_tokens
-    if truncated:
-        ids, offsets = ids[:max_tokens], offsets[:max_tokens]
-    tokens = [text[start:end] for start, end in offsets]
-    return EncodedText(text, ids, tokens, offsets, truncated)
 
 
 @torch.inference_mode()

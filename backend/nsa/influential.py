@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from backend.data.encoding import EncodedText, encode_text
 from backend.errors import UserError
-from backend.nsa.capture import EncodedText, encode_text
 from backend.nsa.probe import encode_probe, label_log_probs, margin
 from backend.nsa.tasks import TaskSpec
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from backend.errors import UserError
+from backend.commands import validated_options
 
 ActivationMode = Literal["abs", "positive"]
 DEFAULT_NULL_DRAWS = 200
@@ -62,16 +62,7 @@ class NsaOptions(BaseModel):
 
 def nsa_options(base: NsaOptions | None = None, **changes) -> NsaOptions:
     """``base`` (default: all defaults) with ``changes`` applied and checked: UserError naming the flag."""
-    values = {**(base.model_dump() if base is not None else {}), **changes}
-    try:
-        return NsaOptions.model_validate(values)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"--{'.'.join(str(p) for p in error['loc']).replace('_', '-')}: {error['msg']}"
-            if error.get("loc") else error["msg"]
-            for error in exc.errors()
-        )
-        raise UserError(problems) from None
+    return validated_options(NsaOptions, {**(base.model_dump() if base is not None else {}), **changes})
 
 
 def options_of(model: BaseModel) -> NsaOptions:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from backend.nsa.capture import EncodedText, encode_text
+from backend.data.encoding import EncodedText, encode_text
 from backend.nsa.tasks import TaskSpec
 
 

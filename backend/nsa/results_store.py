@@ -40,15 +40,18 @@ PREVIEW_CHARS = 120
 # Modules of backend/nsa that store or drive results but never compute one: editing them must
 # not make every stored result stale.
 _NOT_COMPUTING = frozenset({"results_store.py", "commands.py"})
+# Modules outside backend/nsa whose code changes an NSA result: how a text becomes tokens.
+_COMPUTING_ELSEWHERE = ("data/encoding.py",)
 
 
 @cache
 def nsa_code_version() -> str:
     """16 hex digits of the SHA-256 of the source of every ``backend/nsa/*.py`` that computes a
-    result (name and bytes; the store and the command line are left out)."""
+    result and of ``_COMPUTING_ELSEWHERE`` (name and bytes; the store and the command line are left out)."""
     package = Path(__file__).resolve().parent
     files = sorted(path for path in package.glob("*.py") if path.name not in _NOT_COMPUTING)
-    return files_digest(files, package)[:16]
+    elsewhere = [package.parent / name for name in _COMPUTING_ELSEWHERE]
+    return files_digest([*files, *elsewhere], package.parent)[:16]
 
 
 def request_id(request: dict) -> str:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from backend.data.encoding import encode_for_attribution
 from backend.errors import UserError
 from backend.nsa.assemble import TextRecord, VariantRecord, build_result, variant_info
 from backend.nsa.causal import (
@@ -30,7 +31,6 @@ from backend.nsa.compare import (
     weights_removed,
 )
 from backend.nsa.influential import find_word_spans, influential_words
-from backend.nsa.inputs import encode_for_attribution
 from backend.nsa.options import NsaOptions, nsa_options
 from backend.nsa.probe import encode_probe
 from backend.nsa.scoring import (

@@ -8,10 +8,19 @@ options model.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+from collections.abc import Iterator
 
-from backend.commands import add_field_argument, command, field_help, given_arguments
+from backend.commands import (
+    add_field_argument,
+    add_model_arguments,
+    command,
+    field_help,
+    given_arguments,
+    print_listing,
+    print_result,
+    validated_options,
+)
 from backend.errors import UserError
 
 
@@ -27,28 +36,6 @@ def tqdm_progress(total_label: str):
         bar.set_postfix_str(message, refresh=True)
 
     return bar, update
-
-
-def spec_from_args(args):
-    from backend.pruning.spec import SparsitySpec
-
-    given = [flag for flag in ("sparsity", "pattern", "neuron_ratio") if getattr(args, flag) is not None]
-    if len(given) > 1:
-        raise UserError("give one of --sparsity, --pattern, --neuron-ratio")
-    from backend.pruning.registry import get_method
-
-    if get_method(args.method).depth:
-        if given:
-            raise UserError(f"method {args.method!r} removes whole decoder blocks: give --drop-blocks K, "
-                            f"not --{given[0].replace('_', '-')}")
-        return SparsitySpec.parse("0.5")  # not used by depth methods, nor part of their variant id
-    if args.pattern is not None:
-        return SparsitySpec.parse(args.pattern)
-    if args.neuron_ratio is not None:
-        return SparsitySpec.parse(f"neurons:{args.neuron_ratio}")
-    if get_method(args.method).structured:
-        raise UserError(f"method {args.method!r} needs --neuron-ratio")
-    return SparsitySpec.parse(args.sparsity if args.sparsity is not None else "0.5")
 
 
 def add_option_arguments(parser: argparse.ArgumentParser) -> list[str]:
@@ -76,109 +63,63 @@ def options_from_args(args, option_names: list[str]) -> dict:
     return given_arguments(args, option_names)
 
 
-def add_protection_arguments(parser: argparse.ArgumentParser) -> None:
-    """--protect / --protect-task / --protect-ratio / --protect-mode / --protect-factor (docs/guided-pruning.md)."""
-    from backend.guided.protection_sources import DEFAULT_RATIO, PROTECT_TASKS, PROTECT_TEXTS
-    from backend.pruning.protection import DEFAULT_UPWEIGHT_FACTOR, PROTECTION_MODES
-
-    parser.add_argument("--protect", default=None, metavar="RESULT_ID[:TOP_K]",
-                        help="protect the neurons of a stored NSA result (its first TOP_K by score; default all)")
-    parser.add_argument("--protect-task", default=None, choices=list(PROTECT_TASKS),
-                        help="protect the neurons NSA selects on this task's examples (outside the "
-                             "default evaluation sample)")
-    parser.add_argument("--protect-ratio", type=float, default=None,
-                        help=f"with --protect-task: fraction of all MLP neurons, in (0, 0.5] (default {DEFAULT_RATIO})")
-    parser.add_argument("--protect-texts", type=int, default=PROTECT_TEXTS,
-                        help=f"with --protect-task: examples NSA selects on (default {PROTECT_TEXTS})")
-    parser.add_argument("--protect-mode", default="keep", choices=PROTECTION_MODES,
-                        help="keep: protected weights are never pruned (the quota moves to other weights); "
-                             "upweight: their saliency is multiplied by --protect-factor")
-    parser.add_argument("--protect-factor", type=float, default=DEFAULT_UPWEIGHT_FACTOR,
-                        help=f"upweight factor (default {DEFAULT_UPWEIGHT_FACTOR:g})")
-
-
-def protection_request_from_args(args):
+def prune_request_from_args(args, option_names: list[str]):
+    """The ``PruneOptions`` the flags ask for (checked: exit 2 with one line)."""
     from backend.guided.protection_sources import ProtectionRequest
+    from backend.pruning.options import ProtectOptions, PruneOptions
 
-    return ProtectionRequest(reference=args.protect, task=args.protect_task, ratio=args.protect_ratio,
-                             mode=args.protect_mode, factor=args.protect_factor, texts=args.protect_texts,
-                             seed=args.seed)
+    given = given_arguments(args, [name for name in PruneOptions.model_fields if hasattr(args, name)])
+    # The protection's own checks first: their messages say what a flag takes ("in (0, 0.5]").
+    protect = ProtectOptions.model_construct(**{k: v for k, v in given.items() if k in ProtectOptions.model_fields})
+    ProtectionRequest.of(protect)
+    return validated_options(PruneOptions, {**given, "options": options_from_args(args, option_names)})
 
 
 @command("prune", "prune a model with a method and calibration set; prints the variant id")
 def _prune(parser: argparse.ArgumentParser):
-    parser.add_argument("--model", default=None, help="embedded name, hub id or local directory")
+    from backend.pruning.options import PruneOptions
     from backend.pruning.registry import methods
 
+    parser.add_argument("--model", default=None, help="embedded name, hub id or local directory")
     parser.add_argument("--method", required=True, choices=list(methods()),
                         help="; ".join(f"{m.name}: {m.description}" for m in methods().values()))
-    parser.add_argument("--calibration", default="c4",
-                        help="calibration set: c4, wikitext2, ptb, arc_challenge, arc_easy, boolq, rte, "
-                             "sst2, wnli, lambada, imdb, or file:PATH (`prunelens datasets` says which "
-                             "work offline)")
-    parser.add_argument("--sparsity", default=None,
-                        help="unstructured: fraction of weights removed, 0 < r < 1 (default 0.5)")
-    parser.add_argument("--pattern", default=None,
-                        help="N:M semi-structured, e.g. 2:4 = keep 2 of every 4 consecutive weights")
-    parser.add_argument("--neuron-ratio", default=None,
-                        help="structured methods (mi): fraction of MLP neurons removed, 0 < r < 1")
-    parser.add_argument("--nsamples", type=int, default=128, help="calibration windows (default 128)")
-    parser.add_argument("--seqlen", type=int, default=2048,
-                        help="tokens per window, capped at the model's context (default 2048)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the window draw (default 0)")
+    add_model_arguments(parser, PruneOptions, skip=("model", "method", "options"))
     option_names = add_option_arguments(parser)
-    add_protection_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print the manifest as JSON")
 
     def run(args) -> int:
-        from dataclasses import replace
+        from backend.config import get_settings
+        from backend.guided.protection_sources import ProtectionRequest
+        from backend.models.loader import load_model, parse_model_ref
+        from backend.pruning.service import check_prune_request, prune_variant
 
-        from backend.pruning.engine import PruneConfig, create_variant
-
-        protect = protection_request_from_args(args)  # checked before any work
-        config = PruneConfig(
-            method=args.method, calibration=args.calibration, spec=spec_from_args(args),
-            nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed,
-            options=options_from_args(args, option_names),
-        )
-        config.validate()  # before loading the model: bad input costs nothing
-        if protect.wanted:
-            from backend.config import get_settings
-            from backend.models.loader import parse_model_ref
-            from backend.pruning.config import require_protection_support
-
-            require_protection_support(config.info)
-            # a stored result is read now: an unknown id or another model's result fails here
-            protect.from_store(parse_model_ref(args.model or get_settings().default_model).name)
-        from backend.models.loader import load_model
-
+        request = prune_request_from_args(args, option_names)
+        protection = ProtectionRequest.of(request, request.seed)
+        # Before loading the model: bad input (or an unknown NSA result to protect) costs nothing.
+        config = check_prune_request(request, protection=protection,
+                                     model_name=parse_model_ref(args.model or get_settings().default_model).name)
         loaded = load_model(args.model)
-        if protect.wanted:
-            config = replace(config, protection=protect.resolve(loaded))
         bar, update = tqdm_progress(f"{args.method} {config.spec.label}")
         try:
-            result = create_variant(loaded, config, progress=update)
+            result = prune_variant(loaded, request, protection=protection, progress=update)
         finally:
             bar.close()
-        manifest = result.manifest
-        if args.json:
-            print(json.dumps(manifest, indent=2))
-        else:
-            reused = " (reused)" if result.reused else ""
-            print(f"{result.variant_id}{reused}")
+        def lines(manifest: dict) -> Iterator[str]:
+            yield f"{result.variant_id}{' (reused)' if result.reused else ''}"
             if manifest.get("dropped_blocks") is not None:
-                print(f"dropped decoder blocks {manifest['dropped_blocks']}: {manifest['layers']['dense']} -> "
-                      f"{manifest['layers']['kept']} layers")
-                return 0
-            print(f"achieved sparsity {manifest['achieved_sparsity']['overall']:.4f} "
-                  f"(target {config.spec.target_sparsity:.4f}) over "
-                  f"{len(manifest['achieved_sparsity']['per_linear'])} linear layers")
-            protection = manifest.get("protection")
-            if protection:
-                print(f"protected {protection['count']} neurons ({protection['mode']}, "
-                      f"{protection['source'].get('kind')}); protected weights pruned: "
-                      f"{protection['protected_weights_pruned']} of {protection['protected_weights']}")
-        return 0
+                yield (f"dropped decoder blocks {manifest['dropped_blocks']}: {manifest['layers']['dense']} -> "
+                       f"{manifest['layers']['kept']} layers")
+                return
+            yield (f"achieved sparsity {manifest['achieved_sparsity']['overall']:.4f} "
+                   f"(target {config.spec.target_sparsity:.4f}) over "
+                   f"{len(manifest['achieved_sparsity']['per_linear'])} linear layers")
+            protection_info = manifest.get("protection")
+            if protection_info:
+                yield (f"protected {protection_info['count']} neurons ({protection_info['mode']}, "
+                       f"{protection_info['source'].get('kind')}); protected weights pruned: "
+                       f"{protection_info['protected_weights_pruned']} of {protection_info['protected_weights']}")
+
+        return print_result(result.manifest, args.json, lines)
 
     return run
 
@@ -190,17 +131,16 @@ def _methods(parser: argparse.ArgumentParser):
     def run(args) -> int:
         from backend.pruning.registry import methods
 
-        described = [method.describe() for method in methods().values()]
-        if args.json:
-            print(json.dumps(described, indent=2))
-            return 0
-        for method in described:
-            kind = "structured (neurons)" if method["structured"] else "weights"
-            print(f"{method['name']}\t{kind}\t{method['description']}")
-            for name, schema in method["options"].get("properties", {}).items():
-                print(f"    --{name.replace('_', '-')}\t{schema.get('description', '')} "
-                      f"(default {schema.get('default')})")
-        return 0
+        def lines(described: list[dict]) -> Iterator[str]:
+            for method in described:
+                kind = ("structured (neurons)" if method["structured"] else "depth (blocks)" if method.get("depth")
+                        else "weights")
+                yield f"{method['name']}\t{kind}\t{method['description']}"
+                for name, schema in method["options"].get("properties", {}).items():
+                    yield (f"    --{name.replace('_', '-')}\t{schema.get('description', '')} "
+                           f"(default {schema.get('default')})")
+
+        return print_listing([method.describe() for method in methods().values()], args.json, lines)
 
     return run
 
@@ -213,17 +153,15 @@ def _variants(parser: argparse.ArgumentParser):
     def run(args) -> int:
         from backend.pruning.variants import list_variants
 
-        rows = list_variants(args.base)
-        if args.json:
-            print(json.dumps(rows, indent=2))
-            return 0
-        if not rows:
-            print("no variants yet: create one with `prunelens prune`")
-        for row in rows:
-            print(f"{row['id']}\t{row['base_model']}\t{row['method']}\t{row['calibration']}\t"
-                  f"{row['sparsity']}\tachieved {row['achieved_sparsity']['overall']:.4f}"
-                  f"{chr(9) + 'stale (other code version; a new prune recomputes)' if row['stale'] else ''}")
-        return 0
+        def lines(rows: list[dict]) -> Iterator[str]:
+            if not rows:
+                yield "no variants yet: create one with `prunelens prune`"
+            for row in rows:
+                stale = "\tstale (other code version; a new prune recomputes)" if row["stale"] else ""
+                yield (f"{row['id']}\t{row['base_model']}\t{row['method']}\t{row['calibration']}\t"
+                       f"{row['sparsity']}\tachieved {row['achieved_sparsity']['overall']:.4f}{stale}")
+
+        return print_listing(list_variants(args.base), args.json, lines)
 
     return run
 

@@ -2,25 +2,26 @@
 
 A variant id is a readable slug plus a hash of the identity: base model, method, calibration
 (a user file by its content), spec, windows, seed, the method's validated options and the
-version of the code that computes it. That version is the hash of the source files of the
-modules that produce a variant (engine, layer inputs, statistics, spec, hooks, the calibration
-data modules that pick, format and cut its text) and of
-the method's own module: any edit there gives new ids, and variants stored by other code are
-listed as stale and never reused.
+version of the code that computes it. That version is a hash of the source of the engine's
+modules (``PRODUCING_MODULES``: engine, layer inputs, statistics, spec, hooks, the calibration
+data modules that pick, format and cut its text) and of the method's own modules with every
+``backend`` module they import, found by reading their imports (``method_modules``), so a
+helper a method uses is covered without a list to keep: any edit there gives new ids, and
+variants stored by other code are listed as stale and never reused.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib
+import importlib.util
 import inspect
 import json
 import re
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from backend.errors import UserError
@@ -28,7 +29,9 @@ from backend.pruning.protection import Protection
 from backend.pruning.registry import MethodOptions, PruningMethod, get_method, methods
 from backend.pruning.spec import SparsitySpec
 
-# The modules whose code decides a variant's tensors, besides each method's own module.
+# The engine's modules whose code decides every variant's tensors; a method's own modules and what
+# they import are found by ``method_modules``. tests/unit/test_code_version.py fails when the engine
+# imports a backend module that is neither here nor named there as computing nothing.
 PRODUCING_MODULES = (
     "backend.pruning.config",
     "backend.pruning.engine",
@@ -47,10 +50,6 @@ PRODUCING_MODULES = (
     "backend.data.hub_sets",
     "backend.data.prompt_formats",
     "backend.data.user_files",
-    # the structured (neuron) methods' shared math, behind their registry entries
-    "backend.pruning.structured",
-    "backend.pruning.neuron_math",
-    "backend.pruning.methods.mi_neurons",
     # the sparsity profile, the refinement and depth pruning, behind every method that uses them
     "backend.pruning.profile_options",
     "backend.pruning.owl",
@@ -64,20 +63,78 @@ def _source_digest(path: str) -> bytes:
     return hashlib.sha256(Path(path).read_bytes()).digest()
 
 
-def _source_file(obj: ModuleType | type | Callable[..., object]) -> str:
-    path = inspect.getsourcefile(obj)
-    assert path is not None, f"{obj!r} is defined in a Python source file (all PruneLens code is)"
+def _source_file(module_name: str) -> str:
+    path = inspect.getsourcefile(importlib.import_module(module_name))
+    assert path is not None, f"{module_name} is a Python source file (all PruneLens code is)"
     return path
 
 
+def _is_type_checking(node: ast.AST) -> bool:
+    """``if TYPE_CHECKING:``: imports for annotations only, which run no code."""
+    test = node.test if isinstance(node, ast.If) else None
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _imported_modules(module_name: str) -> set[str]:
+    """The ``backend`` modules that ``module_name``'s source imports, at the top or inside a function."""
+    module = importlib.import_module(module_name)
+    package = module_name if hasattr(module, "__path__") else module_name.rpartition(".")[0]
+    found: set[str] = set()
+    pending: list[ast.AST] = [ast.parse(Path(_source_file(module_name)).read_bytes())]
+    while pending:
+        node = pending.pop()
+        if _is_type_checking(node):
+            continue
+        pending.extend(ast.iter_child_nodes(node))
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = (importlib.util.resolve_name("." * node.level + (node.module or ""), package)
+                    if node.level else node.module or "")
+            found.add(base)
+            if _is_backend(base) and hasattr(importlib.import_module(base), "__path__"):
+                # ``from backend.pruning import neuron_math``: the names may be modules
+                found.update(f"{base}.{alias.name}" for alias in node.names
+                             if importlib.util.find_spec(f"{base}.{alias.name}") is not None)
+    return {name for name in found if _is_backend(name)}
+
+
+def _is_backend(name: str) -> bool:
+    return name == "backend" or name.startswith("backend.")
+
+
+@cache
+def imported_closure(roots: frozenset[str]) -> frozenset[str]:
+    """``roots`` and every ``backend`` module they import, directly or through one another."""
+    seen: set[str] = set()
+    pending = list(roots)
+    while pending:
+        name = pending.pop()
+        if name not in seen:
+            seen.add(name)
+            pending.extend(_imported_modules(name) - seen)
+    return frozenset(seen)
+
+
+def method_modules(method: PruningMethod[Any]) -> frozenset[str]:
+    """The modules holding ``method``'s code (its entry's functions and options) and every
+    ``backend`` module they import: the helpers of a method, derived, never listed by hand."""
+    parts = (inspect.unwrap(method.prune), method.options, method.check, method.needs_for, method.selection,
+             method.blocks)
+    return imported_closure(frozenset(part.__module__ for part in parts if part is not None))
+
+
 def code_version(method: PruningMethod[Any]) -> str:
-    """Hash of the source of the modules producing ``method``'s variants (12 hex digits)."""
-    files = {_source_file(importlib.import_module(name)) for name in PRODUCING_MODULES}
-    files |= {_source_file(inspect.unwrap(method.prune)), _source_file(method.options)}
+    """Hash of the source of the modules producing ``method``'s variants (12 hex digits).
+
+    Each file counts by its content alone, in an order that does not depend on where it lies:
+    moving a module leaves the version as it was unless the moved code (or an import) changed.
+    """
+    names = set(PRODUCING_MODULES) | method_modules(method)
     digest = hashlib.sha256()
-    for path in sorted(files):
-        digest.update(Path(path).name.encode())
-        digest.update(_source_digest(path))
+    for file_digest in sorted(_source_digest(_source_file(name)) for name in names):
+        digest.update(file_digest)
     return digest.hexdigest()[:12]
 
 

@@ -121,14 +121,18 @@ class AppliedChanges:
             module = linears[change.linear]
             param = getattr(module, change.param)
             name = f"{prefix}.{change.linear}.{change.param}"
-            self.originals.setdefault(name, (param, param.detach().to("cpu", copy=True)))
+            if name not in self.originals:  # the dense tensor, before the first change to it
+                self.originals[name] = (param, param.detach().to("cpu", copy=True))
             target = weight_matrix(module) if change.param == "weight" else param.data  # [out, in] | [out]
             if change.new_value is not None:
-                target.copy_(change.new_value)
-            target.masked_fill_(change.mask, 0)
-            if change.new_value is not None:
-                self.values[name] = param.detach().to("cpu", copy=True)
+                # The value is the engine's now: zeroed where pruned in place, written once into the
+                # model and kept (in the parameter's layout and dtype) for the writer, no third copy.
+                value = change.new_value.masked_fill_(change.mask, 0)  # [out, in] | [out]
+                target.copy_(value)
+                stored = in_module_layout(module, value) if change.param == "weight" else value
+                self.values[name] = stored.to("cpu", param.dtype).contiguous()
             else:
+                target.masked_fill_(change.mask, 0)
                 stored = in_module_layout(module, change.mask) if change.param == "weight" else change.mask
                 self.masks[name] = stored.cpu()
             if change.info:

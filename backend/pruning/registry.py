@@ -8,6 +8,9 @@ per-layer call all read this registry, so an option is declared once.
 
 The engine calls ``method.prune(layer, options, spec)`` once per decoder layer, after
 collecting the input statistics the method asks for (``needs``), and applies what it returns.
+A structured (MLP-neuron) method's module defines a selection function instead and its entry is
+``neuron_method(name, description, select, options)`` (``backend.pruning.structured``), which
+keeps the selection as ``PruningMethod.selection``.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Generic, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast
 
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -27,6 +30,9 @@ from backend.pruning.profile_options import PROFILE_FIELDS, WeightProfileOptions
 from backend.pruning.protection import WeightGuard
 from backend.pruning.spec import SparsitySpec
 from backend.pruning.stats import InputStatistics
+
+if TYPE_CHECKING:  # structured.py builds on this module: the type only
+    from backend.pruning.structured import NeuronSelector
 
 # One line per built-in method: its module defines METHOD.
 BUILTIN_METHOD_MODULES = (
@@ -100,7 +106,9 @@ class Pruned:
     """One parameter change: zero ``mask`` in ``linear``'s ``param`` (and write ``new_value`` first).
 
     ``mask``: ``[out, in]`` for a weight, ``[out]`` for a bias; True = pruned. ``new_value``:
-    the updated tensor in the same layout (SparseGPT's weight update), or None to only zero.
+    the updated tensor in the same layout (SparseGPT's weight update), or None to only zero; it
+    is handed over to the engine, which zeroes it at ``mask`` in place and keeps it for the writer
+    (so it must be a tensor of its own, not a view of the model's parameters).
     """
 
     linear: str
@@ -133,6 +141,9 @@ class PruningMethod(Generic[OptionsT]):
     check: Callable[[OptionsT, SparsitySpec], None] | None = None
     # The statistics as the chosen options ask for them (None: always ``needs``).
     needs_for: Callable[[OptionsT], InputNeeds] | None = None
+    # A structured method's selection (backend.pruning.structured.NeuronSelector), which ``prune``
+    # wraps: which neurons of a layer go and how the kept ones compensate.
+    selection: NeuronSelector[OptionsT] | None = None
     # Depth methods remove whole decoder blocks (backend.pruning.depth): ``blocks(context, options)``
     # returns the block indices to drop and the per-block scores; ``prune`` is then never called.
     blocks: Callable[..., Any] | None = None

@@ -10,7 +10,7 @@ import streamlit as st
 
 from frontend import ui
 from frontend.links import ViewState
-from frontend.views import display, figures, protect_view, static_figures, tables
+from frontend.views import display, figures, protect_view, speed_view, static_figures, tables
 
 KINDS = {
     "task-calibration": "Task x calibration set (mean over methods and sparsities)",
@@ -73,6 +73,24 @@ else:
     ui.figure_downloads(lambda: static_figures.accuracy_sparsity_static(lines), "accuracy-vs-sparsity",
                         key="acc_lines_figure")
     st.caption("Mean over methods and calibration sets; dense at 0 %. Diamonds: semi-structured N:M.")
+
+st.subheader("Accuracy vs speed")
+speeds = ui.fetch(api.speeds, what="speed measurements") or []
+speed_task = st.selectbox("Task", task_names or ["sst2"], key="acc_speed_task",
+                          index=(task_names.index("sst2") if "sst2" in task_names else 0))
+speed_frame = speed_view.accuracy_speed_frame(evaluations, speeds, speed_task, metric)
+if (speed_frame["variant_id"] != speed_view.DENSE_ID).sum() == 0:
+    st.caption("No variant has both an evaluation on this task and a speed measurement yet: run "
+               "`prunelens speed VARIANT` (docs/export.md).")
+else:
+    st.plotly_chart(speed_view.accuracy_speed_figure(speed_frame, speed_task), key="acc_speed")
+    ui.figure_downloads(lambda: speed_view.accuracy_speed_static(speed_frame, speed_task), "accuracy-vs-speed",
+                        key="acc_speed_figure")
+    st.dataframe(speed_frame, hide_index=True, key="acc_speed_table")
+    st.caption("Speed-up: dense ÷ variant forward time, median of interleaved repeats (bars: their range), "
+               "measured on the device named in the table. Unstructured and 2:4 sparsity cannot speed up "
+               "dense kernels (on CPU, ever); structured and depth-pruned variants run smaller models. "
+               "Pareto front: the variants no other variant beats on both accuracy and speed.")
 
 st.subheader("Protected neurons: NSA-protected vs matched-random vs unprotected")
 experiments = ui.fetch(api.protect_experiments, what="protection experiments") or []

@@ -11,7 +11,7 @@ from __future__ import annotations
 import streamlit as st
 
 from frontend import ui
-from frontend.links import ViewState, share_url
+from frontend.links import ViewState, neuron_href, share_url
 from frontend.views import display, figures, nsa_stats, nsa_view, static_figures, verdict_view
 from frontend.views.heatmap import styled_fragment
 
@@ -146,6 +146,10 @@ else:
     ui.figure_downloads(lambda: static_figures.neuron_heatmap_static(result, text_index, layer, neuron,
                                                                      shown_variants),
                         f"heatmap-{result_id}-L{layer}-N{neuron}-text{text_index}", key="ex_heatmap_figure")
+first_variant = next(iter(shown_variants), None)
+st.markdown(f"[Layer {layer}, neuron {neuron} over a whole corpus →]"
+            f"({neuron_href(model, layer, neuron, variant=first_variant, current_url=st.context.url)})"
+            " (its neuron page: top examples, density, what each variant changed)")
 if st.context.url:
     st.caption(f"Link to this view: `{share_url(st.context.url, 'explorer', view)}`")
 
@@ -195,6 +199,10 @@ def open_selected_row() -> None:
         st.session_state["ex_layer"], st.session_state["ex_neuron"] = int(layer_pick), int(neuron_pick)
 
 
-st.dataframe(display.readable_neuron_table(table), hide_index=True, key="ex_table", on_select=open_selected_row,
-             selection_mode="single-row")
-st.caption("Choose a row to open its heatmap above.")
+shown_table = display.readable_neuron_table(table)
+shown_table.insert(0, "neuron page", [neuron_href(model, lay, neu, current_url=st.context.url)
+                                      for lay, neu in zip(table["layer"], table["neuron"], strict=True)])
+st.dataframe(shown_table, hide_index=True, key="ex_table", on_select=open_selected_row,
+             selection_mode="single-row",
+             column_config={"neuron page": st.column_config.LinkColumn("neuron page", display_text="open")})
+st.caption("Choose a row to open its heatmap above; **open** shows the neuron over a whole corpus.")

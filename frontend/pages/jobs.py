@@ -9,62 +9,28 @@ import pandas as pd
 import streamlit as st
 
 from frontend import ui
-from frontend.views import display, jobs_view, nsa_view, protect_view
+from frontend.views import display, jobs_view, nsa_view, prune_form
 
-METHODS = ("wanda", "sparsegpt", "ria", "magnitude", "mi")
 REFRESH_S = 2.0
 SUBMITTED_KEY = "jobs_last_submitted"  # the last job this session queued
 SHOWN_FAILURES = 10
-DEFAULT_CALIBRATION = "lambada"  # general text that ships with the install (works offline)
 
 st.title("Variants & jobs")
 ui.how_to_read("jobs")
 api = ui.client()
 
 model = ui.pick_model(api, key="jobs_model")
-calibration_sets, calibration_labels, unreachable_sets = display.calibration_choices(
-    ui.fetch(api.calibration_sets, what="calibration sets") or [])
+calibration_rows = ui.fetch(api.calibration_sets, what="calibration sets") or []
 tasks = ui.fetch(api.tasks, what="tasks") or []
 variants = (ui.fetch(api.variants, base=model, what="variants") or []) if model else []
 
 prune_column, evaluate_column = st.columns(2)
-with prune_column, st.form("prune_form"):
-    st.subheader("Prune")
-    method = st.selectbox("Method", METHODS, key="jobs_method")
-    calibration = st.selectbox("Calibration set", calibration_sets, key="jobs_calibration",
-                               index=calibration_sets.index(DEFAULT_CALIBRATION)
-                               if DEFAULT_CALIBRATION in calibration_sets else 0,
-                               format_func=lambda name: calibration_labels.get(name, name),
-                               help="Sets that ship with the install come first and work offline")
-    if unreachable_sets:
-        st.caption("Not available now, the model hub cannot be reached: " + ", ".join(unreachable_sets))
-    sparsity = st.text_input("Sparsity", value="0.5", key="jobs_sparsity",
-                             help="0.5 = half of each layer's weights; 2:4 = keep 2 of every 4 consecutive "
-                                  "weights; neurons:0.2 for mi")
-    n1, n2, n3 = st.columns(3)
-    nsamples = n1.number_input("Windows", min_value=1, max_value=4096, value=16, key="jobs_nsamples")
-    seqlen = n2.number_input("Tokens each", min_value=2, max_value=32768, value=256, key="jobs_seqlen")
-    seed = n3.number_input("Seed", min_value=0, value=0, key="jobs_seed")
-    protect_kind = st.selectbox("Protect neurons", protect_view.PROTECTION_KINDS, key="jobs_protect",
-                                help="Keep the weights of chosen neurons (their gate/up rows and down column); "
-                                     "each layer still reaches its sparsity. See docs/guided-pruning.md")
-    p1, p2, p3 = st.columns(3)
-    protect_reference = p1.text_input("NSA result id[:top k]", key="jobs_protect_result",
-                                      help="With 'NSA result': an id from the Attribute page, e.g. 3f2a…:100")
-    protect_task = p2.selectbox("Task", ("sst2", "rte"), key="jobs_protect_task",
-                                help="With 'NSA on a task': NSA selects neurons on its examples")
-    protect_ratio = p3.number_input("Fraction of neurons", min_value=0.001, max_value=0.5, value=0.01,
-                                    step=0.005, format="%.3f", key="jobs_protect_ratio")
-    m1, m2 = st.columns(2)
-    protect_mode = m1.selectbox("Protection", ("keep", "upweight"), key="jobs_protect_mode",
-                                help="keep: never pruned; upweight: saliency × factor")
-    protect_factor = m2.number_input("Factor", min_value=1.0, max_value=1e6, value=10.0, key="jobs_protect_factor")
-    if st.form_submit_button("Create variant", type="primary"):
-        accepted = ui.fetch(api.create_variant, {
-            "model": model, "method": method, "calibration": calibration, "sparsity": sparsity.strip(),
-            "nsamples": int(nsamples), "seqlen": int(seqlen), "seed": int(seed),
-            **protect_view.protection_fields(protect_kind, protect_reference, protect_task, protect_ratio,
-                                             protect_mode, protect_factor)}, what="prune")
+with prune_column, st.container(border=True):
+    body = prune_form.prune_form(
+        api, ui, model, ui.fetch(api.methods, what="pruning methods") or [],
+        ui.fetch(api.request_schema, "PruneRequest", what="the prune request's schema") or {}, calibration_rows)
+    if body is not None:
+        accepted = ui.fetch(api.create_variant, body, what="prune")
         if accepted:
             st.session_state[SUBMITTED_KEY] = (
                 f"Prune job `{accepted['job']['id']}` queued"

@@ -137,6 +137,23 @@ HOW_TO_READ = {
         "value of the table. The plot puts the dense model at 0 % sparsity; diamonds are N:M "
         "patterns (2:4 = 2 of every 4 weights kept)."
     ),
+    "neuron": (
+        "One neuron over a fixed corpus (a neuron **index**). **Top examples**: the tokens where it "
+        "fires hardest (positive and negative apart: SwiGLU neurons fire both ways), each with "
+        "±8 tokens of context; the example token is outlined. Dense and variant use **one colour "
+        "scale, fixed by the dense model's largest |activation|**, so a paler variant really fired "
+        "less. **Re-read**: the dense top examples with the variant's activation on the same tokens. "
+        "**Density**: the share of corpus tokens in each log-spaced |a| bin. Every change figure "
+        "stands next to its **split-half floor** (the dense model against itself on the other half "
+        "of the corpus): a figure that is not below it is *not distinguishable from corpus noise*."
+    ),
+    "changed": (
+        "Neurons ranked by how much the variant changed them over the corpus (correlation, mass "
+        "lost, top-k kept, token-profile correlation). **Floors**: what the dense model gives "
+        "against itself across two halves of the corpus; a neuron whose figures are not below "
+        "them is *not distinguishable from corpus noise*. **KL** is KL(dense ‖ variant) of the "
+        "next-token distributions, in nats, at each corpus token."
+    ),
     "jobs": (
         "Pruning and evaluation run as jobs on the backend, one at a time; this page refreshes "
         "while one is running. Calibration sets marked *needs the model hub* download their text "

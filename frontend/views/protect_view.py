@@ -43,16 +43,19 @@ def experiment_caption(document: dict) -> str:
             f"Status: {document.get('status')}.")
 
 
-def protection_fields(kind: str, reference: str = "", task: str = "sst2", ratio: float = 0.01,
-                      mode: str = "keep", factor: float = 10.0) -> dict:
-    """The POST /variants fields of the prune form's protection choice ({} for none)."""
+def protection_fields(kind: str, reference: str = "", task: str = "sst2", ratio: float | None = None,
+                      mode: str = "keep", factor: float | None = None) -> dict:
+    """The POST /variants fields of the prune form's protection choice ({} for none); a ratio or
+    factor left None takes the backend's default."""
     if kind == "none":
         return {}
     fields: dict = {"protect_mode": mode}
-    if mode == "upweight":
+    if mode == "upweight" and factor is not None:
         fields["protect_factor"] = float(factor)
     if kind == "NSA result":
         fields["protect"] = reference.strip()
     else:
-        fields |= {"protect_task": task, "protect_ratio": float(ratio)}
+        fields["protect_task"] = task
+        if ratio is not None:
+            fields["protect_ratio"] = float(ratio)
     return fields

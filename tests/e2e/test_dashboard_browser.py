@@ -5,6 +5,7 @@ Screenshots go to test-artifacts/."""
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -153,3 +154,63 @@ def _check_pdf_figure(data: bytes, title: str) -> None:
     pixels = np.asarray(page.render(scale=2).to_pil().convert("RGB"))
     coloured = (pixels.max(axis=-1).astype(int) - pixels.min(axis=-1)) > 60  # saturated heatmap cells
     assert coloured.mean() > 0.001
+
+
+@pytest.mark.timeout(900)  # the index pass runs the embedded model twice over the corpus on CPU
+@pytest.mark.skipif(_requirements() is not None, reason=str(_requirements()))
+def test_neuron_page_and_what_changed_from_a_real_index_in_chromium(tmp_path, embedded):
+    """A small real index (dense + one magnitude variant, 1000 corpus tokens) built through
+    POST /index/jobs; the neuron page shows examples and the overlaid histograms, the "what
+    changed" page a ranked list whose links open neuron pages."""
+    from playwright.sync_api import expect, sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    cache = isolated_cache(tmp_path)
+    with running_servers(cache, ARTIFACTS / "e2e-logs-neurons") as (api, dashboard):
+        job = wait_for_job(api, api.create_variant({"method": "magnitude", "sparsity": "0.5"})["job"]["id"])
+        variant = job["result"]["variant_id"]
+        job = wait_for_job(api, api.create_index({"variants": [variant], "tokens": 1000, "max_length": 64,
+                                                  "top_k": 5})["job"]["id"], timeout_s=720)
+        assert job["state"] == "succeeded", job
+        index = job["result"]["index_id"]
+        model = api.index(index)["model"]
+        ranked = api.changed_neurons(index, variant, limit=10)
+        first = ranked[0]
+        page_data = api.neuron(model, first["layer"], first["neuron"], variant=variant, index=index)
+
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch_persistent_context(
+                str(tmp_path / "chromium-profile"), executable_path=chromium_path(), headless=True,
+                args=CHROMIUM_ARGS, viewport={"width": 1400, "height": 1100})
+            try:
+                page = browser.new_page()
+                page.goto(f"{dashboard}/changed?model={model}&index={index}&variant={variant}")
+                expect(page.get_by_text("Neurons ranked by change")).to_be_visible(timeout=60_000)
+                expect(page.get_by_text("listed neurons changed beyond their split-half floor")).to_be_visible(
+                    timeout=60_000)
+                expect(page.get_by_text("Mean KL(dense")).to_be_visible()
+                # The ranked list, in the API's order, each entry a link to its neuron page.
+                top_link = page.get_by_role("link", name=f"layer {first['layer']}, neuron {first['neuron']}").first
+                expect(top_link).to_be_visible(timeout=30_000)
+                second = ranked[1]
+                expect(page.get_by_role("link", name=f"layer {second['layer']}, neuron {second['neuron']}").first
+                       ).to_be_visible()
+                page.screenshot(path=str(ARTIFACTS / "e2e-changed.png"), full_page=True)
+
+                page.goto(top_link.get_attribute("href"))
+                expect(page.get_by_text(f"Layer {first['layer']}, neuron {first['neuron']}")).to_be_visible(
+                    timeout=60_000)
+                examples = page.locator(".pl-example")
+                expect(examples.first).to_be_visible(timeout=30_000)
+                top = page_data["dense"]["top_positive"][0]
+                assert f"doc {top['document']} \u00b7 tok {top['position']}" in examples.first.inner_text()
+                assert examples.count() == len(page_data["dense"]["top_positive"]) + \
+                    len(page_data["variant"]["top_positive"])
+                histogram = page.locator(".js-plotly-plot").first
+                expect(histogram).to_be_visible(timeout=30_000)
+                assert histogram.locator("g.trace").count() >= 2  # dense and variant overlaid
+                # The verdict against the split-half floor (the folded "how to read" mentions it too).
+                expect(page.get_by_text(re.compile("change figure is (below|within)")).first).to_be_visible()
+                page.screenshot(path=str(ARTIFACTS / "e2e-neuron.png"), full_page=True)
+            finally:
+                browser.close()

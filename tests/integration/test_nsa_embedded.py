@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
+from backend.data.encoding import encode_for_attribution
 from backend.nsa.capture import NeuronCapture
-from backend.nsa.inputs import encode_for_attribution
 from backend.nsa.schema import validate_result
 from backend.nsa.service import attribute, dataset_examples
 from backend.pruning.engine import PruneConfig, create_variant

@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from backend.cli import main
+from backend.data.encoding import encode_text
 from backend.errors import UserError
-from backend.nsa.capture import NeuronCapture, capture_text, encode_text
+from backend.nsa.capture import NeuronCapture, capture_text
 
 TEXT = "The movie was painfully slow, but the acting was beautiful."
 

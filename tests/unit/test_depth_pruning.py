@@ -17,7 +17,7 @@ from backend.pruning.engine import PruneConfig, create_variant
 from backend.pruning.methods.mi_prun import gaussian_mi
 from backend.pruning.variants import list_variants, read_manifest, variant_applied
 from tests.conftest import FAMILIES, tiny_loaded
-from tests.unit.test_api import make_client  # noqa: F401 - make_client is a fixture
+from tests.unit.test_api import make_client, wait_for_job  # noqa: F401 - make_client is a fixture
 
 NSAMPLES, SEQLEN, LAYERS = 4, 32, 4
 
@@ -163,3 +163,19 @@ def test_depth_bad_input_http(make_client):  # noqa: F811 - pytest fixture
                                                  "seqlen": 16, "options": options})
         assert 400 <= refused.status_code < 500, refused.text
         assert "drop" in refused.json()["detail"]
+    refused = client.post("/variants", json={"method": "shortgpt", "calibration": "lambada", "nsamples": 2,
+                                             "seqlen": 16, "sparsity": "0.5", "options": {"drop_blocks": 1}})
+    assert refused.status_code == 400 and "drop_blocks" in refused.json()["detail"], refused.text
+
+
+def test_depth_variant_over_http(make_client):  # noqa: F811 - pytest fixture
+    """The job runs the request as accepted (no sparsity added to a depth request) and writes the predicted id."""
+    client = make_client()
+    accepted = client.post("/variants", json={"method": "shortgpt", "calibration": "lambada", "nsamples": 2,
+                                              "seqlen": 16, "options": {"drop_blocks": 1}})
+    assert accepted.status_code == 202, accepted.text
+    job = wait_for_job(client, accepted.json()["job"]["id"])
+    assert job["state"] == "succeeded", job
+    manifest = client.get(f"/variants/{accepted.json()['variant_id']}").json()
+    assert manifest["dropped_blocks"] and len(manifest["dropped_blocks"]) == 1
+    assert manifest["layers"]["dense"] - manifest["layers"]["kept"] == 1

@@ -476,4 +476,5 @@ def test_jobs_page_has_the_protection_inputs(dashboard, backend):
     at = _open(dashboard(), "jobs")
     _clean(at)
     assert at.selectbox(key="jobs_protect").options == ["none", "NSA result", "NSA on a task"]
+    at.selectbox(key="jobs_protect").set_value("NSA result").run()  # the fields show once they apply
     assert at.selectbox(key="jobs_protect_mode").options == ["keep", "upweight"]

@@ -455,6 +455,9 @@ def test_demo_plan_covers_three_methods_two_sparsities_two_calibrations_and_four
     evaluations = plan.evaluation_requests(["w1", "w2"])
     assert [e["variant"] for e in evaluations] == [None, "w1", "w2"]
     assert all(len(e["tasks"]) >= 4 and e["limit"] == 50 for e in evaluations)
+    index = plan.index_request(["w1", "w2", "w3"], "cpu")
+    assert index["variants"] == ["w1", "w2"] and index["tokens"] == 20_000  # dense + 2 variants, small on CPU
+    assert plan.index_request(["w1"], "cuda:0")["tokens"] == 50_000
 
 
 def test_compose_file_runs_a_gpu_backend_with_token_volume_and_healthcheck_and_a_frontend():
@@ -488,7 +491,7 @@ def test_the_dashboard_imports_neither_torch_nor_the_backend():
         "import frontend.client, frontend.links, frontend.ui, frontend.demo\n"
         "import frontend.views.heatmap, frontend.views.nsa_view, frontend.views.figures\n"
         "import frontend.views.tables, frontend.views.jobs_view, frontend.views.display\n"
-        "import frontend.views.static_figures\n"
+        "import frontend.views.static_figures, frontend.views.neuron_view, frontend.views.changed_view\n"
         "print('ok')\n"
     )
     done = subprocess.run([sys.executable, "-c", probe], check=False, cwd=REPO, capture_output=True, text=True,
@@ -500,7 +503,8 @@ def test_the_dashboard_imports_neither_torch_nor_the_backend():
 def test_every_page_is_a_registered_page_of_the_app():
     app = (REPO / "frontend" / "app.py").read_text()
     pages = sorted(p.name for p in (REPO / "frontend" / "pages").glob("*.py"))
-    assert pages == ["accuracy.py", "attribute.py", "calibration.py", "explorer.py", "jobs.py"]
+    assert pages == ["accuracy.py", "attribute.py", "calibration.py", "changed.py", "explorer.py", "jobs.py",
+                     "neuron.py"]
     for page in pages:
         assert f'"pages" / "{page}"' in app
 

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
+from backend.data.encoding import EncodedText
 from backend.nsa.assemble import TextRecord, VariantRecord, build_result
-from backend.nsa.capture import EncodedText
 from backend.nsa.compare import TextObservation, compare_text, heatmap, weights_removed
 from backend.nsa.influential import InfluentialWords, WordLocation
 from backend.nsa.schema import SCHEMA_VERSION, validate_result

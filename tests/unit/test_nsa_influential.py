@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import backend.nsa.influential as influential_module
-from backend.nsa.capture import encode_text
+from backend.data.encoding import encode_text
 from backend.nsa.influential import (
     FALLBACK_METHOD,
     find_word_spans,

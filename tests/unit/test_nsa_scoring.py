@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from backend.data.encoding import encode_text
 from backend.errors import UserError
-from backend.nsa.capture import capture_text, encode_text
+from backend.nsa.capture import capture_text
 from backend.nsa.scoring import (
     activation_magnitude,
     layer_mass,

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from backend.cli import main
+from backend.data.encoding import encode_for_attribution
 from backend.errors import NotFoundError, UserError
 from backend.nsa.capture import NeuronCapture
 from backend.nsa.causal import CAUSAL_DRAWS
-from backend.nsa.inputs import encode_for_attribution
 from backend.nsa.schema import validate_result
 from backend.nsa.service import attribute
 from backend.pruning.variants import variant_applied, write_variant
@@ -194,7 +194,7 @@ def test_cli_file_input_and_errors(tiny_model_dir, tmp_path, capsys):
 def test_start_token_goes_in_front_unless_the_tokenizer_adds_one():
     from tokenizers.processors import TemplateProcessing
 
-    from backend.nsa.capture import encode_text
+    from backend.data.encoding import encode_text
     from tests.conftest import build_tiny_tokenizer
 
     tokenizer = build_tiny_tokenizer()  # EOS only, adds nothing

@@ -12,9 +12,11 @@ from backend.api.routes import (
     health,
     jobs,
     models,
+    neurons,
     nsa,
     nsa_jobs,
     speed,
+    studies,
     tables,
     tasks,
     variants,
@@ -33,9 +35,11 @@ def build_routers(settings) -> list[APIRouter]:
         jobs.router,
         nsa_jobs.router,
         nsa.build_router(settings.api_max_upload_bytes),
+        neurons.router,
         evaluations.router,
         tables.router,
         experiments.router,
+        studies.router,
     ]
 
 
@@ -45,3 +49,5 @@ def register_job_kinds(state) -> None:
     evaluations.register_jobs(state)
     nsa_jobs.register_jobs(state)
     speed.register_jobs(state)
+    studies.register_jobs(state)
+    neurons.register_jobs(state)

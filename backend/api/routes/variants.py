@@ -21,7 +21,6 @@ from backend.api.schemas import (
     VariantSummary,
 )
 from backend.api.state import ApiState, State
-from backend.errors import UserError
 from backend.jobs import Job
 
 router = APIRouter(tags=["variants"])
@@ -116,44 +115,6 @@ def delete_variant_endpoint(variant_id: VariantId, state: State) -> dict:
 # ----------------------------------------------------------------------------- pruning
 
 
-def prune_config(request: PruneRequest, model: str | None = None, settings=None):
-    """The engine's PruneConfig for a request; UserError on anything the engine would refuse.
-
-    With ``protect`` (a stored NSA result) the protection is read now, for ``model``: an unknown
-    id or another model's result is refused before any job exists. ``protect_task`` is checked
-    here and run by the job (``resolve_protection``)."""
-    from backend.data.sources import FILE_PREFIX
-    from backend.pruning.engine import PruneConfig
-    from backend.pruning.spec import SparsitySpec
-
-    calibration = request.calibration.strip().lower()
-    if calibration.startswith(FILE_PREFIX):
-        raise UserError(
-            "file: calibration sets read the server's disk and are not accepted over HTTP; "
-            "use a named set from GET /calibration-sets"
-        )
-    config = PruneConfig(
-        method=request.method,
-        calibration=calibration,
-        spec=SparsitySpec.parse(request.sparsity),
-        nsamples=request.nsamples,
-        seqlen=request.seqlen,
-        seed=request.seed,
-        options=request.options,
-    )
-    config.validate()
-    protect = request.protection_request()
-    if protect.wanted:
-        from dataclasses import replace
-
-        from backend.pruning.config import require_protection_support
-
-        require_protection_support(config.info)
-        if model is not None and protect.reference is not None:
-            config = replace(config, protection=protect.from_store(model, settings))
-    return config
-
-
 @router.get("/methods", response_model=list[MethodInfo], summary="Pruning methods and their options")
 def list_methods() -> list[dict]:
     from backend.pruning.registry import methods
@@ -177,12 +138,19 @@ def job_accepted(job: Job, **extra) -> JobAccepted:
     summary="Prune a model: starts a job, returns its id",
 )
 def create_variant_job(body: PruneRequest, state: State) -> JobAccepted:
-    model = state.pool.allowed_reference(body.model)
-    config = prune_config(body, model, state.settings)  # bad input is refused now, not as a failed job later
-    params = {**body.model_dump(), "model": model, "calibration": config.calibration}
-    default = state.pool.default
     from backend.pruning.engine import variant_id
+    from backend.pruning.service import check_prune_request
 
+    model = state.pool.allowed_reference(body.model)
+    # Bad input is refused now, not as a failed job later.
+    config = check_prune_request(body, model_name=model, protection=body.protection_request(), allow_files=False,
+                                 settings=state.settings)
+    # The job's request in one form: the sparsity as the label parse reads back (a pattern or a
+    # neuron ratio given becomes it; a depth method takes none, its amount is options.drop_blocks),
+    # the calibration as the engine takes it.
+    params = {**body.model_dump(exclude={"pattern", "neuron_ratio"}), "model": model,
+              "calibration": config.calibration, "sparsity": None if config.info.depth else config.spec.label}
+    default = state.pool.default
     # Known now only when the job will prune the loaded default model (and no NSA selection has
     # to run first); else the job records it.
     predicted = (variant_id(default, config) if default is not None and default.name == model
@@ -195,26 +163,20 @@ def create_variant_job(body: PruneRequest, state: State) -> JobAccepted:
 
 def register_jobs(state: ApiState) -> None:
     def run_prune(job: Job, progress) -> dict:
-        from backend.pruning.engine import create_variant, variant_id
+        from backend.pruning.service import prune_variant
 
         request = PruneRequest(
             **{key: value for key, value in job.params.items() if key in PruneRequest.model_fields}
         )
-        config = prune_config(request)
         with state.gate.hold(f"prune job {job.id[:8]}", bounded=False):
             progress(0.0, "loading the model")
             loaded = state.pool.get(request.model)
-            protect = request.protection_request()
-            if protect.wanted:
-                from dataclasses import replace
-
-                progress(0.0, "choosing the protected neurons")
-                config = replace(config, protection=protect.resolve(loaded, state.settings))
-            if "variant_id" not in job.params:
-                state.jobs.store.add_params(
-                    job.id, {"variant_id": variant_id(loaded, config)}
-                )
-            result = create_variant(loaded, config, progress=progress, settings=state.settings)
+            result = prune_variant(
+                loaded, request, protection=request.protection_request(), progress=progress,
+                settings=state.settings, allow_files=False,
+                on_variant_id=None if "variant_id" in job.params
+                else lambda vid: state.jobs.store.add_params(job.id, {"variant_id": vid}),
+            )
         return {
             "variant_id": result.variant_id,
             "reused": result.reused,

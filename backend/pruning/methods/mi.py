@@ -12,9 +12,23 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 from pydantic import Field
 
-from backend.pruning.structured import CompensationOptions, neuron_method
+from backend.pruning import neuron_math
+from backend.pruning.methods.mi_neurons import (
+    mi_threshold_removal,
+    output_energy,
+    unexplained_output_removal,
+)
+from backend.pruning.structured import (
+    CompensationOptions,
+    MlpLayer,
+    NeuronPruning,
+    fold_in_compensation,
+    layer_seed,
+    neuron_method,
+)
 
 
 class MiOptions(CompensationOptions):
@@ -37,5 +51,32 @@ class MiOptions(CompensationOptions):
                                    "(pairwise: 1 - R² = exp(-2·max pairwise MI)); replaces the threshold rule")
 
 
+def select_mi(layer: MlpLayer, options: MiOptions, count: int) -> NeuronPruning:
+    """The redundant neurons by the chosen estimator, folded into the kept ones (least squares)."""
+    covariance, mean = layer.calibrated()
+    removed = _redundant(layer, covariance, mean, count, options)
+    if not options.compensate:
+        return NeuronPruning(removed)
+    return fold_in_compensation(layer, removed, options.damp)
+
+
+def _redundant(layer: MlpLayer, covariance: torch.Tensor, mean: torch.Tensor, count: int,
+               options: MiOptions) -> torch.Tensor:
+    """covariance [n, n], mean [n] -> the ``count`` neurons to remove, LongTensor [count]."""
+    down_weight = layer.down_weight  # [out, n]
+    if options.estimator == "pairwise":
+        if options.weigh_output:
+            return unexplained_output_removal(covariance, mean, down_weight, count)
+        return mi_threshold_removal(covariance, mean, count, threshold=options.threshold,
+                                    seed=layer_seed(options.pair_seed, layer.index), victim=options.victim,
+                                    output_energy=output_energy(covariance, mean, down_weight))
+    second_moment = torch.diagonal(covariance).double() + mean.double().pow(2)  # [n] E[h²]
+    order, _ = neuron_math.greedy_neuron_removal(
+        down_weight, covariance, count, damp=options.damp,
+        criterion="unexplained-output" if options.weigh_output else "information",
+        block=neuron_math.removals_per_update(options.block, layer.neurons), second_moment=second_moment)
+    return order
+
+
 METHOD = neuron_method("mi", "remove MLP neurons redundant by mutual information (arXiv 2406.00030), "
-                       "removed ones folded into the kept ones (structured)", MiOptions)
+                       "removed ones folded into the kept ones (structured)", select_mi, MiOptions)

@@ -277,9 +277,10 @@ def _obs_block(
     # An N:M group is chosen from columns that have seen every earlier column's update, so it must
     # not straddle two sub-blocks.
     step = max(1, SUB_BLOCK // spec.m) * spec.m if nm else SUB_BLOCK
+    factor_strict = factor.triu(1)  # [block, block]: U_kc for k < c, once for every sub-block
     for sub_start in range(0, size, step):
         sub_end = min(sub_start + step, size)
-        strict_upper = factor[sub_start:sub_end, sub_start:sub_end].triu(1)  # U_kc for k < c
+        strict_upper = factor_strict[sub_start:sub_end, sub_start:sub_end]  # U_kc for k < c
         coefficients = strict_upper.T.contiguous().unbind(0)  # [i]: U_kc of column sub_start + i
         sub_errors = errors[sub_start:sub_end]  # [sub, out], filled row by row below
         sub_errors_t = sub_errors.T  # [out, sub]

@@ -19,9 +19,10 @@ from backend.pruning.stats import InputStatistics
 def wanda_metric(weight: torch.Tensor, act_norm: torch.Tensor) -> torch.Tensor:
     """|W_ij| * ||X_j||_2 in float32.  weight: [out, in], act_norm: [in] -> [out, in]"""
     _check_act_norm(weight, act_norm)
-    return weight.detach().float().abs() * act_norm.to(
-        device=weight.device, dtype=torch.float32
-    ).unsqueeze(0)
+    # abs() of a float32 weight is a new tensor already: scaled in place, one allocation, not two
+    return weight.detach().float().abs().mul_(
+        act_norm.to(device=weight.device, dtype=torch.float32).unsqueeze(0)
+    )
 
 
 @torch.no_grad()

@@ -1,4 +1,7 @@
-"""The token input of NSA's forward passes: ``encode_text``'s tokens behind a start token.
+"""How a text becomes a model's input for NSA and the neuron index: tokens with character spans.
+
+``encode_text`` tokenizes with offsets (truncation flagged). ``encode_for_attribution`` puts a
+start token in front, for this reason:
 
 LLMs park huge "attention sink" activations on whatever token comes first: on SmolLM2 the
 first token's MLP activations are ~25x those of any other token, and a few neurons reach
@@ -12,7 +15,32 @@ word is seen like any other. Tokenizers that already add a BOS are left as they 
 
 from __future__ import annotations
 
-from backend.nsa.capture import EncodedText, encode_text
+from dataclasses import dataclass
+
+from backend.errors import UserError
+
+
+@dataclass
+class EncodedText:
+    text: str
+    input_ids: list[int]
+    tokens: list[str]
+    offsets: list[tuple[int, int]]
+    truncated: bool
+
+
+def encode_text(tokenizer, text: str, max_tokens: int) -> EncodedText:
+    """Tokenize ``text`` with character offsets, truncating to ``max_tokens`` (flagged)."""
+    if not text or not text.strip():
+        raise UserError("empty text")
+    encoded = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
+    ids: list[int] = list(encoded["input_ids"])
+    offsets = [tuple(span) for span in encoded["offset_mapping"]]
+    truncated = len(ids) > max_tokens
+    if truncated:
+        ids, offsets = ids[:max_tokens], offsets[:max_tokens]
+    tokens = [text[start:end] for start, end in offsets]
+    return EncodedText(text, ids, tokens, offsets, truncated)
 
 
 def start_token_id(tokenizer) -> int | None:

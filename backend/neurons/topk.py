@@ -1,0 +1,105 @@
+"""Running top-k with exact, order-free merges: per row (neuron), the k best (score, key) pairs.
+
+Order: higher score first, then smaller key (document << POSITION_BITS | position). With this
+total order, top-k(A ∪ B) = top-k(top-k(A) ∪ top-k(B)), so batches and shards merge in any order
+to the same result. Only positive scores are kept (for the negative side the score is -a): a
+neuron that never fires has no examples, instead of k arbitrary zeros. Empty slots hold
+score -inf and key KEY_EMPTY. Payloads (context windows) travel with their entries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from backend.neurons.corpus import KEY_EMPTY
+
+
+def ranked_order(scores: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """Per row, the permutation that sorts ``[rows, m]`` entries by score desc, key asc."""
+    by_key = keys.argsort(dim=1, stable=True)
+    by_score = scores.gather(1, by_key).argsort(dim=1, descending=True, stable=True)
+    return by_key.gather(1, by_score)
+
+
+@dataclass
+class TopK:
+    scores: torch.Tensor  # [rows, k] float32, -inf when empty
+    keys: torch.Tensor  # [rows, k] int64, KEY_EMPTY when empty
+    payload: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [rows, k, ...]
+
+    @classmethod
+    def empty(cls, rows: int, k: int, device, payload_shapes: dict[str, tuple[int, ...]] | None = None) -> TopK:
+        return cls(
+            torch.full((rows, k), float("-inf"), device=device),
+            torch.full((rows, k), KEY_EMPTY, dtype=torch.int64, device=device),
+            {name: torch.full((rows, k, *shape), float("nan"), device=device)
+             for name, shape in (payload_shapes or {}).items()},
+        )
+
+    @property
+    def k(self) -> int:
+        return self.scores.shape[1]
+
+    def take(self, order: torch.Tensor) -> TopK:
+        """Entries reordered/selected per row by ``order`` [rows, m]."""
+        payload = {}
+        for name, values in self.payload.items():
+            index = order.view(*order.shape, *([1] * (values.dim() - 2))).expand(*order.shape, *values.shape[2:])
+            payload[name] = values.gather(1, index)
+        return TopK(self.scores.gather(1, order), self.keys.gather(1, order), payload)
+
+    def merge(self, other: TopK) -> TopK:
+        """The top-k of both (k of self), exact under the (score, key) order."""
+        names = set(self.payload) | set(other.payload)
+        both = TopK(
+            torch.cat([self.scores, other.scores], dim=1),
+            torch.cat([self.keys, other.keys], dim=1),
+            {name: torch.cat([_payload_or_nan(self, name, other), _payload_or_nan(other, name, self)], dim=1)
+             for name in names},
+        )
+        return both.take(ranked_order(both.scores, both.keys)[:, : self.k])
+
+
+def _payload_or_nan(top: TopK, name: str, reference: TopK) -> torch.Tensor:
+    if name in top.payload:
+        return top.payload[name]
+    shape = reference.payload[name].shape
+    return torch.full((shape[0], top.k, *shape[2:]), float("nan"), device=top.scores.device)
+
+
+def batch_top(activations: torch.Tensor, keys: torch.Tensor, k: int, sign: int = 1
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The exact top-k of a batch per neuron by score ``sign * activations`` ([tokens, neurons]);
+    ``keys`` [tokens].
+
+    Returns (scores, keys, token rows), each [neurons, k]; entries with score <= 0 are empty.
+    torch.topk breaks ties arbitrarily, so it fetches 2k candidates; a neuron whose last
+    candidate still ties its k-th (more than k equal scores at the boundary: rare) is resolved
+    exactly from its full column.
+    """
+    tokens, neurons = activations.shape
+    fetched = min(2 * k, tokens)
+    # largest=False instead of negating: no [tokens, neurons] copy for the negative side
+    candidates, rows = activations.topk(fetched, dim=0, largest=sign > 0)  # [fetched, neurons]
+    candidates = candidates * sign  # scores, descending
+    candidates, rows = candidates.t(), rows.t()  # [neurons, fetched]
+    last_fetched = candidates[:, -1]
+    candidate_keys = keys[rows]
+    order = ranked_order(candidates, candidate_keys)[:, :k]
+    top_scores, top_keys, rows = candidates.gather(1, order), candidate_keys.gather(1, order), rows.gather(1, order)
+    if fetched < tokens and fetched >= k:
+        boundary = top_scores[:, k - 1]
+        for neuron in ((boundary > 0) & (last_fetched == boundary)).nonzero().flatten().tolist():
+            column = activations[:, neuron] * sign
+            tied = (column >= boundary[neuron]).nonzero().flatten()  # [m] all entries at or above the boundary
+            pick = tied[ranked_order(column[tied][None], keys[tied][None])[0, :k]]
+            top_scores[neuron], top_keys[neuron], rows[neuron] = column[pick], keys[pick], pick
+    if fetched < k:  # fewer tokens than k in this batch
+        pad = k - fetched
+        top_scores = torch.cat([top_scores, top_scores.new_full((neurons, pad), float("-inf"))], 1)
+        top_keys = torch.cat([top_keys, top_keys.new_full((neurons, pad), KEY_EMPTY)], 1)
+        rows = torch.cat([rows, rows.new_zeros((neurons, pad))], 1)
+    empty = ~(top_scores > 0)
+    return top_scores.masked_fill(empty, float("-inf")), top_keys.masked_fill(empty, KEY_EMPTY), rows
