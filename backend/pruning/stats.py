@@ -4,9 +4,15 @@ The pruning methods need, per input feature j of a layer: the activation norm ``
 (Wanda, RIA), the Hessian of the layer-wise squared error ``H = 2 X X^T / n`` (SparseGPT) and,
 for the MLP down projection, the covariance and mean of the neurons (MI neuron pruning).
 Tokens arrive in batches; nothing of size [tokens, in] is kept.
+
+With ``folds`` K > 0 the covariance and mean are also kept per fold of calibration windows
+(window w goes to fold w mod K, in arrival order): what a method needs to validate a fit on
+windows it was not fitted on (the neuron fold-in's ridge, backend/pruning/fold_in_validation.py).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -15,6 +21,32 @@ import torch
 # neurons in blocks of 256) and stays one large matrix product per block. The lower blocks are
 # mirrored on read.
 GRAM_BLOCK = 256
+
+
+@dataclass(frozen=True)
+class Moments:
+    """Covariance (divided by n) [in, in], mean [in] and token count of one set of tokens."""
+
+    covariance: torch.Tensor
+    mean: torch.Tensor
+    tokens: int
+
+
+def pooled(parts: list[Moments]) -> Moments:
+    """The moments of the union of disjoint token sets (Chan et al.'s pairwise combination)."""
+    tokens = sum(part.tokens for part in parts)
+    if tokens == 0:
+        return Moments(torch.zeros_like(parts[0].covariance), torch.zeros_like(parts[0].mean), 0)
+    mean = torch.zeros_like(parts[0].mean)
+    for part in parts:
+        mean += part.mean * (part.tokens / tokens)
+    scatter = torch.zeros_like(parts[0].covariance)
+    for part in parts:
+        if part.tokens:
+            offset = part.mean - mean
+            scatter += part.covariance * part.tokens
+            scatter.addr_(offset, offset, alpha=float(part.tokens))
+    return Moments(scatter / tokens, mean, tokens)
 
 
 class InputStatistics:
@@ -28,9 +60,12 @@ class InputStatistics:
         hessian: bool = False,
         covariance: bool = False,
         skip_leading: int = 0,
+        folds: int = 0,
     ) -> None:
         if skip_leading < 0:
             raise ValueError(f"skip_leading must be >= 0, got {skip_leading}")
+        if folds < 0 or (folds and not covariance):
+            raise ValueError(f"folds ({folds}) must be >= 0 and need covariance=True")
         self.in_features = in_features
         # Positions 0..k-1 of every window are left out: the attention-sink token (position 0)
         # can carry ~all of a neuron's squared activation (docs/pitfalls.md, attention sinks).
@@ -60,6 +95,11 @@ class InputStatistics:
             if covariance
             else None
         )
+        # Per fold of windows instead of one running covariance: the total is their pooled moments.
+        self._fold_parts = [InputStatistics(in_features, device, covariance=True) for _ in range(folds)]
+        self._windows = 0
+        if folds:
+            self._mean = self._centered_outer = None
 
     @torch.no_grad()
     def update(self, x: torch.Tensor) -> None:
@@ -72,10 +112,12 @@ class InputStatistics:
             raise ValueError(
                 f"expected inputs with {self.in_features} features, got shape {tuple(x.shape)}"
             )
+        if (self.skip_leading or self._fold_parts) and x.dim() < 2:
+            raise ValueError(f"skip_leading and folds need inputs [..., seq, in], got shape {tuple(x.shape)}")
         if self.skip_leading:
-            if x.dim() < 2:
-                raise ValueError(f"skip_leading needs inputs [..., seq, in], got shape {tuple(x.shape)}")
             x = x[..., self.skip_leading :, :]
+        if self._fold_parts and x.numel():
+            self._update_folds(x.detach().reshape(-1, *x.shape[-2:]))  # [windows, seq, in]
         batch = (
             x.detach().reshape(-1, self.in_features).to(device=self.device, dtype=torch.float32)
         )  # [tokens, in]
@@ -100,6 +142,20 @@ class InputStatistics:
             self._centered_outer.addr_(delta, delta, alpha=previous * added / total)
             self._mean.add_(delta, alpha=added / total)
         self.tokens = total
+
+    def _update_folds(self, windows: torch.Tensor) -> None:
+        """Window w (counted over all batches) into fold w mod K.  windows [windows, seq, in]"""
+        count = len(self._fold_parts)
+        order = (torch.arange(windows.shape[0]) + self._windows) % count
+        for fold, part in enumerate(self._fold_parts):
+            chosen = torch.nonzero(order == fold).squeeze(1)
+            if chosen.numel():
+                part.update(windows[chosen.to(windows.device)])
+        self._windows += windows.shape[0]
+
+    def fold_moments(self) -> list[Moments]:
+        """Each fold's moments (empty without ``folds``); folds without windows have 0 tokens."""
+        return [Moments(part.covariance, part.mean, part.tokens) for part in self._fold_parts]
 
     def _add_upper_gram(self, batch: torch.Tensor, alpha: float) -> None:
         """H += alpha batch^T batch, computing only the column blocks on and above the diagonal."""
@@ -139,6 +195,8 @@ class InputStatistics:
     @property
     def covariance(self) -> torch.Tensor:
         """Population covariance (divided by n) of the inputs: [in, in], float32."""
+        if self._fold_parts:
+            return pooled(self.fold_moments()).covariance
         if self._centered_outer is None:
             raise RuntimeError("InputStatistics was created without covariance=True")
         return self._centered_outer / max(self.tokens, 1)
@@ -146,6 +204,8 @@ class InputStatistics:
     @property
     def mean(self) -> torch.Tensor:
         """Mean input over all tokens seen: [in], float32."""
+        if self._fold_parts:
+            return pooled(self.fold_moments()).mean
         if self._mean is None:
             return self._sum / max(self.tokens, 1)
         return self._mean

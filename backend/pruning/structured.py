@@ -12,7 +12,10 @@ This module never looks at a method's name: it counts the neurons to remove (exa
 the engine's changes (``neuron_removal``: the removed neurons' rows of the input projections
 and columns of the down projection are zeroed; a compensated down weight or bias replaces the
 old one first). ``fold_in_compensation`` is the shared least-squares compensation
-(neuron_math's fold-in, with the mean into the down bias where there is one).
+(neuron_math's fold-in, with the mean into the down bias where there is one);
+``validated_compensation`` chooses its ridge by K-fold validation over the calibration windows
+and falls back to mean-only compensation where the fold-in does not predict held-out windows
+better (fold_in_validation.py).
 
 The data methods (``data=True``) take ``sink_tokens`` k (``NeuronDataOptions``): the first k
 tokens of every calibration window are left out of the neuron statistics (attention sinks,
@@ -28,7 +31,7 @@ import torch
 from pydantic import Field
 
 from backend.errors import UserError
-from backend.pruning import neuron_math
+from backend.pruning import fold_in_validation, neuron_math
 from backend.pruning.registry import (
     InputNeeds,
     LayerToPrune,
@@ -39,9 +42,11 @@ from backend.pruning.registry import (
     neuron_removal,
 )
 from backend.pruning.spec import SparsitySpec, pruned_count
+from backend.pruning.stats import Moments
 
-# Relative ridge of the fold-in and of OBS' H⁻¹ (λ = damp · mean diag H), as SparseGPT's percdamp.
+# Relative dampening of the selections' H⁻¹ / C⁻¹ (λ = damp · mean diag H), as SparseGPT's percdamp.
 DEFAULT_DAMP = 0.01
+DEFAULT_VALIDATION_FOLDS = 4
 
 
 class NeuronDataOptions(MethodOptions):
@@ -58,7 +63,13 @@ class CompensationOptions(NeuronDataOptions):
     compensate: bool = Field(default=True, description="fold the removed neurons into the kept ones "
                              "(least squares; the mean into the down bias where there is one)")
     damp: float = Field(default=DEFAULT_DAMP, ge=0, lt=1,
-                        description="relative ridge λ = damp·mean(diag H) of the fold-in and of H⁻¹")
+                        description="relative dampening λ = damp·mean(diag H) of the selection's H⁻¹ / C⁻¹")
+    fold_in_ridge: float | None = Field(
+        default=None, ge=0, le=100,
+        description="relative ridge α of the fold-in (λ = α·mean(diag H)); default: chosen per layer by "
+                    "K-fold validation over the calibration windows, mean-only where the fold-in does not help")
+    validation_folds: int = Field(default=DEFAULT_VALIDATION_FOLDS, ge=2, le=16,
+                                  description="folds of calibration windows for the fold-in's validation")
 
 
 @dataclass(frozen=True)
@@ -72,6 +83,7 @@ class MlpLayer:
     covariance: torch.Tensor | None  # [n, n] of the neurons over the calibration tokens (None: no data)
     mean: torch.Tensor | None  # [n]
     tokens: int  # calibration tokens behind covariance and mean
+    folds: tuple[Moments, ...] = ()  # per fold of windows (methods asking for folds), for validation
 
     @property
     def neurons(self) -> int:
@@ -142,6 +154,33 @@ def fold_in_compensation(layer: MlpLayer, removed: torch.Tensor, damp: float) ->
     return NeuronPruning(removed, weight, None, {"compensated": True})
 
 
+def validated_compensation(layer: MlpLayer, removed: torch.Tensor,
+                           options: CompensationOptions) -> NeuronPruning:
+    """The fold-in with ``options.fold_in_ridge``, or with the ridge chosen by validation over the
+    windows' folds: mean-only compensation (plain removal without a down bias) where no ridge
+    predicts the held-out windows better. The choice goes into the manifest's method_notes."""
+    removed = ascending(removed)
+    if options.fold_in_ridge is not None:
+        result = fold_in_compensation(layer, removed, options.fold_in_ridge)
+        result.info["fold_in_ridge"] = options.fold_in_ridge
+        return result
+    if sum(1 for fold in layer.folds if fold.tokens) < 2:
+        raise UserError("the validated fold-in needs at least 2 calibration windows (one per fold); "
+                        "use more windows or set fold_in_ridge")
+    choice = fold_in_validation.choose_ridge(layer.down_weight, list(layer.folds),
+                                             removed.to(layer.down_weight.device),
+                                             affine=layer.down_bias is not None)
+    if choice.alpha is not None:
+        result = fold_in_compensation(layer, removed, choice.alpha)
+        result.info.update(choice.note())
+        return result
+    if layer.down_bias is None:  # nothing to carry the mean: the removed neurons just go
+        return NeuronPruning(removed, info={"compensated": False, **choice.note()})
+    _covariance, mean = layer.calibrated()
+    bias = layer.down_bias + neuron_math.mean_bias(layer.down_weight, mean, removed.to(mean.device))
+    return NeuronPruning(removed, None, bias, {"compensated": True, **choice.note()})
+
+
 def _checked(name: str, result: NeuronPruning, count: int, neurons: int) -> torch.Tensor:
     """The selection's removed neurons, ascending; an error if they break the contract."""
     removed = ascending(result.removed)
@@ -174,7 +213,7 @@ def neuron_method(name: str, description: str, select: NeuronSelector[Any],
         mlp = MlpLayer(layer.index, down_weight, None if bias is None else bias.detach(),
                        [layer.weight(linear) for linear in adapter.mlp_inputs],
                        None if stats is None else stats.covariance, None if stats is None else stats.mean,
-                       0 if stats is None else stats.tokens)
+                       0 if stats is None else stats.tokens, () if stats is None else tuple(stats.fold_moments()))
         count = pruned_count(mlp.neurons, spec.ratio)
         result = select(mlp, chosen, count) if count else NeuronPruning(torch.zeros(0, dtype=torch.long))
         removed = _checked(name, result, count, mlp.neurons)
@@ -196,7 +235,10 @@ def neuron_method(name: str, description: str, select: NeuronSelector[Any],
 
     def needs_for(chosen: MethodOptions) -> InputNeeds:
         assert isinstance(chosen, NeuronDataOptions), "checked when the entry was made"
-        return replace(needs, skip_leading=chosen.sink_tokens)
+        validated = (isinstance(chosen, CompensationOptions) and chosen.compensate
+                     and chosen.fold_in_ridge is None)
+        folds = chosen.validation_folds if isinstance(chosen, CompensationOptions) and validated else 0
+        return replace(needs, skip_leading=chosen.sink_tokens, folds=folds)
 
     return PruningMethod(name=name, description=description, prune=prune, options=options,
                          needs=needs if data else None, needs_for=needs_for if data else None,

@@ -1,4 +1,6 @@
-"""NSA step 1: parsing messy generations, mapping words to tokens, the fallback attribution."""
+"""NSA step 1: parsing messy generations, mapping words to tokens, the fallback's sources.
+
+Integrated gradients (the default fallback) is tested in test_nsa_attribution.py."""
 
 from __future__ import annotations
 
@@ -9,8 +11,8 @@ import backend.nsa.influential as influential_module
 from backend.data.encoding import encode_text
 from backend.nsa.influential import (
     FALLBACK_METHOD,
+    fallback_scores,
     find_word_spans,
-    gradient_x_input_scores,
     influential_words,
     locate_words,
     parse_generation,
@@ -145,8 +147,9 @@ def test_gradient_x_input_equals_finite_differences():
     # GPT-2 in float64 is float64 throughout (LLaMA's RMSNorm computes in float32).
     loaded = tiny_loaded("gpt2")
     loaded.model.double()
-    scores, label, token_attribution = gradient_x_input_scores(loaded, TEXT, SENTIMENT, label_index=0)
-    assert label == 0
+    scores, attributed = fallback_scores(loaded, TEXT, SENTIMENT, label_index=0, method="gradient_x_input")
+    assert attributed.label_index == 0 and attributed.method == "gradient_x_input"
+    token_attribution = attributed.values.tolist()
     probe = encode_probe(loaded.tokenizer, TEXT, SENTIMENT, loaded.max_length)
     ids = torch.tensor([probe.input_ids])
     with torch.no_grad():
@@ -162,11 +165,11 @@ def test_gradient_x_input_equals_finite_differences():
             finite = (margin_with(token, 1 + eps) - margin_with(token, 1 - eps)) / (2 * eps)
             assert token_attribution[token] == pytest.approx(finite, rel=1e-4, abs=1e-7)
     assert all(p.grad is None for p in loaded.model.parameters())  # shared model left clean
-    # Word scores: sum of |attribution| over the word's tokens.
+    # Word scores: |sum of attribution| over the word's tokens.
     slow = next(row for row in scores if row["word"] == "slow")
     start = TEXT.index("slow") + probe.text_start
     tokens = [i for i, (s, e) in enumerate(probe.encoded.offsets) if s < start + 4 and e > start]
-    assert slow["score"] == pytest.approx(sum(abs(token_attribution[i]) for i in tokens))
+    assert slow["score"] == pytest.approx(abs(sum(token_attribution[i] for i in tokens)))
     assert [row["score"] for row in scores] == sorted((row["score"] for row in scores), reverse=True)
     assert not {"the", "was", "but"} & {row["word"].lower() for row in scores}
 
@@ -187,11 +190,14 @@ def test_sources_user_model_and_fallback(monkeypatch):
 
     monkeypatch.setattr(influential_module, "generate_answer", lambda *a, **k: "[word1,word2,...]")
     fallback = influential_words(loaded, encoded, SENTIMENT, label_index=1)
-    assert fallback.source == f"fallback:{FALLBACK_METHOD}"
+    assert fallback.source == f"fallback:{FALLBACK_METHOD}" == "fallback:integrated_gradients"
     assert fallback.raw_generation == "[word1,word2,...]"
-    assert "negative" in fallback.note and fallback.attribution
+    assert "negative" in fallback.note and "convergence delta" in fallback.note and fallback.attribution
     best = [row["word"] for row in fallback.attribution[: len(fallback.words)]]
     assert [w.word for w in fallback.words] == best
+
+    old = influential_words(loaded, encoded, SENTIMENT, label_index=1, fallback_method="gradient_x_input")
+    assert old.source == "fallback:gradient_x_input" and "convergence" not in old.note
 
 
 def test_tiny_context_skips_generation_and_falls_back():

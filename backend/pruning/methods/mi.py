@@ -25,9 +25,9 @@ from backend.pruning.structured import (
     CompensationOptions,
     MlpLayer,
     NeuronPruning,
-    fold_in_compensation,
     layer_seed,
     neuron_method,
+    validated_compensation,
 )
 
 
@@ -52,12 +52,13 @@ class MiOptions(CompensationOptions):
 
 
 def select_mi(layer: MlpLayer, options: MiOptions, count: int) -> NeuronPruning:
-    """The redundant neurons by the chosen estimator, folded into the kept ones (least squares)."""
+    """The redundant neurons by the chosen estimator, folded into the kept ones (least squares,
+    ridge by validation over the calibration windows: structured.validated_compensation)."""
     covariance, mean = layer.calibrated()
     removed = _redundant(layer, covariance, mean, count, options)
     if not options.compensate:
         return NeuronPruning(removed)
-    return fold_in_compensation(layer, removed, options.damp)
+    return validated_compensation(layer, removed, options)
 
 
 def _redundant(layer: MlpLayer, covariance: torch.Tensor, mean: torch.Tensor, count: int,
