@@ -7,7 +7,7 @@ bias of a dropped block is zeroed, which makes the block's residual update exact
 pre-norm families we support (LLaMA, OPT with ``do_layer_norm_before``, GPT-2): the block passes its
 input through unchanged, so evaluation, NSA and the neuron index read the variant with no new code.
 The manifest records ``dropped_blocks`` and ``layers: {dense, kept}``; the export and the speed
-measurement remove the blocks for real (``dropped_model``), so the checkpoint has K fewer decoder
+measurement remove the blocks for real (``remove_blocks``, ``dropped_model``), so the checkpoint has K fewer decoder
 layers and loads with plain ``AutoModelForCausalLM.from_pretrained``.
 """
 
@@ -142,25 +142,31 @@ def create_depth_variant(loaded, config, target: str, calibration_inputs, manife
 
 
 def dropped_model(model: nn.Module, adapter, dropped: list[int]) -> nn.Module:
-    """A copy of ``model`` without the decoder blocks ``dropped``: config and layer indices follow."""
+    """A copy of ``model`` without the decoder blocks ``dropped`` (``remove_blocks`` on a deep copy)."""
     smaller = copy.deepcopy(model)
-    layers = adapter.decoder_layers(smaller)
+    remove_blocks(smaller, adapter, dropped)
+    return smaller
+
+
+def remove_blocks(model: nn.Module, adapter, dropped: list[int]) -> None:
+    """Remove the decoder blocks ``dropped`` from ``model`` in place: the config's layer count (and layer
+    types) and every module's ``layer_idx`` (the attention's cache slot) follow the new positions."""
+    layers = adapter.decoder_layers(model)
     kept = nn.ModuleList(layer for index, layer in enumerate(layers) if index not in set(dropped))
     for path in adapter.layer_paths:
         parent_path, _, attribute = path.rpartition(".")
         try:
-            parent = smaller.get_submodule(parent_path) if parent_path else smaller
+            parent = model.get_submodule(parent_path) if parent_path else model
         except AttributeError:
             continue
         if isinstance(getattr(parent, attribute, None), nn.ModuleList):
             setattr(parent, attribute, kept)
             break
     for index, layer in enumerate(kept):
-        for module in layer.modules():  # the attention's cache slot follows the new position
+        for module in layer.modules():
             if hasattr(module, "layer_idx"):
                 setattr(module, "layer_idx", index)  # noqa: B010 - a plain attribute, not a submodule
-    config: Any = smaller.config
+    config: Any = model.config
     if isinstance(getattr(config, "layer_types", None), list):
         config.layer_types = [kind for index, kind in enumerate(config.layer_types) if index not in set(dropped)]
     config.num_hidden_layers = len(kept)
-    return smaller

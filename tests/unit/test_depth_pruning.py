@@ -4,6 +4,7 @@ the export loads with plain transformers and has K fewer layers; bad input is re
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -138,6 +139,46 @@ def test_export_of_a_depth_variant_loads_with_fewer_layers(isolated_cache, tiny_
     expected = _logits(dropped_model(dense, adapter_for(dense), manifest["dropped_blocks"]), ids)
     torch.testing.assert_close(_logits(exported, ids), expected, atol=1e-5, rtol=0)
     assert main(["export", variant, "--out", str(tmp_path / "ct"), "--format", "compressed-tensors"]) == 2
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_speed_times_the_model_without_the_blocks(isolated_cache, family):
+    """The timed depth variant stores K blocks' parameters fewer (counted by hand) and computes the variant."""
+    from backend.evaluation.speed import SpeedSettings, measure_speed, variant_model
+
+    loaded = tiny_loaded(family, layers=LAYERS)
+    manifest = create_variant(loaded, PruneConfig("random-blocks", drop_blocks=2, block_seed=1)).manifest
+    result = measure_speed(loaded, manifest["id"], SpeedSettings(batch=2, seqlen=16, repeats=3, warmup=0))
+    layers = loaded.adapter.decoder_layers(loaded.model)
+    block_parameters = [sum(p.numel() for p in layers[index].parameters()) for index in manifest["dropped_blocks"]]
+    dense, variant = result["models"]["dense"], result["models"]["variant"]
+    assert dense["parameters"] - variant["parameters"] == sum(block_parameters) > 0
+    assert dense["parameters"] == sum(p.numel() for p in loaded.model.parameters())
+    assert result["kind"] == "blocks" and f"layers {LAYERS} -> {LAYERS - 2}" in result["expectation"]
+    assert len(variant["seconds"]) == 3 and result["speedup"] > 0
+    timed = variant_model(loaded, manifest["id"], manifest)
+    assert len(loaded.adapter.decoder_layers(timed)) == LAYERS - 2
+    ids = torch.randint(0, loaded.model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
+    with variant_applied(loaded, manifest["id"]):
+        expected = _logits(loaded.model, ids)
+    torch.testing.assert_close(_logits(timed, ids), expected, atol=1e-5, rtol=0)
+
+
+def test_prunelens_speed_on_a_depth_variant(isolated_cache, tiny_model_dir, calibration_file, capsys):
+    model_dir = tiny_model_dir("llama")
+    assert main(["prune", "--model", str(model_dir), "--method", "shortgpt", "--drop-blocks", "1",
+                 "--calibration", calibration_file, "--nsamples", "2", "--seqlen", "16"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    variant = out[0].split()[0]
+    assert out[1].startswith("dropped decoder blocks [") and out[1].endswith("-> 1 layers")
+    assert main(["speed", variant, "--batch", "1", "--seqlen", "8", "--repeats", "2", "--warmup", "0",
+                 "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    dense = AutoModelForCausalLM.from_pretrained(model_dir)
+    (dropped,) = read_manifest(variant)["dropped_blocks"]
+    removed = sum(p.numel() for p in dense.model.layers[dropped].parameters())
+    assert payload["models"]["dense"]["parameters"] - payload["models"]["variant"]["parameters"] == removed
+    assert payload["kind"] == "blocks" and payload["speedup"] == payload["models"]["variant"]["speedup"]
 
 
 @pytest.mark.parametrize("argv,needle", [
