@@ -40,6 +40,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0, help="calibration draw")
     parser.add_argument("--eval-windows", type=int, default=16, help="held-out windows per set")
     parser.add_argument("--only", default=None, help="comma-separated row labels' first words (wanda, shortgpt, ...)")
+    parser.add_argument("--skip", default="", help="comma-separated row labels left out (e.g. 'wanda + DSnoT')")
     parser.add_argument("--sparsities", default=",".join(SPARSITIES))
     parser.add_argument("--blocks", default=",".join(map(str, BLOCKS)))
     parser.add_argument("--threads", type=int, default=2)
@@ -76,7 +77,7 @@ def main() -> int:
              for count in args.blocks.split(",") if count for label, method, options in DEPTH_ROWS]
     jobs += weight_jobs(sparsities[:-1])
     for label, method, options, spec, amount in jobs:
-        if wanted is not None and label.split()[0] not in wanted:
+        if (wanted is not None and label.split()[0] not in wanted) or label in args.skip.split(","):
             continue
         config = PruneConfig(method, calibration="lambada", nsamples=args.nsamples, seqlen=args.seqlen,
                              seed=args.seed, options=options, **spec)
