@@ -19,7 +19,8 @@ ratio ours/peer with a paired 95% bootstrap interval over the held-out windows (
 choice of held-out windows, not of calibration windows: that is what several --seeds show),
 and the fraction of weights whose pruned/kept decision differs, per layer (two unrelated
 random masks at 50 % differ on 50 % of the weights; --noise-floor measures what float rounding
-alone gives, by running the peer twice). Goal: ratio <= 1.03 for each method.
+alone gives, by running the peer twice). Goal: ratio <= 1.03 for each method. With
+--sparsity-profile owl both sides use OWL's layerwise sparsity (issue 23's parity check at 70 %).
 
 Not run by ``make bench``: it needs the peer environment, a virtual environment of its own
 outside the project's .venv, set up once from the repository root with
@@ -97,6 +98,8 @@ def measure(loaded, sets: dict[str, str], heldout: int, seqlen: int) -> tuple[Me
 
 def ours(loaded, method: str, spec: SparsitySpec, args, seed: int):
     options = {"blocksize": BLOCKSIZE, "percdamp": PERCDAMP} if method == "sparsegpt" else {}
+    if args.sparsity_profile == "owl":
+        options |= {"sparsity_profile": "owl", "owl_m": args.owl_m, "owl_lambda": args.owl_lambda}
     config = PruneConfig(method, CALIBRATION, spec, nsamples=args.nsamples, seqlen=args.seqlen,
                          seed=seed, options=options)
     started = time.perf_counter()
@@ -107,11 +110,14 @@ def ours(loaded, method: str, spec: SparsitySpec, args, seed: int):
 
 
 def peer(loaded, method: str, spec: SparsitySpec, args, windows_file: Path, work: Path, batch_size: int = 8):
-    out = work / f"peer-{windows_file.stem}-{method}-{spec.label.replace(':', 'of')}-batch{batch_size}"
+    out = work / (f"peer-{windows_file.stem}-{method}-{spec.label.replace(':', 'of')}-{args.sparsity_profile}"
+                  f"-batch{batch_size}")
     command = [args.peer_python, str(PEER_SCRIPT), "--model", str(args.model_dir), "--windows",
                str(windows_file), "--method", method, "--sparsity", str(spec.ratio),
                "--mask-structure", peer_mask_structure(spec), "--block-size", str(BLOCKSIZE),
                "--dampening", str(PERCDAMP), "--batch-size", str(batch_size), "--out", str(out)]
+    if args.sparsity_profile == "owl":  # llm-compressor's names: sparsity_profile, owl_m, owl_lmbda
+        command += ["--sparsity-profile", "owl", "--owl-m", str(args.owl_m), "--owl-lmbda", str(args.owl_lambda)]
     # The peer must not see the project: no PYTHONPATH, and its own working directory.
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     log = work / f"{out.name}.log"
@@ -187,6 +193,11 @@ def main() -> int:
                         help="one run per seed of the calibration window draw")
     parser.add_argument("--specs", nargs="+", default=["0.5"], help="0.5 (unstructured) and/or 2:4")
     parser.add_argument("--methods", nargs="+", choices=("sparsegpt", "wanda"), default=["sparsegpt", "wanda"])
+    parser.add_argument("--sparsity-profile", choices=("uniform", "owl"), default="uniform",
+                        help="owl: OWL layerwise sparsity on both sides (ours: sparsity_profile=owl; the peer's "
+                             "modifiers: sparsity_profile='owl', owl_m, owl_lmbda); unstructured specs only")
+    parser.add_argument("--owl-m", type=float, default=5.0, help="OWL's outlier threshold M")
+    parser.add_argument("--owl-lambda", type=float, default=0.08, help="OWL's lambda (llm-compressor: owl_lmbda)")
     parser.add_argument("--noise-floor", action="store_true",
                         help="also run the peer with 1 window per forward instead of 8: the same "
                              "algorithm with other float rounding, so its mask differences and "

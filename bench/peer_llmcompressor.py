@@ -29,6 +29,9 @@ def main() -> int:
     parser.add_argument("--block-size", type=int, default=128)
     parser.add_argument("--dampening", type=float, default=0.01)
     parser.add_argument("--batch-size", type=int, default=8, help="windows per forward; no effect on the result")
+    parser.add_argument("--sparsity-profile", default=None, help="owl: OWL layerwise sparsity (the modifiers' own)")
+    parser.add_argument("--owl-m", type=float, default=None)
+    parser.add_argument("--owl-lmbda", type=float, default=None)
     parser.add_argument("--out", required=True, help="directory for weights.safetensors and versions.json")
     args = parser.parse_args()
 
@@ -51,6 +54,8 @@ def main() -> int:
     # lm_head (outside the decoder layers) are not, as in our engine.
     common = {"sparsity": args.sparsity, "mask_structure": args.mask_structure,
               "targets": [decoder_class], "ignore": ["re:.*lm_head"]}
+    if args.sparsity_profile is not None:
+        common |= {"sparsity_profile": args.sparsity_profile, "owl_m": args.owl_m, "owl_lmbda": args.owl_lmbda}
     if args.method == "sparsegpt":
         modifier = SparseGPTModifier(block_size=args.block_size, dampening_frac=args.dampening, **common)
     else:

@@ -127,6 +127,8 @@ class MethodInfo(BaseModel):
     name: str = Field(description="Method name, as in PruneRequest.method.")
     description: str = Field(description="What it scores and where it comes from.")
     structured: bool = Field(description="Removes whole MLP neurons (sparsity 'neurons:R').")
+    depth: bool = Field(default=False, description="Removes whole decoder blocks (option drop_blocks; "
+                                                   "sparsity is ignored).")
     needs_calibration: bool = Field(description="Whether it uses calibration data.")
     protects: bool = Field(default=False, description="Honours protected neurons (protect, protect_task).")
     options: dict[str, Any] = Field(description="JSON schema of its options (defaults, bounds, help).")

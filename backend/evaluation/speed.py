@@ -73,9 +73,11 @@ class SpeedSettings:
 
 @cache
 def speed_code_version() -> str:
-    """12 hex digits of the SHA-256 of this module's source: a stored figure from other code is stale."""
+    """12 hex digits of the SHA-256 of this module's source and of the depth module that removes a depth
+    variant's blocks before timing: a stored figure from other code is stale."""
     here = Path(__file__).resolve()
-    return files_digest([here], here.parent)[:12]
+    backend_root = here.parents[1]
+    return files_digest([here, backend_root / "pruning" / "depth.py"], backend_root)[:12]
 
 
 def sparsity_kind(manifest: dict) -> str:
@@ -122,29 +124,10 @@ def variant_model(loaded: LoadedModel, variant_id: str, manifest: dict,
 
         model, _ = shrunk_model(model, loaded.adapter)
     elif kind == "blocks":
-        layers = loaded.adapter.decoder_layers(model)
-        dropped = set(manifest["dropped_blocks"])
-        kept = nn.ModuleList(layer for index, layer in enumerate(layers) if index not in dropped)
-        _replace_decoder_layers(model, loaded.adapter, kept)
+        from backend.pruning.depth import remove_blocks
+
+        remove_blocks(model, loaded.adapter, manifest["dropped_blocks"])
     return model.eval()
-
-
-def _replace_decoder_layers(model: nn.Module, adapter, kept: nn.ModuleList) -> None:
-    """Put ``kept`` where the model's decoder-layer list is (the first of the adapter's paths)."""
-    for path in adapter.layer_paths:
-        parent_path, _, attribute = path.rpartition(".")
-        try:
-            parent = model.get_submodule(parent_path) if parent_path else model
-        except AttributeError:
-            continue
-        if isinstance(getattr(parent, attribute, None), nn.ModuleList):
-            setattr(parent, attribute, kept)
-            break
-    for index, layer in enumerate(kept):
-        attention = getattr(layer, "self_attn", None)
-        if attention is not None and hasattr(attention, "layer_idx"):
-            attention.layer_idx = index
-    model.config.num_hidden_layers = len(kept)  # type: ignore[union-attr]  # a PreTrainedModel
 
 
 def semi_structured_model(model: nn.Module, adapter) -> tuple[nn.Module | None, str | None]:

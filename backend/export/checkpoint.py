@@ -19,7 +19,7 @@ from __future__ import annotations
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -64,6 +64,16 @@ def shrink_structured_if_available(model: PreTrainedModel, manifest: dict) -> tu
     return small, True
 
 
+def drop_blocks_if_depth(model: PreTrainedModel, manifest: dict) -> PreTrainedModel:
+    """A depth variant without its dropped decoder blocks (a copy); other variants as they are."""
+    if manifest.get("dropped_blocks") is None:
+        return model
+    from backend.models.adapters import adapter_for
+    from backend.pruning.depth import dropped_model
+
+    return cast("PreTrainedModel", dropped_model(model, adapter_for(model), manifest["dropped_blocks"]))
+
+
 def _pruned_linear_names(loaded) -> list[str]:
     """Module names of the prunable linears (what the pruning engine may have changed)."""
     names = {id(module): name for name, module in loaded.model.named_modules()}
@@ -80,6 +90,9 @@ def _check_request(manifest: dict, export_format: str, target: Path) -> None:
     if not target.parent.is_dir():
         raise UserError(f"{target.parent}: folder does not exist")
     if export_format == "compressed-tensors":
+        if manifest.get("dropped_blocks") is not None:
+            raise UserError("depth variants export as --format hf (the blocks are removed); "
+                            "compressed-tensors stores weight sparsity (N:M or unstructured)")
         if (manifest.get("spec") or {}).get("kind") == "neurons":
             raise UserError("structured (neuron) variants export as --format hf; compressed-tensors "
                             "stores weight sparsity (N:M or unstructured)")
@@ -116,6 +129,7 @@ def _compressed_state(loaded, manifest: dict):
 def _write_checkpoint(loaded, manifest: dict, export_format: str, staging: Path) -> bool:
     """Write weights, config and tokenizer into ``staging``; True when structured neurons were dropped."""
     model, shrunk = shrink_structured_if_available(loaded.model, manifest)
+    model = drop_blocks_if_depth(model, manifest)
     if export_format == "hf":
         model.save_pretrained(staging)
     else:
@@ -154,6 +168,9 @@ def export_variant(variant_id: str, out_dir: str | Path, *, export_format: str =
         if shrunk:
             note = ("Structured variant: the removed MLP neurons are sliced out, so the MLP is "
                     "narrower than the base model's (see intermediate size in config.json).")
+        elif manifest.get("dropped_blocks") is not None:
+            note = (f"Depth variant: decoder blocks {manifest['dropped_blocks']} of the base model are removed "
+                    f"({manifest['layers']['dense']} -> {manifest['layers']['kept']} layers).")
         elif (manifest.get("spec") or {}).get("kind") == "neurons":
             note = ("Structured variant: the removed MLP neurons are stored as zero rows/columns "
                     "at the full shapes (same outputs as a smaller model).")

@@ -106,6 +106,10 @@ def _prune(parser: argparse.ArgumentParser):
             bar.close()
         def lines(manifest: dict) -> Iterator[str]:
             yield f"{result.variant_id}{' (reused)' if result.reused else ''}"
+            if manifest.get("dropped_blocks") is not None:
+                yield (f"dropped decoder blocks {manifest['dropped_blocks']}: {manifest['layers']['dense']} -> "
+                       f"{manifest['layers']['kept']} layers")
+                return
             yield (f"achieved sparsity {manifest['achieved_sparsity']['overall']:.4f} "
                    f"(target {config.spec.target_sparsity:.4f}) over "
                    f"{len(manifest['achieved_sparsity']['per_linear'])} linear layers")
@@ -129,7 +133,8 @@ def _methods(parser: argparse.ArgumentParser):
 
         def lines(described: list[dict]) -> Iterator[str]:
             for method in described:
-                kind = "structured (neurons)" if method["structured"] else "weights"
+                kind = ("structured (neurons)" if method["structured"] else "depth (blocks)" if method.get("depth")
+                        else "weights")
                 yield f"{method['name']}\t{kind}\t{method['description']}"
                 for name, schema in method["options"].get("properties", {}).items():
                     yield (f"    --{name.replace('_', '-')}\t{schema.get('description', '')} "

@@ -50,6 +50,11 @@ PRODUCING_MODULES = (
     "backend.data.hub_sets",
     "backend.data.prompt_formats",
     "backend.data.user_files",
+    # the sparsity profile, the refinement and depth pruning, behind every method that uses them
+    "backend.pruning.profile_options",
+    "backend.pruning.owl",
+    "backend.pruning.dsnot",
+    "backend.pruning.depth",
 )
 
 
@@ -115,7 +120,8 @@ def imported_closure(roots: frozenset[str]) -> frozenset[str]:
 def method_modules(method: PruningMethod[Any]) -> frozenset[str]:
     """The modules holding ``method``'s code (its entry's functions and options) and every
     ``backend`` module they import: the helpers of a method, derived, never listed by hand."""
-    parts = (inspect.unwrap(method.prune), method.options, method.check, method.needs_for, method.selection)
+    parts = (inspect.unwrap(method.prune), method.options, method.check, method.needs_for, method.selection,
+             method.blocks)
     return imported_closure(frozenset(part.__module__ for part in parts if part is not None))
 
 
@@ -173,13 +179,20 @@ class PruneConfig:
     def method_options(self) -> MethodOptions:
         return self.info.parse_options(self.options)
 
+    @property
+    def uses_calibration(self) -> bool:
+        """Whether this variant reads calibration data (the method's needs, OWL or DSnoT)."""
+        return self.info.uses_calibration(self.method_options)
+
     def validate(self) -> None:
         """UserError for anything the engine would refuse, before any work."""
         method = self.info
         method.check_request(self.method_options, self.spec)
         if self.protection is not None:
             require_protection_support(method)
-        if method.needs_calibration and not self.calibration.startswith("file:"):
+            if getattr(self.method_options, "refine", "none") != "none":
+                raise UserError("--refine dsnot does not take protected neurons: its swaps would not respect them")
+        if self.uses_calibration and not self.calibration.startswith("file:"):
             from backend.data.sources import list_text_sets
 
             known = [entry["name"] for entry in list_text_sets()]
@@ -212,18 +225,18 @@ def calibration_identity(name: str) -> str:
 
 def variant_identity(base: str, config: PruneConfig, seqlen: int) -> dict:
     """The hashed part of a variant id. ``seqlen``: the window length used (capped by the model)."""
-    method = config.info
-    uses_data = method.needs_calibration
+    uses_data = config.uses_calibration
     return {
-        "code_version": code_version(method),
+        "code_version": code_version(config.info),
         "base_model": base,
         "method": config.method,
         "calibration": calibration_identity(config.calibration) if uses_data else "none",
-        "spec": asdict(config.spec),
+        # A depth method's amount is its option drop_blocks; the spec it ignores stays out of the id.
+        "spec": None if config.info.depth else asdict(config.spec),
         "nsamples": config.nsamples if uses_data else 0,
         "seqlen": seqlen if uses_data else 0,
         "seed": config.seed if uses_data else 0,
-        "options": config.method_options.model_dump(mode="json"),
+        "options": config.info.dump_options(config.method_options),
         # Only when something is protected: an empty protection keeps the unprotected id.
         **({"protection": config.protection.identity()} if config.protection is not None else {}),
     }
@@ -231,8 +244,15 @@ def variant_identity(base: str, config: PruneConfig, seqlen: int) -> dict:
 
 def identity_slug(identity: dict, spec: SparsitySpec) -> str:
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
-    spec_slug = {"unstructured": f"s{spec.ratio:g}", "nm": f"{spec.n}of{spec.m}",
-                 "neurons": f"n{spec.ratio:g}"}[spec.kind]
+    options = identity.get("options") or {}
+    if identity["spec"] is None:
+        spec_slug = f"drop{options.get('drop_blocks')}"
+    else:
+        spec_slug = {"unstructured": f"s{spec.ratio:g}", "nm": f"{spec.n}of{spec.m}",
+                     "neurons": f"n{spec.ratio:g}"}[spec.kind]
+    # The profile and the refinement are read at a glance in the id.
+    spec_slug += "-owl" if options.get("sparsity_profile") == "owl" else ""
+    spec_slug += "-dsnot" if options.get("refine") == "dsnot" else ""
     calibration = identity["calibration"]
     calib_slug = "file" if calibration.startswith("file:") else calibration
     protected = f"-protect{identity['protection']['count']}" if identity.get("protection") else ""

@@ -24,6 +24,7 @@ from backend.models.adapters import in_module_layout, weight_matrix
 from backend.pruning.config import PruneConfig, identity_slug, variant_identity
 from backend.pruning.layers import LayerCall, capture_decoder_inputs, collect_statistics, propagate
 from backend.pruning.registry import LayerToPrune, Pruned
+from backend.pruning.spec import SparsitySpec
 from backend.pruning.variants import read_manifest, variant_exists, write_variant
 
 __all__ = ["PruneConfig", "VariantResult", "capture_decoder_inputs", "collect_statistics",
@@ -44,7 +45,14 @@ def _window_length(loaded, config: PruneConfig) -> int:
 
 
 def variant_id(loaded, config: PruneConfig) -> str:
-    """The id ``create_variant(loaded, config)`` writes; the only place that computes one."""
+    """The id ``create_variant(loaded, config)`` writes; the only place that computes one.
+
+    Also where a request that does not fit the model is refused (a depth method asked to drop as
+    many blocks as the model has), so the API refuses it before starting a job."""
+    if config.info.depth:
+        from backend.pruning.depth import check_fits
+
+        check_fits(loaded, config)
     return identity_slug(variant_identity(loaded.name, config, _window_length(loaded, config)), config.spec)
 
 
@@ -152,9 +160,12 @@ def _prunable_layers(loaded) -> nn.ModuleList:
 
 
 def prune_layer(loaded, index: int, layer: nn.Module, config: PruneConfig, inputs: LayerInputs | None,
-                timings: dict) -> tuple[dict[str, nn.Module], list[Pruned]]:
-    """Statistics of one layer's inputs, then the method's changes to its linears (not applied)."""
+                timings: dict, spec: SparsitySpec | None = None) -> tuple[dict[str, nn.Module], list[Pruned]]:
+    """Statistics of one layer's inputs, then the method's changes to its linears (not applied).
+
+    ``spec``: this layer's own sparsity (a profile such as OWL); default the config's."""
     method, adapter = config.info, loaded.adapter
+    spec = spec or config.spec
     linears = adapter.prunable_linears(layer)
     if not linears:
         raise UserError(f"layer {index} has no prunable linear layers")
@@ -172,8 +183,13 @@ def prune_layer(loaded, index: int, layer: nn.Module, config: PruneConfig, input
     tick = time.perf_counter()
     guard = None if config.protection is None else config.protection.layer_guards(
         index, linears, adapter.mlp_inputs, adapter.mlp_output, lambda name: weight_matrix(linears[name]))
-    changes = method.prune(LayerToPrune(index, linears, statistics, adapter, guard), config.method_options,
-                           config.spec)
+    to_prune = LayerToPrune(index, linears, statistics, adapter, guard)
+    options = config.method_options
+    changes = method.prune(to_prune, options, spec)
+    if getattr(options, "refine", "none") == "dsnot":
+        from backend.pruning.dsnot import refine_changes
+
+        changes = refine_changes(to_prune, changes, options, spec)
     if guard is not None:
         for change in changes:
             if change.param == "weight" and change.linear in guard:
@@ -200,15 +216,34 @@ def create_variant(loaded, config: PruneConfig, *, progress: Progress | None = N
     if variant_exists(target, settings):
         report(1.0, f"reused existing variant {target}")
         return VariantResult(target, read_manifest(target, settings), reused=True)
+    if config.info.depth:
+        from backend.pruning.depth import create_depth_variant
+
+        manifest = create_depth_variant(loaded, config, target, calibration_inputs, _manifest, report, settings)
+        return VariantResult(target, manifest, reused=False)
     names = {id(module): name for name, module in loaded.model.named_modules()}
     timings: dict[str, float] = {}
     started = time.perf_counter()
     applied = AppliedChanges()
     try:
-        inputs = calibration_inputs(loaded, config, report, timings) if config.info.needs_calibration else None
+        inputs = calibration_inputs(loaded, config, report, timings) if config.uses_calibration else None
+        layer_specs: list[SparsitySpec | None] = [None] * len(layers)
+        extra: dict = {}
+        if getattr(config.method_options, "sparsity_profile", "uniform") == "owl":
+            from backend.pruning.owl import owl_profile
+            from backend.pruning.profile_options import WeightProfileOptions
+
+            options = config.method_options
+            assert inputs is not None, "OWL reads calibration data (config.uses_calibration)"
+            assert isinstance(options, WeightProfileOptions), "the registry joins the profile to weight methods"
+            report(0.0, "OWL: outlier ratios of the dense layers")
+            tick = time.perf_counter()
+            profile = owl_profile(loaded, layers, inputs.hidden, inputs.calls, options, config.spec)
+            timings["owl_profile"] = time.perf_counter() - tick
+            layer_specs, extra["owl"] = list(profile.specs()), profile.record()
         for index, layer in enumerate(layers):
             report(index / len(layers), f"layer {index + 1}/{len(layers)}")
-            linears, changes = prune_layer(loaded, index, layer, config, inputs, timings)
+            linears, changes = prune_layer(loaded, index, layer, config, inputs, timings, layer_specs[index])
             applied.apply(names[id(layer)], linears, changes)
             del changes  # free Hessians and updated weights before the next layer
             if inputs is not None and index + 1 < len(layers):
@@ -217,7 +252,7 @@ def create_variant(loaded, config: PruneConfig, *, progress: Progress | None = N
                 timings["propagate"] = timings.get("propagate", 0.0) + time.perf_counter() - tick
         timings["total_pruning"] = time.perf_counter() - started
         report(1.0, "writing the variant")
-        write_variant(target, _manifest(loaded, config, applied, timings), masks=applied.masks,
+        write_variant(target, {**_manifest(loaded, config, applied, timings), **extra}, masks=applied.masks,
                       weights=applied.values, settings=settings)
     finally:
         applied.restore()
@@ -232,7 +267,7 @@ def _manifest(loaded, config: PruneConfig, applied: AppliedChanges, timings: dic
         "base_model": loaded.name,
         "method": config.method,
         "code_version": identity["code_version"],
-        "calibration": config.calibration if config.info.needs_calibration else "none",
+        "calibration": config.calibration if config.uses_calibration else "none",
         "calibration_identity": identity["calibration"],
         "sparsity": config.spec.label,
         "spec": asdict(config.spec),

@@ -2,7 +2,8 @@
 
 ``PruneOptions`` = which model and method (with the method's own options, validated by the
 registry), the calibration windows (``CalibrationOptions``), the sparsity (``SparsityOptions``:
-``sparsity``, ``pattern`` or ``neuron_ratio``) and the protected neurons (``ProtectOptions``).
+``sparsity``, ``pattern`` or ``neuron_ratio``; a depth method's amount is its option ``drop_blocks``)
+and the protected neurons (``ProtectOptions``).
 ``prunelens prune`` generates its flags from these fields (``backend.commands.add_model_arguments``),
 ``POST /variants`` takes ``PruneRequest`` (this model), ``prunelens experiment protect`` generates
 its calibration and protection flags from the same fields; ``backend.pruning.service`` runs it.
@@ -10,13 +11,16 @@ its calibration and protection flags from the same fields; ``backend.pruning.ser
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from backend.errors import UserError
 from backend.pruning.protection import DEFAULT_UPWEIGHT_FACTOR
 from backend.pruning.spec import SparsitySpec
+
+if TYPE_CHECKING:
+    from backend.pruning.registry import PruningMethod
 
 DEFAULT_SPARSITY = "0.5"  # weight methods, when no sparsity, pattern or neuron ratio is given
 DEFAULT_RATIO = 0.01  # protected fraction of all MLP neurons with protect_task
@@ -52,18 +56,23 @@ class SparsityOptions(_Options):
     neuron_ratio: float | None = Field(
         default=None, gt=0, lt=1, description="Structured methods: fraction of MLP neurons removed.")
 
-    def sparsity_spec(self, structured: bool, method: str) -> SparsitySpec:
-        """The one sparsity of the request (UserError when more than one is given, or none for a
-        structured method)."""
-        given = [value for value in (self.sparsity, self.pattern, self.neuron_ratio) if value is not None]
+    def sparsity_spec(self, method: PruningMethod[Any]) -> SparsitySpec:
+        """The one sparsity of the request for ``method`` (UserError when more than one is given, none
+        for a structured method, or any for a depth method: its amount is its option drop_blocks)."""
+        given = [name for name in ("sparsity", "pattern", "neuron_ratio") if getattr(self, name) is not None]
         if len(given) > 1:
             raise UserError("give one of --sparsity, --pattern, --neuron-ratio")
+        if method.depth:
+            if given:
+                raise UserError(f"method {method.name!r} removes whole decoder blocks: give --drop-blocks K "
+                                f"(options.drop_blocks), not --{given[0].replace('_', '-')}")
+            return SparsitySpec.parse(DEFAULT_SPARSITY)  # not used by depth methods, nor part of their id
         if self.pattern is not None:
             return SparsitySpec.parse(self.pattern)
         if self.neuron_ratio is not None:
             return SparsitySpec.parse(f"neurons:{self.neuron_ratio}")
-        if self.sparsity is None and structured:
-            raise UserError(f"method {method!r} needs --neuron-ratio")
+        if self.sparsity is None and method.structured:
+            raise UserError(f"method {method.name!r} needs --neuron-ratio")
         return SparsitySpec.parse(self.sparsity or DEFAULT_SPARSITY)
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast
 
 import torch
@@ -26,6 +26,7 @@ from torch import nn
 
 from backend.errors import UserError
 from backend.models.adapters import ArchitectureAdapter, weight_matrix
+from backend.pruning.profile_options import PROFILE_FIELDS, WeightProfileOptions
 from backend.pruning.protection import WeightGuard
 from backend.pruning.spec import SparsitySpec
 from backend.pruning.stats import InputStatistics
@@ -44,6 +45,9 @@ BUILTIN_METHOD_MODULES = (
     "backend.pruning.methods.magnitude_neurons",
     "backend.pruning.methods.flap",
     "backend.pruning.methods.structured_obs",
+    "backend.pruning.methods.shortgpt",
+    "backend.pruning.methods.mi_prun",
+    "backend.pruning.methods.random_blocks",
 )
 
 
@@ -141,6 +145,24 @@ class PruningMethod(Generic[OptionsT]):
     # A structured method's selection (backend.pruning.structured.NeuronSelector), which ``prune``
     # wraps: which neurons of a layer go and how the kept ones compensate.
     selection: NeuronSelector[OptionsT] | None = None
+    # Depth methods remove whole decoder blocks (backend.pruning.depth): ``blocks(context, options)``
+    # returns the block indices to drop and the per-block scores; ``prune`` is then never called.
+    blocks: Callable[..., Any] | None = None
+
+    def __post_init__(self) -> None:
+        # Every weight method also takes the sparsity profile and the refinement (OWL, DSnoT),
+        # declared once in backend.pruning.profile_options.
+        if self.prunes_weights and not issubclass(self.options, WeightProfileOptions):
+            object.__setattr__(self, "options", with_weight_profile(self.options))
+
+    @property
+    def depth(self) -> bool:
+        return self.blocks is not None
+
+    @property
+    def prunes_weights(self) -> bool:
+        """Unstructured / N:M weight pruning: takes a sparsity profile and a refinement."""
+        return not self.structured and not self.depth
 
     @property
     def needs_calibration(self) -> bool:
@@ -148,33 +170,73 @@ class PruningMethod(Generic[OptionsT]):
 
     def input_needs(self, options: OptionsT) -> InputNeeds | None:
         """What the engine collects for ``options`` (an option such as sink_tokens can change it)."""
-        if self.needs is None or self.needs_for is None:
-            return self.needs
-        return self.needs_for(options)
+        needs = self.needs if self.needs is None or self.needs_for is None else self.needs_for(options)
+        if getattr(options, "refine", "none") == "dsnot":
+            # DSnoT's swaps are checked against the exact error on the calibration inputs: the
+            # second moments of every linear's input (the Hessian) and their mean.
+            needs = replace(needs or InputNeeds(), linears="all", hessian=True)
+        return needs
+
+    def uses_calibration(self, options: OptionsT) -> bool:
+        """Whether ``options`` make this method read calibration data (OWL and DSnoT always do)."""
+        return (self.input_needs(options) is not None
+                or getattr(options, "sparsity_profile", "uniform") != "uniform")
 
     def parse_options(self, values: dict | None) -> OptionsT:
         """The one validation path of options (CLI, HTTP, Python): UserError naming the problem."""
+        given = [name for name in PROFILE_FIELDS if name in (values or {})]
+        if given and not self.prunes_weights:
+            kind = "a structured (neuron)" if self.structured else "a depth (block)"
+            raise UserError(f"{given[0]} applies to unstructured and N:M weight methods; {self.name!r} is "
+                            f"{kind} method")
         try:
             return self.options.model_validate(values or {})
         except ValidationError as exc:
             problems = "; ".join(_problem(error) for error in exc.errors())
             raise UserError(f"{self.name}: {problems}") from None
 
+    def dump_options(self, options: OptionsT) -> dict:
+        """The options as JSON for the variant id and manifest; the profile / refinement fields only
+        where they differ from their defaults, so a uniform, unrefined variant keeps its old identity."""
+        dumped = options.model_dump(mode="json")
+        defaults = {name: info.default for name, info in WeightProfileOptions.model_fields.items()}
+        return {name: value for name, value in dumped.items()
+                if name not in defaults or value != defaults[name]}
+
     def check_request(self, options: OptionsT, spec: SparsitySpec) -> None:
         """UserError when ``spec`` does not suit the method or the options do not suit ``spec``."""
+        if self.depth:  # the blocks to drop are an option (--drop-blocks); any spec is ignored
+            if self.check is not None:
+                self.check(options, spec)
+            return
         if self.structured != (spec.kind == "neurons"):
             raise UserError(
                 f"method {self.name!r} takes --neuron-ratio (sparsity 'neurons:R')" if self.structured
                 else f"method {self.name!r} takes --sparsity or --pattern, not --neuron-ratio"
             )
+        if isinstance(options, WeightProfileOptions):
+            from backend.pruning.owl import check_owl
+
+            check_owl(options, spec)
         if self.check is not None:
             self.check(options, spec)
 
     def describe(self) -> dict:
         """JSON for GET /methods and `prunelens methods`."""
         return {"name": self.name, "description": self.description, "structured": self.structured,
+                "depth": self.depth,
                 "needs_calibration": self.needs_calibration, "protects": self.protects,
                 "options": self.options.model_json_schema()}
+
+
+def with_weight_profile(options: type[OptionsT]) -> type[OptionsT]:
+    """``options`` joined with the OWL / DSnoT fields: the model a weight method validates with.
+
+    The joined class keeps the method's module, so the variant's code version still hashes the
+    method's own source file (``backend.pruning.config.code_version``)."""
+    joined = type(options.__name__, (options, WeightProfileOptions),
+                  {"__module__": options.__module__, "__doc__": options.__doc__})
+    return cast(type[OptionsT], joined)
 
 
 def _problem(error: Mapping[str, Any]) -> str:

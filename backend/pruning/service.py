@@ -59,7 +59,7 @@ def check_prune_request(request: PruneOptions, *, model_name: str | None = None,
         raise UserError("file: calibration sets read the server's disk and are not accepted over HTTP; "
                         "use a named set from GET /calibration-sets")
     config = PruneConfig(method=request.method, calibration=calibration,
-                         spec=request.sparsity_spec(method.structured, method.name), nsamples=request.nsamples,
+                         spec=request.sparsity_spec(method), nsamples=request.nsamples,
                          seqlen=request.seqlen, seed=request.seed, options=request.options)
     config.validate()
     if protection is not None and protection.wanted:

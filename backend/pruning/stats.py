@@ -82,6 +82,8 @@ class InputStatistics:
             else None
         )
         self._hessian_lower_stale = False
+        # Sum of the inputs (cheap, [in]): the mean without the covariance (DSnoT's E[X_j]).
+        self._sum = torch.zeros(in_features, dtype=torch.float32, device=self.device)  # [in]
         self._mean = (
             torch.zeros(in_features, dtype=torch.float32, device=self.device)
             if covariance
@@ -124,6 +126,7 @@ class InputStatistics:
             return
         previous = self.tokens
         total = previous + added
+        self._sum += batch.sum(dim=0)
         if self._sum_squares is not None:
             self._sum_squares += (batch * batch).sum(dim=0)
         if self._hessian is not None:
@@ -204,5 +207,5 @@ class InputStatistics:
         if self._fold_parts:
             return pooled(self.fold_moments()).mean
         if self._mean is None:
-            raise RuntimeError("InputStatistics was created without covariance=True")
+            return self._sum / max(self.tokens, 1)
         return self._mean

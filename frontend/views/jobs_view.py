@@ -13,7 +13,9 @@ def describe_job(job: dict) -> str:
     """What a job does, from its parameters: ``prune wanda 0.5 · c4`` or ``evaluate dense on sst2, rte``."""
     params = job.get("params") or {}
     if job.get("kind") == "prune":
-        return (f"prune {params.get('method', '?')} {params.get('sparsity', '')} \u00b7 "
+        # A depth method's request has no sparsity: its amount is the option drop_blocks (default 1).
+        amount = params.get("sparsity") or f"blocks:{(params.get('options') or {}).get('drop_blocks', 1)}"
+        return (f"prune {params.get('method', '?')} {amount} \u00b7 "
                 f"{params.get('calibration', '?')} ({params.get('nsamples', '?')} x {params.get('seqlen', '?')})")
     if job.get("kind") == "evaluate":
         target = params.get("variant") or "dense"

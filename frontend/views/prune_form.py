@@ -2,9 +2,10 @@
 
 The methods come from ``GET /methods`` (every registered one, each with the JSON schema of its
 options), the bounds and help of the common fields from the OpenAPI schema of ``PruneRequest``.
-A method's options are shown only for that method, the protection fields only when "Protect
-neurons" is not "none" (and the upweight factor only with upweight). Not an ``st.form``: the
-fields shown depend on choices made in it, so each choice redraws the form.
+A method's options are shown only for that method (a depth method's amount, ``drop_blocks``, is one
+of them, so it shows no sparsity field), the protection fields only when "Protect neurons" is not
+"none" (and the upweight factor only with upweight). Not an ``st.form``: the fields shown depend on
+choices made in it, so each choice redraws the form.
 """
 
 from __future__ import annotations
@@ -51,11 +52,12 @@ def prune_form(api, ui, model: str | None, methods: list[dict], request_schema: 
         if unreachable:
             st.caption("Not available now, the model hub cannot be reached: " + ", ".join(unreachable))
     structured = bool(method.get("structured"))
-    # Keyed by the kind of method: a structured method's neurons:R is not carried over to a weight method.
-    sparsity = st.text_input("Sparsity", value=DEFAULT_NEURON_SPARSITY if structured else "0.5",
-                             key=f"{key}_sparsity" + ("_neurons" if structured else ""),
-                             help=fields.get("sparsity", {}).get("description"))
-    body["sparsity"] = sparsity.strip()
+    if not method.get("depth"):  # a depth method's amount is its option drop_blocks, not a sparsity
+        # Keyed by the kind of method: a structured method's neurons:R is not carried over to a weight method.
+        sparsity = st.text_input("Sparsity", value=DEFAULT_NEURON_SPARSITY if structured else "0.5",
+                                 key=f"{key}_sparsity" + ("_neurons" if structured else ""),
+                                 help=fields.get("sparsity", {}).get("description"))
+        body["sparsity"] = sparsity.strip()
     if method.get("needs_calibration", True):
         n1, n2, n3 = st.columns(3)
         body["nsamples"] = schema_widgets.field_widget(

@@ -119,3 +119,24 @@ def test_protection_fields_show_only_when_they_apply(dashboard, backend):  # noq
     at.selectbox(key="jobs_protect_mode").set_value("upweight").run()
     factor = at.number_input(key="jobs_protect_factor")
     assert (factor.value, factor.min) == (10.0, 1.0)
+
+
+def test_a_depth_method_takes_its_blocks_not_a_sparsity(dashboard, backend):  # noqa: F811
+    at = _open(dashboard(), "jobs")
+    at.selectbox(key="jobs_method").set_value("shortgpt").run()
+    _clean(at)
+    assert _widget(at, "jobs_sparsity") is None and _widget(at, "jobs_sparsity_neurons") is None
+    drop = at.number_input(key="jobs_opt_shortgpt_drop_blocks")
+    assert (drop.value, drop.min) == (1, 1)
+    assert _widget(at, "jobs_opt_shortgpt_sparsity_profile") is None  # OWL / DSnoT: weight methods only
+    at.number_input(key="jobs_nsamples").set_value(2)
+    at.number_input(key="jobs_seqlen").set_value(16)
+    drop.set_value(2)  # the test backend's model has 2 blocks: refused with the backend's one line
+    at.button(key="jobs_create").click().run()
+    assert any("drop at most 1" in e.value for e in at.error), [e.value for e in at.error]
+    at.number_input(key="jobs_opt_shortgpt_drop_blocks").set_value(1)
+    at.button(key="jobs_create").click().run()
+    assert any("Prune job" in s.value for s in at.success), [e.value for e in at.error]
+    jobs = backend["app"].state.api.jobs.store.list(kind="prune")
+    params = next(job.params for job in jobs if job.params.get("method") == "shortgpt")
+    assert params["options"] == {} and params.get("sparsity") is None, params  # drop_blocks 1: the default

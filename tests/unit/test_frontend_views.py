@@ -368,6 +368,11 @@ def test_calibration_groups_keep_variants_that_differ_only_in_calibration_togeth
     assert len(groups) == 3
     assert jobs_view.describe_job({"kind": "evaluate", "params": {"variant": None, "tasks": ["sst2"], "limit": 5}}) \
         == "evaluate dense on sst2, limit 5"
+    depth = {"method": "shortgpt", "sparsity": None, "calibration": "c4", "nsamples": 2, "seqlen": 16}
+    assert jobs_view.describe_job({"kind": "prune", "params": {**depth, "options": {"drop_blocks": 4}}}) \
+        == "prune shortgpt blocks:4 \u00b7 c4 (2 x 16)"
+    assert jobs_view.describe_job({"kind": "prune", "params": {**depth, "options": {}}}).startswith(
+        "prune shortgpt blocks:1 ")
     done = {"id": "j1", "kind": "prune", "state": "succeeded", "progress": 1.0, "message": "done",
             "params": {"method": "ria", "sparsity": "2:4", "calibration": "c4", "nsamples": 16, "seqlen": 256},
             "result": {"variant_id": "ria-c4-2of4-x"}, "error": None}

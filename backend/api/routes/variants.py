@@ -146,9 +146,10 @@ def create_variant_job(body: PruneRequest, state: State) -> JobAccepted:
     config = check_prune_request(body, model_name=model, protection=body.protection_request(), allow_files=False,
                                  settings=state.settings)
     # The job's request in one form: the sparsity as the label parse reads back (a pattern or a
-    # neuron ratio given becomes it), the calibration as the engine takes it.
+    # neuron ratio given becomes it; a depth method takes none, its amount is options.drop_blocks),
+    # the calibration as the engine takes it.
     params = {**body.model_dump(exclude={"pattern", "neuron_ratio"}), "model": model,
-              "calibration": config.calibration, "sparsity": config.spec.label}
+              "calibration": config.calibration, "sparsity": None if config.info.depth else config.spec.label}
     default = state.pool.default
     # Known now only when the job will prune the loaded default model (and no NSA selection has
     # to run first); else the job records it.
