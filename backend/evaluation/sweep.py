@@ -271,8 +271,9 @@ def _one_line(exc: BaseException) -> str:
     return text if isinstance(exc, UserError) else f"{exc.__class__.__name__}: {text}"
 
 
-def run_cell(cell: SweepCell, spec: SweepSpec) -> CellOutcome:
+def run_cell(cell: SweepCell, spec: SweepSpec, progress: Progress | None = None) -> CellOutcome:
     """Prune and evaluate one cell; any error becomes a failed outcome (never an exception).
+    ``progress``: the evaluation's progress (``evaluate``), called after the prune.
     On Ray, the worker's environment (``sweep_ray.worker_environment``) names the cache and results."""
     from backend.evaluation.runner import evaluate
     from backend.evaluation.store import ResultsStore
@@ -285,7 +286,7 @@ def run_cell(cell: SweepCell, spec: SweepSpec) -> CellOutcome:
             variant_id = prune_for_cell(loaded, cell, spec)
         results = evaluate(loaded, list(spec.tasks), variant_id=variant_id, limit=spec.limit,
                            batch_size=spec.batch_size, store=ResultsStore.from_settings(),
-                           num_fewshot=spec.fewshot())
+                           num_fewshot=spec.fewshot(), progress=progress)
     except Exception as exc:  # noqa: BLE001 - a failing cell must not stop the sweep
         return CellOutcome(cell.key, "failed", variant_id, _one_line(exc),
                            seconds=time.perf_counter() - started)

@@ -10,13 +10,20 @@ once (``ResultsStore.put``) and a variant folder appears by an atomic rename.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable
+from pathlib import Path
 
 from backend.errors import UserError
-from backend.evaluation.sweep import CellOutcome, SweepCell, SweepSpec, _one_line, run_cell
+from backend.evaluation.sweep import CellOutcome, Progress, SweepCell, SweepSpec, _one_line, run_cell
 
 # Reruns of a cell whose worker died; a cell that fails by itself is recorded, not rerun.
 MAX_RETRIES = 1
+# Test-only fault injection: a folder; the first pruned cell with a task result in the store while the
+# folder has no "killed" file creates it (with its pid) and SIGKILLs its own worker process. It
+# dies mid-cell at the worst moment: its variant written and a result stored, its outcome not
+# yet returned, so the rerun must reuse both rather than store them again.
+KILL_ONCE_ENV = "PRUNELENS_TEST_KILL_CELL_ONCE"
 
 
 def worker_environment() -> dict[str, str]:
@@ -33,11 +40,28 @@ def worker_environment() -> dict[str, str]:
     return environment
 
 
+def _kill_once_progress(folder: Path) -> Progress:
+    def progress(fraction: float, _message: str) -> None:
+        if fraction <= 0:
+            return  # no result of this cell is stored yet: die mid-cell, not before its evaluation
+        try:
+            marker = os.open(folder / "killed", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return
+        os.write(marker, str(os.getpid()).encode())
+        os.close(marker)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    return progress
+
+
 def run_cell_on_worker(cell: SweepCell, spec: SweepSpec) -> CellOutcome:
     """``run_cell`` in a Ray worker, its outcome marked with the node and process that ran it."""
     import ray
 
-    outcome = run_cell(cell, spec)
+    fault = os.environ.get(KILL_ONCE_ENV)
+    progress = _kill_once_progress(Path(fault)) if fault and cell.method is not None else None
+    outcome = run_cell(cell, spec, progress)
     outcome.worker = {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
     return outcome
 
