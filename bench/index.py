@@ -30,6 +30,7 @@ def child(tokens: int, variant: str, batch_tokens: int) -> dict:
     from backend.neurons.corpus import batch_tensors, plan_batches
     from backend.neurons.models import load_index_models
     from backend.neurons.request import IndexRequest
+    from backend.neurons.store import index_dir
     from backend.neurons.writer import write_index
 
     request = IndexRequest(variants=[variant], tokens=tokens, batch_tokens=batch_tokens)
@@ -48,9 +49,10 @@ def child(tokens: int, variant: str, batch_tokens: int) -> dict:
     state = accumulate(dense, variants, inputs, documents)
     indexed = time.perf_counter() - started
     started = time.perf_counter()
-    write_index(state, inputs, dense.tokenizer, f"bench-{tokens}")
+    folder = index_dir(write_index(state, inputs, dense.tokenizer, f"bench-{tokens}"))
     written = time.perf_counter() - started
     return {
+        "folder_mb": sum(path.stat().st_size for path in folder.iterdir()) / 2**20,
         "tokens": state.tokens,
         "plain_s": plain,
         "pass_s": indexed,
@@ -88,7 +90,8 @@ def main() -> int:
     del loaded
     tokens = 4000 if args.quick else args.tokens
     results = {}
-    for count in (tokens, max(1000, tokens // 10)):
+    print(f"index bench: embedded model + {variant}, batch_tokens {args.batch_tokens}", flush=True)
+    for count in (max(1000, tokens // 10), tokens):  # the small run first: its figures come early
         output = subprocess.run(
             [
                 sys.executable,
@@ -104,15 +107,15 @@ def main() -> int:
             capture_output=True,
             text=True,
         ).stdout
-        results[count] = json.loads(output.strip().splitlines()[-1])
+        row = results[count] = json.loads(output.strip().splitlines()[-1])
+        print(
+            f"  {row['tokens']:>7} tokens: plain forwards {row['plain_s']:7.1f} s, index pass {row['pass_s']:7.1f} s "
+            f"({row['pass_s'] / row['plain_s']:.2f}x), write {row['write_s']:5.1f} s, "
+            f"peak RSS {row['peak_rss_mb']:7.0f} MB, index folder {row['folder_mb']:6.1f} MB",
+            flush=True,
+        )
     big, small = results[tokens], results[max(1000, tokens // 10)]
     ratio = (big["pass_s"] + big["write_s"]) / big["plain_s"]
-    print(f"index bench: embedded model + {variant}, batch_tokens {args.batch_tokens}")
-    for row in (big, small):
-        print(
-            f"  {row['tokens']:>7} tokens: plain forwards {row['plain_s']:7.1f} s, index pass {row['pass_s']:7.1f} s, "
-            f"write {row['write_s']:5.1f} s, peak RSS {row['peak_rss_mb']:7.0f} MB"
-        )
     print(
         f"  time: index (pass + write) / plain forwards = {ratio:.2f} "
         f"(pass only {big['pass_s'] / big['plain_s']:.2f}); "

@@ -7,6 +7,7 @@ and the result does not depend on how the corpus was cut. Tensors stay on the mo
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -16,6 +17,21 @@ from backend.neurons.topk import TopK
 
 SIDES = ("positive", "negative")
 HALVES = (0, 1)  # document parity: the split halves of the chance floor
+
+
+def profile_matrix(rows: torch.Tensor, slots: torch.Tensor, profile_tokens: int, tokens: int) -> torch.Tensor | None:
+    """The [P, tokens] 0/1 matrix (sparse CSR) with a 1 at (slot, row) for each profile row: times
+    a batch's activations [tokens, N] it gives the per-slot sums [P, N], the same additions as an
+    ``index_add_`` over the rows, about four times faster on CPU. ``rows``/``slots`` [m]."""
+    if not rows.numel():
+        return None
+    order = slots.argsort(stable=True)  # rows of a slot stay in token order
+    counts = torch.bincount(slots, minlength=profile_tokens)
+    crow = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": construction and matmul are all we use
+        warnings.simplefilter("ignore")
+        return torch.sparse_csr_tensor(crow, rows[order], torch.ones(rows.numel(), device=rows.device),
+                                       size=(profile_tokens, tokens), check_invariants=False)
 
 
 @dataclass
@@ -45,10 +61,10 @@ class LayerStats:
             top={(half, side): TopK.empty(neurons, k, device, payload_shapes) for half in HALVES for side in SIDES},
         )
 
-    def add_tokens(self, activations: torch.Tensor, half: int, profile_rows: torch.Tensor,
-                   profile_slots: torch.Tensor) -> None:
-        """Add a batch's counted tokens: ``activations`` [tokens, N]; ``profile_rows`` [m] the
-        rows whose token is a profile token, ``profile_slots`` [m] its slot."""
+    def add_tokens(self, activations: torch.Tensor, half: int, profile_sums: torch.Tensor | None) -> None:
+        """Add a batch's counted tokens: ``activations`` [tokens, N]; ``profile_sums`` [P, tokens]
+        (sparse, see ``profile_matrix``) sums the rows of each profile token, None when the batch
+        holds none."""
         neurons = activations.shape[1]
         magnitudes = activations.abs()  # [tokens, N]
         self.sum += activations.sum(0, dtype=torch.float64)
@@ -61,10 +77,9 @@ class LayerStats:
         bins += torch.arange(neurons, dtype=torch.int32, device=bins.device)
         counts = torch.bincount(bins.view(-1), minlength=HISTOGRAM_BINS * neurons)
         self.histogram += counts.view(HISTOGRAM_BINS, neurons).t()
-        if profile_rows.numel():
-            partial = torch.zeros_like(self.profile[half], dtype=activations.dtype)
-            partial.index_add_(0, profile_slots, activations.index_select(0, profile_rows))
-            self.profile[half] += partial
+        if profile_sums is not None:
+            values = activations if activations.dtype == profile_sums.dtype else activations.float()
+            self.profile[half] += profile_sums @ values  # [P, N]
 
     def merge(self, other: LayerStats) -> LayerStats:
         return LayerStats(

@@ -24,8 +24,9 @@ import torch.nn.functional as F
 from backend.errors import UserError
 from backend.models.hooks import neuron_hooks
 from backend.models.loader import LoadedModel
-from backend.neurons.accumulators import SIDES, IndexState, KLState, LayerStats, merge_states
+from backend.neurons.accumulators import SIDES, IndexState, KLState, LayerStats, merge_states, profile_matrix
 from backend.neurons.corpus import (
+    KEY_EMPTY,
     BatchTensors,
     IndexCorpus,
     batch_tensors,
@@ -103,16 +104,18 @@ class _BatchObserver:
         slot[torch.tensor(inputs.profile_ids, dtype=torch.long)] = torch.arange(len(inputs.profile_ids))
         self.slot_of_token = slot.to(device)  # [vocab] profile slot, -1 for other tokens
         self.batch: BatchTensors | None = None
+        self.profile_sums: torch.Tensor | None = None  # [P, counted] of the current batch
         self.dense_counted: dict[int, torch.Tensor] = {}  # layer -> [counted, N]
         self.pending: dict[int, dict[str, tuple[TopK, torch.Tensor, torch.Tensor]]] = {}
 
     def start(self, batch: BatchTensors) -> None:
         self.batch = batch
         slots = self.slot_of_token[batch.token_ids]
-        self.profile_rows = (slots >= 0).nonzero().flatten()
-        self.profile_slots = slots[self.profile_rows]
-        self.state.profile_counts[batch.half].index_add_(
-            0, self.profile_slots, torch.ones_like(self.profile_slots))
+        profile_rows = (slots >= 0).nonzero().flatten()
+        profile_slots = slots[profile_rows]
+        self.state.profile_counts[batch.half].index_add_(0, profile_slots, torch.ones_like(profile_slots))
+        self.profile_sums = profile_matrix(profile_rows, profile_slots, len(self.inputs.profile_ids),
+                                           batch.token_ids.numel())  # [P, counted]
 
     def function(self, model_id: str, layer: int):
         def observe(neurons: torch.Tensor) -> None:  # [batch, tokens, neurons]
@@ -141,11 +144,12 @@ class _BatchObserver:
         assert batch is not None
         counted = flat_neurons.index_select(0, batch.flat)  # [counted, N]
         stats = self.state.layers[model_id][layer]
-        stats.add_tokens(counted, batch.half, self.profile_rows, self.profile_slots)
+        stats.add_tokens(counted, batch.half, self.profile_sums)
         candidates = {}
         for side, sign in zip(SIDES, (1, -1), strict=True):
             scores, keys, rows = batch_top(counted, batch.keys, self.k, sign)
             flat, inside = self._windows(rows)
+            inside &= (keys != KEY_EMPTY)[..., None]  # empty entries carry NaN windows, as TopK.empty
             candidates[side] = (TopK(scores, keys, {"window": self._gather(flat_neurons, flat, inside)}), flat, inside)
         if model_id == DENSE:
             if self.variant_ids:

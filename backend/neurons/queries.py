@@ -1,7 +1,9 @@
 """Reading an index: neuron pages, changed neurons, divergent contexts, token search (plain JSON dicts).
 
-DuckDB reads the Parquet tables; they are sorted by (layer, neuron), so a neuron's rows sit in
-one or two row groups and its page reads only those.
+A neuron page reads one row group of each per-neuron table (``backend.neurons.reader``: the
+writer records which row group holds which neurons), with the vocabulary and the documents kept in
+memory; the corpus-wide questions (changed neurons, divergence, token search) are DuckDB queries
+over the Parquet tables.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import duckdb
 from backend.config import Settings
 from backend.errors import NotFoundError, UserError
 from backend.neurons.build import DENSE
-from backend.neurons.store import index_dir, read_index_manifest
+from backend.neurons.reader import open_index
 
 ORDERS = {  # change measure -> SQL order, most changed first (NaN last)
     "pearson": "pearson ASC NULLS LAST",
@@ -57,8 +59,9 @@ def _clean(value):
 
 class _Index:
     def __init__(self, index_id: str, settings: Settings | None) -> None:
-        self.manifest = read_index_manifest(index_id, settings)
-        self.folder = index_dir(index_id, settings)
+        self.files = open_index(index_id, settings)
+        self.manifest = self.files.manifest
+        self.folder = self.files.folder
         self.id = index_id
 
     def table(self, name: str) -> str:
@@ -77,18 +80,24 @@ class _Index:
             raise NotFoundError(f"variant {variant!r} is not in index {self.id} (it holds: {held})")
 
     def token_texts(self, token_ids: set[int]) -> dict[int, str]:
-        if not token_ids:
-            return {}
-        rows = _rows(f"SELECT token_id, token FROM {self.table('vocab')} WHERE token_id IN "
-                     f"({','.join(str(int(t)) for t in token_ids)})")
-        return {row["token_id"]: row["token"] for row in rows}
+        vocab = self.files.vocab()
+        return {token: vocab[token] for token in token_ids if 0 <= token < len(vocab)}
 
     def document_tokens(self, documents: set[int]) -> dict[int, list[int]]:
-        if not documents:
-            return {}
-        rows = _rows(f"SELECT document, token_ids FROM {self.table('documents')} WHERE document IN "
-                     f"({','.join(str(int(d)) for d in documents)})")
-        return {row["document"]: row["token_ids"] for row in rows}
+        return self.files.document_tokens(documents)
+
+    def neuron_rows(self, table: str, layer: int, neuron: int) -> list[dict]:
+        """(layer, neuron)'s rows of a per-neuron table, as plain Python values."""
+        rows = self.files.neuron_rows(table, layer, neuron)
+        if "window" not in rows.column_names:
+            return rows.to_pylist()
+        # the windows through numpy: a third of the cost of converting each float16 on its own
+        windows = rows.column("window").combine_chunks()
+        values = windows.flatten().to_numpy(zero_copy_only=False).reshape(len(rows), -1).tolist()  # [rows, W]
+        plain = rows.drop_columns(["window"]).to_pylist()
+        for row, window in zip(plain, values, strict=True):
+            row["window"] = window
+        return plain
 
 
 def _window_example(row: dict, context: int, documents: dict[int, list[int]], texts: dict[int, str]) -> dict:
@@ -113,15 +122,13 @@ def neuron_page(index_id: str, layer: int, neuron: int, variant: str | None = No
     index.check_neuron(layer, neuron)
     index.check_variant(variant)
     models = [DENSE] + ([variant] if variant else [])
-    where = "WHERE layer = ? AND neuron = ? AND model IN (" + ",".join("?" * len(models)) + ")"
-    stats_rows = {row["model"]: row for row in _rows(
-        f"SELECT * FROM {index.table('neurons')} {where}", [layer, neuron, *models])}
-    examples = _rows(f"SELECT model, side, rank, document, position, activation, token_id, \"window\" "
-                     f"FROM {index.table('examples')} {where} ORDER BY model, side, rank", [layer, neuron, *models])
+    stats_rows = {row["model"]: row for row in index.neuron_rows("neurons", layer, neuron) if row["model"] in models}
+    examples = sorted((row for row in index.neuron_rows("examples", layer, neuron) if row["model"] in models),
+                      key=lambda row: (row["model"], row["side"], row["rank"]))
     documents = index.document_tokens({row["document"] for row in examples})
     context = index.manifest["context"]
-    needed = {t for row in examples for p, t in enumerate(documents[row["document"]])
-              if abs(p - row["position"]) <= context}
+    needed = {t for row in examples
+              for t in documents[row["document"]][max(0, row["position"] - context):row["position"] + context + 1]}
     texts = index.token_texts(needed)
     built = {(row["model"], row["side"], row["rank"]): _window_example(row, context, documents, texts)
              for row in examples}
@@ -146,8 +153,7 @@ def neuron_page(index_id: str, layer: int, neuron: int, variant: str | None = No
         "dense": block(DENSE), "variant": None, "weights_removed": None,
     }
     if variant:
-        agreement = _rows(f"SELECT * FROM {index.table('agreement')} WHERE layer = ? AND neuron = ? AND variant = ?",
-                          [layer, neuron, variant])[0]
+        agreement = next(row for row in index.neuron_rows("agreement", layer, neuron) if row["variant"] == variant)
         reread = []
         for side in ("positive", "negative"):
             pairs = zip(listed(DENSE, side), listed(variant, f"reread_{side}"), strict=True)

@@ -23,6 +23,23 @@ def ranked_order(scores: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     return by_key.gather(1, by_score)
 
 
+def first_ranked(scores: torch.Tensor, keys: torch.Tensor, k: int) -> torch.Tensor:
+    """``ranked_order(scores, keys)[:, :k]`` for entries whose scores are positive or empty (-inf):
+    one ``topk`` instead of two stable sorts. Only a tie between positive scores lets the key
+    decide, so the rows holding one among (or at the edge of) their first k are ranked in full;
+    entries with score <= 0 come out in score order, their keys unordered (they are empties).
+    ``scores``/``keys`` [rows, m] -> [rows, min(k, m)]."""
+    k = min(k, scores.shape[1])
+    values, order = scores.topk(k, dim=1)  # [rows, k] descending, ties in no particular order
+    boundary = values[:, -1:]
+    tied = ((values[:, 1:] == values[:, :-1]) & (values[:, 1:] > 0)).any(1)
+    tied |= ((scores == boundary) & (boundary > 0)).sum(1) > 1
+    rows = tied.nonzero().flatten()
+    if rows.numel():
+        order[rows] = ranked_order(scores[rows], keys[rows])[:, :k]
+    return order
+
+
 @dataclass
 class TopK:
     scores: torch.Tensor  # [rows, k] float32, -inf when empty
@@ -59,7 +76,7 @@ class TopK:
             {name: torch.cat([_payload_or_nan(self, name, other), _payload_or_nan(other, name, self)], dim=1)
              for name in names},
         )
-        return both.take(ranked_order(both.scores, both.keys)[:, : self.k])
+        return both.take(first_ranked(both.scores, both.keys, self.k))
 
 
 def _payload_or_nan(top: TopK, name: str, reference: TopK) -> torch.Tensor:
@@ -87,7 +104,7 @@ def batch_top(activations: torch.Tensor, keys: torch.Tensor, k: int, sign: int =
     candidates, rows = candidates.t(), rows.t()  # [neurons, fetched]
     last_fetched = candidates[:, -1]
     candidate_keys = keys[rows]
-    order = ranked_order(candidates, candidate_keys)[:, :k]
+    order = first_ranked(candidates, candidate_keys, k)
     top_scores, top_keys, rows = candidates.gather(1, order), candidate_keys.gather(1, order), rows.gather(1, order)
     if fetched < tokens and fetched >= k:
         boundary = top_scores[:, k - 1]

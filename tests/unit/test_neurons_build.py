@@ -13,6 +13,7 @@ from backend.neurons.agreement import overall_top, pearson_from_sums
 from backend.neurons.build import DENSE, IndexInputs, accumulate
 from backend.neurons.corpus import KEY_EMPTY, POSITION_BITS
 from backend.neurons.request import HISTOGRAM_BINS, HISTOGRAM_INNER_EDGES, IndexRequest
+from backend.neurons.topk import first_ranked, ranked_order
 from tests.conftest import tiny_loaded
 from tests.unit.neurons_helpers import distinct_corpus, full_activations, pruned_copy
 
@@ -176,3 +177,20 @@ def test_result_does_not_depend_on_batch_tokens_or_shard_order(built):
     _assert_states_equal(state, merge_states([second, first]))
     with pytest.raises(ValueError, match="disjoint"):
         first.merge(first)
+
+
+def test_first_ranked_equals_the_full_ranking_with_ties():
+    generator = torch.Generator().manual_seed(0)
+    # few distinct values: many ties between positive scores, some entries empty (-inf) or <= 0
+    scores = torch.randint(-2, 6, (500, 40), generator=generator).float()
+    scores[scores < -1] = float("-inf")
+    keys = torch.randperm(500 * 40, generator=generator).view(500, 40)
+    keys[scores == float("-inf")] = KEY_EMPTY
+    for k in (1, 7, 20, 40):
+        fast, full = first_ranked(scores, keys, k), ranked_order(scores, keys)[:, :k]
+        assert torch.equal(scores.gather(1, fast), scores.gather(1, full))
+        positive = scores.gather(1, full) > 0  # the order of entries <= 0 is free (they are empties)
+        assert torch.equal(keys.gather(1, fast)[positive], keys.gather(1, full)[positive])
+    scores[scores > 0] += torch.rand(scores.shape, generator=generator)[scores > 0]  # almost no ties
+    assert torch.equal(keys.gather(1, first_ranked(scores, keys, 20))[scores.topk(20, 1).values > 0],
+                       keys.gather(1, ranked_order(scores, keys)[:, :20])[scores.topk(20, 1).values > 0])
