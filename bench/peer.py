@@ -203,6 +203,8 @@ def main() -> int:
                              "algorithm with other float rounding, so its mask differences and "
                              "perplexity ratio are what rounding alone gives")
     args = parser.parse_args()
+    # The peer runs in a scratch working directory: a relative interpreter path is the caller's.
+    args.peer_python = str(Path(args.peer_python).absolute())
     if not os.access(args.peer_python, os.X_OK):
         print(f"peer python {args.peer_python} not found: create the peer environment (see --help) "
               "or pass --peer-python", file=sys.stderr)
