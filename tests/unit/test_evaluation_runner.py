@@ -109,11 +109,11 @@ def test_a_failing_task_keeps_the_finished_ones_and_a_rerun_does_the_rest(store,
     real = runner.run_harness
     calls = []
 
-    def fail_on_second(lm, task, manager, limit, bootstrap_iters, sample_seed):
+    def fail_on_second(lm, task, manager, limit, bootstrap_iters, sample_seed, num_fewshot=0):
         calls.append(task.task_name)
         if len(calls) == 2:
             raise RuntimeError("out of memory")
-        return real(lm, task, manager, limit, bootstrap_iters, sample_seed)
+        return real(lm, task, manager, limit, bootstrap_iters, sample_seed, num_fewshot)
 
     monkeypatch.setattr(runner, "run_harness", fail_on_second)
     with pytest.raises(RuntimeError):
