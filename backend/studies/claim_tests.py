@@ -146,6 +146,25 @@ def trend_test(table: Outcomes, levels: Sequence[float], resamples: int, seed: i
             "accuracies": [float(value) for value in table.scores.mean(axis=1)]}
 
 
+def trend_interval(table: Outcomes, levels: Sequence[float], resamples: int, seed: int,
+                   confidence: float = 0.95) -> dict:
+    """Percentile bootstrap interval of ``trend_test``'s slope: examples resampled with all their
+    conditions (each example keeps its outcomes at every level, as the slope pairs them)."""
+    x = np.asarray(levels, dtype=float)
+    centred = (x - x.mean()) / ((x - x.mean()) ** 2).sum()  # [levels]
+    scores = np.asarray(table.scores, dtype=float)  # [levels, examples]
+
+    def statistic(chosen, axis=-1):  # resampled example indices [..., examples]
+        return np.moveaxis(scores[:, chosen], 0, -2).mean(axis=-1) @ centred  # [...]
+
+    if np.all(scores == scores[:, :1]):  # every example scores the same: no spread to resample
+        value = float(statistic(np.arange(table.n)))
+        return {"low": value, "high": value}
+    result = stats.bootstrap((np.arange(table.n),), statistic, vectorized=True, n_resamples=resamples,
+                             method="percentile", confidence_level=confidence, rng=seed)
+    return {"low": float(result.confidence_interval.low), "high": float(result.confidence_interval.high)}
+
+
 def paired_difference(first: np.ndarray, second: np.ndarray, resamples: int, seed: int,
                       confidence: float = 0.95) -> dict:
     """Mean of ``first - second`` (per-example scores of two conditions on the same examples):

@@ -24,6 +24,7 @@ from backend.studies.claim_tests import (
     spread_difference,
     spread_interval,
     spread_test,
+    trend_interval,
     trend_test,
 )
 from backend.studies.evidence import ClaimEvidence
@@ -170,11 +171,12 @@ def judge_c3(evidence: ClaimEvidence, claim: Claim, settings: Settings) -> dict:
     pooled_table = Outcomes("pooled", "all", conditions, np.concatenate([t.scores for t in same], axis=1))
     levels = [sparsity_level(c) for c in conditions]
     pooled = trend_test(pooled_table, levels, settings.resamples, settings.seed)
+    pooled.update(trend_interval(pooled_table, levels, settings.resamples, settings.seed))
     rows.insert(0, {"level": "pooled", "name": f"{len(same)} task table(s)", **pooled, "conditions": list(conditions)})
     gains = [row["name"] for row in rows[1:] if row["p_holm"] < settings.alpha and row["slope"] > 0]
     ours = (f"pooled accuracy {' -> '.join(_pts(a) for a in pooled['accuracies'])} over sparsity "
             f"{' -> '.join(conditions)}: slope {_pts(pooled['slope'])} pts per unit sparsity "
-            f"(p = {pooled['p_value']:.3g})")
+            f"[{_pts(pooled['low'])}, {_pts(pooled['high'])}] (p = {pooled['p_value']:.3g})")
     if pooled["p_value"] < settings.alpha:
         verdict = REPLICATED if pooled["slope"] < 0 else CONTRADICTED
         why = "accuracy falls with sparsity" if pooled["slope"] < 0 else "accuracy rises with sparsity"
@@ -185,7 +187,8 @@ def judge_c3(evidence: ClaimEvidence, claim: Claim, settings: Settings) -> dict:
     span = max(levels) - min(levels)
     mde = _accuracy_mde(tables, settings)
     mde = {**mde, "value": mde["value"] / span, "unit": "accuracy points per unit sparsity (end to end)"}
-    estimate = {"value": pooled["slope"], "low": None, "high": None, "unit": "accuracy per unit sparsity"}
+    estimate = {"value": pooled["slope"], "low": pooled["low"], "high": pooled["high"],
+                "unit": "accuracy per unit sparsity"}
     return _judgement(verdict, why, ours, estimate, mde, rows, notes)
 
 

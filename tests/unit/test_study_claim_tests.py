@@ -88,6 +88,34 @@ def test_c3_trend_finds_a_planted_fall_and_its_sign():
     assert pooled["slope"] == pytest.approx(np.polyfit(x, falling.scores.mean(axis=1), 1)[0])
 
 
+def test_c3_slope_interval_covers_the_planted_slope_and_excludes_zero_only_when_there_is_one():
+    rng = np.random.default_rng(7)
+    levels = np.array([0.0, 0.5, 0.8])
+    covered = 0
+    for draw in range(40):  # coverage of the planted slope over independent tables
+        planted = 0.9 - 0.5 * levels  # slope -0.5 exactly, no per-example difficulty
+        scores = (rng.random((3, 300)) < planted[:, None]).astype(float)
+        interval = claim_tests.trend_interval(Outcomes("t", "c", ("0", "0.5", "0.8"), scores), levels, 600, draw)
+        assert interval["high"] < 0  # a fall of 0.5 per unit at n = 300 is never mistaken for none
+        covered += interval["low"] <= -0.5 <= interval["high"]
+    assert covered >= 34  # a 95 % interval; 34 of 40 leaves room for the binomial spread
+    flat = (rng.random((3, 300)) < 0.6).astype(float)
+    interval = claim_tests.trend_interval(Outcomes("t", "c", ("0", "0.5", "0.8"), flat), levels, 600, 0)
+    assert interval["low"] < 0 < interval["high"]
+    again = claim_tests.trend_interval(Outcomes("t", "c", ("0", "0.5", "0.8"), flat), levels, 600, 0)
+    assert again == interval  # seeded
+
+
+def test_c3_reports_the_slope_with_its_interval():
+    rng = np.random.default_rng(5)
+    falling = _table("sciq", "reasoning", [0.9, 0.8, 0.6, 0.35], 150, rng)
+    falling = Outcomes("sciq", "reasoning", ("0", "0.5", "0.6", "0.8"), falling.scores)
+    judgement = judge_c3(_Evidence(sparsity=[falling]), Claim(), Settings(resamples=1000))
+    pooled = judgement["rows"][0]
+    assert pooled["low"] < pooled["slope"] < pooled["high"] < 0
+    assert (judgement["estimate"]["low"], judgement["estimate"]["high"]) == (pooled["low"], pooled["high"])
+
+
 def test_paired_difference_of_identical_conditions_is_zero_and_not_significant():
     scores = np.random.default_rng(2).integers(0, 2, 80).astype(float)
     result = claim_tests.paired_difference(scores, scores, 500, 0)
