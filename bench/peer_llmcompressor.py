@@ -45,6 +45,8 @@ def main() -> int:
     from llmcompressor.modifiers.pruning.sparsegpt import SparseGPTModifier
     from safetensors.torch import load_file, save_file
 
+    if args.sparsity_profile == "owl":
+        _let_owl_calibrate_before_initialization()
     torch.manual_seed(0)
     windows = load_file(args.windows)["input_ids"]  # [n, seqlen] int64
     model = transformers.AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
@@ -86,6 +88,52 @@ def main() -> int:
                 "transformers": transformers.__version__, "torch": torch.__version__}
     (out / "versions.json").write_text(json.dumps(versions))
     return 0
+
+
+def _let_owl_calibrate_before_initialization() -> None:
+    """Work around two faults of llm-compressor 0.14.0.1's OWL profile, each of which stops it on
+    every model:
+
+    1. "Cannot invoke event before initializing": the modifier measures its activation norms
+       during its own initialization by running the basic calibration pipeline, and that pipeline
+       announces calibration start and end to the session, whose lifecycle refuses events until
+       initialization is over. The events only reach modifiers, none of which is initialized yet,
+       so while the activations are measured they are skipped.
+    2. The layerwise sparsities come back as a dict {decoder layer name: sparsity}, but the
+       modifier hands a per-layer value to its modules only for a list (a dict reaches the pruning
+       whole: "unsupported operand type(s) for *: 'int' and 'dict'"). They are given as a list in
+       the order of the modifier's own target layers, the order its hooks use.
+
+    Everything else (the norms, the outlier ratios, the sparsities, the pruning) is the peer's own
+    code, unchanged."""
+    import functools
+
+    from llmcompressor.core.session_functions import LifecycleCallbacks
+    from llmcompressor.modifiers.pruning.sparsegpt.sgpt_base import SparsityModifierBase
+
+    measure = SparsityModifierBase._get_activations
+    announced = ("calibration_start", "sequential_epoch_end", "calibration_end")
+
+    @functools.wraps(measure)
+    def measure_quietly(self, *args, **kwargs):
+        saved = {name: LifecycleCallbacks.__dict__[name] for name in announced}
+        for name in announced:
+            setattr(LifecycleCallbacks, name, classmethod(lambda cls, *a, **k: None))
+        try:
+            return measure(self, *args, **kwargs)
+        finally:
+            for name, original in saved.items():
+                setattr(LifecycleCallbacks, name, original)
+
+    SparsityModifierBase._get_activations = measure_quietly
+    infer = SparsityModifierBase._infer_owl_layer_sparsity
+
+    @functools.wraps(infer)
+    def infer_as_list(self, *args, **kwargs):
+        per_layer = infer(self, *args, **kwargs)  # {decoder layer name: sparsity}
+        return [per_layer[name] for name in self._target_layers]
+
+    SparsityModifierBase._infer_owl_layer_sparsity = infer_as_list
 
 
 if __name__ == "__main__":
