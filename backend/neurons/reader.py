@@ -31,6 +31,7 @@ from backend.neurons.store import MANIFEST, index_dir
 
 PER_NEURON_TABLES = ("neurons", "examples", "agreement")
 OPEN_INDEXES = 8  # indexes kept open per process (each holds its vocabulary and documents)
+KEPT_READERS = 4  # open Parquet readers kept per table of an open index (each holds a file descriptor)
 ROW_GROUP_CACHE_BYTES = 64 << 20  # decoded row groups kept per process (~100 kB for one page's three)
 
 
@@ -150,7 +151,11 @@ class IndexFiles:
             return handle.read_row_group(group, use_threads=False)
         finally:
             with self._handles_lock:
-                self._handles[table].append(handle)
+                kept = len(self._handles[table]) < KEPT_READERS
+                if kept:
+                    self._handles[table].append(handle)
+            if not kept:
+                handle.close()
 
     def vocab(self) -> list[str]:
         """Token text by token id."""
