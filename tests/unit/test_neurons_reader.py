@@ -146,3 +146,9 @@ def test_page_windows_are_the_stored_float16_in_their_shortest_decimal(written):
             checked += 1
     assert checked == len(stored)
 
+
+def test_the_per_neuron_tables_are_lz4_compressed(written):
+    for table in PER_NEURON_TABLES:  # cheaper to decode per small group than zstd (writer.py)
+        footer = pq.read_metadata(indexes_root() / INDEX / f"{table}.parquet")
+        group = footer.row_group(0)
+        assert {group.column(i).compression for i in range(group.num_columns)} == {"LZ4"}
