@@ -48,14 +48,27 @@ def _clean(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _texts(column: pa.ChunkedArray) -> list[str]:
+    """A text column as a list; a dictionary column through its indices (converting each value
+    of a dictionary array on its own costs more than the rest of the page)."""
+    values: list[str] = []
+    for chunk in column.chunks:
+        if pa.types.is_dictionary(chunk.type):
+            names = chunk.dictionary.to_pylist()
+            values += [names[code] for code in chunk.indices.to_numpy(zero_copy_only=False).tolist()]
+        else:
+            values += chunk.to_pylist()
+    return values
+
+
 def example_blocks(files: IndexFiles, rows: pa.Table, models: list[str]) -> dict[tuple[str, str], list[dict]]:
     """``{(model, side): [EXAMPLE, ...] by rank}`` of one neuron's ``examples`` rows of ``models``.
 
     EXAMPLE: document, position, activation (float32), tokens / token_ids / activations of the
     window's tokens inside the document, and ``focus``, the example's place in those lists.
     """
-    model = rows.column("model").to_pylist()
-    side = rows.column("side").to_pylist()
+    model = _texts(rows.column("model"))
+    side = _texts(rows.column("side"))
     rank = rows.column("rank").to_numpy()
     wanted = [i for i, name in enumerate(model) if name in models]
     blocks: dict[tuple[str, str], list[dict]] = {}
