@@ -29,23 +29,29 @@ class IndexSummary(Open):
                                                    "a new build request computes a fresh index.")
 
 
+# window activations: float16 in the index, sent as their shortest decimal (backend.neurons.page)
+WINDOW_PRECISION = ("Stored as float16 and written as the shortest decimal that reads back as that float16 "
+                    "(at most 5 significant digits; within 2^-11 relative, or 2^-25 absolute below 6.1e-5).")
+
+
 class Example(Open):
     document: int = Field(description="Document number in corpus order.")
     position: int = Field(description="Token position of the example in its document (0 = the first "
                                       "text token after the start token).")
-    activation: float = Field(description="The neuron's activation on that token.")
+    activation: float = Field(description="The neuron's activation on that token (float32, every digit).")
     tokens: list[str] = Field(description="The context window's tokens (± context tokens).")
     token_ids: list[int] = Field(default_factory=list, description="Their token ids.")
-    activations: list[float] = Field(description="This model's activation on each window token.")
+    activations: list[float] = Field(description=f"This model's activation on each window token. {WINDOW_PRECISION}")
     focus: int = Field(description="Index of the example token in `tokens`.")
 
 
 class RereadExample(Example):
     dense_activation: float = Field(description="The dense model's activation on the example token.")
     variant_activation: float = Field(description="The variant's activation on the same token.")
-    dense_activations: list[float] = Field(default_factory=list, description="Dense activations on the window.")
+    dense_activations: list[float] = Field(default_factory=list,
+                                           description=f"Dense activations on the window. {WINDOW_PRECISION}")
     variant_activations: list[float] = Field(default_factory=list,
-                                             description="The variant's activations on the window.")
+                                             description=f"The variant's activations on the window. {WINDOW_PRECISION}")
 
 
 class NeuronStats(Open):

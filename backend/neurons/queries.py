@@ -17,6 +17,7 @@ import duckdb
 from backend.config import Settings
 from backend.errors import NotFoundError, UserError
 from backend.neurons.build import DENSE
+from backend.neurons.page import example_blocks
 from backend.neurons.reader import open_index
 
 ORDERS = {  # change measure -> SQL order, most changed first (NaN last)
@@ -87,32 +88,8 @@ class _Index:
         return self.files.document_tokens(documents)
 
     def neuron_rows(self, table: str, layer: int, neuron: int) -> list[dict]:
-        """(layer, neuron)'s rows of a per-neuron table, as plain Python values."""
-        rows = self.files.neuron_rows(table, layer, neuron)
-        if "window" not in rows.column_names:
-            return rows.to_pylist()
-        # the windows through numpy: a third of the cost of converting each float16 on its own
-        windows = rows.column("window").combine_chunks()
-        values = windows.flatten().to_numpy(zero_copy_only=False).reshape(len(rows), -1).tolist()  # [rows, W]
-        plain = rows.drop_columns(["window"]).to_pylist()
-        for row, window in zip(plain, values, strict=True):
-            row["window"] = window
-        return plain
-
-
-def _window_example(row: dict, context: int, documents: dict[int, list[int]], texts: dict[int, str]) -> dict:
-    """EXAMPLE of one examples row: the window's tokens inside the document and their activations."""
-    window = row["window"]
-    first = row["position"] - context
-    kept = [(first + offset, value) for offset, value in enumerate(window)
-            if value is not None and not math.isnan(value)]
-    token_ids = [documents[row["document"]][position] for position, _ in kept]
-    return {
-        "document": row["document"], "position": row["position"], "activation": _clean(float(row["activation"])),
-        "tokens": [texts.get(token, "") for token in token_ids], "token_ids": token_ids,
-        "activations": [float(value) for _, value in kept],
-        "focus": [position for position, _ in kept].index(row["position"]),
-    }
+        """(layer, neuron)'s rows of a statistics table (``neurons``, ``agreement``), as plain values."""
+        return self.files.neuron_rows(table, layer, neuron).to_pylist()
 
 
 def neuron_page(index_id: str, layer: int, neuron: int, variant: str | None = None,
@@ -123,19 +100,10 @@ def neuron_page(index_id: str, layer: int, neuron: int, variant: str | None = No
     index.check_variant(variant)
     models = [DENSE] + ([variant] if variant else [])
     stats_rows = {row["model"]: row for row in index.neuron_rows("neurons", layer, neuron) if row["model"] in models}
-    examples = sorted((row for row in index.neuron_rows("examples", layer, neuron) if row["model"] in models),
-                      key=lambda row: (row["model"], row["side"], row["rank"]))
-    documents = index.document_tokens({row["document"] for row in examples})
-    context = index.manifest["context"]
-    needed = {t for row in examples
-              for t in documents[row["document"]][max(0, row["position"] - context):row["position"] + context + 1]}
-    texts = index.token_texts(needed)
-    built = {(row["model"], row["side"], row["rank"]): _window_example(row, context, documents, texts)
-             for row in examples}
+    built = example_blocks(index.files, index.files.neuron_rows("examples", layer, neuron), models)
 
     def listed(model: str, side: str) -> list[dict]:
-        return [example for (m, s, _), example in sorted(built.items(), key=lambda item: item[0][2])
-                if m == model and s == side]
+        return built.get((model, side), [])
 
     def block(model: str) -> dict:
         stats = stats_rows[model]

@@ -6,7 +6,10 @@ from it once is kept, per process, for the most recently used indexes; a folder 
 the same id (deleted and rebuilt) is noticed by its manifest's modification time. The writer cuts
 the per-neuron tables into row groups on neuron boundaries and records the layout in the
 manifest (``row_groups``, see ``backend.neurons.writer``), so a neuron's rows are located by
-arithmetic and read by decoding that row group only, whatever the size of the index.
+arithmetic and read by decoding that row group only, whatever the size of the index. Decoded
+row groups are kept in a small LRU (``ROW_GROUP_CACHE_BYTES``): neighbouring neurons share them
+(8 neurons per ``examples`` group, 32 per statistics group), so browsing along a layer decodes
+each group once.
 """
 
 from __future__ import annotations
@@ -28,6 +31,64 @@ from backend.neurons.store import MANIFEST, index_dir
 
 PER_NEURON_TABLES = ("neurons", "examples", "agreement")
 OPEN_INDEXES = 8  # indexes kept open per process (each holds its vocabulary and documents)
+KEPT_READERS = 4  # open Parquet readers kept per table of an open index (each holds a file descriptor)
+ROW_GROUP_CACHE_BYTES = 64 << 20  # decoded row groups kept per process (~100 kB for one page's three)
+
+
+class DecodedGroup:
+    """One decoded row group and where each neuron's rows lie in it (the writer sorts the rows by
+    layer, neuron, so a neuron's rows are one slice; a group that is not sorted is filtered)."""
+
+    def __init__(self, rows: pa.Table, neurons_per_layer: int) -> None:
+        self.rows = rows
+        self.nbytes = rows.get_total_buffer_size()
+        keys = (rows.column("layer").to_numpy().astype(np.int64) * neurons_per_layer
+                + rows.column("neuron").to_numpy())  # [rows] layer * N + neuron
+        self._keys = keys if bool(np.all(keys[1:] >= keys[:-1])) else None
+
+    def neuron_rows(self, layer: int, neuron: int, neurons_per_layer: int) -> pa.Table:
+        if self._keys is None:
+            rows = self.rows
+            return rows.filter(pc.and_(pc.equal(rows["layer"], layer), pc.equal(rows["neuron"], neuron)))
+        key = layer * neurons_per_layer + neuron
+        start, stop = np.searchsorted(self._keys, [key, key + 1])
+        return self.rows.slice(int(start), int(stop - start))
+
+
+class RowGroupCache:
+    """A byte-bounded LRU of decoded row groups, keyed by (opened index, table, group). An index
+    never changes once written, so a kept group is exactly what decoding it again would give."""
+
+    def __init__(self, capacity: int = ROW_GROUP_CACHE_BYTES) -> None:
+        self.capacity = capacity
+        self._groups: OrderedDict[tuple, DecodedGroup] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> DecodedGroup | None:
+        with self._lock:
+            group = self._groups.get(key)
+            if group is not None:
+                self._groups.move_to_end(key)
+            return group
+
+    def put(self, key: tuple, group: DecodedGroup) -> None:
+        with self._lock:
+            if key in self._groups or group.nbytes > self.capacity:
+                return
+            self._groups[key] = group
+            self._bytes += group.nbytes
+            while self._bytes > self.capacity:
+                _, evicted = self._groups.popitem(last=False)
+                self._bytes -= evicted.nbytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._groups.clear()
+            self._bytes = 0
+
+
+row_groups = RowGroupCache()
 
 
 class IndexFiles:
@@ -40,7 +101,12 @@ class IndexFiles:
         self._footers = {name: pq.read_metadata(folder / f"{name}.parquet") for name in PER_NEURON_TABLES}
         self._lock = threading.Lock()
         self._vocab: list[str] | None = None
+        self._vocab_array: np.ndarray | None = None
         self._documents: tuple[np.ndarray, np.ndarray] | None = None
+        # open Parquet readers per table, each used by one thread at a time (a reader is not
+        # shared between threads); opening one costs about as much as decoding a small group
+        self._handles: dict[str, list[pq.ParquetFile]] = {name: [] for name in PER_NEURON_TABLES}
+        self._handles_lock = threading.Lock()
 
     def row_group(self, table: str, layer: int, neuron: int) -> int | None:
         """The row group of ``table`` holding (layer, neuron)'s rows; None when it has none."""
@@ -62,10 +128,34 @@ class IndexFiles:
         group = self.row_group(table, layer, neuron)
         if group is None:
             return footer.schema.to_arrow_schema().empty_table()
-        # one thread: the group is small, and a server runs many of these reads side by side
-        with pq.ParquetFile(path, metadata=footer) as handle:
-            rows = handle.read_row_group(group, use_threads=False)
-        return rows.filter(pc.and_(pc.equal(rows["layer"], layer), pc.equal(rows["neuron"], neuron)))
+        return self.decoded_group(table, group).neuron_rows(layer, neuron, self.manifest["neurons"])
+
+    def decoded_group(self, table: str, group: int) -> DecodedGroup:
+        """Row group ``group`` of ``table``, decoded (kept in ``row_groups``)."""
+        key = (self, table, group)
+        decoded = row_groups.get(key)
+        if decoded is None:
+            decoded = DecodedGroup(self.read_group(table, group), self.manifest["neurons"])
+            row_groups.put(key, decoded)
+        return decoded
+
+    def read_group(self, table: str, group: int) -> pa.Table:
+        """Row group ``group`` of ``table`` decoded from the file (no cache)."""
+        with self._handles_lock:
+            handles = self._handles[table]
+            handle = handles.pop() if handles else None
+        if handle is None:
+            handle = pq.ParquetFile(self.folder / f"{table}.parquet", metadata=self._footers[table],
+                                    pre_buffer=False)
+        try:  # one thread: the group is small, and a server runs many of these reads side by side
+            return handle.read_row_group(group, use_threads=False)
+        finally:
+            with self._handles_lock:
+                kept = len(self._handles[table]) < KEPT_READERS
+                if kept:
+                    self._handles[table].append(handle)
+            if not kept:
+                handle.close()
 
     def vocab(self) -> list[str]:
         """Token text by token id."""
@@ -79,8 +169,19 @@ class IndexFiles:
                 self._vocab = texts
             return self._vocab
 
-    def document_tokens(self, documents: set[int]) -> dict[int, list[int]]:
-        """Token ids (the start token first) of each of ``documents``."""
+    def vocab_array(self) -> np.ndarray:
+        """[vocabulary + 1] object: token text by token id, then "" (for ids outside the vocabulary)."""
+        with self._lock:
+            held = self._vocab_array
+        if held is None:
+            held = np.array([*self.vocab(), ""], dtype=object)
+            with self._lock:
+                self._vocab_array = held
+        return held
+
+    def document_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every document's token ids (the start token first) concatenated in document order
+        ([corpus tokens] int32), and the offsets of each document in them ([documents + 1])."""
         with self._lock:
             if self._documents is None:
                 table = pq.read_table(self.folder / "documents.parquet").sort_by("document")
@@ -88,7 +189,11 @@ class IndexFiles:
                 flat = column.values.to_numpy()  # [corpus tokens] int32
                 offsets = column.offsets.to_numpy()  # [documents + 1]
                 self._documents = (flat, offsets)
-            flat, offsets = self._documents
+            return self._documents
+
+    def document_tokens(self, documents: set[int]) -> dict[int, list[int]]:
+        """Token ids (the start token first) of each of ``documents``."""
+        flat, offsets = self.document_arrays()
         return {document: flat[offsets[document]:offsets[document + 1]].tolist() for document in documents}
 
 

@@ -290,3 +290,19 @@ def test_a_sigkilled_build_is_interrupted_never_served_and_resumes(tmp_path):
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(20)
+
+
+def test_answers_are_compact_json_with_nan_as_null_and_the_same_values_as_the_json_module():
+    import json
+    import math
+
+    from backend.api.neuron_reads import json_bytes
+
+    answer = {"a": [0.1234, 1e-05, 0.30000000000000004, -3.67562198638916, 2**53 + 1], "b": "ünï \"q\"",
+              "c": {"nan": math.nan, "inf": -math.inf, "nested": [[math.nan, 1.5]]}, "d": None, "e": True}
+    body = json_bytes(answer)
+    assert b", " not in body and b": " not in body and "ünï".encode() in body  # compact, UTF-8 text
+    parsed = json.loads(body)
+    assert parsed["c"] == {"nan": None, "inf": None, "nested": [[None, 1.5]]}
+    assert parsed == json.loads(json.dumps({**answer, "c": parsed["c"]}))  # every float survives exactly
+    assert json.loads(json_bytes({1: [2**70]})) == {"1": [2**70]}  # beyond orjson: the json module writes it

@@ -5,13 +5,14 @@ reads equals a full DuckDB scan of the file."""
 from __future__ import annotations
 
 import duckdb
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
 
 from backend.neurons.build import IndexInputs, accumulate
 from backend.neurons.queries import neuron_page
-from backend.neurons.reader import PER_NEURON_TABLES, open_index
+from backend.neurons.reader import PER_NEURON_TABLES, RowGroupCache, open_index, row_groups
 from backend.neurons.request import IndexRequest
 from backend.neurons.store import indexes_root
 from backend.neurons.writer import NEURONS_PER_ROW_GROUP, write_index
@@ -82,3 +83,72 @@ def test_a_neuron_page_reads_only_its_row_groups(written, monkeypatch, layer, ne
         assert files.neuron_rows(table, layer, neuron).num_rows == _full_scan(table, layer, neuron) > 0
     shown = sum(len(page[model][side]) for model in ("dense", "variant") for side in ("top_positive", "top_negative"))
     assert shown + len(page["variant"]["dense_top_reread"]) == _full_scan("examples", layer, neuron)
+
+
+def test_a_kept_row_group_gives_exactly_what_an_uncached_read_gives(written, monkeypatch):
+    inputs = written
+    files = open_index(INDEX)
+    row_groups.clear()
+    neurons = [(0, 0), (0, 5), (1, inputs.neurons - 1)]
+    first = {(table, key): files.neuron_rows(table, *key) for table in PER_NEURON_TABLES for key in neurons}
+    reads: list[int] = []
+    original = pq.ParquetFile.read_row_group
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group",
+                        lambda self, index, *a, **k: reads.append(index) or original(self, index, *a, **k))
+    for (table, key), rows in first.items():
+        path = indexes_root() / INDEX / f"{table}.parquet"
+        scanned = pq.read_table(path, filters=[("layer", "=", key[0]), ("neuron", "=", key[1])])
+        kept = files.neuron_rows(table, *key)
+        assert kept.num_rows > 0 and kept.equals(scanned) and rows.equals(scanned)
+    assert reads == []  # the second reads all came from the kept groups
+    row_groups.clear()
+    assert all(files.neuron_rows(table, *key).equals(rows) for (table, key), rows in first.items())
+    assert len(reads) == len({(table, files.row_group(table, *key)) for table, key in first})
+
+
+def test_the_row_group_cache_stays_within_its_bytes(written):
+    files = open_index(INDEX)
+    group = files.decoded_group("examples", 0)
+    cache = RowGroupCache(capacity=2 * group.nbytes)
+    for number in range(4):
+        cache.put(("x", number), group)
+    assert [cache.get(("x", number)) is not None for number in range(4)] == [False, False, True, True]
+
+
+def test_page_windows_are_the_stored_float16_in_their_shortest_decimal(written):
+    page = neuron_page(INDEX, 1, 3, "v")
+    stored = pq.read_table(indexes_root() / INDEX / "examples.parquet",
+                           filters=[("layer", "=", 1), ("neuron", "=", 3)]).to_pylist()
+    by_key = {(row["model"], row["side"], row["rank"]): row for row in stored}
+    documents = pq.read_table(indexes_root() / INDEX / "documents.parquet").to_pylist()
+    tokens_of = {row["document"]: row["token_ids"] for row in documents}
+    context = open_index(INDEX).manifest["context"]
+    blocks = [("dense", side, page["dense"][f"top_{side}"]) for side in ("positive", "negative")]
+    blocks += [("v", side, page["variant"][f"top_{side}"]) for side in ("positive", "negative")]
+    blocks += [("v", f"reread_{side}", [row for row in page["variant"]["dense_top_reread"] if row["side"] == side])
+               for side in ("positive", "negative")]
+    checked = 0
+    for model, side, examples in blocks:
+        for rank, example in enumerate(examples):
+            row = by_key[(model, side, rank)]
+            window = np.array(row["window"], dtype=np.float16)  # [2·context + 1]
+            inside = ~np.isnan(window)
+            shown = example["variant_activations"] if side.startswith("reread") else example["activations"]
+            # exactly the stored float16 values, printed in at most 5 significant digits
+            assert np.array_equal(np.array(shown, dtype=np.float16), window[inside])
+            assert all(float(f"{value:.5g}") == value for value in shown)
+            expected = np.abs(window[inside].astype(np.float64))
+            assert np.all(np.abs(np.array(shown) - window[inside]) <= np.maximum(2**-11 * expected, 2**-25))
+            places = [row["position"] - context + offset for offset in np.flatnonzero(inside)]
+            if not side.startswith("reread"):
+                assert example["token_ids"] == [tokens_of[row["document"]][place] for place in places]
+                assert example["focus"] == places.index(row["position"])
+            checked += 1
+    assert checked == len(stored)
+
+
+def test_the_per_neuron_tables_are_lz4_compressed(written):
+    for table in PER_NEURON_TABLES:  # cheaper to decode per small group than zstd (writer.py)
+        footer = pq.read_metadata(indexes_root() / INDEX / f"{table}.parquet")
+        group = footer.row_group(0)
+        assert {group.column(i).compression for i in range(group.num_columns)} == {"LZ4"}
