@@ -78,6 +78,53 @@ class TopK:
         )
         return both.take(first_ranked(both.scores, both.keys, self.k))
 
+    def merge_entries(self, rows: torch.Tensor, scores: torch.Tensor, keys: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Merge loose candidate entries into this top-k **in place**, exactly as ``merge`` would.
+
+        ``rows``/``scores``/``keys`` [m]: entry i is a candidate of row ``rows[i]``. Only rows that
+        receive a new entry are rewritten. The new entries' payloads are left NaN for the caller
+        to fill (so windows are gathered only for entries that survived), at the returned
+        (row, slot, entry) triples, each [s]: ``payload[row, slot]`` belongs to candidate ``entry``.
+        """
+        k = self.k
+        kept = (scores > 0).nonzero().flatten()  # the top-k holds positive scores only
+        rows, scores, keys = rows[kept], scores[kept], keys[kept]
+        none = rows.new_zeros(0)
+        if not rows.numel():
+            return none, none, none
+        grouped = rows.argsort(stable=True)  # candidates of a row together
+        rows, scores, keys = rows[grouped], scores[grouped], keys[grouped]
+        targets, counts = torch.unique_consecutive(rows, return_counts=True)  # [R]
+        starts = counts.cumsum(0) - counts
+        group = torch.repeat_interleave(torch.arange(targets.numel(), device=rows.device), counts)  # [m]
+        column = torch.arange(rows.numel(), device=rows.device) - starts[group]
+        width = int(counts.max())
+        candidate_scores = scores.new_full((targets.numel(), width), float("-inf"))
+        candidate_keys = keys.new_full((targets.numel(), width), KEY_EMPTY)
+        candidate_scores[group, column], candidate_keys[group, column] = scores, keys
+        both_scores = torch.cat([self.scores[targets], candidate_scores], 1)  # [R, k + width]
+        both_keys = torch.cat([self.keys[targets], candidate_keys], 1)
+        order = first_ranked(both_scores, both_keys, k)  # [R, k]
+        new_scores, new_keys = both_scores.gather(1, order), both_keys.gather(1, order)
+        fresh = (order >= k) & (new_scores > 0)  # [R, k] slots now holding a candidate
+        changed = fresh.any(1).nonzero().flatten()
+        if not changed.numel():
+            return none, none, none
+        order, fresh, new_scores = order[changed], fresh[changed], new_scores[changed]
+        changed_rows = targets[changed]
+        self.scores[changed_rows], self.keys[changed_rows] = new_scores, new_keys[changed]
+        refill = fresh | ~(new_scores > 0)  # new entries (filled by the caller) and empty slots: NaN
+        old = order.clamp(max=k - 1)
+        for values in self.payload.values():
+            index = old.view(*old.shape, *([1] * (values.dim() - 2))).expand(*old.shape, *values.shape[2:])
+            moved = values[changed_rows].gather(1, index)
+            moved[refill] = float("nan")
+            values[changed_rows] = moved
+        row, slot = fresh.nonzero().unbind(1)
+        entry = kept[grouped[starts[changed[row]] + order[row, slot] - k]]
+        return changed_rows[row], slot, entry
+
 
 def _payload_or_nan(top: TopK, name: str, reference: TopK) -> torch.Tensor:
     if name in top.payload:
@@ -120,3 +167,52 @@ def batch_top(activations: torch.Tensor, keys: torch.Tensor, k: int, sign: int =
         rows = torch.cat([rows, rows.new_zeros((neurons, pad))], 1)
     empty = ~(top_scores > 0)
     return top_scores.masked_fill(empty, float("-inf")), top_keys.masked_fill(empty, KEY_EMPTY), rows
+
+
+def batch_candidates(activations: torch.Tensor, keys: torch.Tensor, top: TopK, sign: int = 1
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The batch entries that can still enter ``top`` (per neuron, by score ``sign * a``):
+    ``activations`` [tokens, neurons], ``keys`` [tokens].
+
+    Returns (neuron, token row, score), each [m]. An entry scoring below the k-th score a full
+    row already holds cannot enter it, so once the top-k fill up only the few entries at or above
+    that bound are candidates (one comparison over the batch instead of a top-k per neuron). Rows
+    with more than ``CANDIDATE_CAP`` candidates (all rows of a half's first batch) take the exact
+    top-k of the batch (``batch_top``) instead. ``merge(top-k(batch))`` and merging these
+    candidates give the same top-k, as every batch entry outside both cannot enter it.
+    """
+    tokens, neurons = activations.shape
+    k = top.k
+    bound = top.scores[:, -1]  # [neurons] k-th score held, -inf while not full
+    if bool((bound == float("-inf")).all()):
+        return _flat_top(activations, keys, k, sign, None)
+    # score >= bound and score > 0; a zero bound is nudged to the smallest positive float
+    bound = bound.clamp(min=torch.finfo(activations.dtype).tiny)
+    mask = activations >= bound if sign > 0 else activations <= -bound  # [tokens, neurons]
+    token, neuron = mask.nonzero().unbind(1)
+    heavy = torch.bincount(neuron, minlength=neurons) > CANDIDATE_CAP * k  # [neurons]
+    if bool(heavy.any()):
+        light = ~heavy[neuron]
+        token, neuron = token[light], neuron[light]
+        exact = _flat_top(activations, keys, k, sign, heavy.nonzero().flatten())
+    else:
+        exact = None
+    scores = activations[token, neuron]
+    if sign < 0:
+        scores = -scores
+    if exact is None:
+        return neuron, token, scores
+    return torch.cat([neuron, exact[0]]), torch.cat([token, exact[1]]), torch.cat([scores, exact[2]])
+
+
+CANDIDATE_CAP = 4  # candidates per neuron (times k) above which its batch top-k is computed instead
+
+
+def _flat_top(activations: torch.Tensor, keys: torch.Tensor, k: int, sign: int, columns: torch.Tensor | None
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``batch_top`` of the ``columns`` (all when None) as loose (neuron, token row, score) [m]."""
+    values = activations if columns is None else activations.index_select(1, columns)
+    scores, _, rows = batch_top(values, keys, k, sign)  # [n, k]
+    local, slot = (scores > 0).nonzero().unbind(1)
+    neuron = local if columns is None else columns[local]
+    return neuron, rows[local, slot], scores[local, slot]
