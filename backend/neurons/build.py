@@ -28,7 +28,6 @@ from backend.models.hooks import StopForward, call_until_stopped, neuron_hooks, 
 from backend.models.loader import LoadedModel
 from backend.neurons.accumulators import SIDES, IndexState, KLState, LayerStats, merge_states, profile_matrix
 from backend.neurons.corpus import (
-    KEY_EMPTY,
     BatchTensors,
     IndexCorpus,
     batch_tensors,

@@ -181,8 +181,7 @@ def batch_candidates(activations: torch.Tensor, keys: torch.Tensor, top: TopK, s
     top-k of the batch (``batch_top``) instead. ``merge(top-k(batch))`` and merging these
     candidates give the same top-k, as every batch entry outside both cannot enter it.
     """
-    tokens, neurons = activations.shape
-    k = top.k
+    neurons, k = activations.shape[1], top.k
     bound = top.scores[:, -1]  # [neurons] k-th score held, -inf while not full
     if bool((bound == float("-inf")).all()):
         return _flat_top(activations, keys, k, sign, None)
