@@ -131,16 +131,17 @@ class _BatchObserver:
         lie inside the document and after the start token."""
         batch = self.batch
         assert batch is not None
-        position = batch.position[rows][:, None] + self.offsets  # [s, W]
-        inside = (position >= 1) & (position < batch.doc_length[rows][:, None])
-        flat = (batch.flat[rows][:, None] + self.offsets).clamp_(0, batch.input_ids.numel() - 1)
+        position = batch.position.index_select(0, rows)[:, None] + self.offsets  # [s, W]
+        inside = (position >= 1) & (position < batch.doc_length.index_select(0, rows)[:, None])
+        flat = (batch.flat.index_select(0, rows)[:, None] + self.offsets).clamp_(0, batch.input_ids.numel() - 1)
         return flat, inside
 
     @staticmethod
     def _gather(flat_neurons: torch.Tensor, neuron: torch.Tensor, flat: torch.Tensor, inside: torch.Tensor
                 ) -> torch.Tensor:
         """Activations [s, W] of each entry's neuron at its window positions (NaN outside)."""
-        return flat_neurons[flat, neuron[:, None]].float().masked_fill_(~inside, float("nan"))
+        cells = flat * flat_neurons.shape[1] + neuron[:, None]  # [s, W] in the flattened [positions, N]
+        return flat_neurons.reshape(-1).take(cells).float().masked_fill_(~inside, float("nan"))
 
     def _observe(self, model_id: str, layer: int, flat_neurons: torch.Tensor) -> None:
         batch = self.batch
@@ -154,14 +155,14 @@ class _BatchObserver:
             dense_top = self.state.layers[DENSE][layer].top
             for side, (neuron, slot, flat, inside) in self.pending[layer].items():
                 reread = dense_top[(batch.half, side)].payload[f"reread:{model_id}"]
-                reread[neuron, slot] = self._gather(flat_neurons, neuron, flat, inside)
+                _put(reread, neuron, slot, self._gather(flat_neurons, neuron, flat, inside))
         entered = {}
         for side, sign in zip(SIDES, (1, -1), strict=True):
             top = stats.top[(batch.half, side)]
             neuron, rows, scores = batch_candidates(counted, batch.keys, top, sign)
-            neuron, slot, entry = top.merge_entries(neuron, scores, batch.keys[rows])
-            flat, inside = self._windows(rows[entry])  # windows of the entries that made it only
-            top.payload["window"][neuron, slot] = self._gather(flat_neurons, neuron, flat, inside)
+            neuron, slot, entry = top.merge_entries(neuron, scores, batch.keys.index_select(0, rows))
+            flat, inside = self._windows(rows.index_select(0, entry))  # windows of the entries that made it only
+            _put(top.payload["window"], neuron, slot, self._gather(flat_neurons, neuron, flat, inside))
             entered[side] = (neuron, slot, flat, inside)
         if model_id == DENSE and self.variant_ids:
             self.dense_counted[layer] = counted
@@ -171,6 +172,11 @@ class _BatchObserver:
         """After every model ran the batch."""
         self.pending.clear()
         self.dense_counted.clear()
+
+
+def _put(payload: torch.Tensor, neuron: torch.Tensor, slot: torch.Tensor, values: torch.Tensor) -> None:
+    """``payload[neuron, slot] = values`` for payload [N, k, W] and values [s, W]."""
+    payload.view(-1, payload.shape[-1]).index_copy_(0, neuron * payload.shape[1] + slot, values)
 
 
 def _log_probs(loaded: LoadedModel, hidden: torch.Tensor) -> torch.Tensor:

@@ -93,34 +93,39 @@ class TopK:
         none = rows.new_zeros(0)
         if not rows.numel():
             return none, none, none
+        # (index_select / index_copy_ / take below: plain advanced indexing is several times slower on CPU)
         grouped = rows.argsort(stable=True)  # candidates of a row together
         rows, scores, keys = rows[grouped], scores[grouped], keys[grouped]
         targets, counts = torch.unique_consecutive(rows, return_counts=True)  # [R]
         starts = counts.cumsum(0) - counts
         group = torch.repeat_interleave(torch.arange(targets.numel(), device=rows.device), counts)  # [m]
-        column = torch.arange(rows.numel(), device=rows.device) - starts[group]
         width = int(counts.max())
-        candidate_scores = scores.new_full((targets.numel(), width), float("-inf"))
-        candidate_keys = keys.new_full((targets.numel(), width), KEY_EMPTY)
-        candidate_scores[group, column], candidate_keys[group, column] = scores, keys
-        both_scores = torch.cat([self.scores[targets], candidate_scores], 1)  # [R, k + width]
-        both_keys = torch.cat([self.keys[targets], candidate_keys], 1)
+        cell = group * width + torch.arange(rows.numel(), device=rows.device) - starts[group]  # [m]
+        candidate_scores = scores.new_full((targets.numel() * width,), float("-inf"))
+        candidate_keys = keys.new_full((targets.numel() * width,), KEY_EMPTY)
+        candidate_scores.index_copy_(0, cell, scores)
+        candidate_keys.index_copy_(0, cell, keys)
+        both_scores = torch.cat([self.scores.index_select(0, targets), candidate_scores.view(-1, width)], 1)
+        both_keys = torch.cat([self.keys.index_select(0, targets), candidate_keys.view(-1, width)], 1)
         order = first_ranked(both_scores, both_keys, k)  # [R, k]
         new_scores, new_keys = both_scores.gather(1, order), both_keys.gather(1, order)
         fresh = (order >= k) & (new_scores > 0)  # [R, k] slots now holding a candidate
         changed = fresh.any(1).nonzero().flatten()
         if not changed.numel():
             return none, none, none
-        order, fresh, new_scores = order[changed], fresh[changed], new_scores[changed]
-        changed_rows = targets[changed]
-        self.scores[changed_rows], self.keys[changed_rows] = new_scores, new_keys[changed]
+        order, fresh = order.index_select(0, changed), fresh.index_select(0, changed)
+        new_scores = new_scores.index_select(0, changed)
+        changed_rows = targets.index_select(0, changed)
+        self.scores.index_copy_(0, changed_rows, new_scores)
+        self.keys.index_copy_(0, changed_rows, new_keys.index_select(0, changed))
         refill = fresh | ~(new_scores > 0)  # new entries (filled by the caller) and empty slots: NaN
         old = order.clamp(max=k - 1)
         for values in self.payload.values():
-            index = old.view(*old.shape, *([1] * (values.dim() - 2))).expand(*old.shape, *values.shape[2:])
-            moved = values[changed_rows].gather(1, index)
-            moved[refill] = float("nan")
-            values[changed_rows] = moved
+            extra = [1] * (values.dim() - 2)
+            index = old.view(*old.shape, *extra).expand(*old.shape, *values.shape[2:])
+            moved = values.index_select(0, changed_rows).gather(1, index)
+            moved.masked_fill_(refill.view(*refill.shape, *extra), float("nan"))
+            values.index_copy_(0, changed_rows, moved)
         row, slot = fresh.nonzero().unbind(1)
         entry = kept[grouped[starts[changed[row]] + order[row, slot] - k]]
         return changed_rows[row], slot, entry
@@ -188,15 +193,15 @@ def batch_candidates(activations: torch.Tensor, keys: torch.Tensor, top: TopK, s
     # score >= bound and score > 0; a zero bound is nudged to the smallest positive float
     bound = bound.clamp(min=torch.finfo(activations.dtype).tiny)
     mask = activations >= bound if sign > 0 else activations <= -bound  # [tokens, neurons]
-    token, neuron = mask.nonzero().unbind(1)
+    cells = mask.view(-1).nonzero().flatten()  # [m] flat (token, neuron) cells
+    token, neuron = cells // neurons, cells % neurons
     heavy = torch.bincount(neuron, minlength=neurons) > CANDIDATE_CAP * k  # [neurons]
+    exact = None
     if bool(heavy.any()):
-        light = ~heavy[neuron]
-        token, neuron = token[light], neuron[light]
+        light = (~heavy.index_select(0, neuron)).nonzero().flatten()
+        cells, token, neuron = cells[light], token[light], neuron[light]
         exact = _flat_top(activations, keys, k, sign, heavy.nonzero().flatten())
-    else:
-        exact = None
-    scores = activations[token, neuron]
+    scores = activations.reshape(-1).take(cells)
     if sign < 0:
         scores = -scores
     if exact is None:
