@@ -156,7 +156,7 @@ class _BatchObserver:
             for side, (neuron, slot, flat, inside) in self.pending[layer].items():
                 reread = dense_top[(batch.half, side)].payload[f"reread:{model_id}"]
                 _put(reread, neuron, slot, self._gather(flat_neurons, neuron, flat, inside))
-        entered = {}
+        entered: dict[str, tuple[torch.Tensor, ...]] = {}
         for side, sign in zip(SIDES, (1, -1), strict=True):
             top = stats.top[(batch.half, side)]
             neuron, rows, scores = batch_candidates(counted, batch.keys, top, sign)
