@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from backend.neurons.request import HISTOGRAM_BINS, histogram_bins
+from backend.neurons.request import HISTOGRAM_BINS, histogram_counts
 from backend.neurons.topk import TopK
 
 SIDES = ("positive", "negative")
@@ -65,18 +65,14 @@ class LayerStats:
         """Add a batch's counted tokens: ``activations`` [tokens, N]; ``profile_sums`` [P, tokens]
         (sparse, see ``profile_matrix``) sums the rows of each profile token, None when the batch
         holds none."""
-        neurons = activations.shape[1]
         magnitudes = activations.abs()  # [tokens, N]
-        self.sum += activations.sum(0, dtype=torch.float64)
+        # float32 sums within a batch (pairwise, so about 1e-7 relative), float64 across batches
+        self.sum += activations.sum(0).double()
         self.sum_sq += torch.linalg.vecdot(activations, activations, dim=0).double()
-        self.sum_abs += magnitudes.sum(0, dtype=torch.float64)
+        self.sum_abs += magnitudes.sum(0).double()
         torch.maximum(self.max, activations.amax(0), out=self.max)
         torch.minimum(self.min, activations.amin(0), out=self.min)
-        bins = histogram_bins(magnitudes)  # [tokens, N] int32
-        bins *= neurons
-        bins += torch.arange(neurons, dtype=torch.int32, device=bins.device)
-        counts = torch.bincount(bins.view(-1), minlength=HISTOGRAM_BINS * neurons)
-        self.histogram += counts.view(HISTOGRAM_BINS, neurons).t()
+        self.histogram += histogram_counts(magnitudes.float())
         if profile_sums is not None:
             values = activations if activations.dtype == profile_sums.dtype else activations.float()
             self.profile[half] += profile_sums @ values  # [P, N]

@@ -1,11 +1,13 @@
 """The index pass: every batch runs through the dense model and each variant, hooks reduce the
 neuron activations into mergeable state (``backend.neurons.accumulators``) as they are produced.
 
-Per batch: the dense forward adds its statistics and keeps, per layer, its counted activations
-(for Σ a_dense·a_variant) and its top-k candidates; each variant's forward then adds its own
-statistics, the cross sums, and re-reads the dense candidates' windows under the variant; the
-dense candidates, now carrying those re-read windows, merge into the dense top-k. The logits
-give per-token KL(dense || variant). Nothing of size [corpus tokens, neurons] is ever kept.
+Per batch: the dense forward adds its statistics, merges its candidates into the dense top-k
+(``backend.neurons.topk.batch_candidates``: once a neuron's top-k is full, only the batch entries
+at or above its k-th score) and keeps, per layer, its counted activations (for Σ a_dense·a_variant)
+and the entries that entered; windows are gathered for those entries only. Each variant's forward
+then adds its own statistics, the cross sums, and re-reads the newly entered dense entries'
+windows under the variant. The final hidden states give per-token KL(dense || variant), the LM
+head run in chunks (``_token_kl``). Nothing of size [corpus tokens, neurons] is ever kept.
 
 ``build_shard`` (a document range -> state), ``merge_states`` and ``write_index`` are the pieces
 a sharded build combines; ``build_index`` is the single-process build.
@@ -22,11 +24,10 @@ import torch
 import torch.nn.functional as F
 
 from backend.errors import UserError
-from backend.models.hooks import neuron_hooks
+from backend.models.hooks import StopForward, call_until_stopped, neuron_hooks, pre_hooks
 from backend.models.loader import LoadedModel
 from backend.neurons.accumulators import SIDES, IndexState, KLState, LayerStats, merge_states, profile_matrix
 from backend.neurons.corpus import (
-    KEY_EMPTY,
     BatchTensors,
     IndexCorpus,
     batch_tensors,
@@ -35,11 +36,11 @@ from backend.neurons.corpus import (
 )
 from backend.neurons.effects import weights_removed
 from backend.neurons.request import KL_TOP, PROFILE_TOKENS, IndexRequest
-from backend.neurons.topk import TopK, batch_top
+from backend.neurons.topk import TopK, batch_candidates, batch_top
 
 Progress = Callable[[float, str], None]
 DENSE = "dense"
-_KL_CHUNK = 1024  # counted tokens per log-softmax chunk: bounds the [chunk, vocab] temporaries
+_KL_CHUNK = 512  # counted tokens per LM-head chunk: bounds the [chunk, vocab] temporaries
 
 __all__ = ["DENSE", "BuildStopped", "IndexInputs", "accumulate", "build_shard", "empty_state", "merge_states"]
 
@@ -106,7 +107,9 @@ class _BatchObserver:
         self.batch: BatchTensors | None = None
         self.profile_sums: torch.Tensor | None = None  # [P, counted] of the current batch
         self.dense_counted: dict[int, torch.Tensor] = {}  # layer -> [counted, N]
-        self.pending: dict[int, dict[str, tuple[TopK, torch.Tensor, torch.Tensor]]] = {}
+        # layer -> side -> the entries this batch put into the dense top-k: (neuron, slot, window
+        # positions, inside), each [s] or [s, W]; the variants fill their re-read windows there
+        self.pending: dict[int, dict[str, tuple[torch.Tensor, ...]]] = {}
 
     def start(self, batch: BatchTensors) -> None:
         self.batch = batch
@@ -124,20 +127,21 @@ class _BatchObserver:
         return observe
 
     def _windows(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """For top rows [N, k]: flat padded positions of their windows [N, k, W] and which of
-        them lie inside the document and after the start token."""
+        """For counted rows [s]: flat padded positions of their windows [s, W] and which of them
+        lie inside the document and after the start token."""
         batch = self.batch
         assert batch is not None
-        position = batch.position[rows][..., None] + self.offsets  # [N, k, W]
-        inside = (position >= 1) & (position < batch.doc_length[rows][..., None])
-        flat = (batch.flat[rows][..., None] + self.offsets).clamp_(0, batch.input_ids.numel() - 1)
+        position = batch.position.index_select(0, rows)[:, None] + self.offsets  # [s, W]
+        inside = (position >= 1) & (position < batch.doc_length.index_select(0, rows)[:, None])
+        flat = (batch.flat.index_select(0, rows)[:, None] + self.offsets).clamp_(0, batch.input_ids.numel() - 1)
         return flat, inside
 
     @staticmethod
-    def _gather(flat_neurons: torch.Tensor, flat: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
-        """Activations [N, k, W] of each neuron at its own window positions (NaN outside)."""
-        neuron = torch.arange(flat_neurons.shape[1], device=flat.device)[:, None, None]
-        return flat_neurons[flat, neuron].masked_fill_(~inside, float("nan"))
+    def _gather(flat_neurons: torch.Tensor, neuron: torch.Tensor, flat: torch.Tensor, inside: torch.Tensor
+                ) -> torch.Tensor:
+        """Activations [s, W] of each entry's neuron at its window positions (NaN outside)."""
+        cells = flat * flat_neurons.shape[1] + neuron[:, None]  # [s, W] in the flattened [positions, N]
+        return flat_neurons.reshape(-1).take(cells).float().masked_fill_(~inside, float("nan"))
 
     def _observe(self, model_id: str, layer: int, flat_neurons: torch.Tensor) -> None:
         batch = self.batch
@@ -145,57 +149,59 @@ class _BatchObserver:
         counted = flat_neurons.index_select(0, batch.flat)  # [counted, N]
         stats = self.state.layers[model_id][layer]
         stats.add_tokens(counted, batch.half, self.profile_sums)
-        candidates = {}
+        if model_id != DENSE:
+            self.state.cross[model_id][layer] += torch.linalg.vecdot(self.dense_counted[layer], counted,
+                                                                     dim=0).double()
+            dense_top = self.state.layers[DENSE][layer].top
+            for side, (neuron, slot, flat, inside) in self.pending[layer].items():
+                reread = dense_top[(batch.half, side)].payload[f"reread:{model_id}"]
+                _put(reread, neuron, slot, self._gather(flat_neurons, neuron, flat, inside))
+        entered: dict[str, tuple[torch.Tensor, ...]] = {}
         for side, sign in zip(SIDES, (1, -1), strict=True):
-            scores, keys, rows = batch_top(counted, batch.keys, self.k, sign)
-            flat, inside = self._windows(rows)
-            inside &= (keys != KEY_EMPTY)[..., None]  # empty entries carry NaN windows, as TopK.empty
-            candidates[side] = (TopK(scores, keys, {"window": self._gather(flat_neurons, flat, inside)}), flat, inside)
-        if model_id == DENSE:
-            if self.variant_ids:
-                self.dense_counted[layer] = counted
-                self.pending[layer] = candidates
-            else:
-                self._merge(stats, {side: top for side, (top, _, _) in candidates.items()})
-            return
-        dense = self.dense_counted[layer]
-        self.state.cross[model_id][layer] += torch.linalg.vecdot(dense, counted, dim=0).double()
-        for top, flat, inside in self.pending[layer].values():
-            top.payload[f"reread:{model_id}"] = self._gather(flat_neurons, flat, inside)
-        self._merge(stats, {side: top for side, (top, _, _) in candidates.items()})
-
-    def _merge(self, stats: LayerStats, candidates: dict[str, TopK]) -> None:
-        half = self.batch.half if self.batch else 0
-        for side, top in candidates.items():
-            stats.top[(half, side)] = stats.top[(half, side)].merge(top)
+            top = stats.top[(batch.half, side)]
+            neuron, rows, scores = batch_candidates(counted, batch.keys, top, sign)
+            neuron, slot, entry = top.merge_entries(neuron, scores, batch.keys.index_select(0, rows))
+            flat, inside = self._windows(rows.index_select(0, entry))  # windows of the entries that made it only
+            _put(top.payload["window"], neuron, slot, self._gather(flat_neurons, neuron, flat, inside))
+            entered[side] = (neuron, slot, flat, inside)
+        if model_id == DENSE and self.variant_ids:
+            self.dense_counted[layer] = counted
+            self.pending[layer] = entered
 
     def finish(self) -> None:
-        """After every model ran the batch: the dense candidates (with re-read windows) merge."""
-        for layer, candidates in self.pending.items():
-            self._merge(self.state.layers[DENSE][layer], {side: top for side, (top, _, _) in candidates.items()})
+        """After every model ran the batch."""
         self.pending.clear()
         self.dense_counted.clear()
 
 
-def _log_probs(logits: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
-    """log-softmax of the counted positions' logits: [counted, vocab] float32."""
-    logits = logits.reshape(-1, logits.shape[-1])
-    out = torch.empty((flat.numel(), logits.shape[-1]), dtype=torch.float32, device=logits.device)
-    for start in range(0, flat.numel(), _KL_CHUNK):
-        rows = flat[start:start + _KL_CHUNK]
-        out[start:start + rows.numel()] = F.log_softmax(logits[rows].float(), dim=-1)
-    return out
+def _put(payload: torch.Tensor, neuron: torch.Tensor, slot: torch.Tensor, values: torch.Tensor) -> None:
+    """``payload[neuron, slot] = values`` for payload [N, k, W] and values [s, W]."""
+    payload.view(-1, payload.shape[-1]).index_copy_(0, neuron * payload.shape[1] + slot, values)
 
 
-def _token_kl(dense_log_probs: torch.Tensor, logits: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
-    """KL(p_dense || p_variant) per counted position: [counted]."""
-    logits = logits.reshape(-1, logits.shape[-1])
-    kl = torch.empty(flat.numel(), dtype=torch.float32, device=logits.device)
-    for start in range(0, flat.numel(), _KL_CHUNK):
-        rows = flat[start:start + _KL_CHUNK]
-        variant = F.log_softmax(logits[rows].float(), dim=-1)
-        dense = dense_log_probs[start:start + rows.numel()]
-        kl[start:start + rows.numel()] = F.kl_div(variant, dense, log_target=True, reduction="none").sum(-1)
+def _log_probs(loaded: LoadedModel, hidden: torch.Tensor) -> torch.Tensor:
+    """Next-token log-probabilities from final hidden states [tokens, hidden]: [tokens, vocab] float32."""
+    logits = loaded.model.get_output_embeddings()(hidden).float()
+    cap = getattr(loaded.model.config, "final_logit_softcapping", None)
+    if cap:  # Gemma 2/3 squash their logits after the head
+        logits = torch.tanh(logits / cap) * cap
+    return F.log_softmax(logits, dim=-1)
+
+
+def _token_kl(dense: LoadedModel, variants: dict[str, LoadedModel], hidden: dict[str, torch.Tensor]
+              ) -> dict[str, torch.Tensor]:
+    """KL(p_dense || p_variant) per counted position, variant -> [counted], from each model's final
+    hidden states (``hidden``: model id -> [counted, hidden]). The LM head runs here, on
+    ``_KL_CHUNK`` tokens at a time and on counted positions only, so no [tokens, vocab] tensor of
+    the whole batch exists (at 4096 tokens and a 49k vocabulary that is 0.8 GB per tensor)."""
+    counted = hidden[DENSE].shape[0]
+    kl = {vid: torch.empty(counted, dtype=torch.float32, device=hidden[DENSE].device) for vid in variants}
+    for start in range(0, counted, _KL_CHUNK):
+        dense_log_probs = _log_probs(dense, hidden[DENSE][start:start + _KL_CHUNK])  # [chunk, vocab]
+        for vid, loaded in variants.items():
+            variant_log_probs = _log_probs(loaded, hidden[vid][start:start + _KL_CHUNK])
+            kl[vid][start:start + _KL_CHUNK] = F.kl_div(variant_log_probs, dense_log_probs, log_target=True,
+                                                         reduction="none").sum(-1)
     return kl
 
 
@@ -214,11 +220,21 @@ def accumulate(dense: LoadedModel, variants: dict[str, LoadedModel], inputs: Ind
     total = sum(len(corpus[n]) - 1 for n in documents) or 1
     pad_id = dense.tokenizer.pad_token_id if dense.tokenizer.pad_token_id is not None else 0
     models = {DENSE: dense, **variants}
+    final: dict[str, torch.Tensor] = {}  # the LM head's input of the forward that just ran
+    in_forward = [False]  # _token_kl calls the heads too: only a forward's call is stopped
+
+    def head_input(_module, args: tuple) -> None:
+        if in_forward[0]:
+            final["hidden"] = args[0]  # [rows, length, hidden]
+            raise StopForward  # the head runs in _token_kl, chunked, on counted positions only
+
     started = time.perf_counter()
     with ExitStack() as hooks:
         for model_id, loaded in models.items():
             hooks.enter_context(neuron_hooks(loaded.model, loaded.adapter, {
                 layer: observer.function(model_id, layer) for layer in range(inputs.layers)}))
+        hooks.enter_context(pre_hooks({loaded.model.get_output_embeddings(): head_input
+                                       for loaded in models.values()}))
         done = 0
         for number, batch in enumerate(batches):
             if should_stop is not None and should_stop():
@@ -226,22 +242,20 @@ def accumulate(dense: LoadedModel, variants: dict[str, LoadedModel], inputs: Ind
             report(done / total, f"batch {number + 1}/{len(batches)}")
             tensors = batch_tensors(batch, corpus, pad_id, device)
             observer.start(tensors)
-            dense_log_probs = None
+            hidden = {}
             for model_id, loaded in models.items():
-                logits = loaded.model(input_ids=tensors.input_ids, attention_mask=tensors.attention_mask,
-                                      use_cache=False).logits  # [rows, length, vocab]
-                if not variants:
-                    break
-                if model_id == DENSE:
-                    dense_log_probs = _log_probs(logits, tensors.flat)
-                else:
-                    assert dense_log_probs is not None
-                    kl = _token_kl(dense_log_probs, logits, tensors.flat)
+                in_forward[0] = True
+                call_until_stopped(loaded.model, input_ids=tensors.input_ids,
+                                   attention_mask=tensors.attention_mask, use_cache=False)
+                in_forward[0] = False
+                states = final.pop("hidden")
+                hidden[model_id] = states.reshape(-1, states.shape[-1]).index_select(0, tensors.flat)  # [counted, H]
+            observer.finish()
+            if variants:
+                for model_id, kl in _token_kl(dense, variants, hidden).items():
                     scores, keys, _ = batch_top(kl[:, None], tensors.keys, KL_TOP)
                     state.kl[model_id].add_tokens(kl, tensors.token_ids, TopK(scores, keys))
-                del logits
-            observer.finish()
-            del dense_log_probs
+            del hidden
             state.documents.update(batch.documents)
             counted = int(tensors.flat.numel())
             state.tokens += counted

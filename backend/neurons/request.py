@@ -39,6 +39,21 @@ def histogram_bins(magnitudes: torch.Tensor) -> torch.Tensor:
     return (bits - (low - 1)).clamp_(0, HISTOGRAM_BINS - 1)
 
 
+def histogram_counts(magnitudes: torch.Tensor) -> torch.Tensor:
+    """Per-column counts of ``histogram_bins`` of non-negative float32 ``|a|`` [tokens, N]:
+    [N, HISTOGRAM_BINS] int64. One shift, one add and one ``bincount`` over the raw 9-bit bin
+    (bit pattern >> 22, below 512 for any non-negative float), then the under- and overflow
+    ranges are summed: the same counts as binning and counting each column."""
+    neurons = magnitudes.shape[1]
+    raw = magnitudes.view(torch.int32) >> 22  # [tokens, N] in 0..511
+    raw += torch.arange(0, 512 * neurons, 512, dtype=torch.int32, device=raw.device)
+    counts = torch.bincount(raw.view(-1), minlength=512 * neurons).view(neurons, 512)
+    low = 2 * (127 + HISTOGRAM_LOW_EXPONENT)  # raw value of the first inner bin
+    inner = HISTOGRAM_BINS - 2
+    return torch.cat([counts[:, :low].sum(1, keepdim=True), counts[:, low:low + inner],
+                      counts[:, low + inner:].sum(1, keepdim=True)], dim=1)
+
+
 class IndexRequest(BaseModel):
     """One neuron index: which models, which corpus, how much of it, what to keep per neuron."""
 

@@ -78,6 +78,58 @@ class TopK:
         )
         return both.take(first_ranked(both.scores, both.keys, self.k))
 
+    def merge_entries(self, rows: torch.Tensor, scores: torch.Tensor, keys: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Merge loose candidate entries into this top-k **in place**, exactly as ``merge`` would.
+
+        ``rows``/``scores``/``keys`` [m]: entry i is a candidate of row ``rows[i]``. Only rows that
+        receive a new entry are rewritten. The new entries' payloads are left NaN for the caller
+        to fill (so windows are gathered only for entries that survived), at the returned
+        (row, slot, entry) triples, each [s]: ``payload[row, slot]`` belongs to candidate ``entry``.
+        """
+        k = self.k
+        kept = (scores > 0).nonzero().flatten()  # the top-k holds positive scores only
+        rows, scores, keys = rows[kept], scores[kept], keys[kept]
+        none = rows.new_zeros(0)
+        if not rows.numel():
+            return none, none, none
+        # (index_select / index_copy_ / take below: plain advanced indexing is several times slower on CPU)
+        grouped = rows.argsort(stable=True)  # candidates of a row together
+        rows, scores, keys = rows[grouped], scores[grouped], keys[grouped]
+        targets, counts = torch.unique_consecutive(rows, return_counts=True)  # [R]
+        starts = counts.cumsum(0) - counts
+        group = torch.repeat_interleave(torch.arange(targets.numel(), device=rows.device), counts)  # [m]
+        width = int(counts.max())
+        cell = group * width + torch.arange(rows.numel(), device=rows.device) - starts[group]  # [m]
+        candidate_scores = scores.new_full((targets.numel() * width,), float("-inf"))
+        candidate_keys = keys.new_full((targets.numel() * width,), KEY_EMPTY)
+        candidate_scores.index_copy_(0, cell, scores)
+        candidate_keys.index_copy_(0, cell, keys)
+        both_scores = torch.cat([self.scores.index_select(0, targets), candidate_scores.view(-1, width)], 1)
+        both_keys = torch.cat([self.keys.index_select(0, targets), candidate_keys.view(-1, width)], 1)
+        order = first_ranked(both_scores, both_keys, k)  # [R, k]
+        new_scores, new_keys = both_scores.gather(1, order), both_keys.gather(1, order)
+        fresh = (order >= k) & (new_scores > 0)  # [R, k] slots now holding a candidate
+        changed = fresh.any(1).nonzero().flatten()
+        if not changed.numel():
+            return none, none, none
+        order, fresh = order.index_select(0, changed), fresh.index_select(0, changed)
+        new_scores = new_scores.index_select(0, changed)
+        changed_rows = targets.index_select(0, changed)
+        self.scores.index_copy_(0, changed_rows, new_scores)
+        self.keys.index_copy_(0, changed_rows, new_keys.index_select(0, changed))
+        refill = fresh | ~(new_scores > 0)  # new entries (filled by the caller) and empty slots: NaN
+        old = order.clamp(max=k - 1)
+        for values in self.payload.values():
+            extra = [1] * (values.dim() - 2)
+            index = old.view(*old.shape, *extra).expand(*old.shape, *values.shape[2:])
+            moved = values.index_select(0, changed_rows).gather(1, index)
+            moved.masked_fill_(refill.view(*refill.shape, *extra), float("nan"))
+            values.index_copy_(0, changed_rows, moved)
+        row, slot = fresh.nonzero().unbind(1)
+        entry = kept[grouped[starts[changed[row]] + order[row, slot] - k]]
+        return changed_rows[row], slot, entry
+
 
 def _payload_or_nan(top: TopK, name: str, reference: TopK) -> torch.Tensor:
     if name in top.payload:
@@ -120,3 +172,51 @@ def batch_top(activations: torch.Tensor, keys: torch.Tensor, k: int, sign: int =
         rows = torch.cat([rows, rows.new_zeros((neurons, pad))], 1)
     empty = ~(top_scores > 0)
     return top_scores.masked_fill(empty, float("-inf")), top_keys.masked_fill(empty, KEY_EMPTY), rows
+
+
+def batch_candidates(activations: torch.Tensor, keys: torch.Tensor, top: TopK, sign: int = 1
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The batch entries that can still enter ``top`` (per neuron, by score ``sign * a``):
+    ``activations`` [tokens, neurons], ``keys`` [tokens].
+
+    Returns (neuron, token row, score), each [m]. An entry scoring below the k-th score a full
+    row already holds cannot enter it, so once the top-k fill up only the few entries at or above
+    that bound are candidates (one comparison over the batch instead of a top-k per neuron). Rows
+    with more than ``CANDIDATE_CAP`` candidates (all rows of a half's first batch) take the exact
+    top-k of the batch (``batch_top``) instead. ``merge(top-k(batch))`` and merging these
+    candidates give the same top-k, as every batch entry outside both cannot enter it.
+    """
+    neurons, k = activations.shape[1], top.k
+    bound = top.scores[:, -1]  # [neurons] k-th score held, -inf while not full
+    if bool((bound == float("-inf")).all()):
+        return _flat_top(activations, keys, k, sign, None)
+    # score >= bound and score > 0; a zero bound is nudged to the smallest positive float
+    bound = bound.clamp(min=torch.finfo(activations.dtype).tiny)
+    mask = activations >= bound if sign > 0 else activations <= -bound  # [tokens, neurons]
+    cells = mask.view(-1).nonzero().flatten()  # [m] flat (token, neuron) cells
+    token, neuron = cells // neurons, cells % neurons
+    heavy = torch.bincount(neuron, minlength=neurons) > CANDIDATE_CAP * k  # [neurons]
+    exact = None
+    if bool(heavy.any()):
+        light = (~heavy.index_select(0, neuron)).nonzero().flatten()
+        cells, token, neuron = cells[light], token[light], neuron[light]
+        exact = _flat_top(activations, keys, k, sign, heavy.nonzero().flatten())
+    scores = activations.reshape(-1).take(cells)
+    if sign < 0:
+        scores = -scores
+    if exact is None:
+        return neuron, token, scores
+    return torch.cat([neuron, exact[0]]), torch.cat([token, exact[1]]), torch.cat([scores, exact[2]])
+
+
+CANDIDATE_CAP = 4  # candidates per neuron (times k) above which its batch top-k is computed instead
+
+
+def _flat_top(activations: torch.Tensor, keys: torch.Tensor, k: int, sign: int, columns: torch.Tensor | None
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``batch_top`` of the ``columns`` (all when None) as loose (neuron, token row, score) [m]."""
+    values = activations if columns is None else activations.index_select(1, columns)
+    scores, _, rows = batch_top(values, keys, k, sign)  # [n, k]
+    local, slot = (scores > 0).nonzero().unbind(1)
+    neuron = local if columns is None else columns[local]
+    return neuron, rows[local, slot], scores[local, slot]
