@@ -14,8 +14,8 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
-from backend.errors import UserError
 from backend.evaluation.sweep import CellOutcome, Progress, SweepCell, SweepSpec, _one_line, run_cell
+from backend.ray_connect import connect_ray
 
 # Reruns of a cell whose worker died; a cell that fails by itself is recorded, not rerun.
 MAX_RETRIES = 1
@@ -66,29 +66,10 @@ def run_cell_on_worker(cell: SweepCell, spec: SweepSpec) -> CellOutcome:
     return outcome
 
 
-def _connect(address: str) -> bool:
-    """Connect to Ray (an address, 'auto', or 'local' for an instance started here); True when
-    this call started the connection (and so must end it)."""
-    try:
-        import ray
-    except ImportError:
-        raise UserError("--ray-address needs Ray: pip install 'prunelens[cluster]'") from None
-    if ray.is_initialized():
-        return False
-    try:
-        if address == "local":
-            ray.init(include_dashboard=False, log_to_driver=False)
-        else:
-            ray.init(address=address, log_to_driver=False)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise UserError(f"cannot connect to Ray at {address!r}: {str(exc).splitlines()[0][:200]}") from exc
-    return True
-
-
 def run_cells_on_ray(cells: list[SweepCell], spec: SweepSpec, address: str,
                      record: Callable[[CellOutcome], None]) -> None:
     """Run ``cells`` as Ray tasks; ``record`` each outcome as it arrives (in the driver)."""
-    started_here = _connect(address)
+    started_here = connect_ray(address)
     import ray
 
     try:

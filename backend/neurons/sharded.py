@@ -33,6 +33,7 @@ from backend.neurons.build import DENSE, IndexInputs, build_shard
 from backend.neurons.request import IndexRequest
 from backend.neurons.shard_files import read_shard, read_shard_meta, shard_name, write_shard
 from backend.neurons.store import index_dir, index_exists, indexes_root
+from backend.ray_connect import connect_ray
 from backend.storage import write_json_atomic
 
 Progress = Callable[[float, str], None]
@@ -109,25 +110,6 @@ def _worker_environment() -> dict[str, str]:
     return environment
 
 
-def _connect(address: str) -> bool:
-    """Connect to Ray (an address, 'auto', or 'local' for an instance started here); True when
-    this call started the connection (and so must end it)."""
-    try:
-        import ray
-    except ImportError:
-        raise UserError("--ray-address needs Ray: pip install 'prunelens[cluster]'") from None
-    if ray.is_initialized():
-        return False
-    try:
-        if address == "local":
-            ray.init(include_dashboard=False, log_to_driver=False)
-        else:
-            ray.init(address=address, log_to_driver=False)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise UserError(f"cannot connect to Ray at {address!r}: {str(exc).splitlines()[0][:200]}") from exc
-    return True
-
-
 def _shard_plan(folder: Path, documents: list[list[int]], shards: int) -> list[range]:
     """The plan of an earlier, interrupted build of this index if there is one, else a new one."""
     plan_file = folder / "plan.json"
@@ -188,7 +170,7 @@ def build_index_on_ray(request: IndexRequest, address: str, *, shards: int | Non
     report(0.0, "reading the corpus")
     dense = load_model(model_name(request))
     inputs = IndexInputs.prepare(request, dense)
-    started_here = _connect(address)
+    started_here = connect_ray(address)
     import ray
 
     try:
