@@ -19,6 +19,9 @@ from tests.conftest import tiny_loaded
 
 SENTIMENT = get_task("sentiment")
 TEXT = "The movie was painfully slow, but the acting was beautiful and slow."
+# A Rotten Tomatoes snippet (gold label negative), the first of bench/step1_words.py's draw with seed 123.
+EMBEDDED_TEXT = ("what might have been acceptable on the printed page of iles' book does not translate "
+                 "well to the screen .")
 
 
 @pytest.fixture(scope="module")
@@ -104,3 +107,23 @@ def test_gradient_x_input_stays_selectable(gpt2_double):
     assert old.method == "gradient_x_input" and old.convergence_delta is None and old.baseline_margin is None
     with pytest.raises(UserError, match="unknown fallback attribution"):
         token_attribution(loaded, probe, len(TEXT), 0, method="saliency")
+
+
+@pytest.mark.integration
+def test_integrated_gradients_complete_on_the_embedded_model(embedded):
+    # A held-out-style Rotten Tomatoes snippet on which 32 Gauss-Legendre points left a
+    # convergence delta 3.5x the margin change (the margin oscillates along the path).
+    text = EMBEDDED_TEXT
+    probe = encode_probe(embedded.tokenizer, text, SENTIMENT, embedded.max_length)
+    with torch.no_grad():  # the plain forward on ids, as the product runs the model
+        logits = embedded.model(input_ids=torch.tensor([probe.input_ids])).logits[0, -1].float()
+    plain = logits.log_softmax(-1)[[ids[0] for ids in probe.label_ids]]
+    result = token_attribution(embedded, probe, len(text), 1)
+    coarse = token_attribution(embedded, probe, len(text), 1, n_steps=32)
+    # The forward Captum differentiates (embeds=) is the model's own forward at alpha = 1.
+    assert result.margin == pytest.approx(float(plain[1] - plain[0]), abs=1e-4)
+    change = result.margin - result.baseline_margin
+    assert abs(change) > 0.1
+    assert float(result.values.sum()) - change == pytest.approx(result.convergence_delta, abs=1e-4)
+    assert abs(result.convergence_delta) < 0.1 * abs(change)  # completeness at the default steps
+    assert abs(coarse.convergence_delta) > abs(result.convergence_delta)
