@@ -81,9 +81,17 @@ def start_server(cache: Path, port: int, log) -> subprocess.Popen:
 
 
 def server_cpu_seconds(pid: int) -> float:
-    """CPU time the server used: its cost per request, whatever else the machine is doing."""
-    times = psutil.Process(pid).cpu_times()
-    return times.user + times.system
+    """CPU time the server used (with its live child processes): its cost per request, whatever
+    else the machine is doing."""
+    server = psutil.Process(pid)
+    total = 0.0
+    for process in [server, *server.children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
 
 
 def wait_for_job(client: httpx.Client, job_id: str) -> dict:

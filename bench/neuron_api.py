@@ -10,7 +10,11 @@ pages (with the variant, so each page carries both models, the agreement and the
 - warm: the clients rotate over 64 neurons that were each read once before.
 
 The clients are bench/api.py's raw HTTP/1.1 readers (about 0.1 ms of CPU per request), run in this
-process on the same cores as the server. Goal: p95 <= 50 ms for both.
+process on the same cores as the server; each phase prints the CPU the server and the clients
+spent per read, so a reader sees which side a figure belongs to. Goal: p95 <= 50 ms for both.
+
+``--cache DIR`` keeps the server's cache folder (the prune and the index) and reuses a finished
+index found there, so the code of the pages can be compared on one index without rebuilding it.
 """
 
 from __future__ import annotations
@@ -26,17 +30,45 @@ from pathlib import Path
 
 import httpx
 
-from bench.api import GOAL_P95_MS, free_port, quantile_ms, raw_reader, start_server, wait_for_job
+from bench.api import (
+    GOAL_P95_MS,
+    free_port,
+    quantile_ms,
+    raw_reader,
+    server_cpu_seconds,
+    start_server,
+    wait_for_job,
+)
 
 
-async def read_all(port: int, per_client: list[list[str]], seconds: float) -> list[float]:
+def read_all(port: int, per_client: list[list[str]], seconds: float, server: int) -> tuple[list[float], str]:
+    """The latencies of every read, and a line of the CPU the server (all its processes) and these
+    clients spent per read."""
     latencies: dict[str, list[float]] = defaultdict(list)
     errors: list[str] = []
-    stop_at = time.monotonic() + seconds
-    await asyncio.gather(*(raw_reader(port, paths, 0, stop_at, latencies, errors) for paths in per_client))
+
+    async def clients() -> None:
+        stop_at = time.monotonic() + seconds
+        await asyncio.gather(*(raw_reader(port, paths, 0, stop_at, latencies, errors) for paths in per_client))
+
+    server_before, client_before = server_cpu_seconds(server), time.process_time()
+    asyncio.run(clients())
+    server_cpu, client_cpu = server_cpu_seconds(server) - server_before, time.process_time() - client_before
     if errors:
         raise SystemExit(f"{len(errors)} failed reads, e.g. {errors[0]}")
-    return [value for values in latencies.values() for value in values]
+    values = [value for values in latencies.values() for value in values]
+    reads = max(1, len(values))
+    return values, (f"CPU per read: server {1000 * server_cpu / reads:.2f} ms, "
+                    f"clients {1000 * client_cpu / reads:.2f} ms")
+
+
+def built_index(client: httpx.Client, tokens: int) -> tuple[str, str] | None:
+    """(index, variant) of a finished index of ``tokens`` tokens with one variant, if the cache holds one."""
+    for row in client.get("/indexes").json():
+        manifest = client.get(f"/indexes/{row['id']}").json()
+        if manifest.get("tokens") == tokens and len(manifest.get("variants", [])) == 1:
+            return row["id"], manifest["variants"][0]
+    return None
 
 
 def report(name: str, values: list[float]) -> bool:
@@ -51,13 +83,15 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=8.0, help="duration of each phase")
     parser.add_argument("--tokens", type=int, default=5000, help="corpus tokens of the index")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="keep the server's cache folder here and reuse the index it holds")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="prunelens-neuron-bench-"))
-    cache = work / "cache"
-    (cache / "models").mkdir(parents=True)
+    cache = args.cache.resolve() if args.cache is not None else work / "cache"
+    (cache / "models").mkdir(parents=True, exist_ok=True)
     shared = Path(__file__).resolve().parents[1] / "models_cache" / "models" / "smollm2-135m-instruct"
-    if shared.is_dir():
+    if shared.is_dir() and not (cache / "models" / shared.name).exists():
         (cache / "models" / shared.name).symlink_to(shared.resolve())
     port = free_port()
     with open(work / "server.log", "wb") as log:
@@ -65,14 +99,18 @@ def main() -> int:
         try:
             client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=3600)
             started = time.monotonic()
-            job = wait_for_job(client, client.post("/variants", json={"method": "magnitude", "sparsity": "0.5"})
-                               .json()["job"]["id"])
-            variant = job["result"]["variant_id"]
-            accepted = client.post("/index/jobs", json={"variants": [variant], "tokens": args.tokens})
-            job = wait_for_job(client, accepted.json()["job"]["id"])
-            if job["state"] != "succeeded":
-                raise SystemExit(f"index build {job['state']}: {job.get('error')}")
-            index = job["result"]["index_id"]
+            found = built_index(client, args.tokens) if args.cache is not None else None
+            if found is None:
+                job = wait_for_job(client, client.post("/variants", json={"method": "magnitude", "sparsity": "0.5"})
+                                   .json()["job"]["id"])
+                variant = job["result"]["variant_id"]
+                accepted = client.post("/index/jobs", json={"variants": [variant], "tokens": args.tokens})
+                job = wait_for_job(client, accepted.json()["job"]["id"])
+                if job["state"] != "succeeded":
+                    raise SystemExit(f"index build {job['state']}: {job.get('error')}")
+                index = job["result"]["index_id"]
+            else:
+                index, variant = found
             manifest = client.get(f"/indexes/{index}").json()
             print(f"index {index}: {manifest.get('tokens')} tokens, dense + 1 variant, built in "
                   f"{time.monotonic() - started:.0f} s (with the prune)")
@@ -90,13 +128,14 @@ def main() -> int:
                 client.get(path).raise_for_status()
             unread = [page(*key) for key in neurons[64:]]
             per_client = [unread[i::args.clients] for i in range(args.clients)]
-            cold = asyncio.run(read_all(port, per_client, args.seconds))
+            cold, cold_cpu = read_all(port, per_client, args.seconds, server.pid)
             if len(cold) >= len(unread):
                 raise SystemExit("ran out of unread neurons: shorten --seconds")
-            warm = asyncio.run(read_all(port, [warm_set[i:] + warm_set[:i] for i in range(args.clients)],
-                                        args.seconds))
+            warm, warm_cpu = read_all(port, [warm_set[i:] + warm_set[:i] for i in range(args.clients)],
+                                      args.seconds, server.pid)
             print(f"{args.clients} concurrent clients, neuron pages with one variant:")
             ok = report("cold", cold) & report("warm", warm)
+            print(f" cold {cold_cpu}\n warm {warm_cpu}")
         finally:
             server.terminate()
             server.wait(20)

@@ -229,13 +229,16 @@ def _customise_openapi(app: FastAPI, *, bearer: bool) -> None:
 
 
 def create_app(
-    settings: Settings | None = None, *, loaded: LoadedModel | None = None, load_default: bool = True
+    settings: Settings | None = None, *, loaded: LoadedModel | None = None, load_default: bool = True,
+    start_page_workers: bool = False,
 ) -> FastAPI:
     """The API application.
 
     ``settings``: backend Settings or ApiSettings (default: from the environment).
     ``loaded``: a LoadedModel to serve as the default model instead of loading one (tests inject
     tiny models). ``load_default``: load the default model in the lifespan (off: loaded on first use).
+    ``start_page_workers``: spawn the neuron page workers at start (``prunelens serve``; off: on the
+    first page that is not cached, which then waits seconds for their imports).
     """
     config: ApiSettings = api_settings(settings)
 
@@ -246,6 +249,8 @@ def create_app(
         interrupted = state.jobs.recover()
         if interrupted:
             log.warning("%d job(s) interrupted by the last shutdown", len(interrupted))
+        if state.pages is not None and start_page_workers:  # they import while the model loads
+            state.pages.start()
         if loaded is None and load_default:
             try:
                 state.pool.get(None)

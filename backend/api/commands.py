@@ -71,8 +71,9 @@ def _serve(parser: argparse.ArgumentParser):
 
         from backend.api.app import create_app
 
-        app = create_app(settings)
-        # One process: it holds the model in memory and runs the job worker.
+        app = create_app(settings, start_page_workers=True)
+        # One server process: it holds the model in memory and runs the job worker; neuron pages
+        # not read before are built by its page worker processes (PRUNELENS_API_PAGE_PROCESSES).
         uvicorn.run(
             app,
             host=args.host,

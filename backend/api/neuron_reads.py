@@ -9,11 +9,12 @@ No model is loaded on these paths.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import orjson
 
@@ -54,6 +55,7 @@ class AnswerCache:
         self._answers: OrderedDict[tuple, bytes] = OrderedDict()
         self._lock = threading.Lock()
         self._pending: dict[tuple, threading.Lock] = {}
+        self._building: dict[tuple, asyncio.Task] = {}  # get_or_build's, touched by the event loop only
 
     def get(self, key: tuple) -> bytes | None:
         with self._lock:
@@ -61,6 +63,31 @@ class AnswerCache:
             if answer is not None:
                 self._answers.move_to_end(key)
             return answer
+
+    def put(self, key: tuple, answer: bytes) -> None:
+        with self._lock:
+            self._answers[key] = answer
+            self._answers.move_to_end(key)
+            while len(self._answers) > self.entries:
+                self._answers.popitem(last=False)
+
+    async def get_or_build(self, key: tuple, build: Callable[[], Awaitable[bytes]]) -> bytes:
+        """The kept answer, else the JSON bytes ``build()`` gives, awaited once per key: concurrent
+        first requests await the same build, and a client that goes away does not cancel it."""
+        answer = self.get(key)
+        if answer is not None:
+            return answer
+        task = self._building.get(key)
+        if task is None:
+            async def run() -> bytes:
+                built = await build()
+                self.put(key, built)
+                return built
+
+            task = asyncio.ensure_future(run())
+            self._building[key] = task
+            task.add_done_callback(lambda _: self._building.pop(key, None))
+        return await asyncio.shield(task)
 
     def get_or_compute(self, key: tuple, compute: Callable[[], object]) -> bytes:
         answer = self.get(key)
@@ -72,10 +99,7 @@ class AnswerCache:
             answer = self.get(key)
             if answer is None:
                 answer = json_bytes(compute())
-                with self._lock:
-                    self._answers[key] = answer
-                    while len(self._answers) > self.entries:
-                        self._answers.popitem(last=False)
+                self.put(key, answer)
         with self._lock:
             self._pending.pop(key, None)
         return answer

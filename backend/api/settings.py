@@ -2,7 +2,8 @@
 
 Kept next to the API so that the server owns its options: PRUNELENS_CORS_ORIGINS,
 PRUNELENS_API_MAX_BODY_BYTES, PRUNELENS_API_MAX_UPLOAD_BYTES, PRUNELENS_API_QUEUE_SIZE,
-PRUNELENS_API_WAIT_SECONDS, PRUNELENS_API_JOB_QUEUE_SIZE, PRUNELENS_API_MODEL_MEMORY_MB.
+PRUNELENS_API_WAIT_SECONDS, PRUNELENS_API_JOB_QUEUE_SIZE, PRUNELENS_API_MODEL_MEMORY_MB,
+PRUNELENS_API_PAGE_PROCESSES.
 """
 
 from __future__ import annotations
@@ -43,6 +44,13 @@ class ApiSettings(Settings):
     )
     api_nsa_cache_entries: int = Field(
         default=256, gt=0, description="Stored NSA results kept in memory."
+    )
+    api_page_processes: int = Field(
+        default=2,
+        ge=0,
+        le=64,
+        description="Worker processes that build neuron pages not read before "
+        "(0: the server's own thread pool; see docs/neurons.md).",
     )
 
     @property

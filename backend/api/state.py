@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 
 from backend.api.compute import ComputeGate
 from backend.api.model_pool import ModelPool
+from backend.api.page_processes import PageProcesses
 from backend.api.settings import ApiSettings
 from backend.jobs import JobStore, JobWorker
 from backend.nsa.results_store import NsaResultStore
@@ -26,6 +27,7 @@ class ApiState:
     nsa_results: NsaResultStore
     startup_error: str | None = None  # why the default model could not be loaded, for /health
     cache: dict = field(default_factory=dict)  # per-server memos: variant listing, results store
+    pages: PageProcesses | None = None  # workers that build neuron pages (None: the thread pool)
 
     @classmethod
     def build(cls, settings: ApiSettings, *, loaded: LoadedModel | None = None) -> ApiState:
@@ -35,9 +37,12 @@ class ApiState:
         )
         jobs = JobWorker(JobStore(settings.jobs_db), queue_size=settings.api_job_queue_size)
         nsa_results = NsaResultStore(settings.nsa_db, memory_entries=settings.api_nsa_cache_entries)
-        return cls(settings, pool, gate, jobs, nsa_results)
+        pages = PageProcesses(settings, settings.api_page_processes) if settings.api_page_processes else None
+        return cls(settings, pool, gate, jobs, nsa_results, pages=pages)
 
     def close(self) -> None:
+        if self.pages is not None:
+            self.pages.close()
         self.jobs.stop()
         self.jobs.store.close()
         self.nsa_results.close()

@@ -105,6 +105,92 @@ def test_the_index_is_listed_and_its_pages_are_the_backends_answers(served):
     assert sorted(r["dense_activation"] for r in rereads) == pytest.approx(sorted(tops + bottoms))
 
 
+def _cold_pages(served, neurons) -> dict[tuple, bytes]:
+    answers = {}
+    for layer, neuron in neurons:
+        for params in ({"variant": served["variant"], "index": served["index"]}, {"index": served["index"]}):
+            response = served["client"].get(path(served, layer, neuron), params=params)
+            assert response.status_code == 200, response.text
+            answers[(layer, neuron, params.get("variant"))] = response.content
+    return answers
+
+
+def test_pages_from_the_workers_are_the_bytes_of_the_in_process_path(served):
+    """Pages built by the page worker processes equal, byte for byte, what the server's own
+    thread pool gives (PRUNELENS_API_PAGE_PROCESSES=0) and the page function in-process."""
+    from backend.api.neuron_reads import json_bytes
+    from backend.neurons.queries import neuron_page
+
+    state = served["client"].app.state.api
+    neurons = [(0, 0), (0, 7), (1, 63), (1, 2)]
+    state.cache.pop("neuron_pages", None)
+    from_workers = _cold_pages(served, neurons)
+    assert state.pages is not None and len(state.pages._workers) == state.settings.api_page_processes
+    assert all(worker.process.is_alive() for worker in state.pages._workers)
+    pages, state.pages = state.pages, None
+    try:
+        state.cache.pop("neuron_pages", None)
+        assert _cold_pages(served, neurons) == from_workers
+    finally:
+        state.pages = pages
+    for (layer, neuron, variant), body in from_workers.items():
+        assert body == json_bytes(neuron_page(served["index"], layer, neuron, variant=variant,
+                                              settings=served["settings"]))
+
+
+def test_a_killed_page_worker_is_replaced_and_pages_stay_the_same(served):
+    state = served["client"].app.state.api
+    served["client"].get(path(served, 0, 1), params={"index": served["index"]}).raise_for_status()
+    killed = [worker.process for worker in state.pages._workers]
+    for process in killed:
+        process.kill()
+        process.join(10)
+    state.cache.pop("neuron_pages", None)
+    deadline = time.monotonic() + 120
+    while True:  # a page asked of a dying worker is a 500 (the client may retry); then new workers serve
+        response = served["client"].get(path(served, 1, 5), params={"index": served["index"]})
+        if response.status_code == 200 or time.monotonic() > deadline:
+            break
+        assert response.status_code == 500, response.text
+    assert response.status_code == 200, response.text
+    fresh = [worker.process for worker in state.pages._workers]
+    assert len(fresh) == len(killed) and not {p.pid for p in fresh} & {p.pid for p in killed}
+    from backend.api.neuron_reads import json_bytes
+    from backend.neurons.queries import neuron_page
+
+    assert response.content == json_bytes(neuron_page(served["index"], 1, 5, settings=served["settings"]))
+
+
+def test_concurrent_first_requests_share_one_build_that_a_cancelled_client_does_not_stop():
+    import asyncio
+
+    from backend.api.neuron_reads import AnswerCache
+
+    builds = []
+
+    async def scenario() -> list[bytes]:
+        cache = AnswerCache(entries=2)
+        release = asyncio.Event()
+
+        async def build() -> bytes:
+            builds.append(1)
+            await release.wait()
+            return b"page"
+
+        gone = asyncio.ensure_future(cache.get_or_build(("k",), build))
+        waiting = [asyncio.ensure_future(cache.get_or_build(("k",), build)) for _ in range(5)]
+        await asyncio.sleep(0)
+        gone.cancel()
+        await asyncio.sleep(0)
+        release.set()
+        answers = await asyncio.gather(*waiting)
+        assert gone.cancelled() and cache.get(("k",)) == b"page"
+        return [*answers, await cache.get_or_build(("k",), build)]
+
+    assert asyncio.run(scenario()) == [b"page"] * 6
+    assert len(builds) == 1
+
+
 def test_changed_divergence_and_search(served):
     client, index, variant = served["client"], served["index"], served["variant"]
     rows = client.get(f"/indexes/{index}/changed", params={"variant": variant, "limit": 500}).json()

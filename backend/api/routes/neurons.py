@@ -332,5 +332,11 @@ async def neuron(
     from backend.neurons.queries import neuron_page
 
     index_id = await _resolve_index(state, model, variant, index)
-    return await _cached(state, "neuron_pages", (index_id, layer, neuron, variant),
-                         lambda: neuron_page(index_id, layer, neuron, variant=variant, settings=state.settings))
+    key = (index_id, layer, neuron, variant)
+    pages = state.pages
+    if pages is None:
+        return await _cached(state, "neuron_pages", key,
+                             lambda: neuron_page(index_id, layer, neuron, variant=variant, settings=state.settings))
+    # built in a worker process (backend.api.page_processes): no thread of this one is held
+    body = await _cache(state, "neuron_pages").get_or_build(key, lambda: pages.page(index_id, layer, neuron, variant))
+    return Response(body, media_type=JSON)
