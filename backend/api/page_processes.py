@@ -6,7 +6,8 @@ thread pool, 16 concurrent cold reads make 16 threads and the event loop hand th
 each other hundreds of times per page: measured on 2 cores, 215 context switches and ~8 ms of
 server CPU per cold page, a third of it in the kernel's futex and scheduler (docs/neurons.md).
 Worker processes each have their own lock, build one page at a time, and return its JSON bytes
-(~70 kB through a pipe); the server process awaits them without using a thread.
+(~70 kB through a pipe); the server process awaits them without using a thread. Only bytes cross
+the pipe (a JSON request; a tagged answer), nothing is pickled.
 
 The workers are spawned (never forked: the server holds threads and a model), read the index
 files only (no model, no jobs), and keep their own open indexes and row-group caches. A worker
@@ -19,12 +20,14 @@ import asyncio
 import logging
 import multiprocessing
 import os
-import pickle
 from collections import deque
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
+import orjson
+
 from backend.config import Settings
+from backend.errors import UserError
 
 log = logging.getLogger("prunelens.api")
 
@@ -39,9 +42,14 @@ def build_page(index_id: str, layer: int, neuron: int, variant: str | None) -> b
     return json_bytes(neuron_page(index_id, layer, neuron, variant=variant, settings=_settings))
 
 
+# An answer is one tag byte and its body: the page, or a failure as JSON {"status", "message"}.
+PAGE, FAILED = b"P", b"F"
+
+
 def serve_pages(connection: Connection, settings: Settings) -> None:
-    """A worker's life: one request at a time from ``connection``, answered with (True, page bytes)
-    or (False, the exception: a UserError keeps its class and so its HTTP status); None stops it."""
+    """A worker's life: one JSON request ``[index, layer, neuron, variant]`` at a time from
+    ``connection``, answered with PAGE + the page's bytes or FAILED + {"status", "message"} (a
+    UserError keeps its HTTP status, anything else is a 500); an empty request stops it."""
     from backend.process_setup import configure_process
 
     global _settings
@@ -51,19 +59,18 @@ def serve_pages(connection: Connection, settings: Settings) -> None:
 
     while True:
         try:
-            request = connection.recv()
+            request = connection.recv_bytes()
         except (EOFError, OSError):  # the server went away
             return
-        if request is None:
+        if not request:
             return
         try:
-            answer: tuple[bool, object] = (True, build_page(*request))
-        except Exception as exc:  # noqa: BLE001  # any failure is sent back and raised in the server
-            answer = (False, exc)
-        try:
-            connection.send(answer)
-        except (pickle.PicklingError, TypeError, AttributeError) as exc:  # an exception that does not pickle
-            connection.send((False, RuntimeError(f"neuron page failed: {answer[1]!r} ({exc})")))
+            answer = PAGE + build_page(*orjson.loads(request))
+        except UserError as exc:
+            answer = FAILED + orjson.dumps({"status": exc.status_code, "message": str(exc)})
+        except Exception as exc:  # noqa: BLE001  # any other failure is a 500 in the server
+            answer = FAILED + orjson.dumps({"status": 500, "message": f"neuron page failed: {exc!r}"})
+        connection.send_bytes(answer)
 
 
 class _Worker:
@@ -78,7 +85,7 @@ class _Worker:
 
     def stop(self) -> None:
         try:
-            self.connection.send(None)
+            self.connection.send_bytes(b"")
         except OSError:
             pass
         self.connection.close()
@@ -119,10 +126,15 @@ class PageProcesses:
         answer: asyncio.Future = loop.create_future()
         self._line.append(((index_id, layer, neuron, variant), answer))
         self._dispatch()
-        ok, value = await answer
-        if ok and isinstance(value, bytes):
-            return value
-        raise value if isinstance(value, BaseException) else RuntimeError(f"neuron page worker answered {value!r}")
+        message: bytes = await answer
+        if message.startswith(PAGE):
+            return message[len(PAGE):]
+        failure = orjson.loads(message[len(FAILED):])
+        if 400 <= failure["status"] < 500:
+            error = UserError(failure["message"])
+            error.status_code = failure["status"]  # NotFoundError's 404, ConflictError's 409, ...
+            raise error
+        raise RuntimeError(failure["message"])
 
     def _listen(self, worker: _Worker) -> None:
         descriptor = worker.connection.fileno()
@@ -140,11 +152,11 @@ class PageProcesses:
             if answer.done():  # its client went away
                 continue
             worker.asked.append(answer)
-            worker.connection.send(request)  # a few hundred bytes: the pipe takes them at once
+            worker.connection.send_bytes(orjson.dumps(request))  # a few bytes: the pipe takes them at once
 
     def _answered(self, worker: _Worker) -> None:
         try:
-            message = worker.connection.recv()  # the worker writes its whole answer at once
+            message = worker.connection.recv_bytes()  # the worker writes its whole answer at once
         except (EOFError, OSError):
             self._replace(worker)
             return
@@ -161,7 +173,8 @@ class PageProcesses:
         worker.process.kill()
         for answer in worker.asked:  # their pages are lost: a 500 each, the client may retry
             if not answer.done():
-                answer.set_result((False, RuntimeError("the neuron page worker exited; retry the request")))
+                answer.set_result(FAILED + orjson.dumps(
+                    {"status": 500, "message": "the neuron page worker exited; retry the request"}))
         self._workers.remove(worker)
         fresh = _Worker(self.settings)
         self._workers.append(fresh)
