@@ -143,6 +143,38 @@ def test_token_kl_equals_kl_div(built):
     np.testing.assert_allclose(kl.top.scores[0].numpy(), expected.numpy()[order], rtol=1e-4)
 
 
+TIE = 1e-5  # scores this close may swap: another batch shape changes the forward's last bits
+
+
+def _assert_top_equal(a, b):
+    """Equal top-k lists, up to the order of scores tied within TIE (compared in key order).
+
+    A batch of other shape rounds the activations differently in the last bits; on some CPUs a
+    tiny model gives many activations equal to ~1e-7, whose order (and, in the last tied group
+    of a row, whose members) then follows the rounding. Everything above that group is exact."""
+    torch.testing.assert_close(a.scores, b.scores, rtol=1e-5, atol=1e-6)
+    finite = torch.nan_to_num(a.scores, neginf=-1e30)  # [rows, k], descending per row
+    new_group = torch.ones_like(finite, dtype=torch.bool)
+    new_group[:, 1:] = (finite[:, :-1] - finite[:, 1:]) > TIE
+    group = new_group.long().cumsum(1)  # [rows, k]: tied runs share a number
+    last = group == group[:, -1:]  # the run at position k: its members may differ
+    order_a = _by_group_then_key(group, a.keys)
+    order_b = _by_group_then_key(group, b.keys)
+    keys_a, keys_b = a.keys.gather(1, order_a), b.keys.gather(1, order_b)
+    assert torch.equal(keys_a[~last], keys_b[~last])
+    for name, payload in a.payload.items():
+        index_a = order_a.view(*order_a.shape, *([1] * (payload.dim() - 2))).expand_as(payload)
+        index_b = order_b.view(*order_b.shape, *([1] * (payload.dim() - 2))).expand_as(payload)
+        torch.testing.assert_close(payload.gather(1, index_a)[~last], b.payload[name].gather(1, index_b)[~last],
+                                   rtol=1e-5, atol=1e-6, equal_nan=True)
+
+
+def _by_group_then_key(group: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """Per row, positions sorted by (tied group, key): a canonical order of tied entries."""
+    by_key = keys.argsort(dim=1, stable=True)
+    return by_key.gather(1, group.gather(1, by_key).argsort(dim=1, stable=True))
+
+
 def _assert_states_equal(a, b):
     assert a.tokens == b.tokens and a.documents == b.documents
     assert torch.equal(a.profile_counts, b.profile_counts)
@@ -152,12 +184,7 @@ def _assert_states_equal(a, b):
                 torch.testing.assert_close(getattr(left, name), getattr(right, name), rtol=1e-5, atol=1e-5)
             assert torch.equal(left.histogram, right.histogram)
             for key, top in left.top.items():
-                assert torch.equal(top.keys, right.top[key].keys)
-                torch.testing.assert_close(top.scores, right.top[key].scores, rtol=1e-5, atol=1e-6)
-                for name, payload in top.payload.items():
-                    torch.testing.assert_close(
-                        payload, right.top[key].payload[name], rtol=1e-5, atol=1e-6, equal_nan=True
-                    )
+                _assert_top_equal(top, right.top[key])
     for variant in a.kl:
         torch.testing.assert_close(a.kl[variant].sum, b.kl[variant].sum, rtol=1e-5, atol=1e-6)
         assert torch.equal(a.kl[variant].top.keys, b.kl[variant].top.keys)
