@@ -112,8 +112,9 @@ def main() -> int:
             else:
                 index, variant = found
             manifest = client.get(f"/indexes/{index}").json()
-            print(f"index {index}: {manifest.get('tokens')} tokens, dense + 1 variant, built in "
-                  f"{time.monotonic() - started:.0f} s (with the prune)")
+            how = ("reused from --cache" if found is not None
+                   else f"built in {time.monotonic() - started:.0f} s (with the prune)")
+            print(f"index {index}: {manifest.get('tokens')} tokens, dense + 1 variant, {how}")
             model = manifest["model"]
             layers = manifest["layers"]
             layers = range(layers) if isinstance(layers, int) else layers

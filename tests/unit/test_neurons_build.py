@@ -158,21 +158,22 @@ def _assert_top_equal(a, b):
     new_group[:, 1:] = (finite[:, :-1] - finite[:, 1:]) > TIE
     group = new_group.long().cumsum(1)  # [rows, k]: tied runs share a number
     last = group == group[:, -1:]  # the run at position k: its members may differ
-    order_a = _by_group_then_key(group, a.keys)
-    order_b = _by_group_then_key(group, b.keys)
-    keys_a, keys_b = a.keys.gather(1, order_a), b.keys.gather(1, order_b)
-    assert torch.equal(keys_a[~last], keys_b[~last])
+    order_a, order_b = _by_group_then_key(group, a.keys), _by_group_then_key(group, b.keys)
+    assert torch.equal(_reordered(a.keys, order_a)[~last], _reordered(b.keys, order_b)[~last])
     for name, payload in a.payload.items():
-        index_a = order_a.view(*order_a.shape, *([1] * (payload.dim() - 2))).expand_as(payload)
-        index_b = order_b.view(*order_b.shape, *([1] * (payload.dim() - 2))).expand_as(payload)
-        torch.testing.assert_close(payload.gather(1, index_a)[~last], b.payload[name].gather(1, index_b)[~last],
-                                   rtol=1e-5, atol=1e-6, equal_nan=True)
+        torch.testing.assert_close(_reordered(payload, order_a)[~last],
+                                   _reordered(b.payload[name], order_b)[~last], rtol=1e-5, atol=1e-6, equal_nan=True)
 
 
 def _by_group_then_key(group: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     """Per row, positions sorted by (tied group, key): a canonical order of tied entries."""
     by_key = keys.argsort(dim=1, stable=True)
     return by_key.gather(1, group.gather(1, by_key).argsort(dim=1, stable=True))
+
+
+def _reordered(values: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """values [rows, k, ...] with each row's entries in ``order`` [rows, k]."""
+    return values.gather(1, order.view(*order.shape, *([1] * (values.dim() - 2))).expand_as(values))
 
 
 def _assert_states_equal(a, b):

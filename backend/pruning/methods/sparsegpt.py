@@ -345,8 +345,8 @@ def _lower_triangular_inverse(lower: torch.Tensor, leaf: int = 128) -> torch.Ten
 
     torch has no triangular inverse; solving L X = I costs three times the flops of one. The
     recursion does the same work as LAPACK's trtri in large matrix products. SciPy's trtri
-    (OpenBLAS) alone is 2-3x faster on the CPU, but its threads keep spinning after the call and
-    slowed the next torch product by ~60 ms; a 30-layer SparseGPT run went from 6 to 14 s of mask
+    (OpenBLAS) alone is 2-7x faster on the CPU, but its threads keep spinning after the call and
+    slowed the next torch product by 45-76 ms; a 30-layer SparseGPT run went from 6 to 14 s of mask
     time with it (measured 2026-12-07), and single-threaded it is no faster than this."""
     size = lower.shape[0]
     if size <= leaf:
