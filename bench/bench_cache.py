@@ -18,6 +18,9 @@ def isolated_cache(prefix: str) -> Path:
     work = Path(tempfile.mkdtemp(prefix=prefix))
     shared = Path(os.environ.get("PRUNELENS_TEST_SHARED_CACHE", "models_cache")) / "models"
     (work / "cache").mkdir()
+    # On a fresh clone nothing is converted yet: the link must point at a folder that exists,
+    # or the first conversion (through the link) cannot create its parent.
+    shared.mkdir(parents=True, exist_ok=True)
     (work / "cache" / "models").symlink_to(shared.resolve())
     os.environ["PRUNELENS_CACHE_DIR"] = str(work / "cache")
     return work

@@ -97,16 +97,18 @@ def measure(loaded, sets: dict[str, str], heldout: int, seqlen: int) -> tuple[Me
 
 
 def ours(loaded, method: str, spec: SparsitySpec, args, seed: int):
+    """(held-out sets, masks, seconds, OWL layer sparsities or None)."""
     options = {"blocksize": BLOCKSIZE, "percdamp": PERCDAMP} if method == "sparsegpt" else {}
     if args.sparsity_profile == "owl":
         options |= {"sparsity_profile": "owl", "owl_m": args.owl_m, "owl_lambda": args.owl_lambda}
     config = PruneConfig(method, CALIBRATION, spec, nsamples=args.nsamples, seqlen=args.seqlen,
                          seed=seed, options=options)
     started = time.perf_counter()
-    variant = create_variant(loaded, config).variant_id
+    created = create_variant(loaded, config)
     seconds = time.perf_counter() - started
-    with variant_applied(loaded, variant):
-        return (*measure(loaded, args.sets, args.heldout_windows, args.seqlen), seconds)
+    owl = created.manifest.get("owl", {}).get("layer_sparsity")
+    with variant_applied(loaded, created.variant_id):
+        return (*measure(loaded, args.sets, args.heldout_windows, args.seqlen), seconds, owl)
 
 
 def peer(loaded, method: str, spec: SparsitySpec, args, windows_file: Path, work: Path, batch_size: int = 8):
@@ -147,7 +149,9 @@ def peer(loaded, method: str, spec: SparsitySpec, args, windows_file: Path, work
             for name, param in params.items():
                 param.copy_(dense[name])
     versions = json.loads((out / "versions.json").read_text())
-    return (*measured, seconds, versions)
+    owl_file = out / "owl_layer_sparsity.json"
+    owl = json.loads(owl_file.read_text()) if owl_file.exists() else None
+    return (*measured, seconds, versions, owl)
 
 
 def ratio_interval(ours_nll: np.ndarray, peer_nll: np.ndarray, seed: int) -> tuple[float, float]:
@@ -198,10 +202,15 @@ def main() -> int:
                              "modifiers: sparsity_profile='owl', owl_m, owl_lmbda); unstructured specs only")
     parser.add_argument("--owl-m", type=float, default=5.0, help="OWL's outlier threshold M")
     parser.add_argument("--owl-lambda", type=float, default=0.08, help="OWL's lambda (llm-compressor: owl_lmbda)")
+    parser.add_argument("--peer-batch-size", type=int, default=8,
+                        help="windows per forward on the peer's side (default 8). Rounding only, except "
+                             "with OWL: llm-compressor's activation statistic is a sum of per-batch "
+                             "norms, so only --peer-batch-size = --nsamples (one batch) gives the "
+                             "norm over all tokens that OWL's paper and our engine use")
     parser.add_argument("--noise-floor", action="store_true",
-                        help="also run the peer with 1 window per forward instead of 8: the same "
-                             "algorithm with other float rounding, so its mask differences and "
-                             "perplexity ratio are what rounding alone gives")
+                        help="also run the peer with 1 window per forward instead of --peer-batch-size: "
+                             "the same algorithm with other float rounding, so its mask differences "
+                             "and perplexity ratio are what rounding alone gives")
     args = parser.parse_args()
     # The peer runs in a scratch working directory: a relative interpreter path is the caller's.
     args.peer_python = str(Path(args.peer_python).absolute())
@@ -244,18 +253,24 @@ def main() -> int:
         save_file({"input_ids": windows.contiguous()}, str(windows_file))
         for spec in specs:
             for method in args.methods:
-                our_sets, our_masks, our_seconds = ours(loaded, method, spec, args, seed)
-                peer_sets, peer_masks, peer_seconds, versions = peer(loaded, method, spec, args, windows_file, work)
+                our_sets, our_masks, our_seconds, our_owl = ours(loaded, method, spec, args, seed)
+                peer_sets, peer_masks, peer_seconds, versions, peer_owl = peer(
+                    loaded, method, spec, args, windows_file, work, batch_size=args.peer_batch_size)
                 differ = mask_differences(our_masks, peer_masks)
                 print(f"\nseed {seed} {spec.label} {method}: ours {our_seconds:.0f}s, llm-compressor "
                       f"{versions['llmcompressor']} {peer_seconds:.0f}s; sparsity ours {sparsity(our_masks):.4f}, "
                       f"peer {sparsity(peer_masks):.4f}")
                 print(f"  ours vs peer, weights whose pruned/kept decision differs per layer: "
                       f"{layer_summary(differ)}")
+                if our_owl and peer_owl:
+                    gaps = np.abs(np.asarray(our_owl) - np.asarray(peer_owl))
+                    print(f"  OWL layer sparsities, ours - peer: max |difference| {gaps.max():.2e} "
+                          f"(layer {int(gaps.argmax())}), mean {gaps.mean():.2e}")
                 floor_sets = None
                 if args.noise_floor:
-                    floor_sets, floor_masks, _, _ = peer(loaded, method, spec, args, windows_file, work, batch_size=1)
-                    print(f"  peer batch 1 vs peer batch 8 (rounding only), masks differ per layer: "
+                    floor_sets, floor_masks, _, _, _ = peer(loaded, method, spec, args, windows_file, work,
+                                                            batch_size=1)
+                    print(f"  peer batch 1 vs peer batch {args.peer_batch_size}, masks differ per layer: "
                           f"{layer_summary(mask_differences(floor_masks, peer_masks))}")
                 for label in args.sets:
                     (our_ppl, our_nll), (peer_ppl, peer_nll) = our_sets[label], peer_sets[label]
@@ -267,7 +282,7 @@ def main() -> int:
                     if floor_sets is not None:
                         floor_ppl, floor_nll = floor_sets[label]
                         floor_low, floor_high = ratio_interval(floor_nll, peer_nll, seed)
-                        line += (f"; peer vs peer (batch 1 / 8) {floor_ppl / peer_ppl:.4f} "
+                        line += (f"; peer vs peer (batch 1 / {args.peer_batch_size}) {floor_ppl / peer_ppl:.4f} "
                                  f"[{floor_low:.4f}, {floor_high:.4f}]")
                     print(line)
                 sys.stdout.flush()

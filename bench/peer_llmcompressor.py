@@ -17,6 +17,8 @@ import json
 import sys
 from pathlib import Path
 
+OWL_SPARSITIES: list[float] = []  # filled by the OWL profile, in decoder layer order
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -28,7 +30,9 @@ def main() -> int:
                         help="llm-compressor's N:M, N = weights PRUNED per M (2:4 is the same either way)")
     parser.add_argument("--block-size", type=int, default=128)
     parser.add_argument("--dampening", type=float, default=0.01)
-    parser.add_argument("--batch-size", type=int, default=8, help="windows per forward; no effect on the result")
+    parser.add_argument("--batch-size", type=int, default=8,
+                        help="windows per forward: float rounding only, except for OWL, whose activation "
+                             "statistic is a sum of per-batch norms")
     parser.add_argument("--sparsity-profile", default=None, help="owl: OWL layerwise sparsity (the modifiers' own)")
     parser.add_argument("--owl-m", type=float, default=None)
     parser.add_argument("--owl-lmbda", type=float, default=None)
@@ -84,6 +88,8 @@ def main() -> int:
         if isinstance(module, torch.nn.Linear) and ".layers." in f".{name}"
     }
     save_file(weights, str(out / "weights.safetensors"))
+    if OWL_SPARSITIES:  # the peer's own layerwise sparsities, for bench/peer.py to set against ours
+        (out / "owl_layer_sparsity.json").write_text(json.dumps(OWL_SPARSITIES))
     versions = {"llmcompressor": llmcompressor.__version__, "compressed_tensors": compressed_tensors.__version__,
                 "transformers": transformers.__version__, "torch": torch.__version__}
     (out / "versions.json").write_text(json.dumps(versions))
@@ -131,7 +137,8 @@ def _let_owl_calibrate_before_initialization() -> None:
     @functools.wraps(infer)
     def infer_as_list(self, *args, **kwargs):
         per_layer = infer(self, *args, **kwargs)  # {decoder layer name: sparsity}
-        return [per_layer[name] for name in self._target_layers]
+        OWL_SPARSITIES[:] = [float(per_layer[name]) for name in self._target_layers]
+        return list(OWL_SPARSITIES)
 
     SparsityModifierBase._infer_owl_layer_sparsity = infer_as_list
 
