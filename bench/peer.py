@@ -35,6 +35,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -96,13 +97,19 @@ def measure(loaded, sets: dict[str, str], heldout: int, seqlen: int) -> tuple[Me
     return measured, zero_masks(loaded.model)
 
 
-def ours(loaded, method: str, spec: SparsitySpec, args, seed: int):
-    """(held-out sets, masks, seconds, OWL layer sparsities or None)."""
+def ours(loaded, method: str, spec: SparsitySpec, args, seed: int, batch_size: int | None = None):
+    """(held-out sets, masks, seconds, OWL layer sparsities or None); ``batch_size``: windows per
+    forward (None: the engine's default)."""
     options = {"blocksize": BLOCKSIZE, "percdamp": PERCDAMP} if method == "sparsegpt" else {}
     if args.sparsity_profile == "owl":
         options |= {"sparsity_profile": "owl", "owl_m": args.owl_m, "owl_lambda": args.owl_lambda}
     config = PruneConfig(method, CALIBRATION, spec, nsamples=args.nsamples, seqlen=args.seqlen,
-                         seed=seed, options=options)
+                         seed=seed, options=options, batch_size=batch_size)
+    if batch_size is not None:  # the batch size is not part of the variant id: prune again, not reuse
+        from backend.config import get_settings
+        from backend.pruning.engine import variant_id
+
+        shutil.rmtree(get_settings().variants_dir / variant_id(loaded, config), ignore_errors=True)
     started = time.perf_counter()
     created = create_variant(loaded, config)
     seconds = time.perf_counter() - started
@@ -211,6 +218,10 @@ def main() -> int:
                         help="also run the peer with 1 window per forward instead of --peer-batch-size: "
                              "the same algorithm with other float rounding, so its mask differences "
                              "and perplexity ratio are what rounding alone gives")
+    parser.add_argument("--self-floor", action="store_true",
+                        help="also run ours with 1 window per forward: the same algorithm and, with "
+                             "OWL too, the same statistic (ours is a norm over all tokens at any batch "
+                             "size), so its ratio to ours is what float rounding alone moves")
     args = parser.parse_args()
     # The peer runs in a scratch working directory: a relative interpreter path is the caller's.
     args.peer_python = str(Path(args.peer_python).absolute())
@@ -266,6 +277,14 @@ def main() -> int:
                     gaps = np.abs(np.asarray(our_owl) - np.asarray(peer_owl))
                     print(f"  OWL layer sparsities, ours - peer: max |difference| {gaps.max():.2e} "
                           f"(layer {int(gaps.argmax())}), mean {gaps.mean():.2e}")
+                if args.self_floor:
+                    self_sets, self_masks, _, _ = ours(loaded, method, spec, args, seed, batch_size=1)
+                    print(f"  ours batch 1 vs ours (default batch), masks differ per layer: "
+                          f"{layer_summary(mask_differences(self_masks, our_masks))}")
+                    for label in args.sets:
+                        low, high = ratio_interval(self_sets[label][1], our_sets[label][1], seed)
+                        print(f"  {label:<18} ours batch 1 / ours {self_sets[label][0] / our_sets[label][0]:.4f} "
+                              f"[{low:.4f}, {high:.4f}]")
                 floor_sets = None
                 if args.noise_floor:
                     floor_sets, floor_masks, _, _, _ = peer(loaded, method, spec, args, windows_file, work,
@@ -299,7 +318,26 @@ def main() -> int:
               f"| [{low:.4f}, {high:.4f}] | {differ_mean:.3%} |")
     print("dense " + ", ".join(f"{label} {ppl:.3f}" for label, (ppl, _) in dense.items())
           + f"; worst ratio {worst:.4f} (goal <= {GOAL})")
+    if len(args.seeds) > 1:
+        print_pooled(rows)
     return 0
+
+
+def print_pooled(rows: list[tuple]) -> None:
+    """Per spec, method and held-out set: the geometric mean of ours/peer over the calibration
+    draws, with a t interval over the draws (each draw one observation of log(ours/peer)): the
+    draw-to-draw spread, which one draw's bootstrap over held-out windows does not see."""
+    from scipy.stats import ttest_1samp
+
+    groups: dict[tuple, list[float]] = {}
+    for _seed, label, method, text_set, our_ppl, peer_ppl, *_ in rows:
+        groups.setdefault((label, method, text_set), []).append(math.log(our_ppl / peer_ppl))
+    print(f"\npooled over {len(next(iter(groups.values())))} calibration draws: geometric mean of ours/peer "
+          "[95% t interval over draws]")
+    for (label, method, text_set), logs in groups.items():
+        low, high = ttest_1samp(logs, 0.0).confidence_interval(0.95)
+        print(f"  {label} {method} {text_set:<20} {math.exp(np.mean(logs)):.4f} "
+              f"[{math.exp(low):.4f}, {math.exp(high):.4f}]")
 
 
 if __name__ == "__main__":

@@ -70,6 +70,7 @@ class LayerStats:
         self.sum += activations.sum(0).double()
         self.sum_sq += torch.linalg.vecdot(activations, activations, dim=0).double()
         self.sum_abs += magnitudes.sum(0).double()
+        # amax and amin, not aminmax: over dim 0 of [tokens, N] aminmax took 13 ms against ~1 ms
         torch.maximum(self.max, activations.amax(0), out=self.max)
         torch.minimum(self.min, activations.amin(0), out=self.min)
         self.histogram += histogram_counts(magnitudes.float())

@@ -6,6 +6,8 @@ so that histograms can be overlaid and summed (shards merge by adding counts).
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -36,22 +38,38 @@ def histogram_bins(magnitudes: torch.Tensor) -> torch.Tensor:
     """Bin index (0..HISTOGRAM_BINS-1) of each non-negative float32 ``|a|``, same shape, int32."""
     bits = magnitudes.view(torch.int32) >> 22  # 2 * (biased exponent) + first mantissa bit
     low = 2 * (127 + HISTOGRAM_LOW_EXPONENT)
-    return (bits - (low - 1)).clamp_(0, HISTOGRAM_BINS - 1)
+    bits -= low - 1  # in place: a [tokens, N] batch is 25 MB for the embedded model
+    return bits.clamp_(0, HISTOGRAM_BINS - 1)
 
 
 def histogram_counts(magnitudes: torch.Tensor) -> torch.Tensor:
     """Per-column counts of ``histogram_bins`` of non-negative float32 ``|a|`` [tokens, N]:
-    [N, HISTOGRAM_BINS] int64. One shift, one add and one ``bincount`` over the raw 9-bit bin
-    (bit pattern >> 22, below 512 for any non-negative float), then the under- and overflow
-    ranges are summed: the same counts as binning and counting each column."""
+    [N, HISTOGRAM_BINS] int64, the same counts as binning and counting each column.
+
+    Each value's bin is offset by its column times HISTOGRAM_BINS, so one ``bincount`` counts
+    every column at once. bincount runs on one core and scatters into its counts at random: with
+    42 counts per column the array (0.5 MB for 1536 neurons) stays in the core's L2 cache, and
+    the rows are cut into one slice per torch thread, counted side by side (bincount releases
+    the interpreter lock) and added. Measured on [4000, 1536]: 4x faster than one bincount over
+    the raw 9-bit bins (512 counts per column, 6 MB)."""
     neurons = magnitudes.shape[1]
-    raw = magnitudes.view(torch.int32) >> 22  # [tokens, N] in 0..511
-    raw += torch.arange(0, 512 * neurons, 512, dtype=torch.int32, device=raw.device)
-    counts = torch.bincount(raw.view(-1), minlength=512 * neurons).view(neurons, 512)
-    low = 2 * (127 + HISTOGRAM_LOW_EXPONENT)  # raw value of the first inner bin
-    inner = HISTOGRAM_BINS - 2
-    return torch.cat([counts[:, :low].sum(1, keepdim=True), counts[:, low:low + inner],
-                      counts[:, low + inner:].sum(1, keepdim=True)], dim=1)
+    bins = histogram_bins(magnitudes)  # [tokens, N] int32, a new tensor
+    bins += torch.arange(0, HISTOGRAM_BINS * neurons, HISTOGRAM_BINS, dtype=torch.int32, device=bins.device)
+    size = HISTOGRAM_BINS * neurons
+    slices = [part.reshape(-1) for part in bins.tensor_split(_bincount_workers(bins), dim=0) if part.numel()]
+    if len(slices) <= 1 or bins.device.type != "cpu":
+        return torch.bincount(bins.view(-1), minlength=size).view(neurons, HISTOGRAM_BINS)
+    counted = _BINCOUNT_POOL.map(lambda part: torch.bincount(part, minlength=size), slices)
+    return torch.stack(list(counted)).sum(0).view(neurons, HISTOGRAM_BINS)
+
+
+def _bincount_workers(bins: torch.Tensor) -> int:
+    # Below ~64k values a second thread costs more than it saves.
+    return 1 if bins.numel() < 65536 else max(1, min(torch.get_num_threads(), _BINCOUNT_THREADS))
+
+
+_BINCOUNT_THREADS = 8
+_BINCOUNT_POOL = ThreadPoolExecutor(max_workers=_BINCOUNT_THREADS, thread_name_prefix="prunelens-bincount")
 
 
 class IndexRequest(BaseModel):

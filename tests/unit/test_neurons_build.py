@@ -69,6 +69,27 @@ def test_statistics_equal_full_tensors(built):
             assert np.array_equal(stats.histogram.numpy(), expected)
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_histogram_counts_equal_numpy_on_large_batches(threads):
+    """The threaded path (row slices counted side by side, above 64k values) gives numpy's counts,
+    under-/overflow and exact edges included, whatever the thread count."""
+    from backend.neurons.request import histogram_counts
+
+    generator = torch.Generator().manual_seed(threads)
+    magnitudes = (torch.randn(30011, 5, generator=generator) * 4.0).abs() ** 3  # 1e-9 .. >128
+    magnitudes[:41, 0] = torch.from_numpy(HISTOGRAM_INNER_EDGES)  # every edge exactly
+    magnitudes[41:50, 1] = 0.0
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        counts = histogram_counts(magnitudes)
+    finally:
+        torch.set_num_threads(previous)
+    bins = np.searchsorted(HISTOGRAM_INNER_EDGES, magnitudes.numpy(), side="right")
+    expected = np.stack([np.bincount(bins[:, n], minlength=HISTOGRAM_BINS) for n in range(5)])
+    assert np.array_equal(counts.numpy(), expected)
+
+
 def test_pearson_equals_numpy(built):
     _, _, _, state, (dense_layers, _, _), (variant_layers, _, _) = built
     for layer in dense_layers:
