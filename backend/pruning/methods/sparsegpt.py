@@ -284,8 +284,7 @@ def _obs_block(
     for sub_start in range(0, size, step):
         sub_end = min(sub_start + step, size)
         strict_upper = factor_strict[sub_start:sub_end, sub_start:sub_end]  # U_kc for k < c
-        # [i]: U_kc of column sub_start + i
-        coefficients = coefficient_rows[sub_start:sub_end, sub_start:sub_end].unbind(0)
+        coefficients = coefficient_rows[sub_start:sub_end, sub_start:sub_end].unbind(0)  # [i]: U_kc of column sub_start + i
         sub_errors = errors[sub_start:sub_end]  # [sub, out], filled row by row below
         sub_errors_t = sub_errors.T  # [out, sub]
         for offset, column in enumerate(range(sub_start, sub_end)):
