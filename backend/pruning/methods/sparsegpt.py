@@ -278,13 +278,10 @@ def _obs_block(
     # not straddle two sub-blocks.
     step = max(1, SUB_BLOCK // spec.m) * spec.m if nm else SUB_BLOCK
     factor_strict = factor.triu(1)  # [block, block]: U_kc for k < c, once for every sub-block
-    # Transposed and made contiguous once per block (not per sub-block: ~6k small copies per model):
-    # row c holds U_kc for every k, and a row slice of it is contiguous.
-    coefficient_rows = factor_strict.T.contiguous()  # [block, block]
     for sub_start in range(0, size, step):
         sub_end = min(sub_start + step, size)
         strict_upper = factor_strict[sub_start:sub_end, sub_start:sub_end]  # U_kc for k < c
-        coefficients = coefficient_rows[sub_start:sub_end, sub_start:sub_end].unbind(0)  # [i]: U_kc of column sub_start + i
+        coefficients = strict_upper.T.contiguous().unbind(0)  # [i]: U_kc of column sub_start + i
         sub_errors = errors[sub_start:sub_end]  # [sub, out], filled row by row below
         sub_errors_t = sub_errors.T  # [out, sub]
         for offset, column in enumerate(range(sub_start, sub_end)):
