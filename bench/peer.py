@@ -35,7 +35,6 @@ import argparse
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -106,10 +105,11 @@ def ours(loaded, method: str, spec: SparsitySpec, args, seed: int, batch_size: i
     config = PruneConfig(method, CALIBRATION, spec, nsamples=args.nsamples, seqlen=args.seqlen,
                          seed=seed, options=options, batch_size=batch_size)
     if batch_size is not None:  # the batch size is not part of the variant id: prune again, not reuse
-        from backend.config import get_settings
         from backend.pruning.engine import variant_id
+        from backend.pruning.variants import delete_variant, variant_exists
 
-        shutil.rmtree(get_settings().variants_dir / variant_id(loaded, config), ignore_errors=True)
+        if variant_exists(variant_id(loaded, config)):
+            delete_variant(variant_id(loaded, config))
     started = time.perf_counter()
     created = create_variant(loaded, config)
     seconds = time.perf_counter() - started

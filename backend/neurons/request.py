@@ -56,16 +56,13 @@ def histogram_counts(magnitudes: torch.Tensor) -> torch.Tensor:
     bins = histogram_bins(magnitudes)  # [tokens, N] int32, a new tensor
     bins += torch.arange(0, HISTOGRAM_BINS * neurons, HISTOGRAM_BINS, dtype=torch.int32, device=bins.device)
     size = HISTOGRAM_BINS * neurons
-    slices = [part.reshape(-1) for part in bins.tensor_split(_bincount_workers(bins), dim=0) if part.numel()]
-    if len(slices) <= 1 or bins.device.type != "cpu":
+    # Below ~64k values a second thread costs more than it saves; a GPU's bincount is parallel.
+    workers = min(torch.get_num_threads(), _BINCOUNT_THREADS, len(bins))
+    if bins.numel() < 65536 or workers <= 1 or bins.device.type != "cpu":
         return torch.bincount(bins.view(-1), minlength=size).view(neurons, HISTOGRAM_BINS)
+    slices = [part.reshape(-1) for part in bins.tensor_split(workers, dim=0)]  # none empty: workers <= rows
     counted = _BINCOUNT_POOL.map(lambda part: torch.bincount(part, minlength=size), slices)
     return torch.stack(list(counted)).sum(0).view(neurons, HISTOGRAM_BINS)
-
-
-def _bincount_workers(bins: torch.Tensor) -> int:
-    # Below ~64k values a second thread costs more than it saves.
-    return 1 if bins.numel() < 65536 else max(1, min(torch.get_num_threads(), _BINCOUNT_THREADS))
 
 
 _BINCOUNT_THREADS = 8
