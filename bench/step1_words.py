@@ -18,6 +18,14 @@ of lexicon words among all candidate content words of the same texts (what picki
 random would give). Intervals: 95 % percentile bootstrap over texts (scipy.stats.bootstrap,
 seeded), of pooled shares (kept lexicon words / kept words), paired where two methods are
 compared on the same texts. Goals: >= 90 % of texts get words, >= 40 % of kept words in the lexicon.
+
+Bench-only rankings (not product fallbacks; name them in ``--methods``): ``erasure-delete`` and
+``erasure-replace`` score each content word by how much the gold label's margin drops when every
+occurrence of the word is erased, by deleting it from the text (Li et al. 2016, "Understanding
+neural networks through representation erasure") or by replacing its tokens' input embeddings with
+the integrated-gradients baseline's neutral token; the largest |drop| are kept, as many as the
+fallback keeps. They test whether a word-level ablation finds sentiment words where the
+gradient methods do not.
 """
 
 from __future__ import annotations
@@ -38,12 +46,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from backend.data.offline_sets import package_dir, sst2_examples
 from backend.data.user_files import read_csv_rows
 from backend.models.loader import load_model
-from backend.nsa.attribution import FALLBACK_METHOD, FALLBACK_METHODS, fallback_word_count
-from backend.nsa.influential import _WORD, fallback_scores, generate_answer, parse_generation
+from backend.nsa.attribution import FALLBACK_METHOD, FALLBACK_METHODS, baseline_token_id, fallback_word_count
+from backend.nsa.influential import _WORD, fallback_scores, generate_answer, parse_generation, tokens_for_span
+from backend.nsa.probe import encode_probe, label_log_probs, margin
 from backend.nsa.tasks import TaskSpec, get_task
 from backend.storage import write_json_atomic
 
 WORDS_GOAL, LEXICON_GOAL = 0.90, 0.40
+ERASURE_METHODS = ("erasure-delete", "erasure-replace")
 _PARTS = re.compile(r"[-'’]")
 
 
@@ -81,6 +91,42 @@ def lexicon_counts(words: list[str], lexicon: frozenset[str], task: TaskSpec) ->
     return hits, len(units)
 
 
+def erasure_ranking(loaded, text: str, task: TaskSpec, label: int, how: str) -> tuple[list[str], float]:
+    """Content words of ``text`` by |margin(text) - margin(text without the word)|, largest first,
+    and margin(text).
+
+    ``how``: "delete" removes every occurrence from the text (spaces collapsed) and re-encodes
+    the probe; "replace" keeps the probe and puts the neutral token's embedding on the word's tokens."""
+    occurrences: dict[str, list[tuple[int, int]]] = {}
+    for match in _WORD.finditer(text):
+        if not task.is_stopword(match.group(0)) and not match.group(0).isdigit():
+            occurrences.setdefault(match.group(0).lower(), []).append(match.span())
+    probe = encode_probe(loaded.tokenizer, text, task, loaded.max_length)
+    embedding = loaded.model.get_input_embeddings()
+    with torch.no_grad():
+        embeds = embedding(torch.tensor([probe.input_ids], device=loaded.device))  # [1, tokens, hidden]
+        full = float(margin(label_log_probs(loaded.model, probe, embeds=embeds)[0], label))
+        neutral = embedding(torch.tensor([baseline_token_id(loaded.tokenizer)], device=loaded.device))
+        drops: dict[str, float] = {}
+        for word, spans in occurrences.items():
+            if how == "delete":
+                erased = text
+                for start, end in reversed(spans):
+                    erased = erased[:start] + erased[end:]
+                erased_probe = encode_probe(loaded.tokenizer, " ".join(erased.split()), task, loaded.max_length)
+                log_probs = label_log_probs(loaded.model, erased_probe)[0]
+            else:
+                tokens = sorted({t for start, end in spans for t in tokens_for_span(
+                    probe.encoded.offsets, (start + probe.text_start, end + probe.text_start))})
+                if not tokens:  # cut off by truncation
+                    continue
+                replaced = embeds.clone()
+                replaced[0, tokens] = neutral
+                log_probs = label_log_probs(loaded.model, probe, embeds=replaced)[0]
+            drops[word] = full - float(margin(log_probs, label))
+    return sorted(drops, key=lambda word: -abs(drops[word])), full
+
+
 def pooled_share(hits: list[int], totals: list[int], seed: int, resamples: int) -> str:
     """``share [low, high]`` of sum(hits) / sum(totals), bootstrap over texts; n/a without texts."""
     if not totals or sum(totals) == 0:
@@ -116,7 +162,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--min-content", type=int, default=6, help="content words a snippet needs at least")
     parser.add_argument("--max-new-tokens", type=int, default=48, help="the product's default is 48")
-    parser.add_argument("--methods", default=",".join(FALLBACK_METHODS), help="fallback methods to compare")
+    parser.add_argument("--methods", default=",".join(FALLBACK_METHODS),
+                        help=f"rankings to compare: fallbacks {', '.join(FALLBACK_METHODS)} and the bench-only "
+                             f"{', '.join(ERASURE_METHODS)} (comma-separated)")
     parser.add_argument("--no-generation", action="store_true", help="fallbacks only (every text)")
     parser.add_argument("--resamples", type=int, default=9999)
     parser.add_argument("--device", default="cpu")
@@ -125,7 +173,13 @@ def main() -> int:
     parser.add_argument("--load", type=Path, help="statistics of words saved by --save (no model)")
     args = parser.parse_args()
     methods = [m for m in args.methods.split(",") if m]
-    default = FALLBACK_METHOD if FALLBACK_METHOD in methods else methods[0]
+    unknown = [m for m in methods if m not in (*FALLBACK_METHODS, *ERASURE_METHODS)]
+    if unknown:
+        parser.error(f"unknown method {unknown[0]!r}: use {', '.join((*FALLBACK_METHODS, *ERASURE_METHODS))}")
+    fallbacks = [m for m in methods if m in FALLBACK_METHODS]
+    if not fallbacks and not args.no_generation and not args.load:
+        parser.error("the product's words need a product fallback in --methods (or --no-generation)")
+    default = FALLBACK_METHOD if FALLBACK_METHOD in methods else (fallbacks or methods)[0]
 
     task = get_task("sentiment")
     lexicon = vader_lexicon()
@@ -157,6 +211,12 @@ def words_of_texts(args, task: TaskSpec, methods: list[str], default: str,
             row["raw"], (row["model"], _) = raw, parse_generation(raw, text, task)
         for method in methods:
             clock = time.perf_counter()
+            if method in ERASURE_METHODS:
+                ranked_words, full_margin = erasure_ranking(loaded, text, task, label, method.split("-")[1])
+                seconds[method].append(time.perf_counter() - clock)
+                row[method] = ranked_words[: fallback_word_count(len(ranked_words))]
+                row["correct"] = full_margin > 0
+                continue
             ranked, attributed = fallback_scores(loaded, text, task, label, method=method)
             seconds[method].append(time.perf_counter() - clock)
             row[method] = [r["word"] for r in ranked[: fallback_word_count(len(ranked))]]

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from backend.errors import UserError
 from backend.models.hooks import StopForward, call_until_stopped, neuron_hooks, pre_hooks
 from backend.models.loader import LoadedModel
+from backend.neurons import fused
 from backend.neurons.accumulators import SIDES, IndexState, KLState, LayerStats, merge_states, profile_matrix
 from backend.neurons.corpus import (
     BatchTensors,
@@ -36,7 +37,7 @@ from backend.neurons.corpus import (
 )
 from backend.neurons.effects import weights_removed
 from backend.neurons.request import KL_TOP, PROFILE_TOKENS, IndexRequest
-from backend.neurons.topk import TopK, batch_candidates, batch_top
+from backend.neurons.topk import CANDIDATE_CAP, TopK, batch_candidates, batch_top, loose_candidates
 
 Progress = Callable[[float, str], None]
 DENSE = "dense"
@@ -106,7 +107,10 @@ class _BatchObserver:
         self.slot_of_token = slot.to(device)  # [vocab] profile slot, -1 for other tokens
         self.batch: BatchTensors | None = None
         self.profile_sums: torch.Tensor | None = None  # [P, counted] of the current batch
-        self.dense_counted: dict[int, torch.Tensor] = {}  # layer -> [counted, N]
+        # layer -> the dense model's activations of this batch, and whether they are by position
+        # ([positions, N], the fused pass) or counted rows only ([counted, N], the torch path)
+        self.dense_kept: dict[int, tuple[torch.Tensor, bool]] = {}
+        self.counted_slots: torch.Tensor | None = None  # [counted] profile slot of each counted token, -1: none
         # layer -> side -> the entries this batch put into the dense top-k: (neuron, slot, window
         # positions, inside), each [s] or [s, W]; the variants fill their re-read windows there
         self.pending: dict[int, dict[str, tuple[torch.Tensor, ...]]] = {}
@@ -114,6 +118,7 @@ class _BatchObserver:
     def start(self, batch: BatchTensors) -> None:
         self.batch = batch
         slots = self.slot_of_token[batch.token_ids]
+        self.counted_slots = slots
         profile_rows = (slots >= 0).nonzero().flatten()
         profile_slots = slots[profile_rows]
         self.state.profile_counts[batch.half].index_add_(0, profile_slots, torch.ones_like(profile_slots))
@@ -146,32 +151,73 @@ class _BatchObserver:
     def _observe(self, model_id: str, layer: int, flat_neurons: torch.Tensor) -> None:
         batch = self.batch
         assert batch is not None
-        counted = flat_neurons.index_select(0, batch.flat)  # [counted, N]
         stats = self.state.layers[model_id][layer]
-        stats.add_tokens(counted, batch.half, self.profile_sums)
+        if fused.enabled(flat_neurons):
+            found, kept = self._fused_pass(model_id, layer, flat_neurons, stats), (flat_neurons, True)
+        else:
+            counted = flat_neurons.index_select(0, batch.flat)  # [counted, N]
+            stats.add_tokens(counted, batch.half, self.profile_sums)
+            if model_id != DENSE:
+                self.state.cross[model_id][layer] += torch.linalg.vecdot(self._dense_counted(layer), counted,
+                                                                         dim=0).double()
+            found = {side: batch_candidates(counted, batch.keys, stats.top[(batch.half, side)], sign)
+                     for side, sign in zip(SIDES, (1, -1), strict=True)}
+            kept = (counted, False)
         if model_id != DENSE:
-            self.state.cross[model_id][layer] += torch.linalg.vecdot(self.dense_counted[layer], counted,
-                                                                     dim=0).double()
             dense_top = self.state.layers[DENSE][layer].top
             for side, (neuron, slot, flat, inside) in self.pending[layer].items():
                 reread = dense_top[(batch.half, side)].payload[f"reread:{model_id}"]
                 _put(reread, neuron, slot, self._gather(flat_neurons, neuron, flat, inside))
         entered: dict[str, tuple[torch.Tensor, ...]] = {}
-        for side, sign in zip(SIDES, (1, -1), strict=True):
+        for side in SIDES:
             top = stats.top[(batch.half, side)]
-            neuron, rows, scores = batch_candidates(counted, batch.keys, top, sign)
+            neuron, rows, scores = found[side]
             neuron, slot, entry = top.merge_entries(neuron, scores, batch.keys.index_select(0, rows))
             flat, inside = self._windows(rows.index_select(0, entry))  # windows of the entries that made it only
             _put(top.payload["window"], neuron, slot, self._gather(flat_neurons, neuron, flat, inside))
             entered[side] = (neuron, slot, flat, inside)
         if model_id == DENSE and self.variant_ids:
-            self.dense_counted[layer] = counted
+            self.dense_kept[layer] = kept
             self.pending[layer] = entered
+
+    def _dense_counted(self, layer: int) -> torch.Tensor:
+        """The dense model's counted activations of this batch's layer [counted, N]."""
+        kept, by_position = self.dense_kept[layer]
+        assert self.batch is not None
+        return kept.index_select(0, self.batch.flat) if by_position else kept
+
+    def _fused_pass(self, model_id: str, layer: int, flat_neurons: torch.Tensor, stats: LayerStats
+                    ) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """``fused.observe_columns`` for one model and layer: the sums in place, the candidates of
+        both sides as ``batch_candidates`` gives them."""
+        batch = self.batch
+        assert batch is not None
+        tops = [stats.top[(batch.half, side)] for side in SIDES]
+        tiny = torch.finfo(torch.float32).tiny
+        bounds = torch.stack([top.scores[:, -1] for top in tops]).clamp(min=tiny)  # [2, N], as batch_candidates
+        capacity = CANDIDATE_CAP * self.k
+        dense = cross = None
+        if model_id != DENSE:
+            kept, by_position = self.dense_kept[layer]
+            cross = self.state.cross[model_id][layer]
+            if by_position:  # the dense pass was fused too: the kernel reads its activations
+                dense = kept
+            else:
+                cross += torch.linalg.vecdot(kept, flat_neurons.index_select(0, batch.flat), dim=0).double()
+                cross = None
+        sums = {"sum": stats.sum, "sum_sq": stats.sum_sq, "sum_abs": stats.sum_abs, "max": stats.max,
+                "min": stats.min, "histogram": stats.histogram}
+        profile = stats.profile[batch.half] if self.profile_sums is not None else None
+        counts, candidates = fused.observe_columns(flat_neurons, batch.flat, self.counted_slots, bounds, capacity,
+                                                   sums, profile, dense, cross)
+        return {side: loose_candidates(flat_neurons, batch.flat, batch.keys, counts[index], candidates[index],
+                                       self.k, sign)
+                for index, (side, sign) in enumerate(zip(SIDES, (1, -1), strict=True))}
 
     def finish(self) -> None:
         """After every model ran the batch."""
         self.pending.clear()
-        self.dense_counted.clear()
+        self.dense_kept.clear()
 
 
 def _put(payload: torch.Tensor, neuron: torch.Tensor, slot: torch.Tensor, values: torch.Tensor) -> None:

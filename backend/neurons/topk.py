@@ -212,6 +212,30 @@ def batch_candidates(activations: torch.Tensor, keys: torch.Tensor, top: TopK, s
 CANDIDATE_CAP = 4  # candidates per neuron (times k) above which its batch top-k is computed instead
 
 
+def loose_candidates(values: torch.Tensor, rows: torch.Tensor, keys: torch.Tensor, counts: torch.Tensor,
+                     found: torch.Tensor, k: int, sign: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``batch_candidates``' result from a pass that already counted and listed the entries at or
+    above each neuron's bound (``backend.neurons.fused``): ``values`` [positions, N] with counted
+    rows ``rows`` [counted] (keys ``keys`` [counted]); ``counts`` [N] entries found per neuron and
+    ``found`` [N, capacity] the first of them (counted row numbers, row order), capacity >=
+    CANDIDATE_CAP * k. Neurons with more than CANDIDATE_CAP * k take their exact batch top-k, as
+    there. Returns (neuron, counted row, score), each [m]."""
+    neurons = values.shape[1]
+    heavy = counts > CANDIDATE_CAP * k  # [N]
+    listed = torch.where(heavy, 0, counts)  # [N] entries listed for light neurons
+    neuron, slot = (torch.arange(found.shape[1]) < listed[:, None]).nonzero().unbind(1)
+    token = found[neuron, slot].long()
+    scores = values.reshape(-1).take(rows.index_select(0, token) * neurons + neuron)
+    if sign < 0:
+        scores = -scores
+    columns = heavy.nonzero().flatten()
+    if not columns.numel():
+        return neuron, token, scores
+    selected = values.index_select(1, columns).index_select(0, rows)  # [counted, heavy]
+    local, exact_token, exact_scores = _flat_top(selected, keys, k, sign, None)
+    return torch.cat([neuron, columns[local]]), torch.cat([token, exact_token]), torch.cat([scores, exact_scores])
+
+
 def _flat_top(activations: torch.Tensor, keys: torch.Tensor, k: int, sign: int, columns: torch.Tensor | None
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``batch_top`` of the ``columns`` (all when None) as loose (neuron, token row, score) [m]."""

@@ -243,3 +243,23 @@ def test_first_ranked_equals_the_full_ranking_with_ties():
     scores[scores > 0] += torch.rand(scores.shape, generator=generator)[scores > 0]  # almost no ties
     assert torch.equal(keys.gather(1, first_ranked(scores, keys, 20))[scores.topk(20, 1).values > 0],
                        keys.gather(1, ranked_order(scores, keys)[:, :20])[scores.topk(20, 1).values > 0])
+
+
+def test_fused_pass_and_torch_reductions_build_the_same_state(built, monkeypatch):
+    """The one-pass reduction (numba, CPU, float32) and the torch reductions it replaces give the
+    same state: counts, extremes and top-k exactly, sums to rounding (and both the brute force,
+    above: the fixture's state comes from the fused pass wherever numba is installed)."""
+    from backend.neurons import fused
+
+    dense, variant, inputs, state, _, _ = built
+    calls = []
+    real = fused.observe_columns
+    monkeypatch.setattr(fused, "observe_columns", lambda *args: calls.append(1) or real(*args))
+    documents = range(len(inputs.corpus.documents))
+    with_fused = accumulate(dense, {"v": variant}, inputs, documents)
+    assert calls, "the fused pass ran"
+    _assert_states_equal(state, with_fused)
+    monkeypatch.setenv(fused.ENV_SWITCH, "0")
+    calls.clear()
+    _assert_states_equal(state, accumulate(dense, {"v": variant}, inputs, documents))
+    assert not calls
