@@ -208,6 +208,7 @@ class _BatchObserver:
         sums = {"sum": stats.sum, "sum_sq": stats.sum_sq, "sum_abs": stats.sum_abs, "max": stats.max,
                 "min": stats.min, "histogram": stats.histogram}
         profile = stats.profile[batch.half] if self.profile_sums is not None else None
+        assert self.counted_slots is not None, "start() sets them for the batch"
         counts, candidates = fused.observe_columns(flat_neurons, batch.flat, self.counted_slots, bounds, capacity,
                                                    sums, profile, dense, cross)
         return {side: loose_candidates(flat_neurons, batch.flat, batch.keys, counts[index], candidates[index],

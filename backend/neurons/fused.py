@@ -28,7 +28,7 @@ from backend.neurons.request import HISTOGRAM_BINS, HISTOGRAM_LOW_EXPONENT
 try:  # an optional speed-up: without numba (or on a GPU) the torch path runs
     from numba import njit
 except ImportError:  # pragma: no cover - numba is a declared dependency
-    njit = None
+    njit = None  # type: ignore[assignment]
 
 # "0" turns the fused path off (the torch reductions run instead): for comparisons and benches.
 ENV_SWITCH = "PRUNELENS_FUSED_INDEX"
