@@ -231,7 +231,9 @@ def loose_candidates(values: torch.Tensor, rows: torch.Tensor, keys: torch.Tenso
     columns = heavy.nonzero().flatten()
     if not columns.numel():
         return neuron, token, scores
-    selected = values.index_select(1, columns).index_select(0, rows)  # [counted, heavy]
+    # [counted, heavy]; every column is heavy in the first batch of each half (nothing held yet)
+    selected = values if columns.numel() == neurons else values.index_select(1, columns)
+    selected = selected.index_select(0, rows)
     local, exact_token, exact_scores = _flat_top(selected, keys, k, sign, None)
     return torch.cat([neuron, columns[local]]), torch.cat([token, exact_token]), torch.cat([scores, exact_scores])
 
