@@ -178,7 +178,7 @@ def prune_layer(loaded, index: int, layer: nn.Module, config: PruneConfig, input
         statistics = collect_statistics(
             layer, wanted, inputs.hidden, inputs.calls[index], loaded.device, hessian=needs.hessian,
             covariance_of=frozenset(wanted) if needs.covariance else frozenset(),
-            skip_leading=needs.skip_leading, folds=needs.folds)
+            skip_leading=needs.skip_leading, folds=needs.folds, mean=needs.mean)
     timings["statistics"] = timings.get("statistics", 0.0) + time.perf_counter() - tick
     tick = time.perf_counter()
     guard = None if config.protection is None else config.protection.layer_guards(

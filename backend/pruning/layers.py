@@ -124,13 +124,14 @@ def _layer_output(output) -> torch.Tensor:
 def collect_statistics(layer: nn.Module, linears: dict[str, nn.Module], hidden: list[torch.Tensor],
                        calls: list[LayerCall], device: torch.device, *, hessian: bool,
                        covariance_of: frozenset[str] = frozenset(),
-                       skip_leading: int = 0, folds: int = 0) -> dict[str, InputStatistics]:
+                       skip_leading: int = 0, folds: int = 0, mean: bool = False) -> dict[str, InputStatistics]:
     """Run the layer over every batch, accumulating each linear's input statistics.
 
     ``skip_leading`` k: the first k positions of every window are left out of the statistics
     (attention sinks); ``folds`` K > 0: the covariances are also kept per fold of windows
     (InputStatistics). For either, a linear whose input the layer flattened to [tokens, in] (OPT)
-    gets it back as [windows, seq, in] first.
+    gets it back as [windows, seq, in] first. ``mean``: keep the inputs' sum too (DSnoT reads
+    the mean input); off by default, as it is one more pass over every batch.
 
     Linears fed by the same tensor (q/k/v, gate/up) share one accumulator: their statistics
     are identical, and a 7B layer's Hessians are too large to compute three times. Sharing is
@@ -159,7 +160,7 @@ def collect_statistics(layer: nn.Module, linears: dict[str, nn.Module], hidden: 
                 if name not in statistics:
                     statistics[name] = InputStatistics(
                         x.shape[-1], device, hessian=hessian, covariance=name in covariance_of,
-                        skip_leading=skip_leading, folds=folds if name in covariance_of else 0,
+                        skip_leading=skip_leading, folds=folds if name in covariance_of else 0, mean=mean,
                     )
                 statistics[name].update(x.reshape(*windows_shape, x.shape[-1]) if skip_leading or folds else x)
             waiting.discard(name)

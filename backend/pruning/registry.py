@@ -74,6 +74,7 @@ class InputNeeds:
     covariance: bool = False  # covariance and mean (neuron redundancy)
     skip_leading: int = 0  # leave the first k positions of every window out (attention sinks)
     folds: int = 0  # covariance also per fold of windows (window w in fold w mod folds), for validation
+    mean: bool = False  # the mean input alone (DSnoT's E[X]); the covariance brings its own
 
 
 @dataclass
@@ -174,7 +175,7 @@ class PruningMethod(Generic[OptionsT]):
         if getattr(options, "refine", "none") == "dsnot":
             # DSnoT's swaps are checked against the exact error on the calibration inputs: the
             # second moments of every linear's input (the Hessian) and their mean.
-            needs = replace(needs or InputNeeds(), linears="all", hessian=True)
+            needs = replace(needs or InputNeeds(), linears="all", hessian=True, mean=True)
         return needs
 
     def uses_calibration(self, options: OptionsT) -> bool:

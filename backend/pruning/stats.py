@@ -61,6 +61,7 @@ class InputStatistics:
         covariance: bool = False,
         skip_leading: int = 0,
         folds: int = 0,
+        mean: bool = True,
     ) -> None:
         if skip_leading < 0:
             raise ValueError(f"skip_leading must be >= 0, got {skip_leading}")
@@ -82,8 +83,9 @@ class InputStatistics:
             else None
         )
         self._hessian_lower_stale = False
-        # Sum of the inputs (cheap, [in]): the mean without the covariance (DSnoT's E[X_j]).
-        self._sum = torch.zeros(in_features, dtype=torch.float32, device=self.device)  # [in]
+        # Sum of the inputs ([in]): the mean without the covariance (DSnoT's E[X_j]). Off when no
+        # method reads it (``mean=False``, the engine's default): a full pass over every batch.
+        self._sum = torch.zeros(in_features, dtype=torch.float32, device=self.device) if mean else None  # [in]
         self._mean = (
             torch.zeros(in_features, dtype=torch.float32, device=self.device)
             if covariance
@@ -126,9 +128,10 @@ class InputStatistics:
             return
         previous = self.tokens
         total = previous + added
-        self._sum += batch.sum(dim=0)
+        if self._sum is not None:
+            self._sum += batch.sum(dim=0)
         if self._sum_squares is not None:
-            self._sum_squares += (batch * batch).sum(dim=0)
+            self._sum_squares += torch.linalg.vecdot(batch, batch, dim=0)  # Σ x², no [tokens, in] square
         if self._hessian is not None:
             # Running average as SparseGPT keeps it: rescale the old mean, add the new scaled
             # batch; the entries stay O(x^2) however many tokens arrive, so float32 suffices.
@@ -206,6 +209,8 @@ class InputStatistics:
         """Mean input over all tokens seen: [in], float32."""
         if self._fold_parts:
             return pooled(self.fold_moments()).mean
-        if self._mean is None:
-            return self._sum / max(self.tokens, 1)
-        return self._mean
+        if self._mean is not None:
+            return self._mean
+        if self._sum is None:
+            raise RuntimeError("InputStatistics was created with mean=False")
+        return self._sum / max(self.tokens, 1)
