@@ -107,9 +107,8 @@ class _BatchObserver:
         self.slot_of_token = slot.to(device)  # [vocab] profile slot, -1 for other tokens
         self.batch: BatchTensors | None = None
         self.profile_sums: torch.Tensor | None = None  # [P, counted] of the current batch
-        # layer -> the dense model's activations of this batch, and whether they are by position
-        # ([positions, N], the fused pass) or counted rows only ([counted, N], the torch path)
-        self.dense_kept: dict[int, tuple[torch.Tensor, bool]] = {}
+        # layer -> the dense model's activations of this batch [positions, N] (the hook's tensor, kept alive)
+        self.dense_kept: dict[int, torch.Tensor] = {}
         self.counted_slots: torch.Tensor | None = None  # [counted] profile slot of each counted token, -1: none
         # layer -> side -> the entries this batch put into the dense top-k: (neuron, slot, window
         # positions, inside), each [s] or [s, W]; the variants fill their re-read windows there
@@ -152,17 +151,17 @@ class _BatchObserver:
         batch = self.batch
         assert batch is not None
         stats = self.state.layers[model_id][layer]
-        if fused.enabled(flat_neurons):
-            found, kept = self._fused_pass(model_id, layer, flat_neurons, stats), (flat_neurons, True)
+        # a variant's pass reads the dense activations too, so both must suit the kernel
+        if fused.enabled(flat_neurons) and (model_id == DENSE or fused.enabled(self.dense_kept[layer])):
+            found = self._fused_pass(model_id, layer, flat_neurons, stats)
         else:
             counted = flat_neurons.index_select(0, batch.flat)  # [counted, N]
             stats.add_tokens(counted, batch.half, self.profile_sums)
             if model_id != DENSE:
-                self.state.cross[model_id][layer] += torch.linalg.vecdot(self._dense_counted(layer), counted,
-                                                                         dim=0).double()
+                dense_counted = self.dense_kept[layer].index_select(0, batch.flat)
+                self.state.cross[model_id][layer] += torch.linalg.vecdot(dense_counted, counted, dim=0).double()
             found = {side: batch_candidates(counted, batch.keys, stats.top[(batch.half, side)], sign)
                      for side, sign in zip(SIDES, (1, -1), strict=True)}
-            kept = (counted, False)
         if model_id != DENSE:
             dense_top = self.state.layers[DENSE][layer].top
             for side, (neuron, slot, flat, inside) in self.pending[layer].items():
@@ -177,14 +176,8 @@ class _BatchObserver:
             _put(top.payload["window"], neuron, slot, self._gather(flat_neurons, neuron, flat, inside))
             entered[side] = (neuron, slot, flat, inside)
         if model_id == DENSE and self.variant_ids:
-            self.dense_kept[layer] = kept
+            self.dense_kept[layer] = flat_neurons
             self.pending[layer] = entered
-
-    def _dense_counted(self, layer: int) -> torch.Tensor:
-        """The dense model's counted activations of this batch's layer [counted, N]."""
-        kept, by_position = self.dense_kept[layer]
-        assert self.batch is not None
-        return kept.index_select(0, self.batch.flat) if by_position else kept
 
     def _fused_pass(self, model_id: str, layer: int, flat_neurons: torch.Tensor, stats: LayerStats
                     ) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -197,14 +190,8 @@ class _BatchObserver:
         bounds = torch.stack([top.scores[:, -1] for top in tops]).clamp(min=tiny)  # [2, N], as batch_candidates
         capacity = CANDIDATE_CAP * self.k
         dense = cross = None
-        if model_id != DENSE:
-            kept, by_position = self.dense_kept[layer]
-            cross = self.state.cross[model_id][layer]
-            if by_position:  # the dense pass was fused too: the kernel reads its activations
-                dense = kept
-            else:
-                cross += torch.linalg.vecdot(kept, flat_neurons.index_select(0, batch.flat), dim=0).double()
-                cross = None
+        if model_id != DENSE:  # the kernel adds Σ a_dense·a_variant, reading the dense tensor alongside
+            dense, cross = self.dense_kept[layer], self.state.cross[model_id][layer]
         sums = {"sum": stats.sum, "sum_sq": stats.sum_sq, "sum_abs": stats.sum_abs, "max": stats.max,
                 "min": stats.min, "histogram": stats.histogram}
         profile = stats.profile[batch.half] if self.profile_sums is not None else None

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from backend.neurons.request import HISTOGRAM_BINS, HISTOGRAM_LOW_EXPONENT
+from backend.neurons.request import HISTOGRAM_BINS, HISTOGRAM_BIT_OFFSET
 
 try:  # an optional speed-up: without numba (or on a GPU) the torch path runs
     from numba import njit
@@ -32,7 +32,6 @@ except ImportError:  # pragma: no cover - numba is a declared dependency
 
 # "0" turns the fused path off (the torch reductions run instead): for comparisons and benches.
 ENV_SWITCH = "PRUNELENS_FUSED_INDEX"
-_BIN_OFFSET = 2 * (127 + HISTOGRAM_LOW_EXPONENT) - 1  # as histogram_bins: (bits >> 22) - offset
 _MAX_WORKERS = 8
 _POOL = ThreadPoolExecutor(max_workers=_MAX_WORKERS, thread_name_prefix="prunelens-fused")
 
@@ -74,7 +73,7 @@ def _kernel(values, bits, rows, slots, column_start, column_end, bound_positive,
             low[i] = min(low[i], a)
         row_bits = bits[r, column_start:column_end]
         for i in range(width):
-            b = ((row_bits[i] & 0x7FFFFFFF) >> 22) - _BIN_OFFSET
+            b = ((row_bits[i] & 0x7FFFFFFF) >> 22) - HISTOGRAM_BIT_OFFSET  # as histogram_bins
             b = min(max(b, 0), HISTOGRAM_BINS - 1)
             histogram[column_start + i, b] += 1
         slot = slots[t]
@@ -131,26 +130,22 @@ def observe_columns(values: torch.Tensor, rows: torch.Tensor, slots: torch.Tenso
     neurons = values.shape[1]
     counts = torch.zeros((2, neurons), dtype=torch.int64)
     candidates = torch.empty((2, neurons, capacity), dtype=torch.int32)
-    arrays = (values.numpy(), values.view(torch.int32).numpy(), rows.numpy(), slots.numpy())
-    bound_arrays = (bounds[0].numpy(), bounds[1].numpy())
-    empty_dense = np.zeros((0, 1), dtype=np.float32)
+    slot_array = slots.numpy()
+    if profile is None:  # no counted token has a slot: the dummy profile row is never touched
+        slot_array, profile_array = np.full_like(slot_array, -1), np.zeros((1, neurons), dtype=np.float64)
+    else:
+        profile_array = profile.numpy()
+    # zero rows: the kernel skips the cross sum (its dummy accumulator stays unused)
+    dense_array = dense.numpy() if dense is not None else np.zeros((0, 1), dtype=np.float32)
+    cross_array = cross.numpy() if cross is not None else np.zeros(neurons, dtype=np.float64)
+    inputs = (values.numpy(), values.view(torch.int32).numpy(), rows.numpy(), slot_array)
     outputs = (sums["sum"].numpy(), sums["sum_sq"].numpy(), sums["sum_abs"].numpy(), sums["max"].numpy(),
-               sums["min"].numpy(), sums["histogram"].numpy(),
-               profile.numpy() if profile is not None else np.zeros((1, neurons), dtype=np.float64),
-               dense.numpy() if dense is not None else empty_dense,
-               cross.numpy() if cross is not None else np.zeros(neurons, dtype=np.float64),
-               counts.numpy(), candidates.numpy())
-    (total, total_sq, total_abs, maxima, minima, histogram, profile_array, dense_array, cross_array,
-     count_array, candidate_array) = outputs
-
-    # a profile row is only touched for a counted token with a slot: none without a profile
-    row_slots = arrays[3] if profile is not None else np.full_like(arrays[3], -1)
+               sums["min"].numpy(), sums["histogram"].numpy(), profile_array, cross_array, counts.numpy(),
+               candidates.numpy())
 
     def run(span: tuple[int, int]) -> None:
         assert _compiled is not None
-        _compiled(arrays[0], arrays[1], arrays[2], row_slots, span[0], span[1], bound_arrays[0], bound_arrays[1],
-                  dense_array, total, total_sq, total_abs, maxima, minima, histogram, profile_array,
-                  cross_array, count_array, candidate_array)
+        _compiled(*inputs, span[0], span[1], bounds[0].numpy(), bounds[1].numpy(), dense_array, *outputs)
 
     workers = max(1, min(torch.get_num_threads(), _MAX_WORKERS, neurons // 64))
     edges = np.linspace(0, neurons, workers + 1).astype(int)

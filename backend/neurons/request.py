@@ -25,6 +25,9 @@ HISTOGRAM_INNER_EDGES = np.array(
 )  # 41 edges
 HISTOGRAM_BINS = len(HISTOGRAM_INNER_EDGES) + 1  # 42: bin i counts HISTOGRAM_LOWER_EDGES[i] <= |a| < next edge
 HISTOGRAM_LOWER_EDGES = [0.0, *(float(edge) for edge in HISTOGRAM_INNER_EDGES)]
+# A non-negative float32's bits >> 22 minus this is its bin before clamping to 0..BINS-1: the
+# first inner edge 2^LOW has bits >> 22 = 2 * (127 + LOW) and is bin 1 (bin 0 is the underflow).
+HISTOGRAM_BIT_OFFSET = 2 * (127 + HISTOGRAM_LOW_EXPONENT) - 1
 # Activation density = fraction of tokens with |a| >= 2^-3 = 0.125, an edge of the grid, so the
 # density is read off the histogram. Fixed (not per neuron) so densities compare across neurons.
 DENSITY_THRESHOLD = 0.125
@@ -37,8 +40,7 @@ KL_TOP = 50  # most divergent positions kept per variant
 def histogram_bins(magnitudes: torch.Tensor) -> torch.Tensor:
     """Bin index (0..HISTOGRAM_BINS-1) of each non-negative float32 ``|a|``, same shape, int32."""
     bits = magnitudes.view(torch.int32) >> 22  # 2 * (biased exponent) + first mantissa bit
-    low = 2 * (127 + HISTOGRAM_LOW_EXPONENT)
-    bits -= low - 1  # in place: a [tokens, N] batch is 25 MB for the embedded model
+    bits -= HISTOGRAM_BIT_OFFSET  # in place: a [tokens, N] batch is 25 MB for the embedded model
     return bits.clamp_(0, HISTOGRAM_BINS - 1)
 
 
