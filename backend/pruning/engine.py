@@ -24,7 +24,7 @@ from backend.models.adapters import in_module_layout, weight_matrix
 from backend.pruning.config import PruneConfig, identity_slug, variant_identity
 from backend.pruning.layers import LayerCall, capture_decoder_inputs, collect_statistics, propagate
 from backend.pruning.registry import LayerToPrune, Pruned
-from backend.pruning.spec import SparsitySpec
+from backend.pruning.spec import SparsitySpec, zero_where
 from backend.pruning.variants import read_manifest, variant_exists, write_variant
 
 __all__ = ["PruneConfig", "VariantResult", "capture_decoder_inputs", "collect_statistics",
@@ -127,12 +127,12 @@ class AppliedChanges:
             if change.new_value is not None:
                 # The value is the engine's now: zeroed where pruned in place, written once into the
                 # model and kept (in the parameter's layout and dtype) for the writer, no third copy.
-                value = change.new_value.masked_fill_(change.mask, 0)  # [out, in] | [out]
+                value = zero_where(change.new_value, change.mask)  # [out, in] | [out]
                 target.copy_(value)
                 stored = in_module_layout(module, value) if change.param == "weight" else value
                 self.values[name] = stored.to("cpu", param.dtype).contiguous()
             else:
-                target.masked_fill_(change.mask, 0)
+                zero_where(target, change.mask)
                 stored = in_module_layout(module, change.mask) if change.param == "weight" else change.mask
                 self.masks[name] = stored.cpu()
             if change.info:

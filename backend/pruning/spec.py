@@ -141,6 +141,25 @@ def per_row_count(in_features: int, ratio: float) -> int:
     return min(in_features, math.floor(in_features * ratio + 1e-9))
 
 
+# Floats and the integers of their size: zeroing through the integer view is exact (+0.0 bits).
+_SAME_SIZE_INTEGER = {torch.float64: torch.int64, torch.float32: torch.int32,
+                      torch.float16: torch.int16, torch.bfloat16: torch.int16}
+
+
+def zero_where(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``values.masked_fill_(mask, 0)``, bit for bit (+0.0, NaN included), in place; returns ``values``.
+
+    On CPU masked_fill_ runs at ~2 ns per entry (1.6 ms for a 1536 x 576 matrix, seven times per
+    layer in the engine); multiplying the floats' bit patterns, viewed as integers, by the kept
+    mask does the same in 0.09 ms (measured 2026-12-08). Float times 0 would leave -0.0 and NaN.
+    """
+    integer = _SAME_SIZE_INTEGER.get(values.dtype)
+    if integer is None or values.device.type != "cpu":
+        return values.masked_fill_(mask, 0)
+    values.view(integer).mul_(~mask)
+    return values
+
+
 def lowest_k(metric: torch.Tensor, count: int) -> torch.Tensor:
     """Mask of the ``count`` smallest entries along the last dim.  [..., size] -> [..., size] bool
 

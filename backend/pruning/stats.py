@@ -17,10 +17,18 @@ from dataclasses import dataclass
 import torch
 
 # The Hessian X^T X is symmetric: accumulating it by column blocks, only the blocks on and above the
-# diagonal, costs (k + 1) / 2k of the full product for k blocks (7/12 for SmolLM2's 1536 MLP
-# neurons in blocks of 256) and stays one large matrix product per block. The lower blocks are
-# mirrored on read.
+# diagonal, costs (k + 1) / 2k of the full product for k blocks and stays one large matrix product
+# per block. The lower blocks are mirrored on read. Block widths measured on 4096 tokens (CPU,
+# 2026-12-08): 576 inputs 9.0 ms in blocks of 128 against 9.9 ms in 256 and 13.5 ms for the full
+# product; 1536 inputs 64 ms in 256 against 70 ms in 128 and 93 ms full.
 GRAM_BLOCK = 256
+NARROW_GRAM_BLOCK = 128
+NARROW_INPUTS = 768  # up to this many inputs, blocks of NARROW_GRAM_BLOCK
+
+
+def gram_block(in_features: int) -> int:
+    """The column block of the upper-block Hessian accumulation for this many inputs."""
+    return NARROW_GRAM_BLOCK if in_features <= NARROW_INPUTS else GRAM_BLOCK
 
 
 @dataclass(frozen=True)
@@ -135,7 +143,8 @@ class InputStatistics:
         if self._hessian is not None:
             # Running average as SparseGPT keeps it: rescale the old mean, add the new scaled
             # batch; the entries stay O(x^2) however many tokens arrive, so float32 suffices.
-            self._hessian.mul_(previous / total)
+            if previous:  # (the first batch finds zeros: no pass over [in, in] to scale them)
+                self._hessian.mul_(previous / total)
             self._add_upper_gram(batch, alpha=2.0 / total)
         if self._mean is not None and self._centered_outer is not None:
             batch_mean = batch.mean(dim=0)  # [in]
@@ -164,11 +173,12 @@ class InputStatistics:
         """H += alpha batch^T batch, computing only the column blocks on and above the diagonal."""
         size, hessian = self.in_features, self._hessian
         assert hessian is not None, "only called when the Hessian is collected"
-        if size <= GRAM_BLOCK:
+        block = gram_block(size)
+        if size <= block:
             hessian.addmm_(batch.T, batch, alpha=alpha)
             return
-        for start in range(0, size, GRAM_BLOCK):
-            end = min(start + GRAM_BLOCK, size)
+        for start in range(0, size, block):
+            end = min(start + block, size)
             hessian[start:end, start:].addmm_(
                 batch[:, start:end].T, batch[:, start:], alpha=alpha
             )
@@ -188,10 +198,9 @@ class InputStatistics:
         if self._hessian is None:
             raise RuntimeError("InputStatistics was created without hessian=True")
         if self._hessian_lower_stale:
-            for start in range(GRAM_BLOCK, self.in_features, GRAM_BLOCK):
-                self._hessian[start:, start - GRAM_BLOCK : start] = self._hessian[
-                    start - GRAM_BLOCK : start, start:
-                ].T
+            block = gram_block(self.in_features)
+            for start in range(block, self.in_features, block):
+                self._hessian[start:, start - block : start] = self._hessian[start - block : start, start:].T
             self._hessian_lower_stale = False
         return self._hessian
 

@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from backend.config import Settings, get_settings
 from backend.errors import NotFoundError, UserError
+from backend.pruning.spec import zero_where
 from backend.storage import atomic_directory
 
 if TYPE_CHECKING:
@@ -184,12 +185,12 @@ def apply_overlay(model: torch.nn.Module, variant_id: str, settings: Settings | 
         with torch.no_grad():
             if originals is None:
                 if kind == "mask":
-                    param.masked_fill_(replacement, 0)
+                    zero_where(param.data, replacement)
                 else:
                     param.copy_(replacement)
                 continue
             originals[name] = param.data
-            param.data = param.data.masked_fill(replacement, 0) if kind == "mask" else replacement
+            param.data = zero_where(param.data.clone(), replacement) if kind == "mask" else replacement
 
 
 @contextmanager

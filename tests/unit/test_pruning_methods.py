@@ -19,12 +19,14 @@ from backend.pruning.methods.ria import (
     ria_metric,
 )
 from backend.pruning.methods.sparsegpt import (
+    INVERSE_FACTOR_LEAF,
     HessianNotPositiveDefiniteError,
     _inverse_hessian_factor,
     sparsegpt_prune,
     sparsegpt_prune_together,
 )
 from backend.pruning.methods.wanda import wanda_mask
+from backend.pruning.registry import LayerToPrune, get_method
 from backend.pruning.spec import (
     SAMPLED_SELECTION_MIN,
     SparsitySpec,
@@ -32,8 +34,9 @@ from backend.pruning.spec import (
     lowest_in_matrix,
     lowest_per_group,
     lowest_per_row,
+    zero_where,
 )
-from backend.pruning.stats import GRAM_BLOCK, InputStatistics
+from backend.pruning.stats import InputStatistics, gram_block
 
 NM_SPECS = [SparsitySpec.nm(2, 4), SparsitySpec.nm(4, 8)]
 
@@ -281,9 +284,11 @@ def test_input_statistics_equal_direct_computation():
     )
 
 
-def test_blocked_hessian_equals_the_full_product():
+@pytest.mark.parametrize("columns", [2 * 128 + 50, 2 * 256 + 300])  # narrow and wide blocks
+def test_blocked_hessian_equals_the_full_product(columns):
     # wide enough for the upper-block accumulation (the lower blocks are mirrored when read)
-    columns = 2 * GRAM_BLOCK + 50
+    block = gram_block(columns)
+    assert columns > 2 * block
     generator = torch.Generator().manual_seed(6)
     batches = [torch.randn(40, columns, generator=generator) + shift for shift in (0.0, 2.0, -1.0)]
     stats = InputStatistics(columns, "cpu", hessian=True)
@@ -297,8 +302,10 @@ def test_blocked_hessian_equals_the_full_product():
     direct = torch.cat(batches).double()
     hessian = stats.hessian
     torch.testing.assert_close(hessian.double(), 2 * direct.T @ direct / 120, rtol=1e-5, atol=1e-5)
-    # the blocks below the diagonal are exact mirrors of those above
-    assert torch.equal(hessian[GRAM_BLOCK:, :GRAM_BLOCK], hessian[:GRAM_BLOCK, GRAM_BLOCK:].T)
+    # the blocks below the diagonal blocks are exact mirrors of those above
+    block_of = torch.arange(columns) // block
+    below = block_of[:, None] > block_of[None, :]
+    assert torch.equal(hessian[below], hessian.T[below])
 
 
 def test_input_statistics_only_what_was_asked_and_checks_width():
@@ -606,11 +613,12 @@ def test_sparsegpt_together_equals_one_by_one(spec):
 
 
 def test_inverse_hessian_factor_is_the_upper_cholesky_factor_of_the_inverse():
-    _, inputs = random_layer(4, 300, tokens=900, seed=12)  # 300 > the recursion's leaf size
+    size = 2 * INVERSE_FACTOR_LEAF + 90  # two levels of halves above the LAPACK leaves, odd sizes
+    _, inputs = random_layer(4, size, tokens=3 * size, seed=12)
     hessian = statistics_of(inputs, hessian=True).hessian.double()
     hessian = (hessian + hessian.T) / 2  # float32 products leave it asymmetric in the last bits
     upper, damp, retries = _inverse_hessian_factor(hessian, 0.01)
-    damped = hessian + damp * torch.eye(300, dtype=torch.float64)
+    damped = hessian + damp * torch.eye(size, dtype=torch.float64)
     assert retries == 0 and torch.equal(upper, upper.triu()) and bool((upper.diagonal() > 0).all())
     torch.testing.assert_close(upper.T @ upper, torch.linalg.inv(damped), rtol=1e-8, atol=1e-10)
     reference = torch.linalg.cholesky(
@@ -693,6 +701,20 @@ def test_sparsegpt_retries_dampening_until_positive_definite():
     assert result.retries == 2
     assert result.damp == pytest.approx(1.0)
     assert int(result.mask.sum()) == 16
+
+
+def test_inverse_factor_retries_when_only_a_schur_complement_is_indefinite():
+    # [[I, B], [B^T, I]] with one coupling of 2.5: both diagonal halves are positive definite (the
+    # recursion's first leaf succeeds), the Schur complement I - B B^T has -5.25 and H's smallest
+    # eigenvalue is 1 - 2.5 = -1.5: dampening 0.01, 0.1 and 1.0 fail, 10 is the first that works.
+    size = 2 * INVERSE_FACTOR_LEAF + 90
+    half = size // 2
+    hessian = torch.eye(size, dtype=torch.float64)
+    hessian[0, half] = hessian[half, 0] = 2.5
+    upper, damp, retries = _inverse_hessian_factor(hessian, 0.01)
+    assert retries == 3 and damp == pytest.approx(10.0)
+    torch.testing.assert_close(upper.T @ upper, torch.linalg.inv(hessian + damp * torch.eye(size, dtype=torch.float64)),
+                               rtol=1e-10, atol=1e-12)
 
 
 def test_sparsegpt_gives_up_with_a_clear_error():
@@ -808,3 +830,61 @@ def test_bfloat16_weights_give_the_float32_masks():
             covariance.to(torch.bfloat16).float(), mean.to(torch.bfloat16).float(), 0.5
         ),
     )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_zero_where_is_masked_fill_bit_for_bit(dtype):
+    generator = torch.Generator().manual_seed(3)
+    values = torch.randn(37, 53, generator=generator).to(dtype)
+    values[0, :4] = torch.tensor([float("nan"), -0.0, float("-inf"), -1.0]).to(dtype)
+    mask = torch.rand(37, 53, generator=generator) < 0.5
+    mask[0, :4] = True
+    expected = values.masked_fill(mask, 0)
+    assert torch.equal(zero_where(values.clone(), mask).view(torch.uint8), expected.view(torch.uint8))
+    # a transposed view (GPT-2's Conv1D weight read as [out, in]) is zeroed in its own layout
+    stored = values.T.contiguous()
+    zero_where(stored.T, mask)
+    assert torch.equal(stored.T.contiguous().view(torch.uint8), expected.view(torch.uint8))
+
+
+def _layer_of_groups(nan_group: str | None = None) -> LayerToPrune:
+    """q/k (one input), o, and a wider down projection: three groups of shared statistics."""
+    shapes = {"q": (24, 40, "attn"), "k": (8, 40, "attn"), "o": (40, 40, "o"), "down": (40, 72, "down")}
+    statistics = {}
+    for group, columns in (("attn", 40), ("o", 40), ("down", 72)):
+        _, inputs = random_layer(4, columns, tokens=200, seed=columns + len(group))
+        if group == nan_group:
+            inputs[3, 5] = float("nan")
+        statistics[group] = statistics_of(inputs, hessian=True)
+    linears, by_linear = {}, {}
+    for seed, (name, (rows, columns, group)) in enumerate(shapes.items()):
+        linear = torch.nn.Linear(columns, rows, bias=False)
+        linear.weight.data = random_layer(rows, columns, seed=seed)[0]
+        linears[name], by_linear[name] = linear, statistics[group]
+    return LayerToPrune(0, linears, by_linear, adapter=None)  # type: ignore[arg-type]
+
+
+def test_sparsegpt_groups_side_by_side_equal_one_after_another():
+    layer = _layer_of_groups()
+    assert layer.input_groups() == [["q", "k"], ["o"], ["down"]]
+    method = get_method("sparsegpt")
+    options, spec = method.parse_options({"blocksize": 16}), SparsitySpec.unstructured(0.5)
+    threads = torch.get_num_threads()
+    changes = method.prune(layer, options, spec)
+    assert torch.get_num_threads() == threads  # restored after the groups ran on their share
+    assert [change.linear for change in changes] == ["q", "k", "o", "down"]  # the layer's order
+    by_name = {change.linear: change for change in changes}
+    for group in layer.input_groups():
+        alone = sparsegpt_prune_together([layer.weight(name) for name in group],
+                                         layer.statistics[group[0]].hessian, spec, blocksize=16)
+        for name, result in zip(group, alone, strict=True):
+            assert torch.equal(by_name[name].mask, result.mask)
+            torch.testing.assert_close(by_name[name].new_value, result.weight, rtol=1e-6, atol=1e-6)
+
+
+def test_a_failing_group_still_restores_the_thread_count():
+    threads = torch.get_num_threads()
+    method = get_method("sparsegpt")
+    with pytest.raises(UserError, match="inf or NaN"):
+        method.prune(_layer_of_groups(nan_group="o"), method.parse_options({}), SparsitySpec.unstructured(0.5))
+    assert torch.get_num_threads() == threads
