@@ -336,6 +336,7 @@ def _inverse_hessian_factor(gram: torch.Tensor, percdamp: float) -> tuple[torch.
 
 
 INVERSE_FACTOR_LEAF = 256  # below this size one LAPACK factorisation; above it, halves (see below)
+TRIANGULAR_LEAF = 128  # below this size a triangular factor is multiplied as a full matrix
 
 
 def _upper_inverse_factor(hessian: torch.Tensor) -> torch.Tensor | None:
@@ -344,10 +345,12 @@ def _upper_inverse_factor(hessian: torch.Tensor) -> torch.Tensor | None:
     U = V^-1 for the "reversed" Cholesky factorisation H = V V^T with V upper triangular. By halves,
     H = [[A, B], [B^T, C]] and V = [[V11, V12], [0, V22]]:  V22 V22^T = C,  V12 = B V22^-T = B U22^T,
     V11 V11^T = A - V12 V12^T,  and  U = [[U11, -U11 V12 U22], [0, U22]].  Each half is solved the
-    same way; below INVERSE_FACTOR_LEAF, with J the reversal permutation and J H J = L L^T (LAPACK),
-    U = J L^-1 J. The reference factorises, inverts and factorises again; this is one factorisation's
-    worth of work done mostly in matrix products (1536 inputs: 28 ms against 34 ms for one
-    LAPACK factorisation plus a triangular inverse by halves, measured 2026-12-08).
+    same way, and the products with the triangular U11, U22 skip their zero halves; below
+    INVERSE_FACTOR_LEAF, with J the reversal permutation and J H J = L L^T (LAPACK), U = J L^-1 J.
+    The reference factorises, inverts and factorises again; this is the work of one factorisation
+    and one triangular inverse, in matrix products (1536 inputs: 25 ms on two threads and 39 ms on
+    one, against 34 and 58 ms for LAPACK's factorisation plus a triangular inverse by halves,
+    measured 2026-12-08).
     """
     size = hessian.shape[0]
     if size <= INVERSE_FACTOR_LEAF:
@@ -360,15 +363,34 @@ def _upper_inverse_factor(hessian: torch.Tensor) -> torch.Tensor | None:
     lower_right = _upper_inverse_factor(hessian[half:, half:])  # U22: [size - half, size - half]
     if lower_right is None:
         return None
-    coupling = hessian[:half, half:] @ lower_right.T  # V12: [half, size - half]
+    coupling = _upper_product(lower_right, hessian[:half, half:].T).T  # V12 = B U22^T: [half, size - half]
     upper_left = _upper_inverse_factor(torch.addmm(hessian[:half, :half], coupling, coupling.T, alpha=-1.0))
     if upper_left is None:
         return None
     factor = torch.zeros_like(hessian)
     factor[:half, :half] = upper_left
     factor[half:, half:] = lower_right
-    factor[:half, half:] = -(upper_left @ (coupling @ lower_right))
+    # -U11 (V12 U22), with V12 U22 = (U22^T V12^T)^T
+    factor[:half, half:] = _upper_product(upper_left, _upper_product(lower_right.T, coupling.T, lower=True).T).neg_()
     return factor
+
+
+def _upper_product(triangular: torch.Tensor, other: torch.Tensor, *, lower: bool = False) -> torch.Tensor:
+    """triangular @ other for an upper (or, with ``lower``, lower) triangular [m, m] and other [m, k].
+
+    By halves: the zero quarter of the triangle is never multiplied (half the flops of ``@``)."""
+    size = triangular.shape[0]
+    if size <= TRIANGULAR_LEAF:
+        return triangular @ other
+    half = size // 2
+    product = torch.empty(size, other.shape[1], dtype=other.dtype, device=other.device)
+    product[:half] = _upper_product(triangular[:half, :half], other[:half], lower=lower)
+    product[half:] = _upper_product(triangular[half:, half:], other[half:], lower=lower)
+    if lower:  # [[T11, 0], [T21, T22]]
+        product[half:].addmm_(triangular[half:, :half], other[:half])
+    else:  # [[T11, T12], [0, T22]]
+        product[:half].addmm_(triangular[:half, half:], other[half:])
+    return product
 
 
 class SparseGPTOptions(MethodOptions):
@@ -400,12 +422,12 @@ def _prune_sparsegpt(layer: LayerToPrune, options: SparseGPTOptions, spec: Spars
     if len(groups) < 2 or layer.weight(groups[0][0]).device.type != "cpu":
         return [change for group in groups for change in prune_group(group)]
     # On a CPU two groups run side by side, the costliest first, each on half the threads. Much of
-    # a group's time is in steps that keep two cores half busy (the factorisation of a 1536-input
-    # Hessian is only 1.8x faster on two threads than on one, kthvalue runs on one, the column
-    # loop's products are small): a SmolLM2 model's masks took 3.15-3.3 s one group after another
-    # and 2.83-2.89 s two at a time, one thread each (2 cores, measured 2026-12-08). The groups
-    # share nothing they write. The thread count is torch's process-wide setting (MKL's too), so
-    # it is set while only the workers compute and restored once every group has finished.
+    # a group's time is in steps that leave a core idle on two threads (kthvalue runs on one, the
+    # column loop's products are small, the factorisation is only 1.4x faster on two): a SmolLM2
+    # model's masks took 3.75-4.07 s one group after another and 2.94-3.31 s two at a time, one
+    # thread each (2 cores, interleaved runs, 2026-12-08). The groups share nothing they write.
+    # The thread count is torch's process-wide setting, so it is set while only the workers
+    # compute and restored once every group has finished.
     by_cost = sorted(groups, key=lambda group: _group_cost(layer, group), reverse=True)
     threads = torch.get_num_threads()
     per_worker = max(1, threads // _GROUP_WORKERS)
