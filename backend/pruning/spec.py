@@ -154,8 +154,8 @@ def zero_where(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     mask does the same in 0.09 ms (measured 2026-12-08). Float times 0 would leave -0.0 and NaN.
     """
     integer = _SAME_SIZE_INTEGER.get(values.dtype)
-    if integer is None or values.device.type != "cpu":
-        return values.masked_fill_(mask, 0)
+    if integer is None or values.device.type != "cpu" or mask.dtype != torch.bool:
+        return values.masked_fill_(mask, 0)  # (which also refuses a mask that is not bool)
     values.view(integer).mul_(~mask)
     return values
 

@@ -888,3 +888,8 @@ def test_a_failing_group_still_restores_the_thread_count():
     with pytest.raises(UserError, match="inf or NaN"):
         method.prune(_layer_of_groups(nan_group="o"), method.parse_options({}), SparsitySpec.unstructured(0.5))
     assert torch.get_num_threads() == threads
+
+
+def test_zero_where_refuses_a_mask_that_is_not_bool_like_masked_fill():
+    with pytest.raises(RuntimeError, match="(?i)bool"):
+        zero_where(torch.ones(3, 4), torch.ones(3, 4, dtype=torch.uint8))
