@@ -168,6 +168,8 @@ def main() -> int:
     parser.add_argument("--no-generation", action="store_true", help="fallbacks only (every text)")
     parser.add_argument("--resamples", type=int, default=9999)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--model", default="smollm2-135m-instruct",
+                        help="the model that answers and whose probe the fallbacks explain (default: the embedded one)")
     parser.add_argument("--verbose", action="store_true")
     parser.add_argument("--save", type=Path, help="write each text's words (JSON) before the statistics")
     parser.add_argument("--load", type=Path, help="statistics of words saved by --save (no model)")
@@ -198,7 +200,7 @@ def words_of_texts(args, task: TaskSpec, methods: list[str], default: str,
                    lexicon: frozenset[str]) -> tuple[list[dict], dict, str]:
     """Per held-out text: the model's answer and words, each fallback's words, the product's words."""
     examples = held_out_snippets(args.texts, args.seed, args.min_content, task)
-    loaded = load_model("smollm2-135m-instruct", device=args.device)
+    loaded = load_model(args.model, device=args.device)
     rows: list[dict] = []
     seconds: dict[str, list[float]] = {"generation": [], **{m: [] for m in methods}}
     for example in examples:
@@ -251,7 +253,7 @@ def report(args, rows: list[dict], seconds: dict, device: str, methods: list[str
     n = len(rows)
     timing = ", ".join(f"{k} {np.median(v):.1f} s" for k, v in seconds.items() if v)
     print(f"step-1 words: {n} Rotten Tomatoes snippets held out from SST-2 (seed {args.seed}, >= "
-          f"{args.min_content} content words), smollm2-135m-instruct on {device}, "
+          f"{args.min_content} content words), {args.model} on {device}, "
           f"{args.max_new_tokens} new tokens, default fallback {default}; median per text: {timing}")
     print(f"  probe prefers the gold label on {sum(r['correct'] for r in rows)}/{n} texts")
     deltas = [r["relative_delta"] for r in rows if "relative_delta" in r]
