@@ -188,10 +188,11 @@ def main() -> int:
     if args.load:
         saved = json.loads(args.load.read_text(encoding="utf-8"))
         rows, seconds, device = saved["rows"], saved["seconds"], saved["device"]
+        args.model = saved.get("model", "a model the file does not name")  # the header names the words' model
     else:
         rows, seconds, device = words_of_texts(args, task, methods, default, lexicon)
         if args.save:
-            write_json_atomic(args.save, {"rows": rows, "seconds": seconds, "device": device})
+            write_json_atomic(args.save, {"rows": rows, "seconds": seconds, "device": device, "model": args.model})
     report(args, rows, seconds, device, methods, default, lexicon, task)
     return 0
 
